@@ -1,0 +1,92 @@
+"""A small typed HTTP client for scripts: `Client(base_url).submit(spec)`, `.best(id, wait=60)`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from storage.schemas import BestOut, StudyOut, StudyPage, TrialOut, WorkerOut
+from storage.spec import StudySpec
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class ClientError(Exception):
+    """The server refused a request (with its problem details) or could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Client:
+    def __init__(
+        self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> Any:
+        try:
+            extra = {"timeout": timeout} if timeout is not None else {}
+            r = self._http.request(method, path, **kw, **extra)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach droptune at {self.base_url}: {exc}") from exc
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                detail = body.get("detail") or body.get("title") or r.text
+            except ValueError:
+                detail = r.text
+            raise ClientError(f"{r.status_code}: {detail}", status=r.status_code)
+        return r.json()
+
+    def submit(self, spec: StudySpec | dict[str, Any]) -> StudyOut:
+        body = (
+            spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, StudySpec) else spec
+        )
+        return StudyOut.model_validate(self._call("POST", "/studies", json=body))
+
+    def get(self, study_id: int) -> StudyOut:
+        return StudyOut.model_validate(self._call("GET", f"/studies/{study_id}"))
+
+    def list(self, status: str | None = None, offset: int = 0, limit: int = 50) -> StudyPage:
+        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        if status:
+            params["status"] = status
+        return StudyPage.model_validate(self._call("GET", "/studies", params=params))
+
+    def best(self, study_id: int, wait: float = 0.0) -> BestOut:
+        """The best rate; with `wait`, the server holds the call until the study ends."""
+        return BestOut.model_validate(
+            self._call(
+                "GET", f"/studies/{study_id}/best", params={"wait": wait}, timeout=wait + 30.0
+            )
+        )
+
+    def trials(self, study_id: int) -> list[TrialOut]:
+        return [
+            TrialOut.model_validate(t) for t in self._call("GET", f"/studies/{study_id}/trials")
+        ]
+
+    def cancel(self, study_id: int) -> StudyOut:
+        return StudyOut.model_validate(self._call("POST", f"/studies/{study_id}/cancel"))
+
+    def workers(self, include_stopped: bool = False) -> list[WorkerOut]:
+        data = self._call("GET", "/workers", params={"include_stopped": include_stopped})
+        return [WorkerOut.model_validate(w) for w in data]
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/healthz")
+        return result

@@ -1,0 +1,318 @@
+"""The `droptune` command line: run the service, submit studies, wait for the answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+
+from client import launch
+from client.api import DEFAULT_URL, Client, ClientError
+from storage.schemas import ENDED, BestOut, StudyOut
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="droptune: find the dropout rate that generalises best.",
+)
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+app.add_typer(db_app, name="db")
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="DROPTUNE_URL", help="droptune API")]
+DbOpt = Annotated[
+    str | None, typer.Option("--database-url", help="overrides DROPTUNE_DATABASE_URL")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _client(url: str) -> Client:
+    return Client(url, token=os.environ.get("DROPTUNE_TOKEN"))
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Run the API and the dashboard (migrates the database first)."""
+    launch.serve(host, port, database_url)
+
+
+@app.command()
+def worker(
+    database_url: DbOpt = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
+    exit_when_idle: Annotated[bool, typer.Option(help="stop when the queue is empty")] = False,
+) -> None:
+    """Run a worker: claim trials, train them, report; SIGTERM stops it cleanly."""
+    raise typer.Exit(launch.worker(database_url, device, threads, exit_when_idle))
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    database_url: DbOpt = None,
+    workers: Annotated[int | None, typer.Option(help="workers (default: one per device)")] = None,
+) -> None:
+    """Start everything on one machine: API, dashboard, one worker per device."""
+    raise typer.Exit(launch.up(host, port, database_url, workers))
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DbOpt = None) -> None:
+    """Create or migrate droptune's tables (and Optuna's)."""
+    from storage.migrate import upgrade
+    from storage.settings import StorageSettings
+
+    url = database_url or StorageSettings().database_url
+    upgrade(url)
+    typer.echo(f"database {url} is up to date")
+
+
+def _spec_from(file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if file is not None:
+        try:
+            text = sys.stdin.read() if str(file) == "-" else file.read_text()
+            loaded = yaml.safe_load(text)  # JSON is YAML too
+        except (OSError, yaml.YAMLError) as exc:
+            _fail(f"cannot read {file}: {exc}")
+        if not isinstance(loaded, dict):
+            _fail(f"{file} must hold one study spec (a mapping)")
+        spec = loaded
+    for path, value in flags.items():
+        if value is None:
+            continue
+        *parents, leaf = path.split(".")
+        node = spec
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return spec
+
+
+@app.command()
+def submit(
+    file: Annotated[Path | None, typer.Argument(help="a JSON or YAML spec file, or -")] = None,
+    dataset: Annotated[str | None, typer.Option(help="builtin data set")] = None,
+    name: Annotated[str | None, typer.Option()] = None,
+    trials: Annotated[int | None, typer.Option(help="search.n_trials")] = None,
+    epochs: Annotated[int | None, typer.Option(help="training.epochs")] = None,
+    folds: Annotated[int | None, typer.Option(help="cv.folds")] = None,
+    hidden: Annotated[str | None, typer.Option(help="hidden sizes, e.g. 256,256")] = None,
+    metric: Annotated[str | None, typer.Option(help="accuracy | log_loss")] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe | random | grid")] = None,
+    pruner: Annotated[str | None, typer.Option(help="none | median | hyperband")] = None,
+    priority: Annotated[int | None, typer.Option()] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit a study; prints its id."""
+    try:
+        sizes = [int(h) for h in hidden.split(",")] if hidden else None
+    except ValueError:
+        _fail(f"--hidden must be comma-separated integers, got {hidden!r}")
+    flags = {
+        "dataset.builtin": dataset,
+        "name": name,
+        "search.n_trials": trials,
+        "training.epochs": epochs,
+        "cv.folds": folds,
+        "model.hidden": sizes,
+        "cv.metric": metric,
+        "search.sampler": sampler,
+        "search.pruner": pruner,
+        "priority": priority,
+    }
+    spec = _spec_from(file, flags)
+    if "dataset" not in spec:
+        _fail("a data set is needed: --dataset NAME or a spec file with `dataset`")
+    from storage.spec import StudySpec
+
+    try:
+        StudySpec.model_validate(spec)  # the server checks too; this names the field sooner
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        where = ".".join(str(p) for p in e["loc"]) or "spec"
+        _fail(f"invalid spec: {where}: {e['msg']}")
+    with _client(url) as c:
+        try:
+            study = c.submit(spec)
+        except ClientError as exc:
+            _fail(str(exc))
+    typer.echo(study.model_dump_json(indent=2) if as_json else str(study.id))
+
+
+def _show(study: StudyOut) -> str:
+    p = study.progress
+    line = (
+        f"study {study.id} {study.name or ''} [{study.status}] "
+        f"{p.complete + p.pruned}/{p.n_trials} finished "
+        f"(complete {p.complete}, pruned {p.pruned}, failed {p.failed}, running {p.running})"
+    )
+    if study.reason:
+        line += f"\n  reason: {study.reason}"
+    if study.best and study.best.score:
+        line += "\n  " + _best_line(study.best)
+    return line
+
+
+def _best_line(b: BestOut) -> str:
+    if b.score is None or b.dropout is None:
+        return "no finished trial yet"
+    one_se = f"{b.one_se_dropout:.4f}" if b.one_se_dropout is not None else "-"
+    return (
+        f"best dropout {b.dropout:.4f}: {b.metric} {b.score.mean:.4f} ± {b.score.std:.4f} "
+        f"(trial {b.trial}); one-SE rule recommends {one_se}" + ("" if b.complete else " (so far)")
+    )
+
+
+@app.command()
+def status(study_id: int, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """A study's status, progress and best rate so far."""
+    with _client(url) as c:
+        try:
+            study = c.get(study_id)
+        except ClientError as exc:
+            _fail(str(exc))
+    typer.echo(study.model_dump_json(indent=2) if as_json else _show(study))
+
+
+@app.command(name="list")
+def list_(
+    url: UrlOpt = DEFAULT_URL, state: Annotated[str | None, typer.Option("--status")] = None
+) -> None:
+    """List studies, newest first."""
+    with _client(url) as c:
+        try:
+            page = c.list(status=state)
+        except ClientError as exc:
+            _fail(str(exc))
+    for s in page.items:
+        typer.echo(_show(s).splitlines()[0])
+
+
+@app.command()
+def best(
+    study_id: int,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+    wait: Annotated[float, typer.Option(help="wait up to S seconds for the end")] = 0.0,
+) -> None:
+    """The best dropout rate (`--json` prints the /best body)."""
+    with _client(url) as c:
+        try:
+            b = c.best(study_id, wait=wait)
+        except ClientError as exc:
+            _fail(str(exc))
+    typer.echo(b.model_dump_json(indent=2) if as_json else _best_line(b))
+
+
+@app.command()
+def wait(
+    study_id: int,
+    url: UrlOpt = DEFAULT_URL,
+    timeout: Annotated[float, typer.Option(help="give up after S seconds")] = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a progress bar until the study ends, then print the best rate."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    deadline = time.monotonic() + timeout if timeout else float("inf")
+    with (
+        _client(url) as c,
+        Progress(
+            TextColumn("[bold]study {task.fields[sid]}[/] {task.fields[state]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[best]}"),
+            TimeElapsedColumn(),
+            transient=as_json,
+            disable=not sys.stderr.isatty() and as_json,
+        ) as bar,
+    ):
+        task = bar.add_task("", total=None, sid=study_id, state="", best="")
+        while True:
+            try:
+                s = c.get(study_id)
+            except ClientError as exc:
+                if exc.status is not None:
+                    _fail(str(exc))
+                s = None  # the API is restarting: keep polling
+            if s is not None:
+                p = s.progress
+                b = s.best
+                best_txt = (
+                    f"best {b.dropout:.3f} ({b.score.mean:.4f})"
+                    if b and b.score and b.dropout is not None
+                    else ""
+                )
+                bar.update(
+                    task,
+                    total=p.n_trials,
+                    completed=p.complete + p.pruned,
+                    state=s.status,
+                    best=best_txt,
+                )
+                if s.status in ENDED:
+                    break
+            if time.monotonic() > deadline:
+                _fail(f"study {study_id} still running after {timeout:g}s")
+            time.sleep(1.0)
+    with _client(url) as c:
+        b = c.best(study_id)
+    typer.echo(b.model_dump_json(indent=2) if as_json else _show(s))
+    if s.status != "succeeded":
+        raise typer.Exit(2)
+
+
+@app.command()
+def cancel(study_id: int, url: UrlOpt = DEFAULT_URL) -> None:
+    """Cancel a study: no new trials start, running ones stop at their next epoch."""
+    with _client(url) as c:
+        try:
+            s = c.cancel(study_id)
+        except ClientError as exc:
+            _fail(str(exc))
+    typer.echo(f"study {s.id} {s.status}")
+
+
+@app.command()
+def workers(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Live and lost workers."""
+    with _client(url) as c:
+        try:
+            ws = c.workers()
+        except ClientError as exc:
+            _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps([w.model_dump(mode="json") for w in ws], indent=2))
+        return
+    for w in ws:
+        typer.echo(
+            f"{w.id} [{w.status}] {w.device} study={w.study_id} trials={w.trials} "
+            f"heartbeat={w.heartbeat_at:%H:%M:%S}"
+        )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

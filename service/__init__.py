@@ -1,0 +1,1 @@
+"""droptune's REST API: studies, workers, health, the read-only Optuna dashboard."""

@@ -1,0 +1,72 @@
+"""`create_app(settings)`: the API with its routers, errors, recovery task and the dashboard."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service import errors
+from service.dashboard import dashboard_app
+from service.settings import ServiceSettings
+from service.studies import router as studies_router
+from service.workers import router as workers_router
+from storage.db import create_engine
+from storage.errors import StorageError
+from storage.optuna_bridge import optuna_storage
+from storage.reads import Reader
+from storage.recovery import recover_stale
+
+log = logging.getLogger("droptune.api")
+
+
+async def _recover_forever(app: FastAPI, settings: ServiceSettings) -> None:
+    """Stale leases are recovered even while no worker is running."""
+    while True:
+        await asyncio.sleep(settings.recover_every_seconds)
+        try:
+            await run_in_threadpool(
+                recover_stale, app.state.engine, app.state.optuna, settings.lease_grace_seconds
+            )
+        except (StorageError, OSError) as exc:
+            log.warning("lease recovery failed (will retry): %s", exc)
+        except Exception:
+            log.exception("lease recovery failed (will retry)")
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or ServiceSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_recover_forever(app, settings))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            app.state.engine.dispose()
+            app.state.optuna.engine.dispose()
+
+    app = FastAPI(
+        title="droptune",
+        version="0.1.0",
+        summary="Find the dropout rate that generalises best, by K-fold CV inside Optuna.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = create_engine(settings.database_url)
+    app.state.optuna = optuna_storage(settings.database_url)
+    app.state.reader = Reader(app.state.engine, app.state.optuna)
+    errors.install(app)
+    app.include_router(studies_router)
+    app.include_router(workers_router)
+    if settings.dashboard:
+        # Last: the catch-all for /dashboard, /static and /api (see service/dashboard.py).
+        app.mount("/", dashboard_app(app.state.optuna))
+    return app

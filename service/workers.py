@@ -1,0 +1,28 @@
+"""/workers and /healthz."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from fastapi import APIRouter
+
+from service.deps import EngineDep, SettingsDep
+from storage import registry
+from storage.db import transaction
+from storage.schemas import WorkerOut
+
+router = APIRouter(tags=["workers"])
+
+
+@router.get("/workers", response_model=list[WorkerOut])
+def list_workers(
+    engine: EngineDep, settings: SettingsDep, include_stopped: bool = False
+) -> list[WorkerOut]:
+    """Live and lost workers (a lost one stopped heartbeating); stopped ones on request."""
+    return registry.list_workers(engine, settings.lease_grace_seconds, include_stopped)
+
+
+@router.get("/healthz", tags=["health"])
+def healthz(engine: EngineDep) -> dict[str, str]:
+    with transaction(engine, read_only=True) as conn:
+        conn.execute(sa.text("SELECT 1"))
+    return {"status": "ok", "database": engine.dialect.name}

@@ -1,0 +1,1 @@
+"""droptune storage: the StudySpec, the database, the queue and the Optuna storage over one URL."""

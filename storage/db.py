@@ -1,0 +1,108 @@
+"""Engines, the one transaction helper, and the database clock."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from storage.errors import StorageError
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def is_sqlite(url: str | sa.URL) -> bool:
+    return sa.make_url(url).get_backend_name() == "sqlite"
+
+
+def normalise_url(url: str) -> str:
+    """Accept `postgresql://` and `postgres://` and use psycopg 3, the driver we install."""
+    u = sa.make_url(url)
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return u.render_as_string(hide_password=False)
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    """Keyword arguments for create_engine, shared with Optuna's RDBStorage."""
+    if is_sqlite(url):
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    return {"pool_pre_ping": True, "pool_size": 4, "max_overflow": 4, "pool_recycle": 1800}
+
+
+def create_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    engine = sa.create_engine(url, **engine_kwargs(url))
+    if is_sqlite(url):
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling defers BEGIN; take it over so a claim can say
+    # BEGIN IMMEDIATE and writers queue on the busy timeout instead of failing mid-transaction.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.info.pop("sqlite_begin", "BEGIN IMMEDIATE")
+        conn.exec_driver_sql(mode)
+
+
+@contextlib.contextmanager
+def transaction(engine: Engine, *, read_only: bool = False) -> Iterator[Connection]:
+    """Commit on exit, roll back on error, always close; driver errors become StorageError.
+
+    On SQLite every write transaction starts with BEGIN IMMEDIATE, so it holds the write lock from
+    its first statement: a read followed by a write inside it cannot interleave with another writer.
+    """
+    try:
+        with engine.connect() as conn:
+            if read_only:
+                conn.info["sqlite_begin"] = "BEGIN"
+            with conn.begin():
+                yield conn
+    except sa.exc.DBAPIError as exc:
+        raise StorageError(f"database error: {exc.orig!s}".strip()) from exc
+    except sa.exc.SQLAlchemyError as exc:
+        raise StorageError(f"database error: {exc!s}") from exc
+
+
+class db_now(FunctionElement[Any]):
+    """The database's clock as a naive UTC timestamp, shifted by `seconds` (a bound parameter).
+
+    Every lease and staleness check compares against this, never a worker's clock.
+    """
+
+    type = sa.DateTime()
+    inherit_cache = True
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        super().__init__(sa.literal(float(seconds), sa.Float()))
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    # Microsecond digits, as SQLAlchemy writes datetimes, so stored values compare as strings.
+    shift = compiler.process(element.clauses, **kw)
+    return f"(strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.3f seconds', {shift})) || '000')"
+
+
+@compiles(db_now, "postgresql")
+def _db_now_pg(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    shift = compiler.process(element.clauses, **kw)
+    return f"(clock_timestamp() AT TIME ZONE 'UTC' + make_interval(secs => {shift}))"

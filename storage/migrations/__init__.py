@@ -1,0 +1,1 @@
+"""Alembic migrations for droptune's own tables (Optuna migrates its own)."""

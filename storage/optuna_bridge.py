@@ -1,0 +1,37 @@
+"""Optuna's RDBStorage on the droptune database URL, and the studies droptune keeps in it."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.storages import RDBStorage
+
+from storage.db import engine_kwargs, normalise_url
+from storage.spec import StudySpec
+
+# Optuna logs every trial at INFO; droptune's own log lines say what happened.
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def optuna_storage(url: str) -> RDBStorage:
+    url = normalise_url(url)
+    return RDBStorage(url, engine_kwargs=engine_kwargs(url))
+
+
+def ensure_study(storage: RDBStorage, name: str, spec: StudySpec, study_id: int) -> optuna.Study:
+    """Create the Optuna study of a droptune study, or load it; safe to call from many workers."""
+    study = optuna.create_study(
+        storage=storage, study_name=name, direction=spec.cv.direction, load_if_exists=True
+    )
+    if "droptune_id" not in study.user_attrs:
+        study.set_user_attr("droptune_id", study_id)
+        study.set_user_attr("metric", spec.cv.metric)
+        study.set_user_attr("dataset", spec.dataset.builtin)
+        study.set_user_attr("spec", spec.model_dump(mode="json"))
+    return study
+
+
+def study_id_of(storage: RDBStorage, name: str) -> int | None:
+    try:
+        return int(storage.get_study_id_from_name(name))
+    except KeyError:
+        return None

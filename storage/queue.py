@@ -1,0 +1,286 @@
+"""All queue SQL: enqueue, claim trial slots, link, heartbeat, finish, cancel, stale leases.
+
+A claim is one short transaction. On PostgreSQL the study is picked and its slots reserved by one
+`UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`; on SQLite (which drops
+FOR UPDATE) the same statement runs inside BEGIN IMMEDIATE, which serialises writers.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from storage.db import db_now, transaction
+from storage.errors import Conflict, NotFound
+from storage.spec import StudySpec
+from storage.tables import leases, retries, studies
+
+ACTIVE = ("queued", "running")
+NOTIFY_CHANNEL = "droptune_queue"
+
+
+@dataclass(frozen=True)
+class Lease:
+    id: int
+    study_id: int
+    attempt: int
+    params: dict[str, float] | None  # set when the slot retries earlier parameters
+
+
+@dataclass(frozen=True)
+class Claim:
+    study_id: int
+    optuna_study: str
+    spec: StudySpec
+    leases: list[Lease]
+
+
+class Outcome(enum.Enum):
+    DONE = "done"  # the trial finished COMPLETE or PRUNED
+    FAILED = "failed"  # the trial failed: retry its parameters, counting an attempt
+    RELEASED = "released"  # the worker gave the slot back (shutdown): retry at once, no attempt
+    DROPPED = "dropped"  # the study has ended (cancelled): nothing to give back
+
+
+def optuna_study_name(study_id: int) -> str:
+    return f"droptune-{study_id}"
+
+
+def _least(a: Any, b: Any) -> Any:
+    return sa.case((a < b, a), else_=b)
+
+
+def _notify(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
+
+
+def enqueue(engine: Engine, spec: StudySpec, owner: str) -> int:
+    """Store a new study as `queued` and return its id."""
+    with transaction(engine) as conn:
+        study_id = conn.execute(
+            studies.insert()
+            .values(
+                owner=owner,
+                name=spec.name,
+                spec=spec.model_dump(mode="json"),
+                status="queued",
+                priority=spec.priority,
+                n_trials=spec.search.n_trials,
+                max_retries=spec.search.max_retries,
+                max_failed=spec.search.max_failed,
+            )
+            .returning(studies.c.id)
+        ).scalar_one()
+        conn.execute(
+            studies.update()
+            .where(studies.c.id == study_id)
+            .values(optuna_study=optuna_study_name(study_id))
+        )
+        _notify(conn)
+    return int(study_id)
+
+
+def claim(engine: Engine, worker_id: str, max_slots: int) -> Claim | None:
+    """Reserve up to `max_slots` trial slots of the most urgent study; None when none is open."""
+    s = studies.c
+    pick = (
+        sa.select(s.id)
+        .where(s.status.in_(ACTIVE), s.slots_claimed < s.n_trials)
+        .order_by(s.priority.desc(), s.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    reserve = (
+        studies.update()
+        .where(s.id == pick)
+        .values(
+            # Every SET expression reads the row as it was, so last_claim is the count reserved.
+            last_claim=_least(s.n_trials - s.slots_claimed, max_slots),
+            slots_claimed=_least(s.n_trials, s.slots_claimed + max_slots),
+            status="running",
+            started_at=sa.func.coalesce(s.started_at, db_now()),
+        )
+        .returning(s.id, s.last_claim, s.spec, s.optuna_study)
+    )
+    with transaction(engine) as conn:
+        row = conn.execute(reserve).one_or_none()
+        if row is None:
+            return None
+        study_id, n, spec, optuna_study = row
+        waiting = conn.execute(
+            sa.select(retries.c.id, retries.c.params, retries.c.attempt)
+            .where(retries.c.study_id == study_id)
+            .order_by(retries.c.id)
+            .limit(n)
+        ).all()
+        if waiting:
+            conn.execute(retries.delete().where(retries.c.id.in_([w.id for w in waiting])))
+        slots: list[dict[str, Any]] = [
+            {"study_id": study_id, "worker_id": worker_id, "attempt": w.attempt, "params": w.params}
+            for w in waiting
+        ]
+        slots += [{"study_id": study_id, "worker_id": worker_id, "attempt": 0, "params": None}] * (
+            n - len(waiting)
+        )
+        ids = conn.execute(
+            leases.insert().returning(leases.c.id, sort_by_parameter_order=True), slots
+        ).scalars()
+        claimed = [
+            Lease(id=i, study_id=study_id, attempt=sl["attempt"], params=sl["params"])
+            for i, sl in zip(ids, slots, strict=True)
+        ]
+    return Claim(study_id, optuna_study, StudySpec.model_validate(spec), claimed)
+
+
+def link_trial(
+    engine: Engine, lease_id: int, trial_id: int, number: int, params: dict[str, float]
+) -> bool:
+    """Record the Optuna trial a lease runs. False when the lease was lost meanwhile."""
+    with transaction(engine) as conn:
+        n = conn.execute(
+            leases.update()
+            .where(leases.c.id == lease_id)
+            .values(trial_id=trial_id, trial_number=number, params=params)
+        ).rowcount
+    return n == 1
+
+
+@dataclass(frozen=True)
+class Beat:
+    live_leases: frozenset[int]  # leases this worker still holds
+    ended_studies: frozenset[int]  # studies of those leases that have ended (cancelled, failed)
+
+
+def heartbeat_leases(conn: Connection, worker_id: str) -> Beat:
+    rows = conn.execute(
+        leases.update()
+        .where(leases.c.worker_id == worker_id)
+        .values(heartbeat_at=db_now())
+        .returning(leases.c.id, leases.c.study_id)
+    ).all()
+    study_ids = {r.study_id for r in rows}
+    ended = conn.execute(
+        sa.select(studies.c.id).where(studies.c.id.in_(study_ids), studies.c.status.not_in(ACTIVE))
+    ).scalars()
+    return Beat(frozenset(r.id for r in rows), frozenset(ended))
+
+
+def finish(engine: Engine, lease_id: int, outcome: Outcome, reason: str | None = None) -> bool:
+    """End a lease and account for its slot. False when the lease was already gone."""
+    with transaction(engine) as conn:
+        row = conn.execute(
+            leases.delete()
+            .where(leases.c.id == lease_id)
+            .returning(leases.c.study_id, leases.c.attempt, leases.c.params, leases.c.trial_number)
+        ).one_or_none()
+        if row is None:
+            return False
+        study = conn.execute(
+            sa.select(studies).where(studies.c.id == row.study_id).with_for_update()
+        ).one()
+        if study.status not in ACTIVE or outcome is Outcome.DROPPED:
+            return True
+        if outcome is Outcome.DONE:
+            _count_done(conn, study)
+        else:
+            _give_back(conn, study, row, outcome, reason)
+    return True
+
+
+def _count_done(conn: Connection, study: sa.Row[Any]) -> None:
+    done = study.n_done + 1
+    values: dict[str, Any] = {"n_done": done}
+    if done >= study.n_trials:
+        values |= {"status": "succeeded", "ended_at": db_now()}
+    conn.execute(studies.update().where(studies.c.id == study.id).values(**values))
+
+
+def _give_back(
+    conn: Connection, study: sa.Row[Any], lease: Any, outcome: Outcome, reason: str | None
+) -> None:
+    """Return the slot to the queue and, while attempts remain, its parameters with it."""
+    values: dict[str, Any] = {"slots_claimed": studies.c.slots_claimed - 1}
+    attempt = lease.attempt + (1 if outcome is Outcome.FAILED else 0)
+    if lease.params is not None and attempt <= study.max_retries:
+        conn.execute(
+            retries.insert().values(
+                study_id=study.id,
+                params=lease.params,
+                attempt=attempt,
+                origin_trial=lease.trial_number,
+            )
+        )
+    elif lease.params is not None:
+        # Out of retries: the slot goes back with fresh parameters; the study fails past
+        # max_failed such give-ups.
+        given_up = study.n_given_up + 1
+        values["n_given_up"] = given_up
+        if given_up > study.max_failed:
+            values |= {
+                "status": "failed",
+                "ended_at": db_now(),
+                "reason": f"{given_up} trials failed after {study.max_retries} retries each "
+                f"(max_failed={study.max_failed}); last: {reason or 'unknown'}",
+            }
+    conn.execute(studies.update().where(studies.c.id == study.id).values(**values))
+    _notify(conn)
+
+
+@dataclass(frozen=True)
+class StaleLease:
+    id: int
+    study_id: int
+    trial_id: int | None
+
+
+def stale_leases(engine: Engine, grace_seconds: float) -> list[StaleLease]:
+    """Leases whose heartbeat is older than the grace period, by the database clock."""
+    with transaction(engine, read_only=True) as conn:
+        rows = conn.execute(
+            sa.select(leases.c.id, leases.c.study_id, leases.c.trial_id).where(
+                leases.c.heartbeat_at < db_now(-grace_seconds)
+            )
+        ).all()
+    return [StaleLease(r.id, r.study_id, r.trial_id) for r in rows]
+
+
+def cancel(engine: Engine, study_id: int, owner: str) -> str:
+    """Stop new claims at once; running trials see the status at their next heartbeat."""
+    with transaction(engine) as conn:
+        status = conn.execute(
+            sa.select(studies.c.status)
+            .where(studies.c.id == study_id, studies.c.owner == owner)
+            .with_for_update()
+        ).scalar_one_or_none()
+        if status is None:
+            raise NotFound(f"study {study_id} not found")
+        if status not in ACTIVE:
+            raise Conflict(f"study {study_id} has already ended ({status})")
+        conn.execute(
+            studies.update()
+            .where(studies.c.id == study_id)
+            .values(status="cancelled", reason="cancelled by its owner", ended_at=db_now())
+        )
+        conn.execute(retries.delete().where(retries.c.study_id == study_id))
+    return "cancelled"
+
+
+def peek(engine: Engine) -> tuple[int, StudySpec, int] | None:
+    """The study the next claim would pick: (id, spec, open slots); a hint for sizing a batch."""
+    s = studies.c
+    with transaction(engine, read_only=True) as conn:
+        row = conn.execute(
+            sa.select(s.id, s.spec, s.n_trials - s.slots_claimed)
+            .where(s.status.in_(ACTIVE), s.slots_claimed < s.n_trials)
+            .order_by(s.priority.desc(), s.id)
+            .limit(1)
+        ).one_or_none()
+    if row is None:
+        return None
+    return int(row[0]), StudySpec.model_validate(row[1]), int(row[2])

@@ -1,0 +1,139 @@
+"""Read models: a study with its progress and best, its trials, and pages of studies."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import Engine
+
+from storage.answer import best_and_one_se, primary_rate, score_of
+from storage.db import transaction
+from storage.errors import NotFound
+from storage.optuna_bridge import study_id_of
+from storage.schemas import ENDED, BestOut, Progress, StudyOut, StudyPage, TrialOut
+from storage.spec import StudySpec
+from storage.tables import studies
+
+
+class Reader:
+    """Reads droptune's rows and Optuna's trials of the same database, scoped to an owner."""
+
+    def __init__(self, engine: Engine, optuna: RDBStorage) -> None:
+        self.engine = engine
+        self.optuna = optuna
+
+    def _row(self, study_id: int, owner: str) -> sa.Row[Any]:
+        with transaction(self.engine, read_only=True) as conn:
+            row = conn.execute(
+                sa.select(studies).where(studies.c.id == study_id, studies.c.owner == owner)
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"study {study_id} not found")
+        return row
+
+    def status(self, study_id: int, owner: str) -> str:
+        return str(self._row(study_id, owner).status)
+
+    def _trials(self, row: sa.Row[Any]) -> list[FrozenTrial]:
+        oid = study_id_of(self.optuna, row.optuna_study) if row.optuna_study else None
+        if oid is None:  # no worker has opened it yet
+            return []
+        return list(self.optuna.get_all_trials(oid, deepcopy=False))
+
+    def study(self, study_id: int, owner: str) -> StudyOut:
+        row = self._row(study_id, owner)
+        return self._study_out(row, self._trials(row))
+
+    def _study_out(self, row: sa.Row[Any], trials: Sequence[FrozenTrial]) -> StudyOut:
+        count = {s: 0 for s in TrialState}
+        for t in trials:
+            count[t.state] += 1
+        progress = Progress(
+            n_trials=row.n_trials,
+            complete=count[TrialState.COMPLETE],
+            pruned=count[TrialState.PRUNED],
+            failed=count[TrialState.FAIL],
+            running=count[TrialState.RUNNING],
+        )
+        best = self._best_out(row, trials) if trials else None
+        return StudyOut(
+            id=row.id,
+            name=row.name,
+            status=row.status,
+            reason=row.reason,
+            priority=row.priority,
+            owner=row.owner,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            ended_at=row.ended_at,
+            optuna_study=row.optuna_study,
+            spec=StudySpec.model_validate(row.spec),
+            progress=progress,
+            best=best,
+        )
+
+    def best(self, study_id: int, owner: str) -> BestOut:
+        row = self._row(study_id, owner)
+        return self._best_out(row, self._trials(row))
+
+    def _best_out(self, row: sa.Row[Any], trials: Sequence[FrozenTrial]) -> BestOut:
+        spec = StudySpec.model_validate(row.spec)
+        best, one_se = best_and_one_se(trials, spec.cv.direction == "maximize")
+        return BestOut(
+            study_id=row.id,
+            dropout=primary_rate(best.params) if best else None,
+            params={k: float(v) for k, v in best.params.items()} if best else {},
+            score=score_of(best) if best else None,
+            metric=spec.cv.metric,
+            direction=spec.cv.direction,
+            trial=best.number if best else None,
+            one_se_dropout=primary_rate(one_se.params) if one_se else None,
+            one_se_trial=one_se.number if one_se else None,
+            complete=row.status in ENDED,
+            status=row.status,
+        )
+
+    def trials(self, study_id: int, owner: str) -> list[TrialOut]:
+        row = self._row(study_id, owner)
+        return [_trial_out(t) for t in sorted(self._trials(row), key=lambda t: t.number)]
+
+    def page(self, owner: str, status: str | None, offset: int, limit: int) -> StudyPage:
+        where = [studies.c.owner == owner]
+        if status is not None:
+            where.append(studies.c.status == status)
+        with transaction(self.engine, read_only=True) as conn:
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(studies).where(*where)
+            ).scalar_one()
+            rows = conn.execute(
+                sa.select(studies)
+                .where(*where)
+                .order_by(studies.c.id.desc())
+                .offset(offset)
+                .limit(limit)
+            ).all()
+        items = [self._study_out(r, self._trials(r)) for r in rows]
+        return StudyPage(items=items, total=total, offset=offset, limit=limit)
+
+
+def _trial_out(t: FrozenTrial) -> TrialOut:
+    u = t.user_attrs
+    return TrialOut(
+        number=t.number,
+        state=t.state.name,
+        params={k: float(v) for k, v in t.params.items()},
+        value=t.value if t.state == TrialState.COMPLETE else None,
+        score=score_of(t),
+        epochs=u.get("epochs"),
+        train_seconds=u.get("train_seconds"),
+        device=u.get("device"),
+        worker=u.get("worker"),
+        attempt=int(u.get("attempt", 0)),
+        reason=u.get("reason"),
+        started_at=t.datetime_start,
+        ended_at=t.datetime_complete,
+    )

@@ -1,0 +1,56 @@
+"""Recover stale work: fail the trials of lost leases in Optuna and give their slots back.
+
+Run by every worker before it claims and by the API in the background, so a study moves on as
+long as anything is running. Safe to run from many processes at once: the Optuna state decides
+the outcome (a trial is finished once, atomically), and the lease row is deleted exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+from sqlalchemy.engine import Engine
+
+from storage.queue import Outcome, finish, stale_leases
+
+log = logging.getLogger("droptune.recovery")
+
+LEASE_LOST = "lease lost: its worker stopped heartbeating"
+
+
+def fail_trial(storage: RDBStorage, trial_id: int, reason: str) -> TrialState:
+    """Fail a running trial with a reason; return its final state (which may be COMPLETE)."""
+    try:
+        storage.set_trial_user_attr(trial_id, "reason", reason)
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        pass
+    except RuntimeError as exc:  # Optuna refuses attrs on a finished trial this way too
+        if "finished" not in str(exc):
+            raise
+    return storage.get_trial(trial_id).state
+
+
+def recover_stale(engine: Engine, storage: RDBStorage, grace_seconds: float) -> int:
+    """Handle every lease older than the grace period; return how many were recovered."""
+    n = 0
+    for lease in stale_leases(engine, grace_seconds):
+        if lease.trial_id is None:
+            outcome = Outcome.RELEASED  # lost before it created its trial: just give it back
+        else:
+            state = fail_trial(storage, lease.trial_id, LEASE_LOST)
+            finished = state in (TrialState.COMPLETE, TrialState.PRUNED)
+            outcome = Outcome.DONE if finished else Outcome.FAILED
+        if finish(engine, lease.id, outcome, LEASE_LOST):
+            n += 1
+            log.warning(
+                "recovered lease %s of study %s (trial id %s): %s",
+                lease.id,
+                lease.study_id,
+                lease.trial_id,
+                outcome.value,
+            )
+    return n

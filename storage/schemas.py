@@ -1,0 +1,92 @@
+"""Result schemas returned by the API and read by the client (kept apart from the tables)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel
+
+from storage.spec import StudySpec
+
+StudyStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ENDED: tuple[StudyStatus, ...] = ("succeeded", "failed", "cancelled")
+
+
+class Score(BaseModel):
+    mean: float
+    std: float
+    folds: list[float]
+
+
+class Progress(BaseModel):
+    n_trials: int
+    complete: int
+    pruned: int
+    failed: int
+    running: int
+
+
+class BestOut(BaseModel):
+    study_id: int
+    dropout: float | None
+    params: dict[str, float]
+    score: Score | None
+    metric: str
+    direction: str
+    trial: int | None
+    one_se_dropout: float | None
+    one_se_trial: int | None
+    complete: bool
+    status: StudyStatus
+
+
+class StudyOut(BaseModel):
+    id: int
+    name: str | None
+    status: StudyStatus
+    reason: str | None
+    priority: int
+    owner: str
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    optuna_study: str
+    spec: StudySpec
+    progress: Progress
+    best: BestOut | None = None
+
+
+class StudyPage(BaseModel):
+    items: list[StudyOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class TrialOut(BaseModel):
+    number: int
+    state: str
+    params: dict[str, float]
+    value: float | None
+    score: Score | None
+    epochs: int | None
+    train_seconds: float | None
+    device: str | None
+    worker: str | None
+    attempt: int
+    reason: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+class WorkerOut(BaseModel):
+    id: str
+    host: str
+    pid: int
+    device: str
+    status: Literal["live", "lost", "stopped"]
+    started_at: datetime
+    heartbeat_at: datetime
+    study_id: int | None
+    trials: list[int]

@@ -1,0 +1,151 @@
+"""The StudySpec: the one definition of a study, used by the API, the worker and the client."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "synthetic")
+# Smallest class count of each bundled data set: the upper bound for `cv.folds`.
+BUILTIN_MIN_CLASS_COUNT = {"digits": 174, "breast_cancer": 212, "wine": 48, "iris": 50}
+SYNTHETIC_OPTIONS = ("n_samples", "n_features", "n_informative", "n_classes", "seed")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(_Strict):
+    builtin: Literal["digits", "breast_cancer", "wine", "iris", "synthetic"] = Field(
+        description="a data set bundled with scikit-learn, or `synthetic` (make_classification)"
+    )
+    options: dict[str, int] = Field(
+        default_factory=dict,
+        description="for `synthetic`: n_samples, n_features, n_informative, n_classes, seed",
+    )
+
+    @model_validator(mode="after")
+    def _check_options(self) -> DatasetSpec:
+        if self.builtin != "synthetic":
+            if self.options:
+                raise ValueError(f"data set {self.builtin!r} takes no options")
+            return self
+        unknown = sorted(set(self.options) - set(SYNTHETIC_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"unknown synthetic option(s) {unknown}; allowed: {list(SYNTHETIC_OPTIONS)}"
+            )
+        o = self.synthetic_options()
+        if not 20 <= o["n_samples"] <= 1_000_000:
+            raise ValueError("options.n_samples must be between 20 and 1000000")
+        if not 2 <= o["n_features"] <= 10_000:
+            raise ValueError("options.n_features must be between 2 and 10000")
+        if not 1 <= o["n_informative"] <= o["n_features"]:
+            raise ValueError("options.n_informative must be between 1 and n_features")
+        if not 2 <= o["n_classes"] <= 100:
+            raise ValueError("options.n_classes must be between 2 and 100")
+        if o["n_classes"] * 2 > 2 ** o["n_informative"]:
+            raise ValueError("options.n_classes * 2 must be <= 2 ** n_informative")
+        return self
+
+    def synthetic_options(self) -> dict[str, int]:
+        defaults = {"n_samples": 1000, "n_features": 20, "n_informative": 10, "n_classes": 2}
+        return {**defaults, "seed": 0, **self.options}
+
+    def min_class_count(self) -> int:
+        if self.builtin == "synthetic":
+            o = self.synthetic_options()
+            # make_classification balances classes; flip_y may move a few samples.
+            return max(1, int(o["n_samples"] * 0.9) // o["n_classes"])
+        return BUILTIN_MIN_CLASS_COUNT[self.builtin]
+
+
+class ModelSpec(_Strict):
+    kind: Literal["mlp", "cnn"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
+        default_factory=lambda: [256, 256], min_length=1, max_length=8
+    )
+    channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=lambda: [32, 64],
+        min_length=1,
+        max_length=4,
+        description="conv channels per block (cnn only)",
+    )
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(20, ge=1, le=1000)
+    batch_size: int = Field(64, ge=1, le=65536)
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0, le=1)
+
+
+class CVSpec(_Strict):
+    folds: int = Field(5, ge=2, le=100)
+    metric: Literal["accuracy", "log_loss"] = "accuracy"
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @property
+    def direction(self) -> Literal["maximize", "minimize"]:
+        return "maximize" if self.metric == "accuracy" else "minimize"
+
+
+class SearchSpec(_Strict):
+    dropout_low: float = Field(0.0, ge=0, lt=1)
+    dropout_high: float = Field(0.8, gt=0, lt=1)
+    n_trials: int = Field(20, ge=1, le=10000)
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["none", "median", "hyperband"] = "median"
+    per_layer: bool = Field(False, description="search one rate per hidden layer")
+    input_dropout_low: float = Field(0.0, ge=0, lt=1)
+    input_dropout_high: float = Field(0.0, ge=0, lt=1)
+    batch_trials: int | None = Field(
+        None, ge=1, le=1024, description="trials trained together; null picks from model size"
+    )
+    max_retries: int = Field(2, ge=0, le=100)
+    max_failed: int = Field(10, ge=0, le=10000)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> SearchSpec:
+        if not self.dropout_low < self.dropout_high:
+            raise ValueError("search.dropout_low must be below search.dropout_high")
+        if self.input_dropout_high and not self.input_dropout_low < self.input_dropout_high:
+            raise ValueError("search.input_dropout_low must be below search.input_dropout_high")
+        return self
+
+    @property
+    def searches_input_dropout(self) -> bool:
+        return self.input_dropout_high > 0
+
+
+class StudySpec(_Strict):
+    name: str | None = Field(None, max_length=200)
+    dataset: DatasetSpec
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    cv: CVSpec = Field(default_factory=CVSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    priority: int = Field(0, ge=-1000, le=1000)
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> StudySpec:
+        smallest = self.dataset.min_class_count()
+        if self.cv.folds > smallest:
+            raise ValueError(
+                f"cv.folds={self.cv.folds} exceeds the smallest class count of "
+                f"{self.dataset.builtin!r} ({smallest})"
+            )
+        if self.model.kind == "cnn" and self.dataset.builtin != "digits":
+            raise ValueError("model.kind 'cnn' needs image data: dataset.builtin 'digits'")
+        return self
+
+    def param_names(self) -> list[str]:
+        """The Optuna parameters this study searches, in order."""
+        n_layers = (
+            len(self.model.channels) + 1 if self.model.kind == "cnn" else len(self.model.hidden)
+        )
+        names = [f"dropout_{i}" for i in range(n_layers)] if self.search.per_layer else ["dropout"]
+        if self.search.searches_input_dropout:
+            names.append("input_dropout")
+        return names

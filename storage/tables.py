@@ -1,0 +1,82 @@
+"""droptune's own tables. Optuna keeps its tables (trials, params, values) in the same database."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from storage.db import db_now
+
+metadata = sa.MetaData()
+
+# A study is the unit of queueing: queued -> running -> succeeded | failed | cancelled.
+# `slots_claimed` counts trial slots handed to workers and not given back; `n_done` counts trials
+# finished COMPLETE or PRUNED. The study succeeds when n_done reaches n_trials.
+studies = sa.Table(
+    "droptune_studies",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("owner", sa.String(200), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=True),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("n_trials", sa.Integer, nullable=False),
+    sa.Column("max_retries", sa.Integer, nullable=False),
+    sa.Column("max_failed", sa.Integer, nullable=False),
+    sa.Column("slots_claimed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_claim", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("n_done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("n_given_up", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("optuna_study", sa.String(200), nullable=True, unique=True),
+    sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
+    sa.Column("started_at", sa.DateTime, nullable=True),
+    sa.Column("ended_at", sa.DateTime, nullable=True),
+    sa.Index("ix_droptune_studies_queue", "status", "priority", "id"),
+)
+
+# One row per claimed trial slot while a worker holds it. `trial_id` is Optuna's trial id, set
+# once the worker has created the trial; `params` is set when the slot retries earlier parameters.
+leases = sa.Table(
+    "droptune_leases",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "study_id", sa.Integer, sa.ForeignKey("droptune_studies.id"), nullable=False, index=True
+    ),
+    sa.Column("worker_id", sa.String(64), nullable=False, index=True),
+    sa.Column("trial_id", sa.Integer, nullable=True),
+    sa.Column("trial_number", sa.Integer, nullable=True),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("params", sa.JSON, nullable=True),
+    sa.Column("claimed_at", sa.DateTime, nullable=False, server_default=db_now()),
+    sa.Column("heartbeat_at", sa.DateTime, nullable=False, server_default=db_now()),
+)
+
+# Parameters waiting to be retried after their trial failed or its worker was lost.
+retries = sa.Table(
+    "droptune_retries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "study_id", sa.Integer, sa.ForeignKey("droptune_studies.id"), nullable=False, index=True
+    ),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("origin_trial", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
+)
+
+workers = sa.Table(
+    "droptune_workers",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("device", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=False, server_default=db_now()),
+    sa.Column("heartbeat_at", sa.DateTime, nullable=False, server_default=db_now()),
+    sa.Column("study_id", sa.Integer, nullable=True),
+    sa.Column("trials", sa.JSON, nullable=True),
+)

@@ -1,0 +1,424 @@
+"""The training engine: B trials x K folds trained as one stacked model.
+
+Member m = b * K + k is trial b on fold k. Every member gets exactly the gradient it would get
+alone (the loss is a sum of per-member mean losses) and Adam is elementwise, so one optimizer
+over the stacked parameters equals M separate ones. Initial weights and the order of training
+samples depend only on (cfg.seed, fold): trials of one fold start from the same weights and see
+the same batches, so they differ only by their dropout rates and masks (common random numbers,
+which makes comparing rates less noisy).
+
+Imports only torch, numpy and the stdlib (plus worker.data/models): bench/ runs on bare GPU boxes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from worker.data import FoldData
+from worker.models import CNNConfig, MLPConfig, StackedCNN, StackedMLP, build_model
+
+METRICS = ("accuracy", "log_loss")
+OnEpoch = Callable[[int, list[int], np.ndarray], Iterable[int] | None]
+StackedModel = StackedMLP | StackedCNN
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    metric: str = "accuracy"  # or "log_loss" (mean cross-entropy, lower is better)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrialRates:
+    hidden: tuple[float, ...]  # one per hidden layer / conv block (+ FC); length 1 broadcasts
+    input: float = 0.0  # input-feature dropout (MLP only)
+
+
+@dataclass
+class TrialResult:
+    fold_scores: list[float]  # last evaluated epoch's validation score per fold
+    epochs_run: int
+    stopped: bool  # on_epoch asked to stop it (pruned / cancelled) before the last epoch ended
+    train_seconds: float  # wall time from the start of the batch until this trial finished
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.fold_scores))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.fold_scores))
+
+
+def _seed(seed: int, stream: int) -> int:
+    # distinct, reproducible streams (init / order / dropout) from one user seed
+    return (seed * 1_000_003 + stream * 7_919) % (2**63)
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def setup_device(device: torch.device) -> None:
+    """Per-device speed settings; CPU-only runs never touch CUDA state."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def member_folds(n_trials: int, k: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(k, device=device).repeat(n_trials)
+
+
+def epoch_order(data: FoldData, gen: torch.Generator) -> torch.Tensor:
+    """[K, Ltr] sample indices: row k is a fresh permutation of fold k's training part.
+
+    Padding slots sort last (key 2 > any uniform key), so the first train_len[k] entries of
+    row k are exactly fold k's training samples, each once.
+    """
+    k, ltr = data.train_idx.shape
+    keys = torch.rand(k, ltr, generator=gen, device=data.device)
+    pos = torch.arange(ltr, device=data.device)
+    keys = torch.where(pos < data.train_len[:, None], keys, 2.0)
+    return data.train_idx.gather(1, keys.argsort(dim=1))
+
+
+def _restore(
+    model: StackedModel,
+    opt: torch.optim.Optimizer,
+    idx: torch.Tensor,
+    saved: list[list[torch.Tensor]],
+) -> None:
+    for p, (pv, *states) in zip(model.parameters(), saved, strict=True):
+        p.data[idx] = pv
+        st = opt.state[p]
+        for name, v in zip(("exp_avg", "exp_avg_sq"), states, strict=True):
+            st[name][idx] = v
+
+
+def train_epoch(
+    model: StackedModel,
+    opt: torch.optim.Optimizer,
+    data: FoldData,
+    fold_of: torch.Tensor,
+    order: torch.Tensor,
+    batch_size: int,
+    lens: Sequence[int],
+) -> None:
+    """One epoch for all members: member m walks order[fold_of[m]] in batches of batch_size.
+
+    lens[m] is member m's training length (host ints, so planning needs no device sync). Steps
+    where every member has a full batch take the fast path; only the tail needs masking.
+    """
+    model.train()
+    n = data.X_std.shape[1]
+    x_flat = data.X_std.view(-1, data.X_std.shape[2])
+    member_order = order[fold_of]  # [M, Ltr]
+    flat_idx = member_order + (fold_of * n)[:, None]
+    lo, hi = min(lens), max(lens)
+    n_members = len(lens)
+    lens_t = torch.tensor(lens, device=data.device)
+    for start in range(0, hi, batch_size):
+        width = min(batch_size, hi - start)
+        xb = x_flat[flat_idx[:, start : start + width]]
+        yb = data.y[member_order[:, start : start + width]]
+        logits = model(xb)
+        n_cls = logits.shape[-1]
+        if start + width <= lo:
+            # every member has `width` real samples: sum of member means = total sum / width
+            loss = F.cross_entropy(logits.reshape(-1, n_cls), yb.reshape(-1), reduction="sum")
+            loss = loss / width
+            empty: list[int] = []
+        else:
+            counts = (lens_t - start).clamp(0, width)
+            valid = torch.arange(width, device=data.device) < counts[:, None]
+            w = valid / counts.clamp(min=1)[:, None]
+            ce = F.cross_entropy(logits.reshape(-1, n_cls), yb.reshape(-1), reduction="none")
+            loss = (ce.view(n_members, width) * w).sum()
+            empty = [m for m, ln in enumerate(lens) if ln <= start]
+        opt.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss)
+        if empty:
+            # a member with no samples left must not move (Adam would still step on its momentum)
+            idx = torch.tensor(empty, device=data.device)
+            saved = (
+                [
+                    [p.data[idx].clone()]
+                    + [opt.state[p][s][idx].clone() for s in ("exp_avg", "exp_avg_sq")]
+                    for p in model.parameters()
+                ]
+                if opt.state
+                else []
+            )
+            opt.step()
+            if saved:
+                _restore(model, opt, idx, saved)
+        else:
+            opt.step()
+
+
+@torch.no_grad()
+def evaluate(
+    model: StackedModel, data: FoldData, fold_of: torch.Tensor, metric: str, max_rows: int = 1 << 16
+) -> torch.Tensor:
+    """Validation score per member ([M], on device); chunked over members to bound memory."""
+    model.eval()
+    n, lva = data.X_std.shape[1], data.val_idx.shape[1]
+    x_flat = data.X_std.view(-1, data.X_std.shape[2])
+    n_members = fold_of.shape[0]
+    chunk = max(1, max_rows // max(lva, 1))
+    valid = torch.arange(lva, device=data.device) < data.val_len[:, None]  # [K, Lva]
+    out = []
+    # members are sliced via a temporary view of the parameters, so chunking needs a model copy
+    # only when there is more than one chunk; the common case runs in one forward.
+    for c0 in range(0, n_members, chunk):
+        f = fold_of[c0 : c0 + chunk]
+        xb = x_flat[data.val_idx[f] + (f * n)[:, None]]
+        yb = data.y[data.val_idx[f]]
+        logits = _forward_slice(model, xb, c0, c0 + f.shape[0])
+        vmask = valid[f]
+        if metric == "accuracy":
+            hit = (logits.argmax(-1) == yb) & vmask
+            score = hit.sum(1) / data.val_len[f]
+        else:
+            ce = F.cross_entropy(logits.transpose(1, 2), yb, reduction="none")
+            score = (ce * vmask).sum(1) / data.val_len[f]
+        out.append(score.float())
+    return torch.cat(out)
+
+
+def _forward_slice(model: StackedModel, x: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    if a == 0 and b == model.n_members:
+        out: torch.Tensor = model(x)
+        return out
+    # run members a..b with sliced parameters (views; nothing is copied or trained here)
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    sliced = {name: t[a:b] for name, t in {**params, **buffers}.items()}
+    saved_n = model.n_members
+    try:
+        model.n_members = b - a
+        return torch.func.functional_call(model, sliced, (x,))  # type: ignore[no-any-return]
+    finally:
+        model.n_members = saved_n
+
+
+def _trial_rate_rows(
+    trials: Sequence[TrialRates], n_layers: int
+) -> tuple[list[list[float]], list[float]]:
+    rows, inputs = [], []
+    for t in trials:
+        if len(t.hidden) == 1:
+            rows.append([float(t.hidden[0])] * n_layers)
+        elif len(t.hidden) == n_layers:
+            rows.append([float(r) for r in t.hidden])
+        else:
+            raise ValueError(
+                f"TrialRates.hidden has {len(t.hidden)} rates; the model has {n_layers}"
+            )
+        inputs.append(float(t.input))
+    return rows, inputs
+
+
+def _make_optimizer(model: StackedModel, cfg: TrainConfig) -> torch.optim.Adam:
+    # fused Adam is one pass over each parameter tensor; it exists on CPU and CUDA for float32
+    return torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+    )
+
+
+def _select(model: StackedModel, opt: torch.optim.Optimizer, keep: torch.Tensor) -> None:
+    model.select_members(keep)
+    for p in model.parameters():
+        st = opt.state.get(p)
+        if st:
+            st["exp_avg"] = st["exp_avg"][keep]
+            st["exp_avg_sq"] = st["exp_avg_sq"][keep]
+
+
+def train_trials(
+    data: FoldData,
+    model: MLPConfig | CNNConfig,
+    cfg: TrainConfig,
+    trials: Sequence[TrialRates],
+    device: torch.device | str | None = None,
+    on_epoch: OnEpoch | None = None,
+    *,
+    amp: bool = False,
+    compile_model: bool = False,
+) -> list[TrialResult]:
+    """Train len(trials) trials x K folds as one stacked model; one TrialResult per trial.
+
+    on_epoch(epoch, active_trials, scores[B_active, K]) runs after each epoch's validation and
+    returns trial indices to stop; it may raise to abort the whole batch. amp = bf16 autocast
+    (CUDA only); compile_model = torch.compile the forward (pays only for long runs).
+    """
+    if cfg.metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {cfg.metric!r}")
+    if not trials:
+        return []
+    dev = torch.device(device) if device is not None else data.device
+    if data.device != dev:
+        raise ValueError(f"data lives on {data.device}, training asked for {dev}")
+    setup_device(dev)
+    t0 = time.perf_counter()
+    k, n_trials = data.k, len(trials)
+    net = build_model(
+        model,
+        k,
+        data.n_features,
+        data.n_classes,
+        data.image_shape,
+        generator=_generator(torch.device("cpu"), _seed(cfg.seed, 1)),
+        device=dev,
+    )
+    # one initialisation per fold, shared by every trial (member b*K+k <- fold k's weights)
+    net.select_members(member_folds(n_trials, k, dev))
+    rows, inputs = _trial_rate_rows(trials, net.n_layers)
+    if isinstance(net, StackedCNN) and any(inputs):
+        raise ValueError("input dropout is only supported for MLP models")
+    net.set_rates([r for r in rows for _ in range(k)], [i for i in inputs for _ in range(k)])
+    net.dropout_generator = _generator(dev, _seed(cfg.seed, 2))
+    order_gen = _generator(dev, _seed(cfg.seed, 3))
+    opt = _make_optimizer(net, cfg)
+    fwd: StackedModel = torch.compile(net) if compile_model else net  # type: ignore[assignment]
+
+    active = list(range(n_trials))
+    fold_of = member_folds(n_trials, k, dev)
+    results: list[TrialResult | None] = [None] * n_trials
+    last = np.zeros((n_trials, k))
+    use_amp = amp and dev.type == "cuda"
+    for epoch in range(1, cfg.epochs + 1):
+        order = epoch_order(data, order_gen)
+        lens = [data.train_len_host[f] for _ in active for f in range(k)]
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            train_epoch(fwd, opt, data, fold_of, order, cfg.batch_size, lens)
+            scores = evaluate(fwd, data, fold_of, cfg.metric)
+        sc = scores.view(len(active), k).double().cpu().numpy()  # the one sync per epoch
+        last[active] = sc
+        stop = set(on_epoch(epoch, list(active), sc.copy()) or ()) if on_epoch else set()
+        stop &= set(active)
+        now = time.perf_counter() - t0
+        for t in stop:
+            results[t] = TrialResult(last[t].tolist(), epoch, True, now)
+        if stop:
+            keep_trials = [i for i, t in enumerate(active) if t not in stop]
+            active = [active[i] for i in keep_trials]
+            if not active:
+                break
+            keep = torch.tensor([i * k + f for i in keep_trials for f in range(k)], device=dev)
+            _select(net, opt, keep)
+            fold_of = member_folds(len(active), k, dev)
+    now = time.perf_counter() - t0
+    for t in active:
+        results[t] = TrialResult(last[t].tolist(), cfg.epochs, False, now)
+    return [r for r in results if r is not None]
+
+
+def param_count(
+    model: MLPConfig | CNNConfig,
+    n_features: int,
+    n_classes: int,
+    image_shape: tuple[int, int, int] | None,
+) -> int:
+    return sum(
+        w * (fi + 1) for fi, w, _ in _layer_shapes(model, n_features, n_classes, image_shape)
+    )
+
+
+def _layer_shapes(
+    model: MLPConfig | CNNConfig,
+    n_features: int,
+    n_classes: int,
+    image_shape: tuple[int, int, int] | None,
+) -> list[tuple[int, int, int]]:
+    """(fan_in, fan_out, output positions) per layer; fan_in * fan_out * positions = MACs."""
+    if isinstance(model, MLPConfig):
+        dims = [n_features, *model.hidden, n_classes]
+        return [(a, b, 1) for a, b in itertools.pairwise(dims)]
+    assert image_shape is not None
+    c, h, w = image_shape
+    shapes = []
+    for co in model.channels:
+        shapes.append((c * 9, co, h * w))
+        c = co
+        if h >= 2 and w >= 2:
+            h, w = h // 2, w // 2
+    shapes += [(c * h * w, model.hidden, 1), (model.hidden, n_classes, 1)]
+    return shapes
+
+
+def flops_per_trial(model: MLPConfig | CNNConfig, data: FoldData, cfg: TrainConfig) -> float:
+    """Nominal FLOPs of one trial (all K folds, all epochs): 2*in*out per sample per layer
+    forward, backward = 2x forward, plus the forward pass of each epoch's validation."""
+    fwd = sum(
+        2.0 * a * b * p
+        for a, b, p in _layer_shapes(model, data.n_features, data.n_classes, data.image_shape)
+    )
+    n_train = sum(data.train_len_host)
+    n_val = sum(data.val_len_host)
+    return cfg.epochs * fwd * (3.0 * n_train + n_val)
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES")
+        return int(pages * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def auto_batch_trials(
+    model: MLPConfig | CNNConfig,
+    data: FoldData,
+    n_available: int,
+    device: torch.device | str,
+    batch_size: int = 64,
+) -> int:
+    """How many trials to stack: as many as memory allows, capped where speed stops improving."""
+    dev = torch.device(device)
+    k = data.k
+    params = param_count(model, data.n_features, data.n_classes, data.image_shape)
+    shapes = _layer_shapes(model, data.n_features, data.n_classes, data.image_shape)
+    acts = sum(b * p for _, b, p in shapes) + data.n_features
+    # param + grad + 2 Adam moments, plus ~4 saved tensors per activation for the largest of a
+    # training batch and a validation chunk
+    rows = max(batch_size, int(data.val_idx.shape[1]))
+    per_trial = k * 4 * (4 * params + 4 * acts * rows)
+    budget = _free_bytes(dev) // (2 if dev.type == "cuda" else 4)
+    cap = 256 if dev.type == "cuda" else 32
+    return max(1, min(n_available, cap, budget // max(per_trial, 1)))
+
+
+__all__ = [
+    "METRICS",
+    "TrainConfig",
+    "TrialRates",
+    "TrialResult",
+    "auto_batch_trials",
+    "epoch_order",
+    "evaluate",
+    "flops_per_trial",
+    "member_folds",
+    "param_count",
+    "train_epoch",
+    "train_trials",
+]

@@ -1,0 +1,75 @@
+"""A heartbeat thread around the work: renews the leases, notices lost leases and ended studies."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+from sqlalchemy.engine import Engine
+
+from storage import registry
+from storage.errors import StorageError
+from storage.queue import Beat
+
+log = logging.getLogger("droptune.worker")
+
+
+class LeaseHeartbeat:
+    """`with LeaseHeartbeat(...) as hb:` beats every `interval` seconds until the block ends.
+
+    Blocking torch code holds the GIL only in short stretches, so a thread suits it. What the
+    beats learn (`lost`, `ended`) the training loop reads at its next epoch.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        worker_id: str,
+        interval: float,
+        current: Callable[[], tuple[int | None, list[int]]],
+    ) -> None:
+        self._engine = engine
+        self._worker_id = worker_id
+        self._interval = interval
+        self._current = current
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="droptune-heartbeat", daemon=True)
+        self.lost: set[int] = set()  # lease ids another process has recovered
+        self.ended: set[int] = set()  # study ids that have ended (cancelled, failed)
+        self._held: set[int] = set()
+
+    def hold(self, lease_ids: set[int]) -> None:
+        """Start watching a new batch's leases (an empty set when idle)."""
+        self.lost = set()
+        self.ended = set()
+        self._held = set(lease_ids)
+
+    def beat(self) -> Beat | None:
+        study_id, trials = self._current()
+        try:
+            b = registry.heartbeat(self._engine, self._worker_id, study_id, trials)
+        except StorageError as exc:
+            log.warning("heartbeat failed (will retry): %s", exc)
+            return None
+        self.lost |= self._held - b.live_leases
+        self.ended |= set(b.ended_studies)
+        return b
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.beat()
+
+    def __enter__(self) -> LeaseHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)

@@ -1,0 +1,166 @@
+"""The worker: claim trial slots, train them as one batch, tell Optuna, repeat; stop cleanly."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from types import FrameType
+
+import torch
+
+from storage import queue, registry
+from storage.db import create_engine
+from storage.errors import StorageError
+from storage.notify import QueueWaiter
+from storage.optuna_bridge import ensure_study, optuna_storage
+from storage.recovery import recover_stale
+from storage.spec import StudySpec
+from worker.batch import BatchRunner
+from worker.data import FoldData, load_dataset, prepare_folds
+from worker.engine import auto_batch_trials
+from worker.settings import WorkerSettings
+
+log = logging.getLogger("droptune.worker")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+@dataclass
+class _DataCache:
+    """The folds of the last study, kept on the device between batches of the same study."""
+
+    key: str = ""
+    data: FoldData | None = None
+    hits: int = field(default=0)
+
+    def get(self, spec: StudySpec, device: torch.device) -> FoldData:
+        key = f"{spec.dataset.model_dump_json()}|{spec.cv.folds}|{spec.cv.seed}|{device}"
+        if key != self.key or self.data is None:
+            options = (
+                spec.dataset.synthetic_options() if spec.dataset.builtin == "synthetic" else {}
+            )
+            ds = load_dataset(spec.dataset.builtin, dict(options))
+            self.data = prepare_folds(ds, spec.cv.folds, spec.cv.seed, device)
+            self.key = key
+        return self.data
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self.engine = create_engine(settings.database_url)
+        self.optuna = optuna_storage(settings.database_url)
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stopping = False
+        self._cache = _DataCache()
+        self._current: tuple[int | None, list[int]] = (None, [])
+        self._last_recovery = 0.0
+
+    def request_stop(self, signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
+        if not self.stopping:
+            log.info("worker %s: signal %s, stopping after the current epoch", self.id, signum)
+        self.stopping = True
+
+    def run(self) -> int:
+        """Loop until stopped (or idle, with exit_when_idle); return the exit status."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        registry.register(self.engine, self.id, socket.gethostname(), os.getpid(), str(self.device))
+        log.info("worker %s started on %s", self.id, self.device)
+        from worker.heartbeat import LeaseHeartbeat
+
+        waiter = QueueWaiter(self.settings.database_url)
+        hb = LeaseHeartbeat(
+            self.engine, self.id, self.settings.heartbeat_seconds, lambda: self._current
+        )
+        runner = BatchRunner(self, hb)
+        try:
+            with hb:
+                while not self.stopping:
+                    if not self._step(runner):
+                        if self.settings.exit_when_idle:
+                            break
+                        waiter.wait(self.settings.idle_wait_seconds)
+        finally:
+            waiter.close()
+            try:
+                registry.stopped(self.engine, self.id)
+            except StorageError as exc:
+                log.warning("could not mark worker stopped: %s", exc)
+            log.info("worker %s stopped", self.id)
+        return 0
+
+    def _step(self, runner: BatchRunner) -> bool:
+        """Recover stale work, claim one batch and run it. False when there was nothing to do."""
+        try:
+            self._maybe_recover()
+            claim = self._claim()
+        except StorageError as exc:
+            log.warning("database unavailable (%s); retrying", exc)
+            time.sleep(1.0)
+            return True
+        if claim is None:
+            return False
+        data = self._cache.get(claim.spec, self.device)
+        runner.run(claim, data)
+        return True
+
+    def _maybe_recover(self) -> None:
+        now = time.monotonic()
+        if now - self._last_recovery >= self.settings.recover_every_seconds:
+            self._last_recovery = now
+            recover_stale(self.engine, self.optuna, self.settings.lease_grace_seconds)
+
+    def _claim(self) -> queue.Claim | None:
+        nxt = queue.peek(self.engine)
+        if nxt is None:
+            return None
+        _, spec, open_slots = nxt
+        claim = queue.claim(self.engine, self.id, self.batch_size(spec, open_slots))
+        if claim is not None:
+            ensure_study(self.optuna, claim.optuna_study, claim.spec, claim.study_id)
+        return claim
+
+    def batch_size(self, spec: StudySpec, open_slots: int) -> int:
+        """How many trials to train together.
+
+        The spec's `batch_trials` if set; else what memory allows, no more than a quarter of
+        the study (so TPE learns between batches), and a fair share of the open slots among
+        the live workers (so one study spreads across them).
+        """
+        if spec.search.batch_trials:
+            return spec.search.batch_trials
+        data = self._cache.get(spec, self.device)
+        fits = auto_batch_trials(model_config(spec), data, open_slots, self.device)
+        if self.settings.max_batch_trials:
+            fits = min(fits, self.settings.max_batch_trials)
+        live = max(1, registry.count_live(self.engine, self.settings.lease_grace_seconds))
+        quarter = max(1, math.ceil(spec.search.n_trials / 4))
+        return max(1, min(fits, quarter, math.ceil(open_slots / live)))
+
+    def set_current(self, study_id: int | None, trials: list[int]) -> None:
+        self._current = (study_id, trials)
+
+
+def model_config(spec: StudySpec) -> object:
+    from worker.engine import CNNConfig, MLPConfig
+
+    if spec.model.kind == "cnn":
+        return CNNConfig(channels=tuple(spec.model.channels), hidden=spec.model.hidden[0])
+    return MLPConfig(hidden=tuple(spec.model.hidden))
