@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 import httpx
@@ -38,9 +39,10 @@ class Client:
         self.close()
 
     def _call(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> Any:
+        if timeout is not None:
+            kw["timeout"] = timeout
         try:
-            extra = {"timeout": timeout} if timeout is not None else {}
-            r = self._http.request(method, path, **kw, **extra)
+            r = self._http.request(method, path, **kw)
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach droptune at {self.base_url}: {exc}") from exc
         if r.status_code >= 400:
@@ -75,7 +77,7 @@ class Client:
             )
         )
 
-    def trials(self, study_id: int) -> list[TrialOut]:
+    def trials(self, study_id: int) -> builtins.list[TrialOut]:
         return [
             TrialOut.model_validate(t) for t in self._call("GET", f"/studies/{study_id}/trials")
         ]
@@ -83,7 +85,7 @@ class Client:
     def cancel(self, study_id: int) -> StudyOut:
         return StudyOut.model_validate(self._call("POST", f"/studies/{study_id}/cancel"))
 
-    def workers(self, include_stopped: bool = False) -> list[WorkerOut]:
+    def workers(self, include_stopped: bool = False) -> builtins.list[WorkerOut]:
         data = self._call("GET", "/workers", params={"include_stopped": include_stopped})
         return [WorkerOut.model_validate(w) for w in data]
 

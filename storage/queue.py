@@ -8,6 +8,7 @@ FOR UPDATE) the same statement runs inside BEGIN IMMEDIATE, which serialises wri
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,10 +158,11 @@ class Beat:
     ended_studies: frozenset[int]  # studies of those leases that have ended (cancelled, failed)
 
 
-def heartbeat_leases(conn: Connection, worker_id: str) -> Beat:
+def heartbeat_leases(conn: Connection, worker_id: str, lease_ids: Iterable[int]) -> Beat:
+    """Renew the leases the worker still works on; any it let go of go stale and are retried."""
     rows = conn.execute(
         leases.update()
-        .where(leases.c.worker_id == worker_id)
+        .where(leases.c.worker_id == worker_id, leases.c.id.in_(list(lease_ids)))
         .values(heartbeat_at=db_now())
         .returning(leases.c.id, leases.c.study_id)
     ).all()

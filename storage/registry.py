@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,15 +21,21 @@ def register(engine: Engine, worker_id: str, host: str, pid: int, device: str) -
         )
 
 
-def heartbeat(engine: Engine, worker_id: str, study_id: int | None, trials: list[int]) -> Beat:
-    """Renew the worker's row and every lease it holds, in one transaction."""
+def heartbeat(
+    engine: Engine,
+    worker_id: str,
+    study_id: int | None,
+    trials: list[int],
+    lease_ids: Iterable[int] = (),
+) -> Beat:
+    """Renew the worker's row and the leases it works on, in one transaction."""
     with transaction(engine) as conn:
         conn.execute(
             workers.update()
             .where(workers.c.id == worker_id)
             .values(heartbeat_at=db_now(), study_id=study_id, trials=trials, status="live")
         )
-        return heartbeat_leases(conn, worker_id)
+        return heartbeat_leases(conn, worker_id, lease_ids)
 
 
 def stopped(engine: Engine, worker_id: str) -> None:

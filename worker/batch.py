@@ -21,13 +21,22 @@ from storage import queue
 from storage.errors import StorageError
 from storage.queue import Claim, Lease, Outcome
 from storage.recovery import fail_trial
+from storage.spec import StudySpec
 from worker.data import FoldData
 from worker.engine import TrainConfig, TrialResult, train_trials
 from worker.heartbeat import LeaseHeartbeat
+from worker.models import CNNConfig, MLPConfig
 from worker.objective import new_trial, open_study, suggest
 
 if TYPE_CHECKING:
     from worker.loop import Worker
+
+
+def model_config(spec: StudySpec) -> MLPConfig | CNNConfig:
+    if spec.model.kind == "cnn":
+        return CNNConfig(channels=tuple(spec.model.channels), hidden=spec.model.hidden[0])
+    return MLPConfig(hidden=tuple(spec.model.hidden))
+
 
 log = logging.getLogger("droptune.worker")
 
@@ -56,14 +65,11 @@ class BatchRunner:
 
     def run(self, claim: Claim, data: FoldData) -> None:
         w = self.worker
-        spec = claim.spec
-        study = open_study(w.optuna, claim.optuna_study, spec)
-        members = self._open(claim, study)
-        self.hb.hold({m.lease.id for m in members})
-        w.set_current(claim.study_id, [m.trial.number for m in members])
+        members: list[_Member] = []
+        self.hb.hold({lease.id for lease in claim.leases})
         try:
-            if not members:
-                return
+            self._open(claim, members)
+            w.set_current(claim.study_id, [m.trial.number for m in members])
             log.info(
                 "worker %s: study %s trials %s on %s",
                 w.id,
@@ -71,60 +77,58 @@ class BatchRunner:
                 [m.trial.number for m in members],
                 w.device,
             )
-            rates = [suggest(m.trial, spec) for m in members]
-            cfg = TrainConfig(
-                epochs=spec.training.epochs,
-                batch_size=spec.training.batch_size,
-                lr=spec.training.lr,
-                weight_decay=spec.training.weight_decay,
-                metric=spec.cv.metric,
-                seed=spec.cv.seed,
-            )
-            from worker.loop import model_config
-
-            def on_epoch(epoch: int, active: list[int], scores: np.ndarray) -> Iterable[int]:
-                return self._on_epoch(claim, members, epoch, active, scores)
-
-            try:
-                results = train_trials(
-                    data,
-                    model_config(spec),
-                    cfg,
-                    rates,
-                    w.device,
-                    on_epoch,  # type: ignore[arg-type]
-                )
-            except Interrupted as stop:
-                self._end_all(members, stop.reason, stop.outcome)
-                return
-            except Exception as exc:
-                log.exception("worker %s: batch of study %s failed", w.id, claim.study_id)
-                self._end_all(members, f"{type(exc).__name__}: {exc}", Outcome.FAILED)
-                return
+            results = self._train(claim, members, data)
             for m, r in zip(members, results, strict=True):
                 self._tell(m, r)
+        except Interrupted as stop:
+            self._end_all(members, stop.reason, stop.outcome)
+        except Exception as exc:
+            log.exception("worker %s: batch of study %s failed", w.id, claim.study_id)
+            self._end_all(members, f"{type(exc).__name__}: {exc}", Outcome.FAILED)
+            opened = {m.lease.id for m in members}
+            for lease in claim.leases:
+                if lease.id not in opened:  # never got its trial: give the slot back
+                    queue.finish(w.engine, lease.id, Outcome.RELEASED)
         finally:
             self.hb.hold(set())
             w.set_current(None, [])
 
-    def _open(self, claim: Claim, study: optuna.Study) -> list[_Member]:
+    def _train(self, claim: Claim, members: list[_Member], data: FoldData) -> list[TrialResult]:
+        spec = claim.spec
+        cfg = TrainConfig(
+            epochs=spec.training.epochs,
+            batch_size=spec.training.batch_size,
+            lr=spec.training.lr,
+            weight_decay=spec.training.weight_decay,
+            metric=spec.cv.metric,
+            seed=spec.cv.seed,
+        )
+
+        def on_epoch(epoch: int, active: list[int], scores: np.ndarray) -> Iterable[int]:
+            return self._on_epoch(claim, members, epoch, active, scores)
+
+        rates = [suggest(m.trial, spec) for m in members]
+        if not members:
+            return []
+        return train_trials(data, model_config(spec), cfg, rates, self.worker.device, on_epoch)
+
+    def _open(self, claim: Claim, members: list[_Member]) -> None:
         """Create one Optuna trial per lease and link them; a lease lost meanwhile is dropped."""
         w = self.worker
-        members = []
+        study = open_study(w.optuna, claim.optuna_study, claim.spec)
         for lease in claim.leases:
             attrs: dict[str, Any] = {
                 "worker": w.id,
                 "device": str(w.device),
                 "attempt": lease.attempt,
             }
-            trial = new_trial(study, w.optuna, lease.params, attrs)
+            trial = new_trial(study, lease.params, attrs)
             suggest(trial, claim.spec)  # fixes the parameters before the lease records them
             params = {k: float(v) for k, v in trial.params.items()}
             if queue.link_trial(w.engine, lease.id, trial._trial_id, trial.number, params):
                 members.append(_Member(lease, trial))
             else:
                 fail_trial(w.optuna, trial._trial_id, "lease lost before training started")
-        return members
 
     def _on_epoch(
         self,
@@ -168,7 +172,7 @@ class BatchRunner:
             if m.pruned:
                 m.trial.study.tell(m.trial, state=TrialState.PRUNED)
             else:
-                m.trial.study.tell(m.trial, attrs["score_mean"])
+                m.trial.study.tell(m.trial, float(np.mean(folds)))
         except (UpdateFinishedTrialError, RuntimeError, ValueError) as exc:
             log.warning("trial %s was finished elsewhere (%s)", m.trial.number, exc)
             return

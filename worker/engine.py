@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from worker.data import FoldData
-from worker.models import CNNConfig, MLPConfig, StackedCNN, StackedMLP, build_model
+from worker.models import CNNConfig, MaskRNG, MLPConfig, StackedCNN, StackedMLP, build_model
 
 METRICS = ("accuracy", "log_loss")
 OnEpoch = Callable[[int, list[int], np.ndarray], Iterable[int] | None]
@@ -293,7 +293,7 @@ def train_trials(
     if isinstance(net, StackedCNN) and any(inputs):
         raise ValueError("input dropout is only supported for MLP models")
     net.set_rates([r for r in rows for _ in range(k)], [i for i in inputs for _ in range(k)])
-    net.dropout_generator = _generator(dev, _seed(cfg.seed, 2))
+    net.mask_rng = MaskRNG(_seed(cfg.seed, 2), dev)
     order_gen = _generator(dev, _seed(cfg.seed, 3))
     opt = _make_optimizer(net, cfg)
     fwd: StackedModel = torch.compile(net) if compile_model else net  # type: ignore[assignment]

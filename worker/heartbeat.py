@@ -49,11 +49,12 @@ class LeaseHeartbeat:
     def beat(self) -> Beat | None:
         study_id, trials = self._current()
         try:
-            b = registry.heartbeat(self._engine, self._worker_id, study_id, trials)
+            held = self._held
+            b = registry.heartbeat(self._engine, self._worker_id, study_id, trials, held)
         except StorageError as exc:
             log.warning("heartbeat failed (will retry): %s", exc)
             return None
-        self.lost |= self._held - b.live_leases
+        self.lost |= held - b.live_leases
         self.ended |= set(b.ended_studies)
         return b
 

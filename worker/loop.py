@@ -21,9 +21,10 @@ from storage.notify import QueueWaiter
 from storage.optuna_bridge import ensure_study, optuna_storage
 from storage.recovery import recover_stale
 from storage.spec import StudySpec
-from worker.batch import BatchRunner
+from worker.batch import BatchRunner, model_config
 from worker.data import FoldData, load_dataset, prepare_folds
 from worker.engine import auto_batch_trials
+from worker.heartbeat import LeaseHeartbeat
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("droptune.worker")
@@ -83,8 +84,6 @@ class Worker:
         signal.signal(signal.SIGINT, self.request_stop)
         registry.register(self.engine, self.id, socket.gethostname(), os.getpid(), str(self.device))
         log.info("worker %s started on %s", self.id, self.device)
-        from worker.heartbeat import LeaseHeartbeat
-
         waiter = QueueWaiter(self.settings.database_url)
         hb = LeaseHeartbeat(
             self.engine, self.id, self.settings.heartbeat_seconds, lambda: self._current
@@ -117,8 +116,12 @@ class Worker:
             return True
         if claim is None:
             return False
-        data = self._cache.get(claim.spec, self.device)
-        runner.run(claim, data)
+        try:
+            runner.run(claim, self._cache.get(claim.spec, self.device))
+        except Exception:
+            # The database went away mid-batch, say: the leases go stale and are retried.
+            log.exception("worker %s: batch of study %s broke off", self.id, claim.study_id)
+            time.sleep(1.0)
         return True
 
     def _maybe_recover(self) -> None:
@@ -156,11 +159,3 @@ class Worker:
 
     def set_current(self, study_id: int | None, trials: list[int]) -> None:
         self._current = (study_id, trials)
-
-
-def model_config(spec: StudySpec) -> object:
-    from worker.engine import CNNConfig, MLPConfig
-
-    if spec.model.kind == "cnn":
-        return CNNConfig(channels=tuple(spec.model.channels), hidden=spec.model.hidden[0])
-    return MLPConfig(hidden=tuple(spec.model.hidden))

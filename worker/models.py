@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,20 +37,45 @@ def _uniform_(t: torch.Tensor, fan_in: int, gen: torch.Generator | None) -> None
         t.uniform_(-bound, bound, generator=gen)
 
 
+class MaskRNG:
+    """Where dropout masks come from; one draw covers every member of a layer.
+
+    On CPU, torch.rand (mt19937, ~3 ns per float) plus a broadcast compare cost more than the
+    matmuls they guard, so masks are built from 16-bit lanes of numpy SFC64 raw words (4 masks
+    per 64-bit draw) with float arithmetic only: rates are resolved to 1/65536. On CUDA the
+    device RNG is cheap and torch.rand is used.
+    """
+
+    def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self._bits = np.random.SFC64(seed)
+        self._gen = torch.Generator(device=self.device)
+        self._gen.manual_seed(seed)
+
+    def keep_scale(self, shape: Sequence[int], keep: torch.Tensor) -> torch.Tensor:
+        """A float tensor of `shape` (members first): 1/keep[m] with probability keep[m], else 0."""
+        view = (-1,) + (1,) * (len(shape) - 1)
+        kv = keep.view(view)
+        if self.device.type != "cpu":
+            u = torch.rand(tuple(shape), generator=self._gen, device=self.device)
+            return torch.where(u < kv, 1.0 / kv, 0.0)
+        n = math.prod(shape)
+        raw = self._bits.random_raw((n + 3) // 4)
+        lanes = torch.from_numpy(raw.view(np.int16)[:n]).view(tuple(shape))
+        # v = (lane + 32768.5) / 65536 is uniform on (0, 1); floor(v + keep) is 1 w.p. keep
+        v = torch.add((32768.5 / 65536) + kv, lanes.to(torch.float32), alpha=1.0 / 65536)
+        return v.floor_().mul_(1.0 / kv)
+
+
 def dropout_members(
-    x: torch.Tensor, p: torch.Tensor, gen: torch.Generator | None, channelwise: bool = False
+    x: torch.Tensor, p: torch.Tensor, rng: MaskRNG, channelwise: bool = False
 ) -> torch.Tensor:
     """Inverted dropout with one rate per member; x is [M, b, ...] with members first.
 
-    One torch.rand call draws the masks of every member at once; channelwise drops whole
-    feature maps (Dropout2d) by drawing one number per (member, sample, channel).
+    channelwise drops whole feature maps (Dropout2d): one draw per (member, sample, channel).
     """
-    keep = 1.0 - p
-    view = (-1,) + (1,) * (x.dim() - 1)
     shape = x.shape[:3] + (1,) * (x.dim() - 3) if channelwise else x.shape
-    u = torch.rand(shape, generator=gen, device=x.device, dtype=x.dtype)
-    scale = torch.where(u < keep.view(view), (1.0 / keep).view(view), 0.0)
-    return x * scale
+    return x * rng.keep_scale(shape, 1.0 - p)
 
 
 class _Stacked(nn.Module):
@@ -66,7 +92,14 @@ class _Stacked(nn.Module):
         # host-side flags so forward() can skip dropout without reading device tensors
         self._layer_active = [False] * n_layers
         self._input_active = False
-        self.dropout_generator: torch.Generator | None = None
+        self.mask_rng: MaskRNG | None = None
+
+    def _rng(self) -> MaskRNG:
+        if self.mask_rng is None:
+            # unseeded use (tests, notebooks) follows torch's global seed
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+            self.mask_rng = MaskRNG(seed, self.rates.device)
+        return self.mask_rng
 
     @property
     def n_layers(self) -> int:
@@ -133,16 +166,15 @@ class StackedMLP(_Stacked):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [M, b, F] -> logits [M, b, C]."""
-        gen = self.dropout_generator
         if self.training and self._input_active:
-            x = dropout_members(x, self.input_rates, gen)
+            x = dropout_members(x, self.input_rates, self._rng())
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             x = torch.baddbmm(b, x, w)
             if i < last:
                 x = F.relu(x)
                 if self.training and self._layer_active[i]:
-                    x = dropout_members(x, self.rates[:, i], gen)
+                    x = dropout_members(x, self.rates[:, i], self._rng())
         return x
 
     def member_state(self, m: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -235,7 +267,6 @@ class StackedCNN(_Stacked):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [M, b, C*H*W] -> logits [M, b, n_classes]."""
         m, bsz = x.shape[0], x.shape[1]
-        gen = self.dropout_generator
         # [M, b, C, H, W] -> [b, M*C, H, W]: member m owns channel group m
         h = (
             x.view(m, bsz, *self.image_shape)
@@ -246,14 +277,14 @@ class StackedCNN(_Stacked):
             h = F.relu(F.conv2d(h, w.flatten(0, 1), b.flatten(), padding=1, groups=m))
             if self.training and self._layer_active[i]:
                 hm = h.view(bsz, m, w.shape[1], *h.shape[2:]).transpose(0, 1)
-                h = dropout_members(hm, self.rates[:, i], gen, channelwise=True)
+                h = dropout_members(hm, self.rates[:, i], self._rng(), channelwise=True)
                 h = h.transpose(0, 1).reshape(bsz, -1, *h.shape[3:])
             if h.shape[2] >= 2 and h.shape[3] >= 2:
                 h = F.max_pool2d(h, 2)
         z = h.reshape(bsz, m, -1).transpose(0, 1)
         z = F.relu(torch.baddbmm(self.head_b[0], z, self.head_w[0]))
         if self.training and self._layer_active[-1]:
-            z = dropout_members(z, self.rates[:, -1], gen)
+            z = dropout_members(z, self.rates[:, -1], self._rng())
         return torch.baddbmm(self.head_b[1], z, self.head_w[1])
 
     def member_state(self, m: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -47,7 +47,6 @@ def open_study(storage: RDBStorage, name: str, spec: StudySpec) -> optuna.Study:
 
 def new_trial(
     study: optuna.Study,
-    storage: RDBStorage,
     params: dict[str, float] | None,
     user_attrs: dict[str, Any],
 ) -> optuna.Trial:
@@ -68,8 +67,8 @@ def new_trial(
         intermediate_values={},
         trial_id=-1,
     )
-    study_id = storage.get_study_id_from_name(study.study_name)
-    trial_id = storage.create_new_trial(study_id, template_trial=template)
+    # Through the study's own (caching) storage, which must know every trial it later writes.
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
     return optuna.Trial(study, trial_id)
 
 

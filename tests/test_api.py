@@ -1,0 +1,159 @@
+"""The REST API in-process (TestClient) on a real SQLite file: validation, errors, routes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import ServiceSettings
+
+PROBLEM = "application/problem+json"
+OK = {"dataset": {"builtin": "digits"}, "search": {"n_trials": 4}}
+
+
+@pytest.fixture
+def api(sqlite_url: str) -> Iterator[TestClient]:
+    app = create_app(ServiceSettings(database_url=sqlite_url))
+    with TestClient(app, headers={"Accept-Encoding": "gzip"}) as client:
+        yield client
+
+
+def count(api: TestClient) -> int:
+    total: int = api.get("/studies").json()["total"]
+    return total
+
+
+def test_submit_fills_defaults_and_lists(api: TestClient) -> None:
+    r = api.post("/studies", json=OK)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert r.headers["location"] == f"/studies/{body['id']}"
+    assert body["status"] == "queued"
+    assert body["spec"]["model"] == {"kind": "mlp", "hidden": [256, 256], "channels": [32, 64]}
+    assert body["spec"]["cv"] == {"folds": 5, "metric": "accuracy", "seed": 0}
+    assert body["progress"] == {
+        "n_trials": 4,
+        "complete": 0,
+        "pruned": 0,
+        "failed": 0,
+        "running": 0,
+    }
+    assert api.get(f"/studies/{body['id']}").json()["id"] == body["id"]
+    api.post("/studies", json=OK)
+    page = api.get("/studies", params={"limit": 1, "status": "queued"}).json()
+    assert page["total"] == 2 and len(page["items"]) == 1
+    assert api.get("/studies", params={"status": "running"}).json()["total"] == 0
+
+
+BAD: list[tuple[dict[str, Any], str]] = [
+    ({"search": {"dropout_low": 0.5, "dropout_high": 0.5}}, "dropout_low must be below"),
+    ({"search": {"dropout_low": -0.1}}, "search.dropout_low"),
+    ({"search": {"dropout_high": 1.0}}, "search.dropout_high"),
+    ({"search": {"n_trials": 0}}, "search.n_trials"),
+    ({"search": {"n_trials": 10001}}, "search.n_trials"),
+    ({"search": {"sampler": "cmaes"}}, "search.sampler"),
+    ({"search": {"pruner": "asha"}}, "search.pruner"),
+    ({"training": {"epochs": 0}}, "training.epochs"),
+    ({"training": {"epochs": 1001}}, "training.epochs"),
+    ({"cv": {"folds": 1}}, "cv.folds"),
+    ({"cv": {"metric": "f1"}}, "cv.metric"),
+    ({"model": {"hidden": [0]}}, "model.hidden.0"),
+    ({"model": {"hidden": [8193]}}, "model.hidden.0"),
+    ({"model": {"hidden": [8] * 9}}, "model.hidden"),
+    ({"model": {"kind": "transformer"}}, "model.kind"),
+    ({"colour": "blue"}, "colour"),
+    ({"search": {"n_trials": 3, "typo": 1}}, "search.typo"),
+]
+
+
+@pytest.mark.parametrize(("patch", "field"), BAD)
+def test_bad_spec_is_422_problem_naming_the_field(
+    api: TestClient, patch: dict[str, Any], field: str
+) -> None:
+    body: dict[str, Any] = {"dataset": {"builtin": "digits"}}
+    for key, value in patch.items():
+        body[key] = value
+    r = api.post("/studies", json=body)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == PROBLEM
+    problem = r.json()
+    assert problem["status"] == 422 and field in problem["detail"], problem
+    assert count(api) == 0  # nothing stored
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"dataset": {"builtin": "mnist"}}, "dataset.builtin"),
+        ({}, "dataset"),
+        ({"dataset": {"builtin": "iris"}, "cv": {"folds": 51}}, "exceeds the smallest class"),
+        ({"dataset": {"builtin": "wine"}, "model": {"kind": "cnn"}}, "needs image data"),
+        ({"dataset": {"builtin": "iris", "options": {"n_samples": 5}}}, "takes no options"),
+        ({"dataset": {"builtin": "synthetic", "options": {"n_rows": 5}}}, "unknown synthetic"),
+    ],
+)
+def test_bad_dataset_is_rejected(api: TestClient, body: dict[str, Any], words: str) -> None:
+    r = api.post("/studies", json=body)
+    assert r.status_code == 422 and words in r.json()["detail"], r.text
+    assert count(api) == 0
+
+
+def test_malformed_json_is_a_problem(api: TestClient) -> None:
+    r = api.post("/studies", content=b"{nope", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
+    assert count(api) == 0
+
+
+def test_unknown_study_is_404_problem(api: TestClient) -> None:
+    for path in ("/studies/42", "/studies/42/best", "/studies/42/trials"):
+        r = api.get(path)
+        assert r.status_code == 404 and r.headers["content-type"] == PROBLEM
+        assert r.json()["detail"] == "study 42 not found"
+    assert api.post("/studies/42/cancel").status_code == 404
+
+
+def test_cancel_then_cancel_again_conflicts(api: TestClient) -> None:
+    sid = api.post("/studies", json=OK).json()["id"]
+    r = api.post(f"/studies/{sid}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    again = api.post(f"/studies/{sid}/cancel")
+    assert again.status_code == 409 and "already ended" in again.json()["detail"]
+    best = api.get(f"/studies/{sid}/best").json()
+    assert best["complete"] is True and best["dropout"] is None
+
+
+def test_best_wait_holds_until_timeout(api: TestClient) -> None:
+    sid = api.post("/studies", json=OK).json()["id"]
+    t0 = time.monotonic()
+    best = api.get(f"/studies/{sid}/best", params={"wait": 1.2}).json()
+    assert time.monotonic() - t0 >= 1.0
+    assert best["complete"] is False and best["dropout"] is None
+    assert api.get(f"/studies/{sid}/best", params={"wait": -1}).status_code == 422
+
+
+def test_dashboard_is_served_read_only(api: TestClient) -> None:
+    sid = api.post("/studies", json=OK).json()["id"]
+    assert api.get("/dashboard").status_code == 200
+    assert "text/html" in api.get("/dashboard").headers["content-type"]
+    for method, path in [
+        ("DELETE", "/api/studies/1"),
+        ("POST", "/api/trials/1/tell"),
+        ("PUT", "/api/studies/1/note"),
+        ("POST", "/api/studies"),
+    ]:
+        r = api.request(method, path, json={})
+        assert r.status_code == 403, (method, path, r.text)
+        assert r.headers["content-type"] == PROBLEM and "read-only" in r.json()["detail"]
+    assert api.get(f"/studies/{sid}").status_code == 200
+
+
+def test_health_workers_and_docs(api: TestClient) -> None:
+    assert api.get("/healthz").json() == {"status": "ok", "database": "sqlite"}
+    assert api.get("/workers").json() == []
+    assert api.get("/docs").status_code == 200
+    assert "/studies/{study_id}/best" in api.get("/openapi.json").json()["paths"]

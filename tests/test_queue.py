@@ -1,0 +1,219 @@
+"""The queue's contract, on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import pytest
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from storage import queue, registry
+from storage.db import create_engine, db_now, transaction
+from storage.errors import Conflict, NotFound
+from storage.optuna_bridge import ensure_study, optuna_storage
+from storage.queue import Outcome
+from storage.recovery import recover_stale
+from storage.spec import StudySpec
+from storage.tables import leases, retries, studies
+
+
+def spec(n: int = 5, **search: object) -> StudySpec:
+    return StudySpec.model_validate(
+        {"dataset": {"builtin": "iris"}, "search": {"n_trials": n, **search}}
+    )
+
+
+def study_row(engine: sa.Engine, study_id: int) -> sa.Row[object]:
+    with transaction(engine) as conn:
+        return conn.execute(sa.select(studies).where(studies.c.id == study_id)).one()
+
+
+def test_claim_reserves_slots_and_never_more_than_n_trials(db_url: str) -> None:
+    engine = create_engine(db_url)
+    sid = queue.enqueue(engine, spec(5), "alice")
+    assert study_row(engine, sid).status == "queued"
+    first = queue.claim(engine, "w1", 3)
+    assert first is not None and first.study_id == sid and len(first.leases) == 3
+    assert study_row(engine, sid).status == "running"
+    second = queue.claim(engine, "w2", 3)
+    assert second is not None and len(second.leases) == 2
+    assert queue.claim(engine, "w3", 3) is None
+    ids = [lease.id for lease in first.leases + second.leases]
+    assert len(set(ids)) == 5
+    assert study_row(engine, sid).slots_claimed == 5
+
+
+def test_claim_picks_by_priority_then_age(db_url: str) -> None:
+    engine = create_engine(db_url)
+    old = queue.enqueue(engine, spec(1), "a")
+    urgent = queue.enqueue(
+        engine,
+        spec(
+            1,
+        ).model_copy(update={"priority": 5}),
+        "a",
+    )
+    young = queue.enqueue(engine, spec(1), "a")
+    order = [queue.claim(engine, "w", 1) for _ in range(3)]
+    assert [c.study_id for c in order if c] == [urgent, old, young]
+
+
+def test_done_trials_complete_the_study(db_url: str) -> None:
+    engine = create_engine(db_url)
+    sid = queue.enqueue(engine, spec(3), "a")
+    claim = queue.claim(engine, "w", 3)
+    assert claim is not None
+    for lease in claim.leases:
+        assert queue.finish(engine, lease.id, Outcome.DONE)
+    row = study_row(engine, sid)
+    assert (row.status, row.n_done) == ("succeeded", 3)
+    assert row.ended_at is not None
+    # A lease can end once only.
+    assert not queue.finish(engine, claim.leases[0].id, Outcome.DONE)
+
+
+def test_failed_trial_retries_its_params_then_gives_up(db_url: str) -> None:
+    engine = create_engine(db_url)
+    sid = queue.enqueue(engine, spec(1, max_retries=2, max_failed=0), "a")
+    params = {"dropout": 0.25}
+    for attempt in range(3):
+        claim = queue.claim(engine, "w", 4)
+        assert claim is not None and len(claim.leases) == 1
+        lease = claim.leases[0]
+        assert lease.attempt == attempt
+        assert lease.params == (params if attempt else None)
+        assert queue.link_trial(engine, lease.id, 100 + attempt, attempt, params)
+        queue.finish(engine, lease.id, Outcome.FAILED, "boom")
+    row = study_row(engine, sid)
+    # Out of retries, past max_failed=0: the study fails and says why.
+    assert row.status == "failed" and "boom" in row.reason
+    assert queue.claim(engine, "w", 1) is None
+
+
+def test_given_up_slot_comes_back_with_fresh_params(db_url: str) -> None:
+    engine = create_engine(db_url)
+    sid = queue.enqueue(engine, spec(1, max_retries=0, max_failed=5), "a")
+    claim = queue.claim(engine, "w", 1)
+    assert claim is not None
+    queue.link_trial(engine, claim.leases[0].id, 1, 0, {"dropout": 0.5})
+    queue.finish(engine, claim.leases[0].id, Outcome.FAILED, "boom")
+    again = queue.claim(engine, "w", 1)
+    assert again is not None and again.leases[0].params is None
+    assert study_row(engine, sid).n_given_up == 1
+
+
+def test_released_slot_is_retried_without_counting_an_attempt(db_url: str) -> None:
+    engine = create_engine(db_url)
+    queue.enqueue(engine, spec(2), "a")
+    claim = queue.claim(engine, "w", 2)
+    assert claim is not None
+    queue.link_trial(engine, claim.leases[0].id, 7, 0, {"dropout": 0.1})
+    queue.finish(engine, claim.leases[0].id, Outcome.RELEASED)
+    again = queue.claim(engine, "w2", 2)
+    assert again is not None and len(again.leases) == 1
+    assert again.leases[0].params == {"dropout": 0.1} and again.leases[0].attempt == 0
+
+
+def test_cancel_stops_claims_and_is_scoped_to_the_owner(db_url: str) -> None:
+    engine = create_engine(db_url)
+    sid = queue.enqueue(engine, spec(4), "alice")
+    claim = queue.claim(engine, "w", 1)
+    assert claim is not None
+    with pytest.raises(NotFound):
+        queue.cancel(engine, sid, "mallory")
+    assert queue.cancel(engine, sid, "alice") == "cancelled"
+    assert queue.claim(engine, "w", 4) is None
+    with pytest.raises(Conflict):
+        queue.cancel(engine, sid, "alice")
+    queue.finish(engine, claim.leases[0].id, Outcome.DROPPED)
+    row = study_row(engine, sid)
+    assert row.status == "cancelled" and row.n_done == 0
+    with pytest.raises(NotFound):
+        queue.cancel(engine, 9999, "alice")
+
+
+def test_heartbeat_renews_leases_and_reports_ended_studies(db_url: str) -> None:
+    engine = create_engine(db_url)
+    registry.register(engine, "w", "host", 1, "cpu")
+    sid = queue.enqueue(engine, spec(2), "a")
+    claim = queue.claim(engine, "w", 2)
+    assert claim is not None
+    time.sleep(0.05)
+    assert len(queue.stale_leases(engine, 0.0)) == 2
+    held = [lease.id for lease in claim.leases]
+    beat = registry.heartbeat(engine, "w", sid, [0, 1], held)
+    assert beat.live_leases == {lease.id for lease in claim.leases}
+    assert beat.ended_studies == frozenset()
+    assert queue.stale_leases(engine, 5.0) == []
+    queue.cancel(engine, sid, "a")
+    assert registry.heartbeat(engine, "w", sid, [0, 1], held).ended_studies == {sid}
+    # A lease the worker no longer works on is not renewed: it goes stale and is retried.
+    time.sleep(0.05)
+    registry.heartbeat(engine, "w", sid, [0], held[:1])
+    assert [s.id for s in queue.stale_leases(engine, 0.03)] == held[1:]
+    workers = registry.list_workers(engine, 30.0, include_stopped=False)
+    assert [(w.id, w.status, w.study_id) for w in workers] == [("w", "live", sid)]
+    registry.stopped(engine, "w")
+    assert registry.list_workers(engine, 30.0, include_stopped=False) == []
+
+
+def test_leases_compare_against_the_database_clock(db_url: str) -> None:
+    engine = create_engine(db_url)
+    queue.enqueue(engine, spec(1), "a")
+    claim = queue.claim(engine, "w", 1)
+    assert claim is not None
+    # Put the heartbeat 60 s in the database's past: stale for a 30 s grace, fresh for 90 s.
+    with transaction(engine) as conn:
+        conn.execute(leases.update().values(heartbeat_at=db_now(-60)))
+    assert [s.id for s in queue.stale_leases(engine, 30)] == [claim.leases[0].id]
+    assert queue.stale_leases(engine, 90) == []
+
+
+def test_recovery_fails_the_trial_and_requeues_its_params(db_url: str) -> None:
+    engine = create_engine(db_url)
+    storage = optuna_storage(db_url)
+    sp = spec(2)
+    sid = queue.enqueue(engine, sp, "a")
+    claim = queue.claim(engine, "dead", 2)
+    assert claim is not None
+    study = ensure_study(storage, claim.optuna_study, sp, sid)
+    trial = study.ask()
+    trial.suggest_float("dropout", 0.0, 0.8)
+    queue.link_trial(engine, claim.leases[0].id, trial._trial_id, trial.number, trial.params)
+    with transaction(engine) as conn:
+        conn.execute(leases.update().values(heartbeat_at=db_now(-120)))
+    assert recover_stale(engine, storage, 30.0) == 2
+    assert recover_stale(engine, storage, 30.0) == 0  # exactly once
+    assert storage.get_trial(trial._trial_id).state == TrialState.FAIL
+    assert "lease lost" in storage.get_trial(trial._trial_id).user_attrs["reason"]
+    with transaction(engine) as conn:
+        waiting = conn.execute(sa.select(retries)).all()
+    assert [(w.params, w.attempt) for w in waiting] == [(trial.params, 1)]
+    assert study_row(engine, sid).slots_claimed == 0
+    # The lost worker comes back: its lease is gone, so it must not link or finish anything.
+    assert not queue.link_trial(engine, claim.leases[0].id, 1, 1, {})
+    again = queue.claim(engine, "w2", 2)
+    assert again is not None and sorted(x.attempt for x in again.leases) == [0, 1]
+
+
+def test_recovery_of_a_finished_trial_counts_it_done(db_url: str) -> None:
+    engine = create_engine(db_url)
+    storage = optuna_storage(db_url)
+    sp = spec(1)
+    sid = queue.enqueue(engine, sp, "a")
+    claim = queue.claim(engine, "w", 1)
+    assert claim is not None
+    study = ensure_study(storage, claim.optuna_study, sp, sid)
+    trial = study.ask()
+    trial.suggest_float("dropout", 0.0, 0.8)
+    queue.link_trial(engine, claim.leases[0].id, trial._trial_id, trial.number, trial.params)
+    study.tell(trial, 0.9)  # told, but the worker died before ending its lease
+    with transaction(engine) as conn:
+        conn.execute(leases.update().values(heartbeat_at=db_now(-120)))
+    recover_stale(engine, storage, 30.0)
+    assert storage.get_trial(trial._trial_id).state == TrialState.COMPLETE
+    assert study_row(engine, sid).status == "succeeded"
+    loaded = optuna.load_study(study_name=claim.optuna_study, storage=db_url)
+    assert len(loaded.trials) == 1
