@@ -1,0 +1,107 @@
+"""End to end on the embedded default: a real uvicorn server and a real worker on a SQLite file."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from client import Client
+from tests import procs
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "name": "e2e",
+    "dataset": {"builtin": "digits"},
+    "model": {"hidden": [32]},
+    "training": {"epochs": 2},
+    "cv": {"folds": 3},
+    "search": {"n_trials": 6, "dropout_low": 0.05, "dropout_high": 0.6},
+}
+
+
+def test_submit_wait_best_dashboard(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'droptune.db'}"
+    port = procs.free_port()
+    api = procs.serve(url, port, tmp_path / "serve.log")
+    work = procs.worker(url, tmp_path / "worker.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with Client(base) as c:
+            study = c.submit(SMALL)
+            assert study.status == "queued"
+            best = c.best(study.id, wait=180)
+            assert best.complete and best.status == "succeeded", best
+            assert best.dropout is not None and 0.05 <= best.dropout <= 0.6
+            assert best.score is not None and len(best.score.folds) == 3
+            assert best.score.mean > 0.3  # digits has 10 classes: far above chance
+            assert best.one_se_dropout is not None and best.one_se_dropout >= best.dropout
+            trials = c.trials(study.id)
+            assert len(trials) == 6
+            assert all(t.state in ("COMPLETE", "PRUNED") for t in trials)
+            assert all(t.score and len(t.score.folds) == 3 for t in trials)
+            assert all(t.device == "cpu" and t.train_seconds for t in trials)
+            final = c.get(study.id)
+            assert final.progress.complete + final.progress.pruned == 6
+            workers = c.workers()
+            assert [w.status for w in workers] == ["live"] and workers[0].pid == work.pid
+
+        # Optuna itself, not droptune's code, sees the same trials in the same database.
+        loaded = optuna.load_study(study_name=study.optuna_study, storage=url)
+        finished = [t for t in loaded.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        assert len(finished) == 6 and all("dropout" in t.params for t in finished)
+
+        # The CLI, as a script would use it.
+        cli = [sys.executable, "-m", "client.cli"]
+        out = subprocess.run(
+            [*cli, "best", str(study.id), "--json", "--url", base],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert json.loads(out.stdout)["dropout"] == best.dropout
+        waited = subprocess.run(
+            [*cli, "wait", str(study.id), "--url", base], capture_output=True, text=True
+        )
+        assert waited.returncode == 0 and "best dropout" in waited.stdout
+        missing = subprocess.run(
+            [*cli, "status", "999", "--url", base], capture_output=True, text=True
+        )
+        assert missing.returncode == 1
+        assert missing.stderr.strip() == "error: 404: study 999 not found"
+
+        # The dashboard reads the same storage, on the same port, read-only.
+        gz = {"Accept-Encoding": "gzip"}
+        assert httpx.get(f"{base}/dashboard", headers=gz).status_code == 200
+        studies = httpx.get(f"{base}/api/studies", headers=gz).json()["study_summaries"]
+        assert study.optuna_study in [s["study_name"] for s in studies]
+        assert httpx.delete(f"{base}/api/studies/1", headers=gz).status_code == 403
+        assert len(optuna.load_study(study_name=study.optuna_study, storage=url).trials) == 6
+    finally:
+        rc = procs.stop(work, signal.SIGTERM)
+        procs.stop(api)
+    assert rc == 0
+
+
+def test_bad_cli_input_is_one_line(tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "client.cli"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"dataset": {"builtin": "digits"}, "cv": {"folds": 1}}))
+    r = subprocess.run(
+        [*cli, "submit", str(bad), "--url", "http://127.0.0.1:9"], capture_output=True, text=True
+    )
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith("error: invalid spec: cv.folds")
+    r = subprocess.run(
+        [*cli, "status", "1", "--url", "http://127.0.0.1:9"], capture_output=True, text=True
+    )
+    assert r.returncode == 1 and r.stderr.startswith("error: cannot reach droptune")
+    assert len(r.stderr.strip().splitlines()) == 1
