@@ -126,9 +126,10 @@ def claim(engine: Engine, worker_id: str, max_slots: int) -> Claim | None:
             {"study_id": study_id, "worker_id": worker_id, "attempt": w.attempt, "params": w.params}
             for w in waiting
         ]
-        slots += [{"study_id": study_id, "worker_id": worker_id, "attempt": 0, "params": None}] * (
-            n - len(waiting)
-        )
+        slots += [
+            {"study_id": study_id, "worker_id": worker_id, "attempt": 0, "params": None}
+            for _ in range(n - len(waiting))
+        ]
         ids = conn.execute(
             leases.insert().returning(leases.c.id, sort_by_parameter_order=True), slots
         ).scalars()

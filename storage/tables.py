@@ -33,6 +33,7 @@ studies = sa.Table(
     sa.Column("started_at", sa.DateTime, nullable=True),
     sa.Column("ended_at", sa.DateTime, nullable=True),
     sa.Index("ix_droptune_studies_queue", "status", "priority", "id"),
+    sqlite_autoincrement=True,
 )
 
 # One row per claimed trial slot while a worker holds it. `trial_id` is Optuna's trial id, set
@@ -51,6 +52,7 @@ leases = sa.Table(
     sa.Column("params", sa.JSON, nullable=True),
     sa.Column("claimed_at", sa.DateTime, nullable=False, server_default=db_now()),
     sa.Column("heartbeat_at", sa.DateTime, nullable=False, server_default=db_now()),
+    sqlite_autoincrement=True,
 )
 
 # Parameters waiting to be retried after their trial failed or its worker was lost.
@@ -65,6 +67,7 @@ retries = sa.Table(
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("origin_trial", sa.Integer, nullable=True),
     sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
+    sqlite_autoincrement=True,
 )
 
 workers = sa.Table(

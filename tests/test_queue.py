@@ -70,8 +70,12 @@ def test_done_trials_complete_the_study(db_url: str) -> None:
     row = study_row(engine, sid)
     assert (row.status, row.n_done) == ("succeeded", 3)
     assert row.ended_at is not None
-    # A lease can end once only.
+    # A lease can end once only, and its id is never handed out again (a lost worker that
+    # comes back must not end somebody else's lease).
     assert not queue.finish(engine, claim.leases[0].id, Outcome.DONE)
+    queue.enqueue(engine, spec(1), "a")
+    later = queue.claim(engine, "w", 1)
+    assert later is not None and later.leases[0].id > max(x.id for x in claim.leases)
 
 
 def test_failed_trial_retries_its_params_then_gives_up(db_url: str) -> None:

@@ -235,7 +235,7 @@ def _trial_rate_rows(
     return rows, inputs
 
 
-def _make_optimizer(model: StackedModel, cfg: TrainConfig) -> torch.optim.Adam:
+def make_optimizer(model: StackedModel, cfg: TrainConfig) -> torch.optim.Adam:
     # fused Adam is one pass over each parameter tensor; it exists on CPU and CUDA for float32
     return torch.optim.Adam(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
@@ -295,7 +295,7 @@ def train_trials(
     net.set_rates([r for r in rows for _ in range(k)], [i for i in inputs for _ in range(k)])
     net.mask_rng = MaskRNG(_seed(cfg.seed, 2), dev)
     order_gen = _generator(dev, _seed(cfg.seed, 3))
-    opt = _make_optimizer(net, cfg)
+    opt = make_optimizer(net, cfg)
     fwd: StackedModel = torch.compile(net) if compile_model else net  # type: ignore[assignment]
 
     active = list(range(n_trials))

@@ -116,6 +116,9 @@ class Worker:
             return True
         if claim is None:
             return False
+        if not claim.leases:
+            time.sleep(0.02)  # another claim held the study for a moment (SKIP LOCKED): again
+            return True
         try:
             runner.run(claim, self._cache.get(claim.spec, self.device))
         except Exception:
@@ -136,8 +139,9 @@ class Worker:
             return None
         _, spec, open_slots = nxt
         claim = queue.claim(self.engine, self.id, self.batch_size(spec, open_slots))
-        if claim is not None:
-            ensure_study(self.optuna, claim.optuna_study, claim.spec, claim.study_id)
+        if claim is None:  # open slots were seen, but another claim held them: not idle
+            return queue.Claim(0, "", spec, [])
+        ensure_study(self.optuna, claim.optuna_study, claim.spec, claim.study_id)
         return claim
 
     def batch_size(self, spec: StudySpec, open_slots: int) -> int:

@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
         sa.Column("started_at", sa.DateTime, nullable=True),
         sa.Column("ended_at", sa.DateTime, nullable=True),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_droptune_studies_queue", "droptune_studies", ["status", "priority", "id"])
     op.create_table(
@@ -57,6 +58,7 @@ def upgrade() -> None:
         sa.Column("params", sa.JSON, nullable=True),
         sa.Column("claimed_at", sa.DateTime, nullable=False, server_default=db_now()),
         sa.Column("heartbeat_at", sa.DateTime, nullable=False, server_default=db_now()),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "droptune_retries",
@@ -72,6 +74,7 @@ def upgrade() -> None:
         sa.Column("attempt", sa.Integer, nullable=False),
         sa.Column("origin_trial", sa.Integer, nullable=True),
         sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "droptune_workers",

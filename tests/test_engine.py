@@ -1,0 +1,291 @@
+"""The stacked engine must be exactly a set of independent standalone trainings, only faster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from worker.data import FoldData, load_dataset, prepare_folds
+from worker.engine import (
+    TrainConfig,
+    TrialRates,
+    auto_batch_trials,
+    epoch_order,
+    evaluate,
+    flops_per_trial,
+    make_optimizer,
+    train_epoch,
+    train_trials,
+)
+from worker.models import (
+    CNNConfig,
+    MaskRNG,
+    MLPConfig,
+    StackedCNN,
+    StackedMLP,
+    dropout_members,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits5() -> FoldData:
+    # 1797 samples in 5 folds: training parts of 1437 and 1438 rows (unequal, exercises masking)
+    return prepare_folds(load_dataset("digits"), 5, 0, CPU)
+
+
+@pytest.fixture(scope="module")
+def digits3() -> FoldData:
+    return prepare_folds(load_dataset("digits"), 3, 0, CPU)
+
+
+def _standalone_epoch(
+    net: nn.Module, opt: torch.optim.Optimizer, data: FoldData, k: int, order: torch.Tensor, bs: int
+) -> None:
+    """The textbook loop, fed exactly the batches the engine gives member m (fold k)."""
+    net.train()
+    n = data.train_len_host[k]
+    for start in range(0, n, bs):
+        idx = order[k, start : min(start + bs, n)]
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(data.X_std[k, idx]), data.y[idx])
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+
+
+def _check_trajectory(
+    stacked: StackedMLP | StackedCNN, data: FoldData, folds: list[int], bs: int, epochs: int
+) -> None:
+    singles = [stacked.export_member(m) for m in range(len(folds))]
+    for m, single in enumerate(singles):
+        for (w, b), mod in zip(stacked.member_state(m), _weighted(single), strict=True):
+            torch.testing.assert_close(w, mod.weight, rtol=0, atol=0)
+            assert mod.bias is not None
+            torch.testing.assert_close(b, mod.bias, rtol=0, atol=0)
+    opt = make_optimizer(stacked, TrainConfig(lr=3e-3))
+    opts = [torch.optim.Adam(s.parameters(), lr=3e-3) for s in singles]
+    fold_of = torch.tensor(folds)
+    lens = [data.train_len_host[f] for f in folds]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        order = epoch_order(data, gen)
+        train_epoch(stacked, opt, data, fold_of, order, bs, lens)
+        for single, sopt, k in zip(singles, opts, folds, strict=True):
+            _standalone_epoch(single, sopt, data, k, order, bs)
+    for m, single in enumerate(singles):
+        for (w, b), mod in zip(stacked.member_state(m), _weighted(single), strict=True):
+            torch.testing.assert_close(w, mod.weight, rtol=0, atol=2e-5)
+            assert mod.bias is not None
+            torch.testing.assert_close(b, mod.bias, rtol=0, atol=2e-5)
+    single_eval = singles[0].eval()
+    stacked.eval()
+    x = data.X_std[folds[0], :50]
+    with torch.no_grad():
+        out = stacked(x.expand(len(folds), *x.shape).contiguous())[0]
+        torch.testing.assert_close(out, single_eval(x), rtol=0, atol=1e-4)
+
+
+def _weighted(net: nn.Module) -> list[nn.Linear | nn.Conv2d]:
+    return [m for m in net.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+
+
+def test_stacked_mlp_follows_standalone_adam_exactly(digits5: FoldData) -> None:
+    folds = [0, 1, 2, 3, 4, 2]
+    gen = torch.Generator().manual_seed(1)
+    stacked = StackedMLP(len(folds), 64, (32, 16), 10, generator=gen)
+    start = [w.detach().clone() for w in stacked.parameters()]
+    _check_trajectory(stacked, digits5, folds, bs=64, epochs=2)
+    for before, after in zip(start, stacked.parameters(), strict=True):
+        assert float((before - after.detach()).abs().max()) > 1e-3
+
+
+def test_member_without_samples_in_last_step_does_not_move(digits5: FoldData) -> None:
+    # 1437 = 3 * 479: those members have 3 batches while the 1438-row ones have a 4th of 1 row
+    assert sorted(set(digits5.train_len_host)) == [1437, 1438]
+    folds = list(range(5))
+    stacked = StackedMLP(5, 64, (16,), 10, generator=torch.Generator().manual_seed(2))
+    _check_trajectory(stacked, digits5, folds, bs=479, epochs=1)
+
+
+def test_stacked_cnn_follows_standalone_adam_exactly(digits3: FoldData) -> None:
+    folds = [0, 1, 2, 1]
+    gen = torch.Generator().manual_seed(3)
+    stacked = StackedCNN(len(folds), (1, 8, 8), (4, 6), 16, 10, generator=gen)
+    start = [w.detach().clone() for w in stacked.parameters()]
+    _check_trajectory(stacked, digits3, folds, bs=128, epochs=1)
+    for before, after in zip(start, stacked.parameters(), strict=True):
+        assert float((before - after.detach()).abs().max()) > 1e-4
+
+
+def test_init_matches_nn_linear_distribution() -> None:
+    stacked = StackedMLP(64, 100, (50,), 10, generator=torch.Generator().manual_seed(0))
+    w = stacked.weights[0].detach()
+    bound = 1 / np.sqrt(100)
+    assert float(w.abs().max()) <= bound
+    assert float(w.abs().max()) > 0.99 * bound
+    assert abs(float(w.std()) - bound / np.sqrt(3)) < 0.01 * bound  # uniform(-b, b) std
+    # members are different networks, not copies
+    assert not torch.equal(stacked.weights[0][0], stacked.weights[0][1])
+
+
+def test_train_trials_learns_digits(digits3: FoldData) -> None:
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=5e-3, seed=0)
+    res = train_trials(digits3, MLPConfig((32,)), cfg, [TrialRates((0.0,)), TrialRates((0.3,))])
+    assert len(res) == 2
+    for r in res:
+        assert len(r.fold_scores) == 3 and r.epochs_run == 3 and not r.stopped
+        assert r.mean > 0.8 and r.train_seconds > 0
+        assert 0 <= r.std < 0.1
+
+
+def test_log_loss_metric_and_bad_metric(digits3: FoldData) -> None:
+    cfg = TrainConfig(epochs=2, lr=5e-3, metric="log_loss")
+    (r,) = train_trials(digits3, MLPConfig((32,)), cfg, [TrialRates((0.1,))])
+    assert 0 < r.mean < 1.0
+    with pytest.raises(ValueError, match="metric"):
+        train_trials(digits3, MLPConfig((8,)), TrainConfig(metric="f1"), [TrialRates((0.1,))])
+
+
+def test_seeded_runs_are_bit_identical(digits3: FoldData) -> None:
+    trials = [TrialRates((0.2, 0.4), input=0.1), TrialRates((0.5,))]
+    cfg = TrainConfig(epochs=2, metric="log_loss", seed=7)
+    a = train_trials(digits3, MLPConfig((32, 16)), cfg, trials, CPU)
+    b = train_trials(digits3, MLPConfig((32, 16)), cfg, trials, CPU)
+    c = train_trials(digits3, MLPConfig((32, 16)), TrainConfig(epochs=2, metric="log_loss"), trials)
+    assert [r.fold_scores for r in a] == [r.fold_scores for r in b]
+    assert [r.fold_scores for r in a] != [r.fold_scores for r in c]
+
+
+def test_on_epoch_stops_a_trial_and_others_continue(digits3: FoldData) -> None:
+    cfg = TrainConfig(epochs=4, metric="log_loss")
+    trials = [TrialRates((0.0,)), TrialRates((0.5,)), TrialRates((0.0, 0.2))]
+    calls: list[tuple[int, list[int], tuple[int, ...]]] = []
+
+    def on_epoch(epoch: int, active: list[int], scores: np.ndarray) -> list[int]:
+        calls.append((epoch, list(active), scores.shape))
+        return [1] if epoch == 2 else []
+
+    res = train_trials(digits3, MLPConfig((32, 16)), cfg, trials, CPU, on_epoch)
+    assert [c[0] for c in calls] == [1, 2, 3, 4]
+    assert calls[1][1:] == ([0, 1, 2], (3, 3))
+    assert calls[2][1:] == ([0, 2], (2, 3))
+    assert res[1].stopped and res[1].epochs_run == 2
+    assert not res[0].stopped and res[0].epochs_run == 4
+    assert not res[2].stopped and res[2].epochs_run == 4
+    # a dropout-free trial does not depend on its batch-mates: same as training it alone
+    (alone,) = train_trials(digits3, MLPConfig((32, 16)), cfg, trials[:1], CPU)
+    np.testing.assert_allclose(res[0].fold_scores, alone.fold_scores, rtol=0, atol=1e-5)
+
+
+def test_on_epoch_can_abort_the_batch(digits3: FoldData) -> None:
+    def boom(epoch: int, active: list[int], scores: np.ndarray) -> list[int]:
+        raise KeyboardInterrupt("cancelled")
+
+    with pytest.raises(KeyboardInterrupt, match="cancelled"):
+        train_trials(
+            digits3, MLPConfig((8,)), TrainConfig(epochs=3), [TrialRates((0.1,))], CPU, boom
+        )
+
+
+def test_stopping_everyone_ends_early(digits3: FoldData) -> None:
+    res = train_trials(
+        digits3,
+        MLPConfig((8,)),
+        TrainConfig(epochs=5),
+        [TrialRates((0.1,))] * 2,
+        CPU,
+        lambda e, active, s: active,
+    )
+    assert all(r.stopped and r.epochs_run == 1 for r in res)
+
+
+def test_rates_per_layer_and_input_dropout_are_applied() -> None:
+    torch.manual_seed(0)
+    net = StackedMLP(3, 20, (400, 300), 5, generator=torch.Generator().manual_seed(0))
+    net.set_rates([[0.0, 0.0], [0.5, 0.1], [0.2, 0.8]], [0.0, 0.3, 0.0])
+    assert net.rates[1].tolist() == pytest.approx([0.5, 0.1])
+    x = torch.randn(3, 256, 20)
+    net.eval()
+    e1, e2 = net(x), net(x)
+    torch.testing.assert_close(e1, e2, rtol=0, atol=0)  # no dropout in eval
+    for m in range(3):  # eval is the plain standalone network
+        torch.testing.assert_close(net.export_member(m).eval()(x[m]), e1[m], rtol=0, atol=1e-5)
+    net.train()
+    t1 = net(x)
+    torch.testing.assert_close(t1[0], e1[0], rtol=0, atol=1e-5)  # rate 0 member: untouched
+    assert not torch.allclose(t1[1], e1[1]) and not torch.allclose(t1[2], e1[2])
+    assert not torch.allclose(net(x)[1], t1[1])  # fresh masks each call
+
+
+def test_dropout_mask_statistics() -> None:
+    x = torch.ones(4, 64, 4000)
+    rates = (0.0, 0.25, 0.75, 0.5)
+    h = dropout_members(x, torch.tensor(rates), MaskRNG(0))
+    for m, p in enumerate(rates):
+        dropped = float((h[m] == 0).float().mean())
+        assert abs(dropped - p) < 0.01, (m, dropped)
+        assert abs(float(h[m].mean()) - 1.0) < 0.04  # inverted scaling keeps the expectation
+        kept = h[m][h[m] != 0]
+        torch.testing.assert_close(kept, torch.full_like(kept, 1 / (1 - p)))
+    # channel-wise (Dropout2d): whole [H, W] maps are kept or dropped together
+    maps = dropout_members(torch.ones(2, 32, 16, 5, 5), torch.tensor([0.5, 0.5]), MaskRNG(1), True)
+    per_map = maps.flatten(3)
+    assert bool((per_map.amax(-1) == per_map.amin(-1)).all())
+    assert 0.4 < float((per_map[..., 0] == 0).float().mean()) < 0.6
+    # reproducible for a seed, different across seeds
+    a = dropout_members(x[:1], torch.tensor([0.5]), MaskRNG(3))
+    assert torch.equal(a, dropout_members(x[:1], torch.tensor([0.5]), MaskRNG(3)))
+    assert not torch.equal(a, dropout_members(x[:1], torch.tensor([0.5]), MaskRNG(4)))
+
+
+def test_cnn_rates_and_trials(digits3: FoldData) -> None:
+    net = StackedCNN(2, (1, 8, 8), (4, 8), 16, 10)
+    assert net.n_layers == 3
+    with pytest.raises(ValueError):
+        net.set_rates([[0.1, 0.2], [0.1, 0.2]])  # 2 rates for 3 layers
+    net.set_rates([[0.0, 0.0, 0.0], [0.5, 0.3, 0.2]])
+    x = digits3.X_std[0, :32].expand(2, 32, 64).contiguous()
+    net.eval()
+    e = net(x)
+    net.train()
+    t = net(x)
+    torch.testing.assert_close(t[0], e[0], rtol=0, atol=1e-5)
+    assert not torch.allclose(t[1], e[1])
+    cfg = TrainConfig(epochs=2, lr=1e-2)
+    res = train_trials(digits3, CNNConfig((4, 8), 16), cfg, [TrialRates((0.1, 0.2, 0.3))])
+    assert res[0].mean > 0.5
+    with pytest.raises(ValueError, match="input dropout"):
+        train_trials(digits3, CNNConfig((4,), 8), cfg, [TrialRates((0.1,), input=0.2)])
+
+
+def test_bad_rates_rejected(digits3: FoldData) -> None:
+    with pytest.raises(ValueError, match="rates"):
+        train_trials(
+            digits3, MLPConfig((8, 8)), TrainConfig(epochs=1), [TrialRates((0.1, 0.2, 0.3))]
+        )
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        train_trials(digits3, MLPConfig((8,)), TrainConfig(epochs=1), [TrialRates((1.0,))])
+
+
+def test_chunked_evaluation_equals_one_shot(digits3: FoldData) -> None:
+    net = StackedMLP(6, 64, (16,), 10, generator=torch.Generator().manual_seed(0))
+    fold_of = torch.tensor([0, 1, 2, 0, 1, 2])
+    full = evaluate(net, digits3, fold_of, "log_loss")
+    chunked = evaluate(net, digits3, fold_of, "log_loss", max_rows=700)  # 1 member per chunk
+    torch.testing.assert_close(full, chunked)
+    acc = evaluate(net, digits3, fold_of, "accuracy")
+    assert acc.shape == (6,) and bool(((acc >= 0) & (acc <= 1)).all())
+
+
+def test_helpers(digits3: FoldData) -> None:
+    b = auto_batch_trials(MLPConfig(), digits3, 100, CPU)
+    assert 1 <= b <= 32
+    assert auto_batch_trials(MLPConfig(), digits3, 3, CPU) <= 3
+    cfg = TrainConfig(epochs=2)
+    f = flops_per_trial(MLPConfig((10,)), digits3, cfg)
+    per_sample = 2 * (64 * 10 + 10 * 10)
+    assert f == pytest.approx(2 * per_sample * (3 * 2 * 1797 + 1797))
+    assert flops_per_trial(CNNConfig(), digits3, cfg) > f
