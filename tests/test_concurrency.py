@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import random
 import time
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -21,7 +22,7 @@ N_TRIALS = 240
 N_PROCS = 8
 
 
-def _claimer(url: str, name: str, barrier: mp.synchronize.Barrier, out: mp.Queue[object]) -> None:
+def _claimer(url: str, name: str, barrier: Any, out: Any) -> None:
     engine = create_engine(url)
     rng = random.Random(name)
     got: list[int] = []
@@ -50,13 +51,13 @@ def test_parallel_claims_never_overlap(backend: str, request: pytest.FixtureRequ
     sid = queue.enqueue(engine, spec, "a")
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(N_PROCS)
-    out: mp.Queue[object] = ctx.Queue()
+    out: Any = ctx.Queue()
     procs = [
         ctx.Process(target=_claimer, args=(url, f"w{i}", barrier, out)) for i in range(N_PROCS)
     ]
     for p in procs:
         p.start()
-    results = dict(out.get(timeout=120) for _ in procs)  # type: ignore[misc]
+    results: dict[str, list[int]] = dict(out.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0
