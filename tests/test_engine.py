@@ -282,10 +282,13 @@ def test_chunked_evaluation_equals_one_shot(digits3: FoldData) -> None:
 
 def test_helpers(digits3: FoldData) -> None:
     b = auto_batch_trials(MLPConfig(), digits3, 100, CPU)
-    assert 1 <= b <= 32
+    assert 1 <= b <= 16
     assert auto_batch_trials(MLPConfig(), digits3, 3, CPU) <= 3
     cfg = TrainConfig(epochs=2)
     f = flops_per_trial(MLPConfig((10,)), digits3, cfg)
     per_sample = 2 * (64 * 10 + 10 * 10)
     assert f == pytest.approx(2 * per_sample * (3 * 2 * 1797 + 1797))
     assert flops_per_trial(CNNConfig(), digits3, cfg) > f
+    with pytest.raises(ValueError, match="lives on"):
+        train_trials(digits3, MLPConfig((8,)), cfg, [TrialRates((0.1,))], device="cuda")
+    assert train_trials(digits3, MLPConfig((8,)), cfg, [], device="cpu:0") == []

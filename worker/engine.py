@@ -272,9 +272,11 @@ def train_trials(
         raise ValueError(f"metric must be one of {METRICS}, got {cfg.metric!r}")
     if not trials:
         return []
-    dev = torch.device(device) if device is not None else data.device
-    if data.device != dev:
-        raise ValueError(f"data lives on {data.device}, training asked for {dev}")
+    dev = data.device
+    if device is not None:
+        asked = torch.device(device)
+        if asked.type != dev.type or asked.index not in (None, dev.index):
+            raise ValueError(f"data lives on {dev}, training asked for {asked}")
     setup_device(dev)
     t0 = time.perf_counter()
     k, n_trials = data.k, len(trials)
@@ -308,7 +310,7 @@ def train_trials(
         lens = [data.train_len_host[f] for _ in active for f in range(k)]
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
             train_epoch(fwd, opt, data, fold_of, order, cfg.batch_size, lens)
-            scores = evaluate(fwd, data, fold_of, cfg.metric)
+            scores = evaluate(net, data, fold_of, cfg.metric)
         sc = scores.view(len(active), k).double().cpu().numpy()  # the one sync per epoch
         last[active] = sc
         stop = set(on_epoch(epoch, list(active), sc.copy()) or ()) if on_epoch else set()
@@ -404,7 +406,8 @@ def auto_batch_trials(
     rows = max(batch_size, int(data.val_idx.shape[1]))
     per_trial = k * 4 * (4 * params + 4 * acts * rows)
     budget = _free_bytes(dev) // (2 if dev.type == "cuda" else 4)
-    cap = 256 if dev.type == "cuda" else 32
+    # CPU: past ~16 trials the stacked weights fall out of cache and s/trial stops improving
+    cap = 256 if dev.type == "cuda" else 16
     return max(1, min(n_available, cap, budget // max(per_trial, 1)))
 
 

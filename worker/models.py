@@ -75,7 +75,7 @@ def dropout_members(
     channelwise drops whole feature maps (Dropout2d): one draw per (member, sample, channel).
     """
     shape = x.shape[:3] + (1,) * (x.dim() - 3) if channelwise else x.shape
-    return x * rng.keep_scale(shape, 1.0 - p)
+    return x * rng.keep_scale(shape, 1.0 - p).to(x.dtype)  # no-op unless under autocast
 
 
 class _Stacked(nn.Module):
@@ -172,7 +172,7 @@ class StackedMLP(_Stacked):
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             x = torch.baddbmm(b, x, w)
             if i < last:
-                x = F.relu(x)
+                x = x.relu_()  # in place is safe: baddbmm's backward does not need its output
                 if self.training and self._layer_active[i]:
                     x = dropout_members(x, self.rates[:, i], self._rng())
         return x
