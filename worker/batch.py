@@ -174,8 +174,11 @@ class BatchRunner:
             else:
                 m.trial.study.tell(m.trial, float(np.mean(folds)))
         except (UpdateFinishedTrialError, RuntimeError, ValueError) as exc:
-            log.warning("trial %s was finished elsewhere (%s)", m.trial.number, exc)
-            return
+            state = self.worker.optuna.get_trial(m.trial._trial_id).state
+            if state not in (TrialState.COMPLETE, TrialState.PRUNED):
+                log.warning("trial %s was finished elsewhere (%s)", m.trial.number, exc)
+                return
+            log.warning("trial %s: told, but: %s", m.trial.number, exc)
         except StorageError as exc:
             log.warning("could not tell trial %s: %s", m.trial.number, exc)
             return

@@ -98,17 +98,23 @@ def epoch_order(data: FoldData, gen: torch.Generator) -> torch.Tensor:
     return data.train_idx.gather(1, keys.argsort(dim=1))
 
 
-def _restore(
-    model: StackedModel,
-    opt: torch.optim.Optimizer,
-    idx: torch.Tensor,
-    saved: list[list[torch.Tensor]],
-) -> None:
-    for p, (pv, *states) in zip(model.parameters(), saved, strict=True):
+def _step_freezing(model: StackedModel, opt: torch.optim.Optimizer, frozen: list[int]) -> None:
+    """opt.step(), except members `frozen` (no samples in this batch) keep their weights and
+    moments: Adam would otherwise move them on momentum alone. Only Adam's shared step count
+    still advances for them (a one-step bias-correction offset); this happens only when fold
+    sizes straddle a multiple of the batch size, at most once per epoch."""
+    idx = torch.tensor(frozen, device=next(model.parameters()).device)
+    names = ("exp_avg", "exp_avg_sq")
+    saved = [
+        (p, p.data[idx].clone(), [opt.state[p][s][idx].clone() for s in names])
+        for p in model.parameters()
+        if opt.state.get(p)
+    ]
+    opt.step()
+    for p, pv, moments in saved:
         p.data[idx] = pv
-        st = opt.state[p]
-        for name, v in zip(("exp_avg", "exp_avg_sq"), states, strict=True):
-            st[name][idx] = v
+        for s, v in zip(names, moments, strict=True):
+            opt.state[p][s][idx] = v
 
 
 def train_epoch(
@@ -154,20 +160,7 @@ def train_epoch(
         opt.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         if empty:
-            # a member with no samples left must not move (Adam would still step on its momentum)
-            idx = torch.tensor(empty, device=data.device)
-            saved = (
-                [
-                    [p.data[idx].clone()]
-                    + [opt.state[p][s][idx].clone() for s in ("exp_avg", "exp_avg_sq")]
-                    for p in model.parameters()
-                ]
-                if opt.state
-                else []
-            )
-            opt.step()
-            if saved:
-                _restore(model, opt, idx, saved)
+            _step_freezing(model, opt, empty)
         else:
             opt.step()
 
@@ -184,8 +177,6 @@ def evaluate(
     chunk = max(1, max_rows // max(lva, 1))
     valid = torch.arange(lva, device=data.device) < data.val_len[:, None]  # [K, Lva]
     out = []
-    # members are sliced via a temporary view of the parameters, so chunking needs a model copy
-    # only when there is more than one chunk; the common case runs in one forward.
     for c0 in range(0, n_members, chunk):
         f = fold_of[c0 : c0 + chunk]
         xb = x_flat[data.val_idx[f] + (f * n)[:, None]]
@@ -206,16 +197,10 @@ def _forward_slice(model: StackedModel, x: torch.Tensor, a: int, b: int) -> torc
     if a == 0 and b == model.n_members:
         out: torch.Tensor = model(x)
         return out
-    # run members a..b with sliced parameters (views; nothing is copied or trained here)
-    params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
-    sliced = {name: t[a:b] for name, t in {**params, **buffers}.items()}
-    saved_n = model.n_members
-    try:
-        model.n_members = b - a
-        return torch.func.functional_call(model, sliced, (x,))  # type: ignore[no-any-return]
-    finally:
-        model.n_members = saved_n
+    # members a..b only, through sliced views of the parameters (nothing is copied)
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    sliced = {name: t[a:b] for name, t in tensors.items()}
+    return torch.func.functional_call(model, sliced, (x,))  # type: ignore[no-any-return]
 
 
 def _trial_rate_rows(
@@ -409,19 +394,3 @@ def auto_batch_trials(
     # CPU: past ~16 trials the stacked weights fall out of cache and s/trial stops improving
     cap = 256 if dev.type == "cuda" else 16
     return max(1, min(n_available, cap, budget // max(per_trial, 1)))
-
-
-__all__ = [
-    "METRICS",
-    "TrainConfig",
-    "TrialRates",
-    "TrialResult",
-    "auto_batch_trials",
-    "epoch_order",
-    "evaluate",
-    "flops_per_trial",
-    "member_folds",
-    "param_count",
-    "train_epoch",
-    "train_trials",
-]

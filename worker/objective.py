@@ -14,6 +14,14 @@ from storage.spec import StudySpec
 from worker.engine import TrialRates
 
 
+class _Grid(optuna.samplers.GridSampler):
+    """GridSampler that never calls `study.stop()`, which raises outside `Study.optimize`;
+    droptune's queue, not the sampler, decides when a study has all its trials."""
+
+    def after_trial(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     s = spec.search
     if s.sampler == "random":
@@ -25,7 +33,7 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
             space["input_dropout"] = (
                 np.linspace(s.input_dropout_low, s.input_dropout_high, s.n_trials).round(6).tolist()
             )
-        return optuna.samplers.GridSampler(space)
+        return _Grid(space)
     # TPE with the constant liar (Optuna's default) keeps a batch's rates apart.
     return optuna.samplers.TPESampler(n_startup_trials=min(10, max(2, s.n_trials // 4)))
 
