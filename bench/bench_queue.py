@@ -24,11 +24,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TINY = {
+TINY: dict[str, Any] = {
     "dataset": {"builtin": "digits"},
     "model": {"hidden": [32]},
     "training": {"epochs": 2},
