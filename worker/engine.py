@@ -244,14 +244,15 @@ def train_trials(
     device: torch.device | str | None = None,
     on_epoch: OnEpoch | None = None,
     *,
-    amp: bool = False,
     compile_model: bool = False,
 ) -> list[TrialResult]:
     """Train len(trials) trials x K folds as one stacked model; one TrialResult per trial.
 
     on_epoch(epoch, active_trials, scores[B_active, K]) runs after each epoch's validation and
-    returns trial indices to stop; it may raise to abort the whole batch. amp = bf16 autocast
-    (CUDA only); compile_model = torch.compile the forward (pays only for long runs).
+    returns trial indices to stop; it may raise to abort the whole batch. compile_model =
+    torch.compile the forward (pays only for long runs). CUDA runs in float32 with TF32 matmuls;
+    bf16 autocast was tried and stopped learning (log loss 1.94 vs 0.12 after 5 epochs on an
+    H100), so it is not offered.
     """
     if cfg.metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {cfg.metric!r}")
@@ -289,13 +290,11 @@ def train_trials(
     fold_of = member_folds(n_trials, k, dev)
     results: list[TrialResult | None] = [None] * n_trials
     last = np.zeros((n_trials, k))
-    use_amp = amp and dev.type == "cuda"
     for epoch in range(1, cfg.epochs + 1):
         order = epoch_order(data, order_gen)
         lens = [data.train_len_host[f] for _ in active for f in range(k)]
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-            train_epoch(fwd, opt, data, fold_of, order, cfg.batch_size, lens)
-            scores = evaluate(net, data, fold_of, cfg.metric)
+        train_epoch(fwd, opt, data, fold_of, order, cfg.batch_size, lens)
+        scores = evaluate(net, data, fold_of, cfg.metric)
         sc = scores.view(len(active), k).double().cpu().numpy()  # the one sync per epoch
         last[active] = sc
         stop = set(on_epoch(epoch, list(active), sc.copy()) or ()) if on_epoch else set()
