@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import optuna
 import pytest
@@ -28,6 +29,29 @@ def spec(n: int = 5, **search: object) -> StudySpec:
 def study_row(engine: sa.Engine, study_id: int) -> sa.Row[object]:
     with transaction(engine) as conn:
         return conn.execute(sa.select(studies).where(studies.c.id == study_id)).one()
+
+
+def started_trial(
+    db_url: str, n: int
+) -> tuple[sa.Engine, Any, int, queue.Claim, optuna.Study, optuna.Trial]:
+    """A study of n slots, all claimed by one worker, the first running a linked Optuna trial."""
+    engine = create_engine(db_url)
+    storage = optuna_storage(db_url)
+    sp = spec(n)
+    sid = queue.enqueue(engine, sp, "a")
+    claim = queue.claim(engine, "dead", n)
+    assert claim is not None
+    study = ensure_study(storage, claim.optuna_study, sp, sid)
+    trial = study.ask()
+    trial.suggest_float("dropout", 0.0, 0.8)
+    queue.link_trial(engine, claim.leases[0].id, trial._trial_id, trial.number, trial.params)
+    return engine, storage, sid, claim, study, trial
+
+
+def age_leases(engine: sa.Engine, seconds: float) -> None:
+    """Put every lease's heartbeat `seconds` into the database clock's past."""
+    with transaction(engine) as conn:
+        conn.execute(leases.update().values(heartbeat_at=db_now(-seconds)))
 
 
 def test_claim_reserves_slots_and_never_more_than_n_trials(db_url: str) -> None:
@@ -169,25 +193,14 @@ def test_leases_compare_against_the_database_clock(db_url: str) -> None:
     claim = queue.claim(engine, "w", 1)
     assert claim is not None
     # Put the heartbeat 60 s in the database's past: stale for a 30 s grace, fresh for 90 s.
-    with transaction(engine) as conn:
-        conn.execute(leases.update().values(heartbeat_at=db_now(-60)))
+    age_leases(engine, 60)
     assert [s.id for s in queue.stale_leases(engine, 30)] == [claim.leases[0].id]
     assert queue.stale_leases(engine, 90) == []
 
 
 def test_recovery_fails_the_trial_and_requeues_its_params(db_url: str) -> None:
-    engine = create_engine(db_url)
-    storage = optuna_storage(db_url)
-    sp = spec(2)
-    sid = queue.enqueue(engine, sp, "a")
-    claim = queue.claim(engine, "dead", 2)
-    assert claim is not None
-    study = ensure_study(storage, claim.optuna_study, sp, sid)
-    trial = study.ask()
-    trial.suggest_float("dropout", 0.0, 0.8)
-    queue.link_trial(engine, claim.leases[0].id, trial._trial_id, trial.number, trial.params)
-    with transaction(engine) as conn:
-        conn.execute(leases.update().values(heartbeat_at=db_now(-120)))
+    engine, storage, sid, claim, _study, trial = started_trial(db_url, 2)
+    age_leases(engine, 120)
     assert recover_stale(engine, storage, 30.0) == 2
     assert recover_stale(engine, storage, 30.0) == 0  # exactly once
     assert storage.get_trial(trial._trial_id).state == TrialState.FAIL
@@ -203,19 +216,9 @@ def test_recovery_fails_the_trial_and_requeues_its_params(db_url: str) -> None:
 
 
 def test_recovery_of_a_finished_trial_counts_it_done(db_url: str) -> None:
-    engine = create_engine(db_url)
-    storage = optuna_storage(db_url)
-    sp = spec(1)
-    sid = queue.enqueue(engine, sp, "a")
-    claim = queue.claim(engine, "w", 1)
-    assert claim is not None
-    study = ensure_study(storage, claim.optuna_study, sp, sid)
-    trial = study.ask()
-    trial.suggest_float("dropout", 0.0, 0.8)
-    queue.link_trial(engine, claim.leases[0].id, trial._trial_id, trial.number, trial.params)
+    engine, storage, sid, claim, study, trial = started_trial(db_url, 1)
     study.tell(trial, 0.9)  # told, but the worker died before ending its lease
-    with transaction(engine) as conn:
-        conn.execute(leases.update().values(heartbeat_at=db_now(-120)))
+    age_leases(engine, 120)
     recover_stale(engine, storage, 30.0)
     assert storage.get_trial(trial._trial_id).state == TrialState.COMPLETE
     assert study_row(engine, sid).status == "succeeded"
