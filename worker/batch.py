@@ -92,6 +92,7 @@ class BatchRunner:
         finally:
             self.hb.hold(set())
             w.set_current(None, [])
+            self.hb.beat()  # /workers shows the worker idle now, not at the next beat
 
     def _train(self, claim: Claim, members: list[_Member], data: FoldData) -> list[TrialResult]:
         spec = claim.spec
