@@ -240,17 +240,18 @@ class StaleLease:
     id: int
     study_id: int
     trial_id: int | None
+    optuna_study: str
 
 
 def stale_leases(engine: Engine, grace_seconds: float) -> list[StaleLease]:
     """Leases whose heartbeat is older than the grace period, by the database clock."""
     with transaction(engine, read_only=True) as conn:
         rows = conn.execute(
-            sa.select(leases.c.id, leases.c.study_id, leases.c.trial_id).where(
-                leases.c.heartbeat_at < db_now(-grace_seconds)
-            )
+            sa.select(leases.c.id, leases.c.study_id, leases.c.trial_id, studies.c.optuna_study)
+            .join(studies, studies.c.id == leases.c.study_id)
+            .where(leases.c.heartbeat_at < db_now(-grace_seconds))
         ).all()
-    return [StaleLease(r.id, r.study_id, r.trial_id) for r in rows]
+    return [StaleLease(r.id, r.study_id, r.trial_id, r.optuna_study) for r in rows]
 
 
 def cancel(engine: Engine, study_id: int, owner: str) -> str:

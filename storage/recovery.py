@@ -14,7 +14,8 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
 
-from storage.queue import Outcome, finish, stale_leases
+from storage.optuna_bridge import study_id_of
+from storage.queue import Outcome, StaleLease, finish, stale_leases
 
 log = logging.getLogger("droptune.recovery")
 
@@ -39,7 +40,10 @@ def recover_stale(engine: Engine, storage: RDBStorage, grace_seconds: float) -> 
     n = 0
     for lease in stale_leases(engine, grace_seconds):
         if lease.trial_id is None:
-            outcome = Outcome.RELEASED  # lost before it created its trial: just give it back
+            # Lost before it linked a trial: give the slot back, and fail the trial if the worker
+            # had created one (it carries its lease id).
+            _fail_unlinked(storage, lease)
+            outcome = Outcome.RELEASED
         else:
             state = fail_trial(storage, lease.trial_id, LEASE_LOST)
             finished = state in (TrialState.COMPLETE, TrialState.PRUNED)
@@ -54,3 +58,12 @@ def recover_stale(engine: Engine, storage: RDBStorage, grace_seconds: float) -> 
                 outcome.value,
             )
     return n
+
+
+def _fail_unlinked(storage: RDBStorage, lease: StaleLease) -> None:
+    study_id = study_id_of(storage, lease.optuna_study)
+    if study_id is None:
+        return
+    for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("lease") == lease.id:
+            fail_trial(storage, t._trial_id, LEASE_LOST)

@@ -224,3 +224,23 @@ def test_recovery_of_a_finished_trial_counts_it_done(db_url: str) -> None:
     assert study_row(engine, sid).status == "succeeded"
     loaded = optuna.load_study(study_name=claim.optuna_study, storage=db_url)
     assert len(loaded.trials) == 1
+
+
+def test_recovery_fails_a_trial_its_worker_never_linked(db_url: str) -> None:
+    from worker.objective import new_trial
+
+    engine = create_engine(db_url)
+    storage = optuna_storage(db_url)
+    sp = spec(1)
+    sid = queue.enqueue(engine, sp, "a")
+    claim = queue.claim(engine, "dead", 1)
+    assert claim is not None
+    study = ensure_study(storage, claim.optuna_study, sp, sid)
+    # The worker created its trial, tagged with the lease, and died before linking it.
+    trial = new_trial(study, None, {"lease": claim.leases[0].id})
+    other = new_trial(study, None, {"lease": 10_000})  # somebody else's: left alone
+    age_leases(engine, 120)
+    assert recover_stale(engine, storage, 30.0) == 1
+    assert storage.get_trial(trial._trial_id).state == TrialState.FAIL
+    assert storage.get_trial(other._trial_id).state == TrialState.RUNNING
+    assert study_row(engine, sid).slots_claimed == 0

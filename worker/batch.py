@@ -122,6 +122,7 @@ class BatchRunner:
                 "worker": w.id,
                 "device": str(w.device),
                 "attempt": lease.attempt,
+                "lease": lease.id,  # lets recovery find the trial if we die before linking it
             }
             trial = new_trial(study, lease.params, attrs)
             suggest(trial, claim.spec)  # fixes the parameters before the lease records them
