@@ -17,6 +17,8 @@ from optuna_dashboard import wsgi
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 READ_METHODS = frozenset({"GET", "HEAD"})
+# What the dashboard serves; any other path is droptune's own 404, not the dashboard's HTML page.
+DASHBOARD_PREFIXES = ("/dashboard", "/static/", "/api/", "/favicon.ico")
 
 
 class ReadOnly:
@@ -26,24 +28,30 @@ class ReadOnly:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] not in READ_METHODS:
-            body = json.dumps(
-                {
-                    "type": "about:blank",
-                    "title": "Forbidden",
-                    "status": 403,
-                    "detail": f"the dashboard is read-only: {scope['method']} {scope['path']} "
-                    "is refused; use droptune's REST API to change studies",
-                }
-            ).encode()
-            headers: list[tuple[bytes, bytes]] = [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-            ]
-            await send({"type": "http.response.start", "status": 403, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+        elif scope["path"] != "/" and not scope["path"].startswith(DASHBOARD_PREFIXES):
+            await _problem(send, 404, "Not found", f"no route {scope['path']}")
+        elif scope["method"] not in READ_METHODS:
+            detail = (
+                f"the dashboard is read-only: {scope['method']} {scope['path']} is refused; "
+                "use droptune's REST API to change studies"
+            )
+            await _problem(send, 403, "Forbidden", detail)
+        else:
+            await self.app(scope, receive, send)
+
+
+async def _problem(send: Send, status: int, title: str, detail: str) -> None:
+    body = json.dumps(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    ).encode()
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def dashboard_app(storage: RDBStorage) -> Any:

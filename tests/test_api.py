@@ -150,6 +150,11 @@ def test_dashboard_is_served_read_only(api: TestClient) -> None:
         assert r.status_code == 403, (method, path, r.text)
         assert r.headers["content-type"] == PROBLEM and "read-only" in r.json()["detail"]
     assert api.get(f"/studies/{sid}").status_code == 200
+    assert api.get("/api/studies").status_code == 200  # the dashboard's own reads still work
+    home = api.get("/", follow_redirects=False)
+    assert home.status_code == 302 and home.headers["location"].endswith("/dashboard")
+    lost = api.get("/no/such/route")
+    assert lost.status_code == 404 and lost.headers["content-type"] == PROBLEM
 
 
 def test_health_workers_and_docs(api: TestClient) -> None:
