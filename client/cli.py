@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +17,7 @@ from pydantic import ValidationError
 
 from client import launch
 from client.api import DEFAULT_URL, Client, ClientError
+from storage.errors import DroptuneError
 from storage.schemas import ENDED, BestOut, StudyOut
 
 app = typer.Typer(
@@ -37,6 +40,15 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Bad settings (a database URL, a device) end as one line, not a traceback."""
+    try:
+        yield
+    except (DroptuneError, ValueError) as exc:
+        _fail(str(exc))
+
+
 def _client(url: str) -> Client:
     return Client(url, token=os.environ.get("DROPTUNE_TOKEN"))
 
@@ -48,7 +60,8 @@ def serve(
     database_url: DbOpt = None,
 ) -> None:
     """Run the API and the dashboard (migrates the database first)."""
-    launch.serve(host, port, database_url)
+    with _one_line_errors():
+        launch.serve(host, port, database_url)
 
 
 @app.command()
@@ -59,7 +72,9 @@ def worker(
     exit_when_idle: Annotated[bool, typer.Option(help="stop when the queue is empty")] = False,
 ) -> None:
     """Run a worker: claim trials, train them, report; SIGTERM stops it cleanly."""
-    raise typer.Exit(launch.worker(database_url, device, threads, exit_when_idle))
+    with _one_line_errors():
+        code = launch.worker(database_url, device, threads, exit_when_idle)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -70,7 +85,9 @@ def up(
     workers: Annotated[int | None, typer.Option(help="workers (default: one per device)")] = None,
 ) -> None:
     """Start everything on one machine: API, dashboard, one worker per device."""
-    raise typer.Exit(launch.up(host, port, database_url, workers))
+    with _one_line_errors():
+        code = launch.up(host, port, database_url, workers)
+    raise typer.Exit(code)
 
 
 @db_app.command("upgrade")
@@ -80,7 +97,8 @@ def db_upgrade(database_url: DbOpt = None) -> None:
     from storage.settings import StorageSettings
 
     url = database_url or StorageSettings().database_url
-    upgrade(url)
+    with _one_line_errors():
+        upgrade(url)
     typer.echo(f"database {url} is up to date")
 
 

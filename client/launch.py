@@ -58,11 +58,7 @@ def worker(
     if exit_when_idle:
         settings.exit_when_idle = True
     upgrade(settings.database_url)
-    try:
-        w = Worker(settings)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    return w.run()
+    return Worker(settings).run()
 
 
 def devices() -> list[str]:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from storage.errors import StorageError
+from storage.errors import Invalid, StorageError
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
@@ -24,7 +24,12 @@ def is_sqlite(url: str | sa.URL) -> bool:
 
 def normalise_url(url: str) -> str:
     """Accept `postgresql://` and `postgres://` and use psycopg 3, the driver we install."""
-    u = sa.make_url(url)
+    try:
+        u = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise Invalid(f"database URL {url!r} is not a URL: {exc}") from exc
+    if u.get_backend_name() not in ("sqlite", "postgresql"):
+        raise Invalid(f"database URL {url!r}: droptune supports sqlite:// and postgresql:// only")
     if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+psycopg")
     return u.render_as_string(hide_password=False)
@@ -77,7 +82,8 @@ def transaction(engine: Engine, *, read_only: bool = False) -> Iterator[Connecti
             with conn.begin():
                 yield conn
     except sa.exc.DBAPIError as exc:
-        raise StorageError(f"database error: {exc.orig!s}".strip()) from exc
+        first = (str(exc.orig).strip().splitlines() or ["?"])[0]
+        raise StorageError(f"database error: {first}") from exc
     except sa.exc.SQLAlchemyError as exc:
         raise StorageError(f"database error: {exc!s}") from exc
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from storage.db import create_engine, is_sqlite
+from storage.db import create_engine, is_sqlite, normalise_url
 from storage.errors import StorageError
 from storage.optuna_bridge import optuna_storage
 
@@ -20,13 +20,15 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def upgrade(url: str, attempts: int = 5) -> None:
     """Bring the database to the newest schema; safe when several processes start at once."""
+    url = normalise_url(url)  # refuses what is not a SQLite or PostgreSQL URL, with the reason
     for attempt in range(1, attempts + 1):
         try:
             _upgrade_once(url)
             return
         except Exception as exc:  # SQLite: two first starts race on CREATE TABLE
             if attempt == attempts or not is_sqlite(url):
-                raise StorageError(f"could not migrate the database: {exc}") from exc
+                first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or ["?"])[0]
+                raise StorageError(f"could not migrate the database: {first}") from exc
             log.info("migration attempt %d failed (%s); retrying", attempt, exc)
             time.sleep(0.5 * attempt)
 

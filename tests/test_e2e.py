@@ -106,6 +106,20 @@ def test_bad_cli_input_is_one_line(tmp_path: Path) -> None:
     )
     assert r.returncode == 1 and r.stderr.startswith("error: cannot reach droptune")
     assert len(r.stderr.strip().splitlines()) == 1
+    for args, words in [
+        (["serve", "--database-url", "mysql://x/y"], "supports sqlite:// and postgresql://"),
+        (
+            ["db", "upgrade", "--database-url", "postgresql://postgres@127.0.0.1:1/x"],
+            "could not migrate the database",
+        ),
+        (
+            ["worker", "--device", "cuda:99", "--database-url", f"sqlite:///{tmp_path}/w.db"],
+            "device 'cuda:99' asked for, but",
+        ),
+    ]:
+        r = subprocess.run([*cli, *args], capture_output=True, text=True)
+        last = r.stderr.strip().splitlines()[-1]  # after the migration's log lines
+        assert r.returncode == 1 and last.startswith("error: ") and words in last, r.stderr
 
 
 def test_cancel_stops_running_trials_at_the_next_epoch(tmp_path: Path) -> None:
