@@ -46,13 +46,20 @@ def create_engine(url: str) -> Engine:
     url = normalise_url(url)
     engine = sa.create_engine(url, **engine_kwargs(url))
     if is_sqlite(url):
-        _configure_sqlite(engine)
+        configure_sqlite(engine)
     return engine
 
 
-def _configure_sqlite(engine: Engine) -> None:
-    # pysqlite's own transaction handling defers BEGIN; take it over so a claim can say
-    # BEGIN IMMEDIATE and writers queue on the busy timeout instead of failing mid-transaction.
+def configure_sqlite(engine: Engine) -> None:
+    """WAL, a busy timeout, and every transaction opened with BEGIN IMMEDIATE.
+
+    pysqlite on its own runs a SELECT outside any transaction and opens one only at the first
+    write, so "read a row, check it, update it" is not atomic. Taking BEGIN over makes every
+    transaction hold the write lock from its first statement (read-only ones say plain BEGIN);
+    writers queue on the busy timeout instead of failing mid-transaction.
+    Applied to droptune's engines and to Optuna's (see storage.optuna_bridge).
+    """
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None

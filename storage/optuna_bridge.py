@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 from optuna.storages import RDBStorage
 
-from storage.db import engine_kwargs, normalise_url
+from storage.db import configure_sqlite, engine_kwargs, is_sqlite, normalise_url
 from storage.spec import StudySpec
 
 # Optuna logs every trial at INFO; droptune's own log lines say what happened.
@@ -13,8 +13,18 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def optuna_storage(url: str) -> RDBStorage:
+    """Optuna's storage on the same database.
+
+    On SQLite its engine gets droptune's BEGIN IMMEDIATE: Optuna finishes a trial by reading its
+    state, checking it is still RUNNING and then writing, and only inside one write transaction
+    can a worker's `tell` and a recovery's `FAIL` not both succeed on the same trial.
+    """
     url = normalise_url(url)
-    return RDBStorage(url, engine_kwargs=engine_kwargs(url))
+    storage = RDBStorage(url, engine_kwargs=engine_kwargs(url))
+    if is_sqlite(url):
+        configure_sqlite(storage.engine)
+        storage.engine.dispose()  # connections opened while Optuna set up are not configured
+    return storage
 
 
 def ensure_study(storage: RDBStorage, name: str, spec: StudySpec, study_id: int) -> optuna.Study:

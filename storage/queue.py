@@ -156,7 +156,7 @@ def link_trial(
 @dataclass(frozen=True)
 class Beat:
     live_leases: frozenset[int]  # leases this worker still holds
-    ended_studies: frozenset[int]  # studies of those leases that have ended (cancelled, failed)
+    ended_studies: dict[int, str]  # studies of those leases that have ended: id -> status
 
 
 def heartbeat_leases(conn: Connection, worker_id: str, lease_ids: Iterable[int]) -> Beat:
@@ -169,17 +169,40 @@ def heartbeat_leases(conn: Connection, worker_id: str, lease_ids: Iterable[int])
     ).all()
     study_ids = {r.study_id for r in rows}
     ended = conn.execute(
-        sa.select(studies.c.id).where(studies.c.id.in_(study_ids), studies.c.status.not_in(ACTIVE))
-    ).scalars()
-    return Beat(frozenset(r.id for r in rows), frozenset(ended))
+        sa.select(studies.c.id, studies.c.status).where(
+            studies.c.id.in_(study_ids), studies.c.status.not_in(ACTIVE)
+        )
+    ).all()
+    return Beat(frozenset(r.id for r in rows), {int(e.id): str(e.status) for e in ended})
 
 
 def finish(engine: Engine, lease_id: int, outcome: Outcome, reason: str | None = None) -> bool:
     """End a lease and account for its slot. False when the lease was already gone."""
+    return _end(engine, leases.c.id == lease_id, outcome, reason)
+
+
+def release_stale_unlinked(
+    engine: Engine, lease_id: int, grace_seconds: float, reason: str | None = None
+) -> bool:
+    """Give back the slot of a stale lease that never linked a trial.
+
+    False, and nothing changes, when its worker linked a trial or heartbeat meanwhile: recovery
+    read the lease a moment ago, and a slow but live worker may have moved on since.
+    """
+    where = sa.and_(
+        leases.c.id == lease_id,
+        leases.c.trial_id.is_(None),
+        leases.c.heartbeat_at < db_now(-grace_seconds),
+    )
+    return _end(engine, where, Outcome.RELEASED, reason)
+
+
+def _end(engine: Engine, where: Any, outcome: Outcome, reason: str | None) -> bool:
+    """Delete the lease `where` selects and account for its slot, in one transaction."""
     with transaction(engine) as conn:
         row = conn.execute(
             leases.delete()
-            .where(leases.c.id == lease_id)
+            .where(where)
             .returning(leases.c.study_id, leases.c.attempt, leases.c.params, leases.c.trial_number)
         ).one_or_none()
         if row is None:

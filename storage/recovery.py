@@ -15,11 +15,12 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
 
 from storage.optuna_bridge import study_id_of
-from storage.queue import Outcome, StaleLease, finish, stale_leases
+from storage.queue import Outcome, StaleLease, finish, release_stale_unlinked, stale_leases
 
 log = logging.getLogger("droptune.recovery")
 
 LEASE_LOST = "lease lost: its worker stopped heartbeating"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def fail_trial(storage: RDBStorage, trial_id: int, reason: str) -> TrialState:
@@ -40,15 +41,21 @@ def recover_stale(engine: Engine, storage: RDBStorage, grace_seconds: float) -> 
     n = 0
     for lease in stale_leases(engine, grace_seconds):
         if lease.trial_id is None:
-            # Lost before it linked a trial: give the slot back, and fail the trial if the worker
-            # had created one (it carries its lease id).
+            # Lost before it linked a trial: fail the trial if the worker had created one (it
+            # carries its lease id), then give the slot back, but only if the lease is still
+            # unlinked and stale. A slow worker that linked since keeps it (a trial we failed
+            # here it finds failed, and ends the lease itself); one that links after the
+            # delete is refused and fails its trial. Either way no slot is counted twice.
             _fail_unlinked(storage, lease)
             outcome = Outcome.RELEASED
+            ended = release_stale_unlinked(engine, lease.id, grace_seconds, LEASE_LOST)
         else:
+            # Optuna first, then the lease: a crash in between leaves a stale lease whose
+            # trial's final state the next round reads.
             state = fail_trial(storage, lease.trial_id, LEASE_LOST)
-            finished = state in (TrialState.COMPLETE, TrialState.PRUNED)
-            outcome = Outcome.DONE if finished else Outcome.FAILED
-        if finish(engine, lease.id, outcome, LEASE_LOST):
+            outcome = Outcome.DONE if state in FINISHED else Outcome.FAILED
+            ended = finish(engine, lease.id, outcome, LEASE_LOST)
+        if ended:
             n += 1
             log.warning(
                 "recovered lease %s of study %s (trial id %s): %s",

@@ -173,10 +173,10 @@ def test_heartbeat_renews_leases_and_reports_ended_studies(db_url: str) -> None:
     held = [lease.id for lease in claim.leases]
     beat = registry.heartbeat(engine, "w", sid, [0, 1], held)
     assert beat.live_leases == {lease.id for lease in claim.leases}
-    assert beat.ended_studies == frozenset()
+    assert beat.ended_studies == {}
     assert queue.stale_leases(engine, 5.0) == []
     queue.cancel(engine, sid, "a")
-    assert registry.heartbeat(engine, "w", sid, [0, 1], held).ended_studies == {sid}
+    assert registry.heartbeat(engine, "w", sid, [0, 1], held).ended_studies == {sid: "cancelled"}
     # A lease the worker no longer works on is not renewed: it goes stale and is retried.
     time.sleep(0.05)
     registry.heartbeat(engine, "w", sid, [0], held[:1])
@@ -244,3 +244,88 @@ def test_recovery_fails_a_trial_its_worker_never_linked(db_url: str) -> None:
     assert storage.get_trial(trial._trial_id).state == TrialState.FAIL
     assert storage.get_trial(other._trial_id).state == TrialState.RUNNING
     assert study_row(engine, sid).slots_claimed == 0
+
+
+def test_recovery_leaves_a_lease_its_slow_worker_linked_meanwhile(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between recovery reading a stale unlinked lease and giving its slot back, the worker
+    (slow, not dead) links its trial: the slot must not be given back, or N+1 trials finish."""
+    from storage import recovery
+    from worker.objective import new_trial
+
+    engine = create_engine(db_url)
+    storage = optuna_storage(db_url)
+    sp = spec(1)
+    sid = queue.enqueue(engine, sp, "a")
+    claim = queue.claim(engine, "slow", 1)
+    assert claim is not None
+    study = ensure_study(storage, claim.optuna_study, sp, sid)
+    age_leases(engine, 120)
+    lease_id = claim.leases[0].id
+    real = recovery._fail_unlinked
+    linked: list[optuna.Trial] = []
+
+    def worker_wakes_up(st: Any, lease: Any) -> None:
+        real(st, lease)  # finds no trial yet
+        trial = new_trial(study, None, {"lease": lease_id})
+        trial.suggest_float("dropout", 0.0, 0.8)
+        assert queue.link_trial(engine, lease_id, trial._trial_id, trial.number, trial.params)
+        linked.append(trial)
+
+    monkeypatch.setattr(recovery, "_fail_unlinked", worker_wakes_up)
+    assert recover_stale(engine, storage, 30.0) == 0
+    row = study_row(engine, sid)
+    assert (row.slots_claimed, row.n_done) == (1, 0)
+    assert queue.claim(engine, "other", 1) is None  # the slot is still the slow worker's
+    # The worker finishes its trial: exactly one trial counts.
+    study.tell(linked[0], 0.9)
+    assert queue.finish(engine, lease_id, Outcome.DONE)
+    assert (study_row(engine, sid).status, study_row(engine, sid).n_done) == ("succeeded", 1)
+
+
+def test_recovery_leaves_an_unlinked_lease_that_heartbeat_meanwhile(db_url: str) -> None:
+    engine = create_engine(db_url)
+    sid = queue.enqueue(engine, spec(1), "a")
+    claim = queue.claim(engine, "slow", 1)
+    assert claim is not None
+    age_leases(engine, 120)
+    stale = queue.stale_leases(engine, 30.0)
+    assert [s.id for s in stale] == [claim.leases[0].id]
+    registry.register(engine, "slow", "h", 1, "cpu")
+    registry.heartbeat(engine, "slow", sid, [], [claim.leases[0].id])  # it is alive after all
+    assert not queue.release_stale_unlinked(engine, claim.leases[0].id, 30.0)
+    assert study_row(engine, sid).slots_claimed == 1
+
+
+def test_optuna_checks_and_finishes_a_trial_in_one_sqlite_write_transaction(
+    sqlite_url: str,
+) -> None:
+    """Optuna reads a trial's state, checks it is RUNNING, then writes. On SQLite that must hold
+    the write lock from the read on, or a worker's COMPLETE and a recovery's FAIL both win."""
+    import sqlite3
+
+    _, storage, _, _, _, trial = started_trial(sqlite_url, 1)
+    path = sa.make_url(sqlite_url).database
+    assert path is not None
+    seen: list[str] = []
+
+    def other_writer(conn: Any, cursor: Any, statement: str, *_a: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "trials" in statement and not seen:
+            other = sqlite3.connect(path, timeout=0.2)
+            try:
+                other.execute("UPDATE trials SET state = 'COMPLETE' WHERE trial_id = ?", [1])
+                other.commit()
+                seen.append("other writer got in between the check and the write")
+            except sqlite3.OperationalError as exc:
+                seen.append(str(exc))
+            finally:
+                other.close()
+
+    sa.event.listen(storage.engine, "before_cursor_execute", other_writer)
+    try:
+        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    finally:
+        sa.event.remove(storage.engine, "before_cursor_execute", other_writer)
+    assert seen == ["database is locked"]
+    assert storage.get_trial(trial._trial_id).state == TrialState.FAIL

@@ -37,13 +37,13 @@ class LeaseHeartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="droptune-heartbeat", daemon=True)
         self.lost: set[int] = set()  # lease ids another process has recovered
-        self.ended: set[int] = set()  # study ids that have ended (cancelled, failed)
+        self.ended: dict[int, str] = {}  # studies that have ended (cancelled, failed): id -> status
         self._held: set[int] = set()
 
     def hold(self, lease_ids: set[int]) -> None:
         """Start watching a new batch's leases (an empty set when idle)."""
         self.lost = set()
-        self.ended = set()
+        self.ended = {}
         self._held = set(lease_ids)
 
     def beat(self) -> Beat | None:
@@ -55,7 +55,7 @@ class LeaseHeartbeat:
             log.warning("heartbeat failed (will retry): %s", exc)
             return None
         self.lost |= held - b.live_leases
-        self.ended |= set(b.ended_studies)
+        self.ended |= b.ended_studies
         return b
 
     def _run(self) -> None:
