@@ -120,3 +120,126 @@ def test_a_failing_batch_is_retried_then_given_up(
     assert all("out of memory" in t.user_attrs["reason"] for t in trials)
     attempts = sorted(t.user_attrs["attempt"] for t in trials)
     assert attempts == [0, 0, 1, 1]
+
+
+def study_of(url: str, sid: int) -> sa.Row[Any]:
+    with transaction(create_engine(url)) as conn:
+        return conn.execute(sa.select(studies).where(studies.c.id == sid)).one()
+
+
+def test_a_diverged_trial_is_failed_not_completed(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.batch
+    from worker.engine import TrialResult
+
+    def diverge(*_a: object, **_k: object) -> list[TrialResult]:
+        return [TrialResult([float("nan")] * 3, 2, False, 0.1)]
+
+    monkeypatch.setattr(worker.batch, "train_trials", diverge)
+    sid, trials = run_study(
+        sqlite_url, {"search": {"n_trials": 1, "max_retries": 0, "max_failed": 0}}
+    )
+    assert [t.state for t in trials] == [TrialState.FAIL]
+    assert "non-finite" in trials[0].user_attrs["reason"]
+    row = study_of(sqlite_url, sid)
+    assert row.status == "failed" and "non-finite" in row.reason
+
+
+def test_a_data_set_that_cannot_load_fails_the_study_not_the_worker(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.loop
+
+    def unreadable(*_a: object, **_k: object) -> None:
+        raise OSError("data file unreadable (simulated)")
+
+    monkeypatch.setattr(worker.loop, "load_dataset", unreadable)
+    sid, trials = run_study(
+        sqlite_url, {"search": {"n_trials": 2, "max_retries": 0, "max_failed": 1}}
+    )
+    row = study_of(sqlite_url, sid)
+    assert row.status == "failed" and "data file unreadable" in row.reason
+    assert trials and all(t.state == TrialState.FAIL for t in trials)
+    assert all("data file unreadable" in t.user_attrs["reason"] for t in trials)
+
+
+def test_an_optuna_error_opening_a_study_releases_the_claim(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.loop
+    from storage.optuna_bridge import ensure_study as real
+
+    calls = []
+
+    def flaky(*a: Any, **k: Any) -> optuna.Study:
+        calls.append(1)
+        if len(calls) == 1:
+            raise optuna.exceptions.StorageInternalError("simulated storage hiccup")
+        return real(*a, **k)
+
+    monkeypatch.setattr(worker.loop, "ensure_study", flaky)
+    sid, trials = run_study(sqlite_url, {"search": {"n_trials": 2}})
+    row = study_of(sqlite_url, sid)
+    assert len(calls) >= 2  # the worker lived on and claimed again
+    assert (row.status, row.n_done, row.slots_claimed) == ("succeeded", 2, 2)
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_trial_failed_elsewhere_mid_training_is_retried(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery (thinking the worker lost) fails a trial while it trains: the worker stops that
+    member, ends its lease as failed, and the parameters run again; N trials still finish."""
+    import worker.batch
+    from storage.recovery import fail_trial
+
+    real = worker.batch.BatchRunner._on_epoch
+    done: list[int] = []
+
+    def meddle(self: Any, claim: Any, members: Any, epoch: int, *rest: Any) -> Any:
+        if not done:
+            victim = members[0].trial._trial_id
+            fail_trial(self.worker.optuna, victim, "lease lost: recovered (simulated)")
+            done.append(victim)
+        return real(self, claim, members, epoch, *rest)
+
+    monkeypatch.setattr(worker.batch.BatchRunner, "_on_epoch", meddle)
+    sid, trials = run_study(
+        sqlite_url, {"search": {"n_trials": 3, "pruner": "none", "batch_trials": 3}}
+    )
+    row = study_of(sqlite_url, sid)
+    assert (row.status, row.n_done) == ("succeeded", 3)
+    by_id = {t._trial_id: t for t in trials}
+    failed = by_id[done[0]]
+    assert failed.state == TrialState.FAIL
+    retried = [t for t in trials if t.user_attrs.get("attempt") == 1]
+    assert [t.params for t in retried] == [failed.params]
+    assert retried[0].state == TrialState.COMPLETE
+    # Its batch mates trained on undisturbed: 3 complete of 4 trials in all.
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3 and len(trials) == 4
+
+
+def test_a_trial_pruned_before_a_cancel_stays_pruned(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.batch
+
+    real = worker.batch.BatchRunner._on_epoch
+
+    def prune_then_cancel(self: Any, claim: Any, members: Any, epoch: int, *rest: Any) -> Any:
+        if epoch == 1:
+            members[0].pruned = True  # the pruner stopped it at the first epoch
+            return [0]
+        queue.cancel(self.worker.engine, claim.study_id, "local")
+        self.hb.beat()  # learn of the cancel now rather than at the next heartbeat
+        return real(self, claim, members, epoch, *rest)
+
+    monkeypatch.setattr(worker.batch.BatchRunner, "_on_epoch", prune_then_cancel)
+    sid, trials = run_study(
+        sqlite_url,
+        {"training": {"epochs": 3}, "search": {"n_trials": 2, "batch_trials": 2}},
+    )
+    assert study_of(sqlite_url, sid).status == "cancelled"
+    states = sorted((t.number, t.state.name, t.user_attrs.get("reason")) for t in trials)
+    assert states == [(0, "PRUNED", None), (1, "FAIL", "cancelled")]

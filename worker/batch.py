@@ -6,21 +6,23 @@ every trial is told, and its lease ended, whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
+import sqlalchemy as sa
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from storage import queue
 from storage.errors import StorageError
 from storage.queue import Claim, Lease, Outcome
-from storage.recovery import fail_trial
+from storage.recovery import FINISHED, fail_trial
 from storage.spec import StudySpec
 from worker.data import FoldData
 from worker.engine import TrainConfig, TrialResult, train_trials
@@ -63,12 +65,18 @@ class BatchRunner:
         self.worker = worker
         self.hb = hb
 
-    def run(self, claim: Claim, data: FoldData) -> None:
+    def run(self, claim: Claim, load_data: Callable[[], FoldData]) -> None:
+        """Train a claimed batch; every lease ends (or is left to recovery) whatever happens.
+
+        The data set is loaded after the trials exist, so a data set that cannot be loaded fails
+        trials (retried, then counted against max_failed) instead of a worker looping on it.
+        """
         w = self.worker
         members: list[_Member] = []
+        created: dict[int, int] = {}  # lease id -> Optuna trial id, from creation on
         self.hb.hold({lease.id for lease in claim.leases})
         try:
-            self._open(claim, members)
+            self._open(claim, members, created)
             w.set_current(claim.study_id, [m.trial.number for m in members])
             log.info(
                 "worker %s: study %s trials %s on %s",
@@ -77,18 +85,23 @@ class BatchRunner:
                 [m.trial.number for m in members],
                 w.device,
             )
-            results = self._train(claim, members, data)
+            results = self._train(claim, members, load_data())
             for m, r in zip(members, results, strict=True):
                 self._tell(m, r)
         except Interrupted as stop:
             self._end_all(members, stop.reason, stop.outcome)
         except Exception as exc:
             log.exception("worker %s: batch of study %s failed", w.id, claim.study_id)
-            self._end_all(members, f"{type(exc).__name__}: {exc}", Outcome.FAILED)
+            reason = f"{type(exc).__name__}: {exc}"
+            self._end_all(members, reason, Outcome.FAILED)
             opened = {m.lease.id for m in members}
             for lease in claim.leases:
-                if lease.id not in opened:  # never got its trial: give the slot back
-                    queue.finish(w.engine, lease.id, Outcome.RELEASED)
+                if lease.id in opened:
+                    continue
+                # Never linked: fail the trial it may have created, and give the slot back.
+                if lease.id in created:
+                    fail_trial(w.optuna, created[lease.id], reason)
+                queue.finish(w.engine, lease.id, Outcome.RELEASED)
         finally:
             self.hb.hold(set())
             w.set_current(None, [])
@@ -113,7 +126,7 @@ class BatchRunner:
             return []
         return train_trials(data, model_config(spec), cfg, rates, self.worker.device, on_epoch)
 
-    def _open(self, claim: Claim, members: list[_Member]) -> None:
+    def _open(self, claim: Claim, members: list[_Member], created: dict[int, int]) -> None:
         """Create one Optuna trial per lease and link them; a lease lost meanwhile is dropped."""
         w = self.worker
         study = open_study(w.optuna, claim.optuna_study, claim.spec)
@@ -125,12 +138,14 @@ class BatchRunner:
                 "lease": lease.id,  # lets recovery find the trial if we die before linking it
             }
             trial = new_trial(study, lease.params, attrs)
+            created[lease.id] = trial._trial_id
             suggest(trial, claim.spec)  # fixes the parameters before the lease records them
             params = {k: float(v) for k, v in trial.params.items()}
             if queue.link_trial(w.engine, lease.id, trial._trial_id, trial.number, params):
                 members.append(_Member(lease, trial))
             else:
                 fail_trial(w.optuna, trial._trial_id, "lease lost before training started")
+                del created[lease.id]
 
     def _on_epoch(
         self,
@@ -142,29 +157,53 @@ class BatchRunner:
     ) -> list[int]:
         if self.worker.stopping:
             raise Interrupted("worker shutdown: released for retry", Outcome.RELEASED)
-        if claim.study_id in self.hb.ended:
-            raise Interrupted("cancelled", Outcome.DROPPED)
+        status = self.hb.ended.get(claim.study_id)
+        if status is not None:
+            reason = "cancelled" if status == "cancelled" else f"study {status}"
+            raise Interrupted(reason, Outcome.DROPPED)
         stop = []
         for row, i in enumerate(active):
             m = members[i]
             if m.lease.id in self.hb.lost:
-                m.lost = True
+                self._lose(m, "lease lost: recovered by another process")
                 stop.append(i)
                 continue
-            m.trial.report(float(scores[row].mean()), epoch)
-            if m.trial.should_prune():
+            try:
+                m.trial.report(float(scores[row].mean()), epoch)
+                prune = m.trial.should_prune()
+            except UpdateFinishedTrialError:
+                # Recovery failed the trial (we looked stale for a moment): it is retried.
+                self._lose(m, "finished elsewhere while training")
+                stop.append(i)
+                continue
+            if prune:
                 m.pruned = True
                 stop.append(i)
         return stop
 
+    def _lose(self, m: _Member, reason: str) -> None:
+        """A member another process has taken over: make sure its trial is failed, end its lease
+        (a no-op where recovery ended it), and train it no further."""
+        m.lost = True
+        log.warning("trial %s: %s", m.trial.number, reason)
+        state = fail_trial(self.worker.optuna, m.trial._trial_id, reason)
+        self._finish(m, Outcome.DONE if state in FINISHED else Outcome.FAILED, reason)
+
     def _tell(self, m: _Member, r: TrialResult) -> None:
         if m.lost:
-            return  # another process failed and re-queued it
+            return  # ended in _lose
         folds = [float(s) for s in r.fold_scores]
+        mean = float(np.mean(folds))
+        if not np.isfinite(folds).all():
+            reason = "non-finite score (training diverged)"
+            state = fail_trial(self.worker.optuna, m.trial._trial_id, reason)
+            self._finish(m, Outcome.DONE if state in FINISHED else Outcome.FAILED, reason)
+            return
         attrs = {
             "fold_scores": folds,
-            "score_mean": float(np.mean(folds)),
-            "score_std": float(np.std(folds)),
+            "score_mean": mean,
+            # ddof=1: the sample std, which the one-standard-error rule divides by sqrt(K).
+            "score_std": float(np.std(folds, ddof=1)) if len(folds) > 1 else 0.0,
             "epochs": r.epochs_run,
             "train_seconds": round(r.train_seconds, 4),
         }
@@ -172,26 +211,30 @@ class BatchRunner:
             for k, v in attrs.items():
                 m.trial.set_user_attr(k, v)
             if m.pruned:
-                m.trial.study.tell(m.trial, state=TrialState.PRUNED)
+                with contextlib.suppress(UpdateFinishedTrialError, RuntimeError, ValueError):
+                    state = m.trial.study.tell(m.trial, state=TrialState.PRUNED).state
             else:
-                m.trial.study.tell(m.trial, float(np.mean(folds)))
+                state = m.trial.study.tell(m.trial, mean).state
         except (UpdateFinishedTrialError, RuntimeError, ValueError) as exc:
             state = self.worker.optuna.get_trial(m.trial._trial_id).state
-            if state not in (TrialState.COMPLETE, TrialState.PRUNED):
-                log.warning("trial %s was finished elsewhere (%s)", m.trial.number, exc)
-                return
-            log.warning("trial %s: told, but: %s", m.trial.number, exc)
-        except StorageError as exc:
+            log.warning("trial %s was finished elsewhere (%s): %s", m.trial.number, state, exc)
+        except (StorageError, StorageInternalError, sa.exc.SQLAlchemyError) as exc:
+            # Left to recovery: the lease goes stale and the trial's Optuna state decides.
             log.warning("could not tell trial %s: %s", m.trial.number, exc)
             return
-        self._finish(m, Outcome.DONE, None)
+        self._finish(m, Outcome.DONE if state in FINISHED else Outcome.FAILED, "told as failed")
 
     def _end_all(self, members: list[_Member], reason: str, outcome: Outcome) -> None:
+        """Interrupted: a member already pruned is told so; the others fail with `reason`."""
         for m in members:
             if m.lost:
                 continue
-            fail_trial(self.worker.optuna, m.trial._trial_id, reason)
-            self._finish(m, outcome, reason)
+            state: TrialState | None = None
+            if m.pruned:
+                state = m.trial.study.tell(m.trial, state=TrialState.PRUNED).state
+            if state is None:
+                state = fail_trial(self.worker.optuna, m.trial._trial_id, reason)
+            self._finish(m, Outcome.DONE if state in FINISHED else outcome, reason)
 
     def _finish(self, m: _Member, outcome: Outcome, reason: str | None) -> None:
         for attempt in range(5):

@@ -33,7 +33,10 @@ log = logging.getLogger("droptune.worker")
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -110,12 +113,20 @@ class Worker:
         return 0
 
     def _step(self, runner: BatchRunner) -> bool:
-        """Recover stale work, claim one batch and run it. False when there was nothing to do."""
+        """Recover stale work, claim one batch and run it. False when there was nothing to do.
+
+        Nothing here may end the worker: a database that went away, an Optuna storage error or
+        a bug in one study's batch is logged, the leases are released or left to recovery, and
+        the loop goes on.
+        """
         try:
             self._maybe_recover()
             claim = self._claim()
-        except StorageError as exc:
-            log.warning("database unavailable (%s); retrying", exc)
+        except Exception as exc:
+            if isinstance(exc, StorageError):
+                log.warning("database unavailable (%s); retrying", exc)
+            else:
+                log.exception("worker %s: recovery or claim failed; retrying", self.id)
             time.sleep(1.0)
             return True
         if claim is None:
@@ -124,12 +135,28 @@ class Worker:
             time.sleep(0.02)  # another claim held the study for a moment (SKIP LOCKED): again
             return True
         try:
-            runner.run(claim, self._cache.get(claim.spec, self.device))
+            ensure_study(self.optuna, claim.optuna_study, claim.spec, claim.study_id)
+        except Exception:
+            log.exception("worker %s: cannot open study %s; releasing", self.id, claim.study_id)
+            self._release(claim)
+            time.sleep(1.0)
+            return True
+        try:
+            runner.run(claim, lambda: self._cache.get(claim.spec, self.device))
         except Exception:
             # The database went away mid-batch, say: the leases go stale and are retried.
             log.exception("worker %s: batch of study %s broke off", self.id, claim.study_id)
             time.sleep(1.0)
         return True
+
+    def _release(self, claim: queue.Claim) -> None:
+        """Give back the slots of a claim no trial was created for (best effort: leases that
+        cannot be ended now go stale and are recovered)."""
+        for lease in claim.leases:
+            try:
+                queue.finish(self.engine, lease.id, queue.Outcome.RELEASED)
+            except StorageError as exc:
+                log.warning("could not release lease %s: %s", lease.id, exc)
 
     def _maybe_recover(self) -> None:
         now = time.monotonic()
@@ -145,7 +172,6 @@ class Worker:
         claim = queue.claim(self.engine, self.id, self.batch_size(spec, open_slots))
         if claim is None:  # open slots were seen, but another claim held them: not idle
             return queue.Claim(0, "", spec, [])
-        ensure_study(self.optuna, claim.optuna_study, claim.spec, claim.study_id)
         return claim
 
     def batch_size(self, spec: StudySpec, open_slots: int) -> int:
@@ -157,7 +183,13 @@ class Worker:
         """
         if spec.search.batch_trials:
             return spec.search.batch_trials
-        data = self._cache.get(spec, self.device)
+        try:
+            data = self._cache.get(spec, self.device)
+        except Exception:
+            # Claim one slot: the batch loads the data again and fails its trial with the
+            # reason, which retries and max_failed turn into a failed study.
+            log.exception("worker %s: cannot load the data set of the next study", self.id)
+            return 1
         fits = auto_batch_trials(model_config(spec), data, open_slots, self.device)
         if self.settings.max_batch_trials:
             fits = min(fits, self.settings.max_batch_trials)
