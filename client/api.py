@@ -21,6 +21,17 @@ class ClientError(Exception):
         self.status = status
 
 
+def _detail(r: httpx.Response) -> str:
+    """The problem+json detail of an error answer, or its text."""
+    try:
+        body = r.json()
+    except ValueError:
+        return r.text.strip()[:200] or r.reason_phrase
+    if isinstance(body, dict):
+        return str(body.get("detail") or body.get("title") or body)
+    return str(body)
+
+
 class Client:
     def __init__(
         self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0
@@ -46,13 +57,13 @@ class Client:
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach droptune at {self.base_url}: {exc}") from exc
         if r.status_code >= 400:
-            try:
-                body = r.json()
-                detail = body.get("detail") or body.get("title") or r.text
-            except ValueError:
-                detail = r.text
-            raise ClientError(f"{r.status_code}: {detail}", status=r.status_code)
-        return r.json()
+            raise ClientError(f"{r.status_code}: {_detail(r)}", status=r.status_code)
+        try:
+            return r.json()
+        except ValueError as exc:
+            raise ClientError(
+                f"{self.base_url}{path} answered {r.status_code} without JSON: is it droptune?"
+            ) from exc
 
     def submit(self, spec: StudySpec | dict[str, Any]) -> StudyOut:
         body = (

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
@@ -35,7 +35,7 @@ DbOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
 
@@ -108,7 +108,7 @@ def _spec_from(file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
         try:
             text = sys.stdin.read() if str(file) == "-" else file.read_text()
             loaded = yaml.safe_load(text)  # JSON is YAML too
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             _fail(f"cannot read {file}: {exc}")
         if not isinstance(loaded, dict):
             _fail(f"{file} must hold one study spec (a mapping)")
@@ -120,6 +120,8 @@ def _spec_from(file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
         node = spec
         for p in parents:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                _fail(f"`{p}` in the spec file must be a mapping to combine with --{leaf}")
         node[leaf] = value
     return spec
 
@@ -265,14 +267,17 @@ def wait(
         ) as bar,
     ):
         task = bar.add_task("", total=None, sid=study_id, state="", best="")
+        seen = False
         while True:
             try:
                 s = c.get(study_id)
             except ClientError as exc:
-                if exc.status is not None:
-                    _fail(str(exc))
-                s = None  # the API is restarting: keep polling
+                if exc.status is not None or not seen:
+                    _fail(str(exc))  # refused, or never reachable: a wrong URL, say
+                s = None  # reached before, so the API is restarting: keep polling
+                bar.update(task, state="API unreachable, retrying")
             if s is not None:
+                seen = True
                 p = s.progress
                 b = s.best
                 best_txt = (
@@ -292,9 +297,11 @@ def wait(
             if time.monotonic() > deadline:
                 _fail(f"study {study_id} still running after {timeout:g}s")
             time.sleep(1.0)
-    with _client(url) as c:
-        b = c.best(study_id)
-    typer.echo(b.model_dump_json(indent=2) if as_json else _show(s))
+        try:
+            final = c.best(study_id)
+        except ClientError as exc:
+            _fail(str(exc))
+    typer.echo(final.model_dump_json(indent=2) if as_json else _show(s))
     if s.status != "succeeded":
         raise typer.Exit(2)
 

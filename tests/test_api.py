@@ -162,3 +162,14 @@ def test_health_workers_and_docs(api: TestClient) -> None:
     assert api.get("/workers").json() == []
     assert api.get("/docs").status_code == 200
     assert "/studies/{study_id}/best" in api.get("/openapi.json").json()["paths"]
+
+
+def test_client_names_an_answer_that_is_not_droptune(api: TestClient) -> None:
+    from client.api import Client, ClientError
+
+    with Client("http://testserver") as c:
+        c._http = api  # the real app, in-process
+        with pytest.raises(ClientError, match="without JSON: is it droptune"):
+            c._call("GET", "/dashboard")  # an HTML page: 200, but no JSON
+        with pytest.raises(ClientError, match=r"^404: study 12345 not found"):
+            c.get(12345)

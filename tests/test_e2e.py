@@ -106,7 +106,20 @@ def test_bad_cli_input_is_one_line(tmp_path: Path) -> None:
     )
     assert r.returncode == 1 and r.stderr.startswith("error: cannot reach droptune")
     assert len(r.stderr.strip().splitlines()) == 1
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("name: caf\xe9\ndataset: {builtin: iris}\n".encode("latin-1"))
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("dataset: {builtin: iris}\ntraining: 5\n")
+    nowhere = "http://127.0.0.1:9"
     for args, words in [
+        (["submit", str(latin1), "--url", nowhere], "cannot read"),
+        (["submit", str(scalar), "--epochs", "3"], "`training` in the spec file must be"),
+        (["wait", "1", "--url", nowhere], "cannot reach droptune"),
+        (["best", "1", "--url", nowhere], "cannot reach droptune"),
+        (
+            ["worker", "--device", "gpu0", "--database-url", f"sqlite:///{tmp_path}/w.db"],
+            "device 'gpu0' is not a device",
+        ),
         (["serve", "--database-url", "mysql://x/y"], "supports sqlite:// and postgresql://"),
         (
             ["db", "upgrade", "--database-url", "postgresql://postgres@127.0.0.1:1/x"],
