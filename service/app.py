@@ -52,6 +52,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 await task
             app.state.engine.dispose()
             app.state.optuna.engine.dispose()
+            app.state.optuna_read.engine.dispose()
 
     app = FastAPI(
         title="droptune",
@@ -61,12 +62,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = create_engine(settings.database_url)
-    app.state.optuna = optuna_storage(settings.database_url)
-    app.state.reader = Reader(app.state.engine, app.state.optuna)
+    app.state.optuna = optuna_storage(settings.database_url)  # recovery writes through it
+    # Answers and the dashboard only read: on SQLite they need not queue for the write lock.
+    app.state.optuna_read = optuna_storage(settings.database_url, writes=False)
+    app.state.reader = Reader(app.state.engine, app.state.optuna_read)
     errors.install(app)
     app.include_router(studies_router)
     app.include_router(workers_router)
     if settings.dashboard:
         # Last: the catch-all for /dashboard, /static and /api (see service/dashboard.py).
-        app.mount("/", dashboard_app(app.state.optuna))
+        app.mount("/", dashboard_app(app.state.optuna_read))
     return app

@@ -15,7 +15,9 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from storage.errors import Invalid, StorageError
 
-SQLITE_BUSY_TIMEOUT_S = 30.0
+# Below half the default lease grace (30 s): a heartbeat that waits out the lock still lands
+# before its lease could be taken for stale.
+SQLITE_BUSY_TIMEOUT_S = 12.0
 
 
 def is_sqlite(url: str | sa.URL) -> bool:

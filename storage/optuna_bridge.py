@@ -12,16 +12,17 @@ from storage.spec import StudySpec
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def optuna_storage(url: str) -> RDBStorage:
+def optuna_storage(url: str, *, writes: bool = True) -> RDBStorage:
     """Optuna's storage on the same database.
 
-    On SQLite its engine gets droptune's BEGIN IMMEDIATE: Optuna finishes a trial by reading its
-    state, checking it is still RUNNING and then writing, and only inside one write transaction
-    can a worker's `tell` and a recovery's `FAIL` not both succeed on the same trial.
+    On SQLite a storage that writes gets droptune's BEGIN IMMEDIATE: Optuna finishes a trial by
+    reading its state, checking it is still RUNNING and then writing, and only inside one write
+    transaction can a worker's `tell` and a recovery's `FAIL` not both succeed on the same trial.
+    A storage only read from (the API's answers, the dashboard) leaves SQLite's reads lock-free.
     """
     url = normalise_url(url)
     storage = RDBStorage(url, engine_kwargs=engine_kwargs(url))
-    if is_sqlite(url):
+    if is_sqlite(url) and writes:
         configure_sqlite(storage.engine)
         storage.engine.dispose()  # connections opened while Optuna set up are not configured
     return storage

@@ -86,12 +86,18 @@ def enqueue(engine: Engine, spec: StudySpec, owner: str) -> int:
     return int(study_id)
 
 
-def claim(engine: Engine, worker_id: str, max_slots: int) -> Claim | None:
-    """Reserve up to `max_slots` trial slots of the most urgent study; None when none is open."""
+def claim(
+    engine: Engine, worker_id: str, max_slots: int, study_id: int | None = None
+) -> Claim | None:
+    """Reserve up to `max_slots` trial slots of the most urgent study (or of `study_id`, the one
+    the batch was sized for); None when none is open."""
     s = studies.c
+    open_ = [s.status.in_(ACTIVE), s.slots_claimed < s.n_trials]
+    if study_id is not None:
+        open_.append(s.id == study_id)
     pick = (
         sa.select(s.id)
-        .where(s.status.in_(ACTIVE), s.slots_claimed < s.n_trials)
+        .where(*open_)
         .order_by(s.priority.desc(), s.id)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -113,31 +119,31 @@ def claim(engine: Engine, worker_id: str, max_slots: int) -> Claim | None:
         row = conn.execute(reserve).one_or_none()
         if row is None:
             return None
-        study_id, n, spec, optuna_study = row
+        picked, n, spec, optuna_study = row
         waiting = conn.execute(
             sa.select(retries.c.id, retries.c.params, retries.c.attempt)
-            .where(retries.c.study_id == study_id)
+            .where(retries.c.study_id == picked)
             .order_by(retries.c.id)
             .limit(n)
         ).all()
         if waiting:
             conn.execute(retries.delete().where(retries.c.id.in_([w.id for w in waiting])))
         slots: list[dict[str, Any]] = [
-            {"study_id": study_id, "worker_id": worker_id, "attempt": w.attempt, "params": w.params}
+            {"study_id": picked, "worker_id": worker_id, "attempt": w.attempt, "params": w.params}
             for w in waiting
         ]
         slots += [
-            {"study_id": study_id, "worker_id": worker_id, "attempt": 0, "params": None}
+            {"study_id": picked, "worker_id": worker_id, "attempt": 0, "params": None}
             for _ in range(n - len(waiting))
         ]
         ids = conn.execute(
             leases.insert().returning(leases.c.id, sort_by_parameter_order=True), slots
         ).scalars()
         claimed = [
-            Lease(id=i, study_id=study_id, attempt=sl["attempt"], params=sl["params"])
+            Lease(id=i, study_id=picked, attempt=sl["attempt"], params=sl["params"])
             for i, sl in zip(ids, slots, strict=True)
         ]
-    return Claim(study_id, optuna_study, StudySpec.model_validate(spec), claimed)
+    return Claim(picked, optuna_study, StudySpec.model_validate(spec), claimed)
 
 
 def link_trial(
@@ -275,6 +281,33 @@ def stale_leases(engine: Engine, grace_seconds: float) -> list[StaleLease]:
             .where(leases.c.heartbeat_at < db_now(-grace_seconds))
         ).all()
     return [StaleLease(r.id, r.study_id, r.trial_id, r.optuna_study) for r in rows]
+
+
+def ended_status(engine: Engine, study_id: int) -> str | None:
+    """The status of a study that has ended (succeeded, failed, cancelled), else None."""
+    with transaction(engine, read_only=True) as conn:
+        status = conn.execute(
+            sa.select(studies.c.status).where(studies.c.id == study_id)
+        ).scalar_one_or_none()
+    return None if status is None or status in ACTIVE else str(status)
+
+
+def open_optuna_studies(engine: Engine) -> list[str]:
+    """The Optuna study names of the studies still queued or running."""
+    with transaction(engine, read_only=True) as conn:
+        names = conn.execute(
+            sa.select(studies.c.optuna_study).where(
+                studies.c.status.in_(ACTIVE), studies.c.optuna_study.is_not(None)
+            )
+        ).scalars()
+        return [str(n) for n in names]
+
+
+def live_lease_ids(engine: Engine, lease_ids: Iterable[int]) -> set[int]:
+    """Which of these leases still exist."""
+    with transaction(engine, read_only=True) as conn:
+        ids = conn.execute(sa.select(leases.c.id).where(leases.c.id.in_(list(lease_ids))))
+        return {int(i) for i in ids.scalars()}
 
 
 def cancel(engine: Engine, study_id: int, owner: str) -> str:

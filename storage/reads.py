@@ -133,7 +133,9 @@ def _trial_out(t: FrozenTrial) -> TrialOut:
         device=u.get("device"),
         worker=u.get("worker"),
         attempt=int(u.get("attempt", 0)),
-        reason=u.get("reason"),
+        # Why it failed. Recovery writes the reason just before the FAIL state, so a trial its
+        # worker completed in between may carry one: it is not shown then.
+        reason=u.get("reason") if t.state == TrialState.FAIL else None,
         started_at=t.datetime_start,
         ended_at=t.datetime_complete,
     )

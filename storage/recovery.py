@@ -14,12 +14,22 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
 
+from storage.errors import StorageError
 from storage.optuna_bridge import study_id_of
-from storage.queue import Outcome, StaleLease, finish, release_stale_unlinked, stale_leases
+from storage.queue import (
+    Outcome,
+    StaleLease,
+    finish,
+    live_lease_ids,
+    open_optuna_studies,
+    release_stale_unlinked,
+    stale_leases,
+)
 
 log = logging.getLogger("droptune.recovery")
 
 LEASE_LOST = "lease lost: its worker stopped heartbeating"
+ORPHANED = "orphaned: its lease was gone (its worker died before ending it)"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -37,34 +47,46 @@ def fail_trial(storage: RDBStorage, trial_id: int, reason: str) -> TrialState:
 
 
 def recover_stale(engine: Engine, storage: RDBStorage, grace_seconds: float) -> int:
-    """Handle every lease older than the grace period; return how many were recovered."""
+    """Handle every lease older than the grace period, then fail orphaned trials; return how
+    many leases were recovered. One lease that cannot be handled never stops the others."""
     n = 0
     for lease in stale_leases(engine, grace_seconds):
-        if lease.trial_id is None:
-            # Lost before it linked a trial: fail the trial if the worker had created one (it
-            # carries its lease id), then give the slot back, but only if the lease is still
-            # unlinked and stale. A slow worker that linked since keeps it (a trial we failed
-            # here it finds failed, and ends the lease itself); one that links after the
-            # delete is refused and fails its trial. Either way no slot is counted twice.
-            _fail_unlinked(storage, lease)
-            outcome = Outcome.RELEASED
-            ended = release_stale_unlinked(engine, lease.id, grace_seconds, LEASE_LOST)
-        else:
-            # Optuna first, then the lease: a crash in between leaves a stale lease whose
-            # trial's final state the next round reads.
-            state = fail_trial(storage, lease.trial_id, LEASE_LOST)
-            outcome = Outcome.DONE if state in FINISHED else Outcome.FAILED
-            ended = finish(engine, lease.id, outcome, LEASE_LOST)
-        if ended:
-            n += 1
-            log.warning(
-                "recovered lease %s of study %s (trial id %s): %s",
-                lease.id,
-                lease.study_id,
-                lease.trial_id,
-                outcome.value,
-            )
+        try:
+            n += _recover(engine, storage, lease, grace_seconds)
+        except StorageError:
+            raise  # the database is away: the next round tries again
+        except Exception:
+            log.exception("could not recover lease %s of study %s", lease.id, lease.study_id)
+    fail_orphans(engine, storage)
     return n
+
+
+def _recover(engine: Engine, storage: RDBStorage, lease: StaleLease, grace_seconds: float) -> int:
+    if lease.trial_id is None:
+        # Lost before it linked a trial: fail the trial if the worker had created one (it
+        # carries its lease id), then give the slot back, but only if the lease is still
+        # unlinked and stale. A slow worker that linked since keeps it (a trial we failed
+        # here it finds failed, and ends the lease itself); one that links after the
+        # delete is refused and fails its trial. Either way no slot is counted twice.
+        _fail_unlinked(storage, lease)
+        outcome = Outcome.RELEASED
+        ended = release_stale_unlinked(engine, lease.id, grace_seconds, LEASE_LOST)
+    else:
+        # Optuna first, then the lease: a crash in between leaves a stale lease whose
+        # trial's final state the next round reads.
+        state = fail_trial(storage, lease.trial_id, LEASE_LOST)
+        outcome = Outcome.DONE if state in FINISHED else Outcome.FAILED
+        ended = finish(engine, lease.id, outcome, LEASE_LOST)
+    if not ended:
+        return 0
+    log.warning(
+        "recovered lease %s of study %s (trial id %s): %s",
+        lease.id,
+        lease.study_id,
+        lease.trial_id,
+        outcome.value,
+    )
+    return 1
 
 
 def _fail_unlinked(storage: RDBStorage, lease: StaleLease) -> None:
@@ -74,3 +96,33 @@ def _fail_unlinked(storage: RDBStorage, lease: StaleLease) -> None:
     for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get("lease") == lease.id:
             fail_trial(storage, t._trial_id, LEASE_LOST)
+
+
+def fail_orphans(engine: Engine, storage: RDBStorage) -> int:
+    """Fail the RUNNING trials of open studies whose lease is gone; return how many.
+
+    Such a trial can never be finished by its worker (the lease was recovered, or the worker
+    died between losing its lease and failing the trial), yet it would count as running forever.
+    A trial's lease exists from before the trial is created until after it is finished, so a
+    RUNNING trial without one is always an orphan; failing one that is being finished at that
+    moment is a no-op (a trial finishes once).
+    """
+    n = 0
+    for name in open_optuna_studies(engine):
+        study_id = study_id_of(storage, name)
+        if study_id is None:
+            continue
+        running = [
+            t
+            for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+            if isinstance(t.user_attrs.get("lease"), int)
+        ]
+        if not running:
+            continue
+        live = live_lease_ids(engine, [t.user_attrs["lease"] for t in running])
+        for t in running:
+            if t.user_attrs["lease"] not in live:
+                fail_trial(storage, t._trial_id, ORPHANED)
+                log.warning("failed orphaned trial %s of %s (lease gone)", t.number, name)
+                n += 1
+    return n

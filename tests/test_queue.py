@@ -238,11 +238,9 @@ def test_recovery_fails_a_trial_its_worker_never_linked(db_url: str) -> None:
     study = ensure_study(storage, claim.optuna_study, sp, sid)
     # The worker created its trial, tagged with the lease, and died before linking it.
     trial = new_trial(study, None, {"lease": claim.leases[0].id})
-    other = new_trial(study, None, {"lease": 10_000})  # somebody else's: left alone
     age_leases(engine, 120)
     assert recover_stale(engine, storage, 30.0) == 1
     assert storage.get_trial(trial._trial_id).state == TrialState.FAIL
-    assert storage.get_trial(other._trial_id).state == TrialState.RUNNING
     assert study_row(engine, sid).slots_claimed == 0
 
 
@@ -329,3 +327,47 @@ def test_optuna_checks_and_finishes_a_trial_in_one_sqlite_write_transaction(
         sa.event.remove(storage.engine, "before_cursor_execute", other_writer)
     assert seen == ["database is locked"]
     assert storage.get_trial(trial._trial_id).state == TrialState.FAIL
+
+
+def test_recovery_fails_running_trials_whose_lease_is_gone(db_url: str) -> None:
+    """A worker that died between losing its lease and failing its trial leaves the trial
+    RUNNING with no lease to recover: the sweep fails it; trials with live leases are left."""
+    from storage.recovery import ORPHANED
+    from worker.objective import new_trial
+
+    engine, storage, sid, claim, study, running = started_trial(db_url, 2)
+    gone, kept = claim.leases
+    orphan = new_trial(study, None, {"lease": gone.id})
+    assert queue.finish(engine, gone.id, Outcome.RELEASED)  # its lease ended elsewhere
+    alive = new_trial(study, None, {"lease": kept.id})
+    outsider = new_trial(study, None, {})  # not droptune's: no lease tag, left alone
+    recover_stale(engine, storage, 30.0)
+    assert storage.get_trial(orphan._trial_id).state == TrialState.FAIL
+    assert storage.get_trial(orphan._trial_id).user_attrs["reason"] == ORPHANED
+    assert storage.get_trial(alive._trial_id).state == TrialState.RUNNING
+    assert storage.get_trial(outsider._trial_id).state == TrialState.RUNNING
+    # `running` (started_trial's) is linked to a live lease but carries no tag: untouched.
+    assert storage.get_trial(running._trial_id).state == TrialState.RUNNING
+    assert study_row(engine, sid).slots_claimed == 1
+
+
+def test_one_lease_that_cannot_be_recovered_does_not_stop_the_others(db_url: str) -> None:
+    engine, storage, _, claim, _, trial = started_trial(db_url, 2)
+    broken = claim.leases[1]
+    # Linked to a trial that does not exist (deleted behind droptune's back, say).
+    queue.link_trial(engine, broken.id, 987_654, 99, {"dropout": 0.1})
+    age_leases(engine, 120)
+    assert recover_stale(engine, storage, 30.0) == 1
+    assert storage.get_trial(trial._trial_id).state == TrialState.FAIL
+    assert queue.live_lease_ids(engine, [broken.id, claim.leases[0].id]) == {broken.id}
+
+
+def test_claim_of_a_named_study_takes_no_other(db_url: str) -> None:
+    engine = create_engine(db_url)
+    full = queue.enqueue(engine, spec(1), "a")
+    other = queue.enqueue(engine, spec(3), "a")
+    assert queue.claim(engine, "w1", 1, full) is not None
+    # Sized for `full`, which filled up meanwhile: nothing, rather than slots of `other`.
+    assert queue.claim(engine, "w2", 1, full) is None
+    got = queue.claim(engine, "w2", 2, other)
+    assert got is not None and got.study_id == other and len(got.leases) == 2

@@ -231,8 +231,8 @@ def test_a_trial_pruned_before_a_cancel_stays_pruned(
         if epoch == 1:
             members[0].pruned = True  # the pruner stopped it at the first epoch
             return [0]
+        # Heartbeats are 5 s apart, epochs milliseconds: the cancel must be seen at this epoch.
         queue.cancel(self.worker.engine, claim.study_id, "local")
-        self.hb.beat()  # learn of the cancel now rather than at the next heartbeat
         return real(self, claim, members, epoch, *rest)
 
     monkeypatch.setattr(worker.batch.BatchRunner, "_on_epoch", prune_then_cancel)
@@ -243,3 +243,57 @@ def test_a_trial_pruned_before_a_cancel_stays_pruned(
     assert study_of(sqlite_url, sid).status == "cancelled"
     states = sorted((t.number, t.state.name, t.user_attrs.get("reason")) for t in trials)
     assert states == [(0, "PRUNED", None), (1, "FAIL", "cancelled")]
+
+
+def test_a_signal_during_recovery_claims_nothing(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = Worker._maybe_recover
+
+    def signalled(self: Worker) -> None:
+        real(self)
+        self.request_stop()  # SIGTERM arrives while recovery runs
+
+    monkeypatch.setattr(Worker, "_maybe_recover", signalled)
+    sid = queue.enqueue(create_engine(sqlite_url), StudySpec.model_validate(TINY), "local")
+    w = Worker(WorkerSettings(database_url=sqlite_url, device="cpu", threads=1))
+    assert w.run() == 0  # exits although the queue is not empty
+    storage = optuna_storage(sqlite_url)
+    assert storage.get_all_studies() == []  # not even an Optuna study was created
+    row = study_of(sqlite_url, sid)
+    assert (row.status, row.slots_claimed) == ("queued", 0)
+
+
+def test_shutdown_ends_every_member_even_when_one_was_failed_elsewhere(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member pruned, then failed by recovery, then SIGTERM: telling it PRUNED fails, and the
+    others must still be released at once (no RUNNING trial, no lease left behind)."""
+    import worker.batch
+    from storage.recovery import fail_trial
+    from storage.tables import leases
+
+    real = worker.batch.BatchRunner._on_epoch
+
+    def meddle(self: Any, claim: Any, members: Any, epoch: int, *rest: Any) -> Any:
+        if epoch == 1:
+            members[0].pruned = True
+            return [0]
+        if epoch == 2 and not self.worker.stopping:
+            fail_trial(self.worker.optuna, members[0].trial._trial_id, "lease lost (simulated)")
+            self.worker.request_stop()
+        return real(self, claim, members, epoch, *rest)
+
+    monkeypatch.setattr(worker.batch.BatchRunner, "_on_epoch", meddle)
+    sid, trials = run_study(
+        sqlite_url,
+        {"training": {"epochs": 3}, "search": {"n_trials": 3, "batch_trials": 3}},
+    )
+    assert sorted(t.state.name for t in trials) == ["FAIL", "FAIL", "FAIL"]
+    shutdown = "worker shutdown: released for retry"
+    assert [t.user_attrs["reason"] for t in trials[1:]] == [shutdown] * 2
+    with transaction(create_engine(sqlite_url)) as conn:
+        assert conn.execute(sa.select(leases)).all() == []
+    row = study_of(sqlite_url, sid)
+    # Two slots released (same params, no attempt counted), one failed (retry queued).
+    assert (row.status, row.slots_claimed, row.n_done) == ("running", 0, 0)

@@ -6,7 +6,6 @@ every trial is told, and its lease ended, whatever happens.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -58,6 +57,7 @@ class _Member:
     trial: optuna.Trial
     pruned: bool = False
     lost: bool = False
+    ended: bool = False  # its lease was ended (or left to recovery): nothing more to do
 
 
 class BatchRunner:
@@ -157,7 +157,7 @@ class BatchRunner:
     ) -> list[int]:
         if self.worker.stopping:
             raise Interrupted("worker shutdown: released for retry", Outcome.RELEASED)
-        status = self.hb.ended.get(claim.study_id)
+        status = self.hb.ended.get(claim.study_id) or self._ended_status(claim.study_id)
         if status is not None:
             reason = "cancelled" if status == "cancelled" else f"study {status}"
             raise Interrupted(reason, Outcome.DROPPED)
@@ -181,6 +181,14 @@ class BatchRunner:
                 stop.append(i)
         return stop
 
+    def _ended_status(self, study_id: int) -> str | None:
+        """The study's status if it has ended (a cancel), read at every epoch: one primary-key
+        lookup, so a cancel stops training at the next epoch, not at the next heartbeat."""
+        try:
+            return queue.ended_status(self.worker.engine, study_id)
+        except StorageError:
+            return None  # the heartbeat will tell
+
     def _lose(self, m: _Member, reason: str) -> None:
         """A member another process has taken over: make sure its trial is failed, end its lease
         (a no-op where recovery ended it), and train it no further."""
@@ -190,8 +198,8 @@ class BatchRunner:
         self._finish(m, Outcome.DONE if state in FINISHED else Outcome.FAILED, reason)
 
     def _tell(self, m: _Member, r: TrialResult) -> None:
-        if m.lost:
-            return  # ended in _lose
+        if m.ended:
+            return  # lost, and ended in _lose
         folds = [float(s) for s in r.fold_scores]
         mean = float(np.mean(folds))
         if not np.isfinite(folds).all():
@@ -211,8 +219,7 @@ class BatchRunner:
             for k, v in attrs.items():
                 m.trial.set_user_attr(k, v)
             if m.pruned:
-                with contextlib.suppress(UpdateFinishedTrialError, RuntimeError, ValueError):
-                    state = m.trial.study.tell(m.trial, state=TrialState.PRUNED).state
+                state = m.trial.study.tell(m.trial, state=TrialState.PRUNED).state
             else:
                 state = m.trial.study.tell(m.trial, mean).state
         except (UpdateFinishedTrialError, RuntimeError, ValueError) as exc:
@@ -225,18 +232,33 @@ class BatchRunner:
         self._finish(m, Outcome.DONE if state in FINISHED else Outcome.FAILED, "told as failed")
 
     def _end_all(self, members: list[_Member], reason: str, outcome: Outcome) -> None:
-        """Interrupted: a member already pruned is told so; the others fail with `reason`."""
+        """Interrupted: a member already pruned is told so; the others fail with `reason`.
+
+        Members already ended are skipped, and one member's error never stops the others: a
+        lease this cannot end goes stale and is recovered.
+        """
         for m in members:
-            if m.lost:
+            if m.ended:
                 continue
-            state: TrialState | None = None
-            if m.pruned:
+            try:
+                self._end_one(m, reason, outcome)
+            except Exception:
+                log.exception("trial %s: could not end it; left to recovery", m.trial.number)
+                m.ended = True
+
+    def _end_one(self, m: _Member, reason: str, outcome: Outcome) -> None:
+        state: TrialState | None = None
+        if m.pruned:
+            try:
                 state = m.trial.study.tell(m.trial, state=TrialState.PRUNED).state
-            if state is None:
-                state = fail_trial(self.worker.optuna, m.trial._trial_id, reason)
-            self._finish(m, Outcome.DONE if state in FINISHED else outcome, reason)
+            except (UpdateFinishedTrialError, RuntimeError, ValueError):
+                state = None  # finished elsewhere: fail_trial reads its final state
+        if state is None:
+            state = fail_trial(self.worker.optuna, m.trial._trial_id, reason)
+        self._finish(m, Outcome.DONE if state in FINISHED else outcome, reason)
 
     def _finish(self, m: _Member, outcome: Outcome, reason: str | None) -> None:
+        m.ended = True
         for attempt in range(5):
             try:
                 queue.finish(self.worker.engine, m.lease.id, outcome, reason)

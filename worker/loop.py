@@ -121,6 +121,8 @@ class Worker:
         """
         try:
             self._maybe_recover()
+            if self.stopping:  # a signal came during recovery: claim nothing more
+                return True
             claim = self._claim()
         except Exception as exc:
             if isinstance(exc, StorageError):
@@ -133,6 +135,9 @@ class Worker:
             return False
         if not claim.leases:
             time.sleep(0.02)  # another claim held the study for a moment (SKIP LOCKED): again
+            return True
+        if self.stopping:  # a signal came while claiming: give the slots straight back
+            self._release(claim)
             return True
         try:
             ensure_study(self.optuna, claim.optuna_study, claim.spec, claim.study_id)
@@ -168,9 +173,13 @@ class Worker:
         nxt = queue.peek(self.engine)
         if nxt is None:
             return None
-        _, spec, open_slots = nxt
-        claim = queue.claim(self.engine, self.id, self.batch_size(spec, open_slots))
-        if claim is None:  # open slots were seen, but another claim held them: not idle
+        study_id, spec, open_slots = nxt
+        size = self.batch_size(spec, open_slots)
+        if self.stopping:
+            return queue.Claim(0, "", spec, [])  # not idle: the loop ends at once
+        # That study only: the batch was sized for its model and open slots.
+        claim = queue.claim(self.engine, self.id, size, study_id)
+        if claim is None:  # open slots were seen, but another claim took or held them: again
             return queue.Claim(0, "", spec, [])
         return claim
 
