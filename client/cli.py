@@ -162,14 +162,13 @@ def submit(
     spec = _spec_from(file, flags)
     if "dataset" not in spec:
         _fail("a data set is needed: --dataset NAME or a spec file with `dataset`")
-    from storage.spec import StudySpec
+    from storage.spec import StudySpec, describe_errors
 
     try:
         StudySpec.model_validate(spec)  # the server checks too; this names the field sooner
     except ValidationError as exc:
-        e = exc.errors()[0]
-        where = ".".join(str(p) for p in e["loc"]) or "spec"
-        _fail(f"invalid spec: {where}: {e['msg']}")
+        e = describe_errors(exc.errors())[0]
+        _fail(f"invalid spec: {e['field']}: {e['message']}")
     with _client(url) as c:
         try:
             study = c.submit(spec)

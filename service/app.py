@@ -71,5 +71,5 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(workers_router)
     if settings.dashboard:
         # Last: the catch-all for /dashboard, /static and /api (see service/dashboard.py).
-        app.mount("/", dashboard_app(app.state.optuna_read))
+        app.mount("/", dashboard_app(app.state.optuna_read, lambda: app.routes))
     return app

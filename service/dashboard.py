@@ -9,11 +9,13 @@ queue, so every method but GET and HEAD is refused with 403 before it reaches th
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from a2wsgi import WSGIMiddleware
 from optuna.storages import RDBStorage
 from optuna_dashboard import wsgi
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -22,16 +24,39 @@ DASHBOARD_PREFIXES = ("/dashboard", "/static/", "/api/", "/favicon.ico")
 
 
 class ReadOnly:
-    """ASGI wrapper refusing writes with problem+json."""
+    """ASGI wrapper refusing writes with problem+json.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Being the catch-all, it also sees requests for droptune's own paths with a method they do
+    not take (Starlette falls through to it): those get 405 with `Allow`, not 404.
+    """
+
+    def __init__(self, app: ASGIApp, routes: Callable[[], Iterable[BaseRoute]]) -> None:
         self.app = app
+        self.routes = routes
+
+    def _allowed(self, scope: Scope) -> set[str]:
+        """The methods droptune's own routes take on this path (empty: no such path)."""
+        allowed = set()
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+            probe = {**scope, "method": method}
+            routes = (r for r in self.routes() if not isinstance(r, Mount))  # not ourselves
+            if any(r.matches(probe)[0] is Match.FULL for r in routes):
+                allowed.add(method)
+        return allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
         elif scope["path"] != "/" and not scope["path"].startswith(DASHBOARD_PREFIXES):
-            await _problem(send, 404, "Not found", f"no route {scope['path']}")
+            allowed = self._allowed(scope)
+            if allowed:
+                allow = ", ".join(sorted(allowed))
+                detail = f"{scope['method']} is not allowed on {scope['path']}; allowed: {allow}"
+                await _problem(
+                    send, 405, "Method not allowed", detail, [(b"allow", allow.encode())]
+                )
+            else:
+                await _problem(send, 404, "Not found", f"no route {scope['path']}")
         elif scope["method"] not in READ_METHODS:
             detail = (
                 f"the dashboard is read-only: {scope['method']} {scope['path']} is refused; "
@@ -39,20 +64,29 @@ class ReadOnly:
             )
             await _problem(send, 403, "Forbidden", detail)
         else:
+            headers = scope["headers"]
+            if not any(k == b"accept-encoding" for k, _ in headers):
+                # optuna-dashboard's static route fails with 500 without this header (browsers
+                # always send one; curl does not).
+                scope = {**scope, "headers": [*headers, (b"accept-encoding", b"identity")]}
             await self.app(scope, receive, send)
 
 
-async def _problem(send: Send, status: int, title: str, detail: str) -> None:
+async def _problem(
+    send: Send, status: int, title: str, detail: str, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     body = json.dumps(
         {"type": "about:blank", "title": title, "status": status, "detail": detail}
     ).encode()
     headers: list[tuple[bytes, bytes]] = [
         (b"content-type", b"application/problem+json"),
         (b"content-length", str(len(body)).encode()),
+        *extra,
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-def dashboard_app(storage: RDBStorage) -> Any:
-    return ReadOnly(WSGIMiddleware(wsgi(storage)))  # type: ignore[arg-type]
+def dashboard_app(storage: RDBStorage, routes: Callable[[], Iterable[BaseRoute]]) -> Any:
+    """`routes` gives droptune's own routes, for 405 answers."""
+    return ReadOnly(WSGIMiddleware(wsgi(storage)), routes)  # type: ignore[arg-type]

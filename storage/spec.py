@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -10,6 +11,42 @@ BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "synthetic")
 # Smallest class count of each bundled data set: the upper bound for `cv.folds`.
 BUILTIN_MIN_CLASS_COUNT = {"digits": 174, "breast_cancer": 212, "wine": 48, "iris": 50}
 SYNTHETIC_OPTIONS = ("n_samples", "n_features", "n_informative", "n_classes", "seed")
+
+
+class FieldError(ValueError):
+    """A check across fields that names the field at fault (relative to the model raising it)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def describe_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Pydantic's errors as `{"field": "search.dropout_low", "message": ...}`, one per error,
+    with the field a cross-field check blames and without pydantic's internal wording."""
+    out = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")]
+        err = (e.get("ctx") or {}).get("error")
+        kind = e.get("type", "")
+        message = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if isinstance(err, FieldError):
+            loc += err.field.split(".")
+            message = err.message
+        elif kind == "json_invalid":
+            loc = []
+            message = f"the body is not valid JSON ({(e.get('ctx') or {}).get('error', '?')})"
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            message = "must be a JSON object (a mapping of fields)"
+            if not loc:
+                message = (
+                    "the body must be a JSON object (sent with Content-Type: application/json)"
+                )
+        elif kind == "extra_forbidden":
+            message = "unknown field"
+        out.append({"field": ".".join(loc) or "body", "message": message})
+    return out
 
 
 class _Strict(BaseModel):
@@ -29,24 +66,25 @@ class DatasetSpec(_Strict):
     def _check_options(self) -> DatasetSpec:
         if self.builtin != "synthetic":
             if self.options:
-                raise ValueError(f"data set {self.builtin!r} takes no options")
+                raise FieldError("options", f"data set {self.builtin!r} takes no options")
             return self
         unknown = sorted(set(self.options) - set(SYNTHETIC_OPTIONS))
         if unknown:
-            raise ValueError(
-                f"unknown synthetic option(s) {unknown}; allowed: {list(SYNTHETIC_OPTIONS)}"
+            raise FieldError(
+                "options",
+                f"unknown synthetic option(s) {unknown}; allowed: {list(SYNTHETIC_OPTIONS)}",
             )
         o = self.synthetic_options()
         if not 20 <= o["n_samples"] <= 1_000_000:
-            raise ValueError("options.n_samples must be between 20 and 1000000")
+            raise FieldError("options.n_samples", "must be between 20 and 1000000")
         if not 2 <= o["n_features"] <= 10_000:
-            raise ValueError("options.n_features must be between 2 and 10000")
+            raise FieldError("options.n_features", "must be between 2 and 10000")
         if not 1 <= o["n_informative"] <= o["n_features"]:
-            raise ValueError("options.n_informative must be between 1 and n_features")
+            raise FieldError("options.n_informative", "must be between 1 and n_features")
         if not 2 <= o["n_classes"] <= 100:
-            raise ValueError("options.n_classes must be between 2 and 100")
+            raise FieldError("options.n_classes", "must be between 2 and 100")
         if o["n_classes"] * 2 > 2 ** o["n_informative"]:
-            raise ValueError("options.n_classes * 2 must be <= 2 ** n_informative")
+            raise FieldError("options.n_classes", "n_classes * 2 must be <= 2 ** n_informative")
         return self
 
     def synthetic_options(self) -> dict[str, int]:
@@ -109,9 +147,12 @@ class SearchSpec(_Strict):
     @model_validator(mode="after")
     def _check_bounds(self) -> SearchSpec:
         if not self.dropout_low < self.dropout_high:
-            raise ValueError("search.dropout_low must be below search.dropout_high")
+            raise FieldError("dropout_low", "search.dropout_low must be below search.dropout_high")
         if self.input_dropout_high and not self.input_dropout_low < self.input_dropout_high:
-            raise ValueError("search.input_dropout_low must be below search.input_dropout_high")
+            raise FieldError(
+                "input_dropout_low",
+                "search.input_dropout_low must be below search.input_dropout_high",
+            )
         return self
 
     @property
@@ -132,12 +173,17 @@ class StudySpec(_Strict):
     def _check_cross_fields(self) -> StudySpec:
         smallest = self.dataset.min_class_count()
         if self.cv.folds > smallest:
-            raise ValueError(
-                f"cv.folds={self.cv.folds} exceeds the smallest class count of "
-                f"{self.dataset.builtin!r} ({smallest})"
+            raise FieldError(
+                "cv.folds",
+                f"{self.cv.folds} folds exceed the smallest class count of "
+                f"{self.dataset.builtin!r} ({smallest})",
             )
         if self.model.kind == "cnn" and self.dataset.builtin != "digits":
-            raise ValueError("model.kind 'cnn' needs image data: dataset.builtin 'digits'")
+            raise FieldError("model.kind", "'cnn' needs image data: dataset.builtin 'digits'")
+        if self.model.kind == "cnn" and self.search.searches_input_dropout:
+            raise FieldError(
+                "search.input_dropout_high", "input dropout is only supported for MLP models"
+            )
         return self
 
     def param_names(self) -> list[str]:

@@ -13,6 +13,7 @@ from service.app import create_app
 from service.settings import ServiceSettings
 
 PROBLEM = "application/problem+json"
+SEARCH_INPUT = {"input_dropout_high": 0.3}
 OK = {"dataset": {"builtin": "digits"}, "search": {"n_trials": 4}}
 
 
@@ -51,7 +52,8 @@ def test_submit_fills_defaults_and_lists(api: TestClient) -> None:
 
 
 BAD: list[tuple[dict[str, Any], str]] = [
-    ({"search": {"dropout_low": 0.5, "dropout_high": 0.5}}, "dropout_low must be below"),
+    ({"search": {"dropout_low": 0.5, "dropout_high": 0.5}}, "search.dropout_low"),
+    ({"search": {"input_dropout_low": 0.3, "input_dropout_high": 0.2}}, "search.input_dropout_low"),
     ({"search": {"dropout_low": -0.1}}, "search.dropout_low"),
     ({"search": {"dropout_high": 1.0}}, "search.dropout_high"),
     ({"search": {"n_trials": 0}}, "search.n_trials"),
@@ -83,29 +85,63 @@ def test_bad_spec_is_422_problem_naming_the_field(
     assert r.headers["content-type"] == PROBLEM
     problem = r.json()
     assert problem["status"] == 422 and field in problem["detail"], problem
+    assert field in [e["field"] for e in problem["errors"]], problem
+    assert "Value error" not in problem["detail"]
     assert count(api) == 0  # nothing stored
 
 
 @pytest.mark.parametrize(
-    ("body", "words"),
+    ("body", "field", "words"),
     [
-        ({"dataset": {"builtin": "mnist"}}, "dataset.builtin"),
-        ({}, "dataset"),
-        ({"dataset": {"builtin": "iris"}, "cv": {"folds": 51}}, "exceeds the smallest class"),
-        ({"dataset": {"builtin": "wine"}, "model": {"kind": "cnn"}}, "needs image data"),
-        ({"dataset": {"builtin": "iris", "options": {"n_samples": 5}}}, "takes no options"),
-        ({"dataset": {"builtin": "synthetic", "options": {"n_rows": 5}}}, "unknown synthetic"),
+        ({"dataset": {"builtin": "mnist"}}, "dataset.builtin", "Input should be"),
+        ({}, "dataset", "required"),
+        ({"dataset": "digits"}, "dataset", "must be a JSON object"),
+        (
+            {"dataset": {"builtin": "iris"}, "cv": {"folds": 51}},
+            "cv.folds",
+            "exceed the smallest class",
+        ),
+        ({"dataset": {"builtin": "wine"}, "model": {"kind": "cnn"}}, "model.kind", "image data"),
+        (
+            {"dataset": {"builtin": "digits"}, "model": {"kind": "cnn"}, "search": SEARCH_INPUT},
+            "search.input_dropout_high",
+            "only supported for MLP",
+        ),
+        (
+            {"dataset": {"builtin": "iris", "options": {"n_samples": 5}}},
+            "dataset.options",
+            "takes no options",
+        ),
+        (
+            {"dataset": {"builtin": "synthetic", "options": {"n_rows": 5}}},
+            "dataset.options",
+            "unknown synthetic",
+        ),
+        (
+            {"dataset": {"builtin": "synthetic", "options": {"n_samples": -5}}},
+            "dataset.options.n_samples",
+            "between 20 and",
+        ),
     ],
 )
-def test_bad_dataset_is_rejected(api: TestClient, body: dict[str, Any], words: str) -> None:
+def test_bad_dataset_is_rejected(
+    api: TestClient, body: dict[str, Any], field: str, words: str
+) -> None:
     r = api.post("/studies", json=body)
-    assert r.status_code == 422 and words in r.json()["detail"], r.text
+    assert r.status_code == 422, r.text
+    (err,) = r.json()["errors"]
+    assert err["field"] == field and words in err["message"], err
     assert count(api) == 0
 
 
 def test_malformed_json_is_a_problem(api: TestClient) -> None:
     r = api.post("/studies", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
+    assert r.json()["errors"][0]["field"] == "body"
+    assert "not valid JSON" in r.json()["detail"]
+    # curl -d without -H 'content-type: application/json': the problem says what to send
+    r = api.post("/studies", content=b'{"dataset": {"builtin": "iris"}}')
+    assert r.status_code == 422 and "Content-Type: application/json" in r.json()["detail"]
     assert count(api) == 0
 
 
@@ -155,6 +191,26 @@ def test_dashboard_is_served_read_only(api: TestClient) -> None:
     assert home.status_code == 302 and home.headers["location"].endswith("/dashboard")
     lost = api.get("/no/such/route")
     assert lost.status_code == 404 and lost.headers["content-type"] == PROBLEM
+    # A client that sends no Accept-Encoding (curl) still gets the dashboard's script.
+    bundle = api.get("/static/bundle.js", headers={"Accept-Encoding": ""})
+    assert bundle.status_code == 200 and len(bundle.content) > 1000
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", "/studies/1", "GET"),
+        ("POST", "/healthz", "GET"),
+        ("PUT", "/studies", "GET, POST"),
+        ("GET", "/studies/1/cancel", "POST"),
+    ],
+)
+def test_a_method_a_route_does_not_take_is_405(
+    api: TestClient, method: str, path: str, allow: str
+) -> None:
+    r = api.request(method, path)
+    assert r.status_code == 405 and r.headers["content-type"] == PROBLEM, r.text
+    assert r.headers["allow"] == allow and allow in r.json()["detail"]
 
 
 def test_health_workers_and_docs(api: TestClient) -> None:
