@@ -45,6 +45,10 @@ def _one_line_errors() -> Iterator[None]:
     """Bad settings (a database URL, a device) end as one line, not a traceback."""
     try:
         yield
+    except ValidationError as exc:  # settings from DROPTUNE_* variables
+        e = exc.errors()[0]
+        name = "DROPTUNE_" + "_".join(str(p) for p in e["loc"]).upper()
+        _fail(f"{name}={e.get('input')!r}: {e['msg']}")
     except (DroptuneError, ValueError) as exc:
         _fail(str(exc))
 
@@ -56,7 +60,7 @@ def _client(url: str) -> Client:
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
-    port: Annotated[int | None, typer.Option(help="port")] = None,
+    port: Annotated[int | None, typer.Option(help="port", min=1, max=65535)] = None,
     database_url: DbOpt = None,
 ) -> None:
     """Run the API and the dashboard (migrates the database first)."""
@@ -68,7 +72,7 @@ def serve(
 def worker(
     database_url: DbOpt = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads", min=1)] = None,
     exit_when_idle: Annotated[bool, typer.Option(help="stop when the queue is empty")] = False,
 ) -> None:
     """Run a worker: claim trials, train them, report; SIGTERM stops it cleanly."""
@@ -80,9 +84,12 @@ def worker(
 @app.command()
 def up(
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port")] = 8000,
+    port: Annotated[int, typer.Option(help="port", min=1, max=65535)] = 8000,
     database_url: DbOpt = None,
-    workers: Annotated[int | None, typer.Option(help="workers (default: one per device)")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="workers (default: one per device; 0: none, they run elsewhere)", min=0),
+    ] = None,
 ) -> None:
     """Start everything on one machine: API, dashboard, one worker per device."""
     with _one_line_errors():
@@ -109,7 +116,7 @@ def _spec_from(file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
             text = sys.stdin.read() if str(file) == "-" else file.read_text()
             loaded = yaml.safe_load(text)  # JSON is YAML too
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            _fail(f"cannot read {file}: {exc}")
+            _fail(f"cannot read {file}: {' '.join(str(exc).split())}")
         if not isinstance(loaded, dict):
             _fail(f"{file} must hold one study spec (a mapping)")
         spec = loaded
@@ -182,7 +189,8 @@ def _show(study: StudyOut) -> str:
     line = (
         f"study {study.id} {study.name or ''} [{study.status}] "
         f"{p.complete + p.pruned}/{p.n_trials} finished "
-        f"(complete {p.complete}, pruned {p.pruned}, failed {p.failed}, running {p.running})"
+        f"(complete {p.complete}, pruned {p.pruned}, failed {p.failed}, running {p.running}"
+        + (f", interrupted {p.interrupted})" if p.interrupted else ")")
     )
     if study.reason:
         line += f"\n  reason: {study.reason}"
@@ -193,7 +201,11 @@ def _show(study: StudyOut) -> str:
 
 def _best_line(b: BestOut) -> str:
     if b.score is None or b.dropout is None:
-        return "no finished trial yet"
+        return (
+            f"no finished trial (the study ended {b.status})"
+            if b.complete
+            else ("no finished trial yet")
+        )
     one_se = f"{b.one_se_dropout:.4f}" if b.one_se_dropout is not None else "-"
     return (
         f"best dropout {b.dropout:.4f}: {b.metric} {b.score.mean:.4f} ± {b.score.std:.4f} "
@@ -231,7 +243,7 @@ def best(
     study_id: int,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
-    wait: Annotated[float, typer.Option(help="wait up to S seconds for the end")] = 0.0,
+    wait: Annotated[float, typer.Option(help="wait up to S seconds for the end", min=0)] = 0.0,
 ) -> None:
     """The best dropout rate (`--json` prints the /best body)."""
     with _client(url) as c:
@@ -246,13 +258,18 @@ def best(
 def wait(
     study_id: int,
     url: UrlOpt = DEFAULT_URL,
-    timeout: Annotated[float, typer.Option(help="give up after S seconds")] = 0.0,
+    timeout: Annotated[float, typer.Option(help="give up after S seconds (0: never)", min=0)] = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Show a progress bar until the study ends, then print the best rate."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     deadline = time.monotonic() + timeout if timeout else float("inf")
+    with _client(url) as c:
+        try:
+            c.get(study_id)  # an unknown id or a wrong URL fails before any progress bar
+        except ClientError as exc:
+            _fail(str(exc))
     with (
         _client(url) as c,
         Progress(
@@ -294,7 +311,12 @@ def wait(
                 if s.status in ENDED:
                     break
             if time.monotonic() > deadline:
-                _fail(f"study {study_id} still running after {timeout:g}s")
+                bar.stop()
+                typer.echo(
+                    f"study {study_id} still {s.status if s else 'running'} after {timeout:g}s",
+                    err=True,
+                )
+                raise typer.Exit(2)
             time.sleep(1.0)
         try:
             final = c.best(study_id)
@@ -335,7 +357,25 @@ def workers(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
 
 
 def main() -> None:
-    app()
+    """Run the CLI; a usage error (a bad flag or value) is one line too, with exit status 1."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        # Click's usage errors (typer vendors its own click, so matched by their interface).
+        fmt = getattr(exc, "format_message", None)
+        if fmt is None or not hasattr(exc, "exit_code"):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `droptune`: the help is the answer
+            typer.echo(fmt(), err=True)
+            sys.exit(0)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        typer.echo(f"error: {' '.join(str(fmt()).split())}{hint}", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

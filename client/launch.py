@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import typer
 
@@ -75,23 +77,8 @@ def up(host: str, port: int, database_url: str | None, workers: int | None) -> i
     from storage.migrate import upgrade
 
     url = database_url or os.environ.get("DROPTUNE_DATABASE_URL", DEFAULT_DATABASE_URL)
+    _check_port_free(host, port)
     upgrade(url)  # once, before the children start, so they never race on it
-    exe = [sys.executable, "-m", "client.cli"]
-    env = {**os.environ, "DROPTUNE_DATABASE_URL": url}
-    children = [subprocess.Popen([*exe, "serve", "--host", host, "--port", str(port)], env=env)]
-    devs = devices()
-    if workers:
-        devs = [devs[i % len(devs)] for i in range(workers)]
-    for d in devs:
-        children.append(subprocess.Popen([*exe, "worker", "--device", d], env=env))
-    base = f"http://{host}:{port}"
-    typer.echo(
-        f"droptune is up on {url}\n"
-        f"  API        {base}   (OpenAPI docs: {base}/docs)\n"
-        f"  dashboard  {base}/dashboard\n"
-        f"  workers    {len(devs)} ({', '.join(devs)})\n"
-        "Press Ctrl-C to stop."
-    )
     stop = False
 
     def _stop(_sig: int, _frame: object) -> None:
@@ -100,8 +87,71 @@ def up(host: str, port: int, database_url: str | None, workers: int | None) -> i
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    exe = [sys.executable, "-m", "client.cli"]
+    env = {**os.environ, "DROPTUNE_DATABASE_URL": url}
+    children = [subprocess.Popen([*exe, "serve", "--host", host, "--port", str(port)], env=env)]
+    devs = devices()
+    if workers is not None:  # 0: the API and dashboard only, workers run elsewhere
+        devs = [devs[i % len(devs)] for i in range(workers)]
+    for d in devs:
+        children.append(subprocess.Popen([*exe, "worker", "--device", d], env=env))
+    base = f"http://{host}:{port}"
+    if not _wait_healthy(base, children[0], lambda: stop):
+        if stop:
+            _stop_all(children)
+            typer.echo("droptune stopped.")
+            return 0
+        typer.echo(
+            f"error: the API did not start on {host}:{port} (is the port in use? see above)",
+            err=True,
+        )
+        _stop_all(children)
+        return 1
+    typer.echo(
+        f"droptune is up on {url}\n"
+        f"  API        {base}   (OpenAPI docs: {base}/docs)\n"
+        f"  dashboard  {base}/dashboard\n"
+        f"  workers    {len(devs)} ({', '.join(devs) or 'none: run droptune worker elsewhere'})\n"
+        "Press Ctrl-C to stop."
+    )
     while not stop and all(c.poll() is None for c in children):
         time.sleep(0.5)
+    if not stop:
+        dead = next(c for c in children if c.poll() is not None)
+        what = "the API" if dead is children[0] else "a worker"
+        typer.echo(f"error: {what} exited with status {dead.returncode}; stopping", err=True)
+    _stop_all(children)
+    typer.echo("droptune stopped.")
+    return 0 if stop else 1
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def _wait_healthy(
+    base: str, api: subprocess.Popen[bytes], stopped: Callable[[], bool], timeout: float = 60.0
+) -> bool:
+    """Wait until the API answers /healthz; False if it exits first, never answers, or Ctrl-C."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and api.poll() is None and not stopped():
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
     for c in children:
         if c.poll() is None:
             c.send_signal(signal.SIGTERM)
@@ -111,5 +161,3 @@ def up(host: str, port: int, database_url: str | None, workers: int | None) -> i
             c.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             c.kill()
-    typer.echo("droptune stopped.")
-    return 0 if stop else 1

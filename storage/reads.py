@@ -14,6 +14,7 @@ from storage.answer import best_and_one_se, primary_rate, score_of
 from storage.db import transaction
 from storage.errors import NotFound
 from storage.optuna_bridge import study_id_of
+from storage.recovery import is_interruption
 from storage.schemas import ENDED, BestOut, Progress, StudyOut, StudyPage, TrialOut
 from storage.spec import StudySpec
 from storage.tables import studies
@@ -50,13 +51,17 @@ class Reader:
 
     def _study_out(self, row: sa.Row[Any], trials: Sequence[FrozenTrial]) -> StudyOut:
         count = {s: 0 for s in TrialState}
+        interrupted = 0
         for t in trials:
             count[t.state] += 1
+            if t.state == TrialState.FAIL and is_interruption(t.user_attrs.get("reason")):
+                interrupted += 1
         progress = Progress(
             n_trials=row.n_trials,
             complete=count[TrialState.COMPLETE],
             pruned=count[TrialState.PRUNED],
-            failed=count[TrialState.FAIL],
+            failed=count[TrialState.FAIL] - interrupted,
+            interrupted=interrupted,
             running=count[TrialState.RUNNING],
         )
         best = self._best_out(row, trials) if trials else None

@@ -29,6 +29,18 @@ from storage.queue import (
 log = logging.getLogger("droptune.recovery")
 
 LEASE_LOST = "lease lost: its worker stopped heartbeating"
+SHUTDOWN = "worker shutdown: released for retry"
+CANCELLED = "cancelled"
+
+
+def is_interruption(reason: object) -> bool:
+    """Whether a FAIL trial was stopped from outside (a shutdown, a cancel, its study's end)
+    rather than failing: such trials are retried or moot, and shown apart from failures."""
+    return reason in (SHUTDOWN, CANCELLED) or (
+        isinstance(reason, str) and reason.startswith("study ")
+    )
+
+
 ORPHANED = "orphaned: its lease was gone (its worker died before ending it)"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

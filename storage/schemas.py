@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from storage.spec import StudySpec
 
@@ -23,7 +23,10 @@ class Progress(BaseModel):
     n_trials: int
     complete: int
     pruned: int
-    failed: int
+    failed: int = Field(description="trials that failed (an error, a lost worker, a bad score)")
+    interrupted: int = Field(
+        0, description="trials stopped by a worker shutdown (retried) or by the study's end"
+    )
     running: int
 
 

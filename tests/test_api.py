@@ -42,6 +42,7 @@ def test_submit_fills_defaults_and_lists(api: TestClient) -> None:
         "complete": 0,
         "pruned": 0,
         "failed": 0,
+        "interrupted": 0,
         "running": 0,
     }
     assert api.get(f"/studies/{body['id']}").json()["id"] == body["id"]

@@ -159,8 +159,44 @@ def test_cancel_stops_running_trials_at_the_next_epoch(tmp_path: Path) -> None:
             # the two running trials failed with the reason; no trial started after the cancel
             assert [(t.state, t.reason) for t in trials] == [("FAIL", "cancelled")] * 2
             assert trials[0].epochs is None
-            assert c.get(study.id).status == "cancelled"
+            ended = c.get(study.id)
+            assert ended.status == "cancelled"
+            # stopped by the cancel, not failures of their own
+            assert (ended.progress.failed, ended.progress.interrupted) == (0, 2)
             assert [w.trials for w in c.workers()] == [[]]
     finally:
         assert procs.stop(work) == 0
         procs.stop(api)
+
+
+def test_up_starts_api_and_worker_and_ctrl_c_stops_both(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'droptune.db'}"
+    port = procs.free_port()
+    log = tmp_path / "up.log"
+    up = procs.droptune(["up", "--port", str(port), "--workers", "1"], url, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        # The banner comes only once the API answers.
+        procs.wait_until(lambda: "droptune is up" in log.read_text(), 90, f"the banner ({log})")
+        with Client(base) as c:
+            assert c.health()["status"] == "ok"
+            study = c.submit({**SMALL, "search": {"n_trials": 2}})
+            best = c.best(study.id, wait=120)
+            assert best.complete and best.status == "succeeded"
+            assert [w.device for w in c.workers()] == ["cpu"]
+            # The same port again: refused at once, in one line.
+            r = subprocess.run(
+                [sys.executable, "-m", "client.cli", "up", "--port", str(port)],
+                capture_output=True,
+                text=True,
+                env=procs._env(url, None),
+            )
+            assert r.returncode == 1
+            assert r.stderr.strip().splitlines() == [
+                f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+            ]
+    finally:
+        code = procs.stop(up, signal.SIGINT, timeout=90)
+    assert code == 0, log.read_text()[-2000:]
+    text = log.read_text()
+    assert "droptune stopped." in text and "Traceback" not in text

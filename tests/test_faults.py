@@ -127,9 +127,12 @@ def test_sigterm_finishes_the_epoch_and_releases_at_once(stack: Stack) -> None:
         assert victim.wait(timeout=20) == 0
         assert time.monotonic() - t0 < 10
         wait_done(c, study.id, timeout=120)
+        progress = c.get(study.id).progress
     done, failed = finished_trials(stack.url, study.optuna_study)
     assert len(done) == N
     assert_retried(done, failed, "worker shutdown")
+    # The released trials are shown as interrupted, not as failures.
+    assert (progress.failed, progress.interrupted) == (0, len(failed))
 
 
 def test_api_restart_loses_nothing(stack: Stack) -> None:

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from storage import queue
 from storage.errors import StorageError
 from storage.queue import Claim, Lease, Outcome
-from storage.recovery import FINISHED, fail_trial
+from storage.recovery import CANCELLED, FINISHED, SHUTDOWN, fail_trial
 from storage.spec import StudySpec
 from worker.data import FoldData
 from worker.engine import TrainConfig, TrialResult, train_trials
@@ -156,10 +156,10 @@ class BatchRunner:
         scores: np.ndarray,
     ) -> list[int]:
         if self.worker.stopping:
-            raise Interrupted("worker shutdown: released for retry", Outcome.RELEASED)
+            raise Interrupted(SHUTDOWN, Outcome.RELEASED)
         status = self.hb.ended.get(claim.study_id) or self._ended_status(claim.study_id)
         if status is not None:
-            reason = "cancelled" if status == "cancelled" else f"study {status}"
+            reason = CANCELLED if status == "cancelled" else f"study {status}"
             raise Interrupted(reason, Outcome.DROPPED)
         stop = []
         for row, i in enumerate(active):
