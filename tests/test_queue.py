@@ -31,17 +31,25 @@ def study_row(engine: sa.Engine, study_id: int) -> sa.Row[object]:
         return conn.execute(sa.select(studies).where(studies.c.id == study_id)).one()
 
 
-def started_trial(
-    db_url: str, n: int
-) -> tuple[sa.Engine, Any, int, queue.Claim, optuna.Study, optuna.Trial]:
-    """A study of n slots, all claimed by one worker, the first running a linked Optuna trial."""
+def claimed(
+    db_url: str, n: int, worker: str = "dead"
+) -> tuple[sa.Engine, Any, int, queue.Claim, optuna.Study]:
+    """A study of n slots, all claimed by one worker, its Optuna study created."""
     engine = create_engine(db_url)
     storage = optuna_storage(db_url)
     sp = spec(n)
     sid = queue.enqueue(engine, sp, "a")
-    claim = queue.claim(engine, "dead", n)
+    claim = queue.claim(engine, worker, n)
     assert claim is not None
     study = ensure_study(storage, claim.optuna_study, sp, sid)
+    return engine, storage, sid, claim, study
+
+
+def started_trial(
+    db_url: str, n: int
+) -> tuple[sa.Engine, Any, int, queue.Claim, optuna.Study, optuna.Trial]:
+    """A study of n slots, all claimed by one worker, the first running a linked Optuna trial."""
+    engine, storage, sid, claim, study = claimed(db_url, n)
     trial = study.ask()
     trial.suggest_float("dropout", 0.0, 0.8)
     queue.link_trial(engine, claim.leases[0].id, trial._trial_id, trial.number, trial.params)
@@ -229,13 +237,7 @@ def test_recovery_of_a_finished_trial_counts_it_done(db_url: str) -> None:
 def test_recovery_fails_a_trial_its_worker_never_linked(db_url: str) -> None:
     from worker.objective import new_trial
 
-    engine = create_engine(db_url)
-    storage = optuna_storage(db_url)
-    sp = spec(1)
-    sid = queue.enqueue(engine, sp, "a")
-    claim = queue.claim(engine, "dead", 1)
-    assert claim is not None
-    study = ensure_study(storage, claim.optuna_study, sp, sid)
+    engine, storage, sid, claim, study = claimed(db_url, 1)
     # The worker created its trial, tagged with the lease, and died before linking it.
     trial = new_trial(study, None, {"lease": claim.leases[0].id})
     age_leases(engine, 120)
@@ -252,13 +254,7 @@ def test_recovery_leaves_a_lease_its_slow_worker_linked_meanwhile(
     from storage import recovery
     from worker.objective import new_trial
 
-    engine = create_engine(db_url)
-    storage = optuna_storage(db_url)
-    sp = spec(1)
-    sid = queue.enqueue(engine, sp, "a")
-    claim = queue.claim(engine, "slow", 1)
-    assert claim is not None
-    study = ensure_study(storage, claim.optuna_study, sp, sid)
+    engine, storage, sid, claim, study = claimed(db_url, 1, "slow")
     age_leases(engine, 120)
     lease_id = claim.leases[0].id
     real = recovery._fail_unlinked

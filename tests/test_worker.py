@@ -37,6 +37,11 @@ def run_study(url: str, patch: dict[str, Any]) -> tuple[int, list[optuna.trial.F
     return sid, trials
 
 
+def study_of(url: str, sid: int) -> sa.Row[Any]:
+    with transaction(create_engine(url)) as conn:
+        return conn.execute(sa.select(studies).where(studies.c.id == sid)).one()
+
+
 @pytest.mark.parametrize(
     ("patch", "params"),
     [
@@ -73,11 +78,9 @@ def test_each_kind_of_study_runs_to_the_end(
         assert set(t.params) == params
         assert len(t.user_attrs["fold_scores"]) == 3
         assert t.user_attrs["device"] == "cpu"
-    engine = create_engine(sqlite_url)
-    with transaction(engine) as conn:
-        row = conn.execute(sa.select(studies).where(studies.c.id == sid)).one()
+    row = study_of(sqlite_url, sid)
     assert (row.status, row.n_done) == ("succeeded", n)
-    best = Reader(engine, optuna_storage(sqlite_url)).best(sid, "local")
+    best = Reader(create_engine(sqlite_url), optuna_storage(sqlite_url)).best(sid, "local")
     assert best.complete and best.dropout is not None and best.one_se_dropout is not None
     if patch.get("cv", {}).get("metric") == "log_loss":
         assert best.direction == "minimize" and best.score is not None and best.score.mean > 0
@@ -111,20 +114,13 @@ def test_a_failing_batch_is_retried_then_given_up(
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 1, "max_retries": 1, "max_failed": 1}}
     )
-    engine = create_engine(sqlite_url)
-    with transaction(engine) as conn:
-        row = conn.execute(sa.select(studies).where(studies.c.id == sid)).one()
+    row = study_of(sqlite_url, sid)
     assert row.status == "failed" and "out of memory (simulated)" in row.reason
     # 2 give-ups (past max_failed=1), each after 1 retry: 4 failed trials, every one with a reason
     assert len(trials) == 4 and all(t.state == TrialState.FAIL for t in trials)
     assert all("out of memory" in t.user_attrs["reason"] for t in trials)
     attempts = sorted(t.user_attrs["attempt"] for t in trials)
     assert attempts == [0, 0, 1, 1]
-
-
-def study_of(url: str, sid: int) -> sa.Row[Any]:
-    with transaction(create_engine(url)) as conn:
-        return conn.execute(sa.select(studies).where(studies.c.id == sid)).one()
 
 
 def test_a_diverged_trial_is_failed_not_completed(
