@@ -14,22 +14,36 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class ClientError(Exception):
-    """The server refused a request (with its problem details) or could not be reached."""
+    """The server refused a request (with its problem details) or could not be reached.
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    `status` is the HTTP status (None when unreachable), `detail` the problem's detail, and
+    `errors` the per-field errors of a rejected spec (`[{"field": ..., "message": ...}]`).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        detail: str | None = None,
+        errors: list[dict[str, str]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail if detail is not None else message
+        self.errors = errors or []
 
 
-def _detail(r: httpx.Response) -> str:
-    """The problem+json detail of an error answer, or its text."""
+def _problem(r: httpx.Response) -> tuple[str, list[dict[str, str]]]:
+    """The problem+json detail of an error answer (or its text), and its field errors."""
     try:
         body = r.json()
     except ValueError:
-        return r.text.strip()[:200] or r.reason_phrase
-    if isinstance(body, dict):
-        return str(body.get("detail") or body.get("title") or body)
-    return str(body)
+        return r.text.strip()[:200] or r.reason_phrase, []
+    if not isinstance(body, dict):
+        return str(body), []
+    raw = body.get("errors")
+    errors = raw if isinstance(raw, list) and all(isinstance(e, dict) for e in raw) else []
+    return str(body.get("detail") or body.get("title") or body), errors
 
 
 class Client:
@@ -57,7 +71,8 @@ class Client:
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach droptune at {self.base_url}: {exc}") from exc
         if r.status_code >= 400:
-            raise ClientError(f"{r.status_code}: {_detail(r)}", status=r.status_code)
+            detail, errors = _problem(r)
+            raise ClientError(f"{r.status_code}: {detail}", r.status_code, detail, errors)
         try:
             return r.json()
         except ValueError as exc:

@@ -230,3 +230,8 @@ def test_client_names_an_answer_that_is_not_droptune(api: TestClient) -> None:
             c._call("GET", "/dashboard")  # an HTML page: 200, but no JSON
         with pytest.raises(ClientError, match=r"^404: study 12345 not found"):
             c.get(12345)
+        with pytest.raises(ClientError) as refused:
+            c.submit({"dataset": {"builtin": "iris"}, "cv": {"folds": 51}})
+        assert refused.value.status == 422
+        assert [e["field"] for e in refused.value.errors] == ["cv.folds"]
+        assert "exceed the smallest class count" in refused.value.detail
