@@ -95,7 +95,7 @@ def up(host: str, port: int, database_url: str | None, workers: int | None) -> i
         devs = [devs[i % len(devs)] for i in range(workers)]
     for d in devs:
         children.append(subprocess.Popen([*exe, "worker", "--device", d], env=env))
-    base = f"http://{host}:{port}"
+    base = base_url(host, port)
     if not _wait_healthy(base, children[0], lambda: stop):
         if stop:
             _stop_all(children)
@@ -126,12 +126,26 @@ def up(host: str, port: int, database_url: str | None, workers: int | None) -> i
 
 
 def _check_port_free(host: str, port: int) -> None:
-    with socket.socket() as sock:
+    """Bind where uvicorn will (IPv4 or IPv6, as the host resolves) and let go at once."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
         try:
-            sock.bind((host, port))
+            sock.bind(addr)
         except OSError as exc:
             raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def base_url(host: str, port: int) -> str:
+    """The URL a local client reaches a server bound to host:port by: a wildcard host is
+    reached on loopback, an IPv6 literal goes in brackets."""
+    local = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
 
 
 def _wait_healthy(

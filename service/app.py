@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service import errors
 from service.dashboard import dashboard_app
+from service.head import HeadAsGet
 from service.settings import ServiceSettings
 from service.studies import router as studies_router
 from service.workers import router as workers_router
@@ -67,6 +68,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.optuna_read = optuna_storage(settings.database_url, writes=False)
     app.state.reader = Reader(app.state.engine, app.state.optuna_read)
     errors.install(app)
+    app.add_middleware(HeadAsGet)
     app.include_router(studies_router)
     app.include_router(workers_router)
     if settings.dashboard:

@@ -143,7 +143,7 @@ def claim(
             Lease(id=i, study_id=picked, attempt=sl["attempt"], params=sl["params"])
             for i, sl in zip(ids, slots, strict=True)
         ]
-    return Claim(picked, optuna_study, StudySpec.model_validate(spec), claimed)
+    return Claim(picked, optuna_study, StudySpec.stored(spec), claimed)
 
 
 def link_trial(
@@ -292,12 +292,12 @@ def ended_status(engine: Engine, study_id: int) -> str | None:
     return None if status is None or status in ACTIVE else str(status)
 
 
-def open_optuna_studies(engine: Engine) -> list[str]:
-    """The Optuna study names of the studies still queued or running."""
+def running_optuna_studies(engine: Engine) -> list[str]:
+    """The Optuna study names of the running studies (a queued one has no trials yet)."""
     with transaction(engine, read_only=True) as conn:
         names = conn.execute(
             sa.select(studies.c.optuna_study).where(
-                studies.c.status.in_(ACTIVE), studies.c.optuna_study.is_not(None)
+                studies.c.status == "running", studies.c.optuna_study.is_not(None)
             )
         ).scalars()
         return [str(n) for n in names]
@@ -311,7 +311,7 @@ def live_lease_ids(engine: Engine, lease_ids: Iterable[int]) -> set[int]:
 
 
 def cancel(engine: Engine, study_id: int, owner: str) -> str:
-    """Stop new claims at once; running trials see the status at their next heartbeat."""
+    """Stop new claims at once; running trials see the status at the end of their epoch."""
     with transaction(engine) as conn:
         status = conn.execute(
             sa.select(studies.c.status)
@@ -332,15 +332,35 @@ def cancel(engine: Engine, study_id: int, owner: str) -> str:
 
 
 def peek(engine: Engine) -> tuple[int, StudySpec, int] | None:
-    """The study the next claim would pick: (id, spec, open slots); a hint for sizing a batch."""
+    """The study the next claim would pick: (id, spec, open slots); a hint for sizing a batch.
+
+    A study whose stored spec this version cannot run (stored before a check was added) is
+    failed with the reason, not handed to a worker that would fail every trial of it."""
     s = studies.c
-    with transaction(engine, read_only=True) as conn:
-        row = conn.execute(
-            sa.select(s.id, s.spec, s.n_trials - s.slots_claimed)
-            .where(s.status.in_(ACTIVE), s.slots_claimed < s.n_trials)
-            .order_by(s.priority.desc(), s.id)
-            .limit(1)
-        ).one_or_none()
-    if row is None:
-        return None
-    return int(row[0]), StudySpec.model_validate(row[1]), int(row[2])
+    while True:
+        with transaction(engine, read_only=True) as conn:
+            row = conn.execute(
+                sa.select(s.id, s.spec, s.n_trials - s.slots_claimed)
+                .where(s.status.in_(ACTIVE), s.slots_claimed < s.n_trials)
+                .order_by(s.priority.desc(), s.id)
+                .limit(1)
+            ).one_or_none()
+        if row is None:
+            return None
+        problem = StudySpec.runnable_problem(row[1])
+        if problem is None:
+            return int(row[0]), StudySpec.stored(row[1]), int(row[2])
+        fail_study(engine, int(row[0]), f"its spec cannot run on this version: {problem}")
+
+
+def fail_study(engine: Engine, study_id: int, reason: str) -> bool:
+    """End an active study as failed with `reason`; False if it had already ended."""
+    with transaction(engine) as conn:
+        ended = conn.execute(
+            studies.update()
+            .where(studies.c.id == study_id, studies.c.status.in_(ACTIVE))
+            .values(status="failed", reason=reason, ended_at=db_now())
+        ).rowcount
+        conn.execute(retries.delete().where(retries.c.study_id == study_id))
+        _notify(conn)
+    return bool(ended)

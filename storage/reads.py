@@ -76,7 +76,7 @@ class Reader:
             started_at=row.started_at,
             ended_at=row.ended_at,
             optuna_study=row.optuna_study,
-            spec=StudySpec.model_validate(row.spec),
+            spec=StudySpec.stored(row.spec),
             progress=progress,
             best=best,
         )
@@ -86,7 +86,7 @@ class Reader:
         return self._best_out(row, self._trials(row))
 
     def _best_out(self, row: sa.Row[Any], trials: Sequence[FrozenTrial]) -> BestOut:
-        spec = StudySpec.model_validate(row.spec)
+        spec = StudySpec.stored(row.spec)
         best, one_se = best_and_one_se(trials, spec.cv.direction == "maximize")
         return BestOut(
             study_id=row.id,

@@ -21,8 +21,8 @@ from storage.queue import (
     StaleLease,
     finish,
     live_lease_ids,
-    open_optuna_studies,
     release_stale_unlinked,
+    running_optuna_studies,
     stale_leases,
 )
 
@@ -111,7 +111,7 @@ def _fail_unlinked(storage: RDBStorage, lease: StaleLease) -> None:
 
 
 def fail_orphans(engine: Engine, storage: RDBStorage) -> int:
-    """Fail the RUNNING trials of open studies whose lease is gone; return how many.
+    """Fail the RUNNING trials of running studies whose lease is gone; return how many.
 
     Such a trial can never be finished by its worker (the lease was recovered, or the worker
     died between losing its lease and failing the trial), yet it would count as running forever.
@@ -120,7 +120,7 @@ def fail_orphans(engine: Engine, storage: RDBStorage) -> int:
     moment is a no-op (a trial finishes once).
     """
     n = 0
-    for name in open_optuna_studies(engine):
+    for name in running_optuna_studies(engine):
         study_id = study_id_of(storage, name)
         if study_id is None:
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidatorFunctionWrapHandler, field_validator
 
 from storage.spec import StudySpec
 
@@ -58,6 +58,12 @@ class StudyOut(BaseModel):
     spec: StudySpec
     progress: Progress
     best: BestOut | None = None
+
+    @field_validator("spec", mode="wrap")
+    @classmethod
+    def _stored_spec(cls, value: object, _handler: ValidatorFunctionWrapHandler) -> StudySpec:
+        # A stored spec, read leniently: one an earlier version accepted must still show.
+        return value if isinstance(value, StudySpec) else StudySpec.stored(value)
 
 
 class StudyPage(BaseModel):

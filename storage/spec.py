@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "synthetic")
 # Smallest class count of each bundled data set: the upper bound for `cv.folds`.
 BUILTIN_MIN_CLASS_COUNT = {"digits": 174, "breast_cancer": 212, "wine": 48, "iris": 50}
+STORED = "stored"  # validation context key: the spec comes from the database, not a user
 SYNTHETIC_OPTIONS = ("n_samples", "n_features", "n_informative", "n_classes", "seed")
 
 
@@ -169,8 +170,24 @@ class StudySpec(_Strict):
     search: SearchSpec = Field(default_factory=SearchSpec)
     priority: int = Field(0, ge=-1000, le=1000)
 
+    @classmethod
+    def stored(cls, raw: Any) -> StudySpec:
+        """A spec read back from the database. Checks added since it was submitted (marked
+        submit-only below) are skipped, so a study stored by an earlier version stays readable;
+        whether it can still run is `runnable_problem`'s call."""
+        return cls.model_validate(raw, context={STORED: True})
+
+    @classmethod
+    def runnable_problem(cls, raw: Any) -> str | None:
+        """Why a stored spec cannot run under this version's checks, or None if it can."""
+        try:
+            cls.model_validate(raw)
+        except ValidationError as e:
+            return "; ".join(f"{d['field']}: {d['message']}" for d in describe_errors(e.errors()))
+        return None
+
     @model_validator(mode="after")
-    def _check_cross_fields(self) -> StudySpec:
+    def _check_cross_fields(self, info: ValidationInfo) -> StudySpec:
         smallest = self.dataset.min_class_count()
         if self.cv.folds > smallest:
             raise FieldError(
@@ -180,7 +197,9 @@ class StudySpec(_Strict):
             )
         if self.model.kind == "cnn" and self.dataset.builtin != "digits":
             raise FieldError("model.kind", "'cnn' needs image data: dataset.builtin 'digits'")
-        if self.model.kind == "cnn" and self.search.searches_input_dropout:
+        submitted = not (info.context or {}).get(STORED)
+        # Submit-only: earlier versions stored such specs (their trials fail in the engine).
+        if submitted and self.model.kind == "cnn" and self.search.searches_input_dropout:
             raise FieldError(
                 "search.input_dropout_high", "input dropout is only supported for MLP models"
             )

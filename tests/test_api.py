@@ -235,3 +235,42 @@ def test_client_names_an_answer_that_is_not_droptune(api: TestClient) -> None:
         assert refused.value.status == 422
         assert [e["field"] for e in refused.value.errors] == ["cv.folds"]
         assert "exceed the smallest class count" in refused.value.detail
+
+
+def test_a_study_stored_before_a_submit_check_still_reads(api: TestClient, sqlite_url: str) -> None:
+    import sqlalchemy as sa
+
+    from client.api import Client
+    from storage.db import create_engine, transaction
+    from storage.tables import studies
+
+    sid = api.post("/studies", json=OK).json()["id"]
+    legacy = {"dataset": {"builtin": "digits"}, "model": {"kind": "cnn"}, "search": SEARCH_INPUT}
+    assert api.post("/studies", json=legacy).status_code == 422  # refused today
+    with transaction(create_engine(sqlite_url)) as conn:  # as an earlier version stored it
+        conn.execute(sa.update(studies).where(studies.c.id == sid).values(spec=legacy))
+    got = api.get(f"/studies/{sid}")
+    assert got.status_code == 200, got.text
+    assert got.json()["spec"]["search"]["input_dropout_high"] == 0.3
+    assert api.get("/studies").json()["items"][0]["id"] == sid
+    schema = api.get("/openapi.json").json()["components"]["schemas"]["StudyOut"]
+    assert schema["properties"]["spec"] == {"$ref": "#/components/schemas/StudySpec"}
+    with Client("http://testserver") as c:  # closes `api` on leaving
+        c._http = api
+        assert c.get(sid).spec.model.kind == "cnn"
+
+
+def test_head_answers_as_get_without_a_body(api: TestClient) -> None:
+    sid = api.post("/studies", json=OK).json()["id"]
+    for path in ("/healthz", "/studies", f"/studies/{sid}"):
+        get, head = api.get(path), api.head(path)
+        assert head.status_code == get.status_code == 200, (path, head.text)
+        assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+    # The study never ends here: a GET of its events would stream on; HEAD returns.
+    events = api.head(f"/studies/{sid}/events")
+    assert events.status_code == 200 and events.content == b""
+    assert events.headers["content-type"].startswith("text/event-stream")
+    assert api.head("/studies/999").status_code == 404
+    r = api.head(f"/studies/{sid}/cancel")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert api.head("/dashboard").status_code == 200

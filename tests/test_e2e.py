@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from client import Client
+from client.launch import base_url
 from tests import procs
 
 pytestmark = pytest.mark.slow
@@ -200,3 +202,40 @@ def test_up_starts_api_and_worker_and_ctrl_c_stops_both(tmp_path: Path) -> None:
     assert code == 0, log.read_text()[-2000:]
     text = log.read_text()
     assert "droptune stopped." in text and "Traceback" not in text
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def test_up_on_the_ipv6_wildcard_checks_and_reaches_its_port(tmp_path: Path) -> None:
+    assert base_url("0.0.0.0", 8000) == "http://127.0.0.1:8000"
+    assert base_url("fe80::1", 80) == "http://[fe80::1]:80"
+    if not _has_ipv6():
+        pytest.skip("no IPv6 loopback on this machine")
+    url = f"sqlite:///{tmp_path / 'droptune.db'}"
+    port = procs.free_port()
+    log = tmp_path / "up.log"
+    up = procs.droptune(["up", "--host", "::", "--port", str(port), "--workers", "0"], url, log)
+    try:
+        procs.wait_until(lambda: "droptune is up" in log.read_text(), 90, f"the banner ({log})")
+        assert f"API        http://[::1]:{port}" in log.read_text()
+        with Client(f"http://[::1]:{port}") as c:
+            assert c.health()["status"] == "ok"
+        r = subprocess.run(  # the same IPv6 port: refused at once, in one line
+            [sys.executable, "-m", "client.cli", "up", "--host", "::", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=procs._env(url, None),
+        )
+        assert r.returncode == 1
+        assert r.stderr.strip().splitlines() == [
+            f"error: cannot listen on :::{port}: Address already in use"
+        ]
+    finally:
+        assert procs.stop(up, signal.SIGINT, timeout=60) == 0, log.read_text()[-2000:]

@@ -15,6 +15,7 @@ from storage.db import create_engine, db_now, transaction
 from storage.errors import Conflict, NotFound
 from storage.optuna_bridge import ensure_study, optuna_storage
 from storage.queue import Outcome
+from storage.reads import Reader
 from storage.recovery import recover_stale
 from storage.spec import StudySpec
 from storage.tables import leases, retries, studies
@@ -367,3 +368,27 @@ def test_claim_of_a_named_study_takes_no_other(db_url: str) -> None:
     assert queue.claim(engine, "w2", 1, full) is None
     got = queue.claim(engine, "w2", 2, other)
     assert got is not None and got.study_id == other and len(got.leases) == 2
+
+
+def test_a_stored_spec_this_version_refuses_is_failed_not_handed_out(db_url: str) -> None:
+    """A study stored before a submit check existed stays readable, and no worker takes it."""
+    engine = create_engine(db_url)
+    legacy = queue.enqueue(engine, spec(3), "a")
+    good = queue.enqueue(engine, spec(2), "a")
+    raw = {
+        "dataset": {"builtin": "digits"},
+        "model": {"kind": "cnn"},
+        "search": {"n_trials": 3, "input_dropout_high": 0.3},
+    }
+    with transaction(engine) as conn:  # as an earlier version wrote it
+        conn.execute(studies.update().where(studies.c.id == legacy).values(spec=raw))
+    with pytest.raises(ValueError, match="input dropout"):
+        StudySpec.model_validate(raw)
+
+    nxt = queue.peek(engine)
+    assert nxt is not None and nxt[0] == good
+    row = study_row(engine, legacy)
+    assert row.status == "failed"
+    assert "search.input_dropout_high" in row.reason and "MLP" in row.reason
+    out = Reader(engine, optuna_storage(db_url, writes=False)).study(legacy, "a")
+    assert out.status == "failed" and out.spec.model.kind == "cnn"
