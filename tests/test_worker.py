@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 import sqlalchemy as sa
@@ -140,6 +141,31 @@ def test_a_diverged_trial_is_failed_not_completed(
     assert "non-finite" in trials[0].user_attrs["reason"]
     row = study_of(sqlite_url, sid)
     assert row.status == "failed" and "non-finite" in row.reason
+
+
+def test_a_trial_pruned_on_a_non_finite_score_stays_pruned(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Optuna's median pruner stops a NaN (past its startup trials): that is PRUNED, not a
+    failure to retry. Here the pruner is made to say so at once."""
+    import worker.batch
+    from worker.engine import TrialResult
+
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)
+
+    def diverge(*args: Any) -> list[TrialResult]:
+        on_epoch = args[5]
+        stop = list(on_epoch(1, [0], np.full((1, 3), np.nan)) or [])
+        return [TrialResult([float("nan")] * 3, 1, bool(stop), 0.1)]
+
+    monkeypatch.setattr(worker.batch, "train_trials", diverge)
+    sid, trials = run_study(
+        sqlite_url, {"search": {"n_trials": 1, "pruner": "median", "max_failed": 0}}
+    )
+    assert [t.state for t in trials] == [TrialState.PRUNED]
+    assert "non-finite" in trials[0].user_attrs["reason"]
+    assert "fold_scores" not in trials[0].user_attrs
+    assert study_of(sqlite_url, sid).status == "succeeded"
 
 
 def test_a_data_set_that_cannot_load_fails_the_study_not_the_worker(

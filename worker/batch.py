@@ -202,19 +202,24 @@ class BatchRunner:
             return  # lost, and ended in _lose
         folds = [float(s) for s in r.fold_scores]
         mean = float(np.mean(folds))
-        if not np.isfinite(folds).all():
+        if not np.isfinite(folds).all() and not m.pruned:  # a pruned one is told PRUNED
             reason = "non-finite score (training diverged)"
             state = fail_trial(self.worker.optuna, m.trial._trial_id, reason)
             self._finish(m, Outcome.DONE if state in FINISHED else Outcome.FAILED, reason)
             return
-        attrs = {
-            "fold_scores": folds,
-            "score_mean": mean,
-            # ddof=1: the sample std, which the one-standard-error rule divides by sqrt(K).
-            "score_std": float(np.std(folds, ddof=1)) if len(folds) > 1 else 0.0,
+        attrs: dict[str, object] = {
             "epochs": r.epochs_run,
             "train_seconds": round(r.train_seconds, 4),
         }
+        if np.isfinite(folds).all():
+            attrs |= {
+                "fold_scores": folds,
+                "score_mean": mean,
+                # ddof=1: the sample std, which the one-standard-error rule divides by sqrt(K)
+                "score_std": float(np.std(folds, ddof=1)) if len(folds) > 1 else 0.0,
+            }
+        else:  # pruned on a non-finite score (JSON has no NaN): no scores, the reason
+            attrs["reason"] = "non-finite score (training diverged)"
         try:
             for k, v in attrs.items():
                 m.trial.set_user_attr(k, v)

@@ -3,9 +3,10 @@
 Member m = b * K + k is trial b on fold k. Every member gets exactly the gradient it would get
 alone (the loss is a sum of per-member mean losses) and Adam is elementwise, so one optimizer
 over the stacked parameters equals M separate ones. Initial weights and the order of training
-samples depend only on (cfg.seed, fold): trials of one fold start from the same weights and see
-the same batches, so they differ only by their dropout rates and masks (common random numbers,
-which makes comparing rates less noisy).
+samples, and the uniforms dropout masks are cut from, depend only on (cfg.seed, fold): trials of
+one fold start from the same weights, see the same batches and draw nested masks, so they differ
+only by their dropout rates (common random numbers, which makes comparing rates less noisy), and
+a trial's scores do not depend on which trials share its batch or are pruned from it.
 
 Imports only torch, numpy and the stdlib (plus worker.data/models): bench/ runs on bare GPU boxes.
 """
@@ -98,23 +99,84 @@ def epoch_order(data: FoldData, gen: torch.Generator) -> torch.Tensor:
     return data.train_idx.gather(1, keys.argsort(dim=1))
 
 
-def _step_freezing(model: StackedModel, opt: torch.optim.Optimizer, frozen: list[int]) -> None:
-    """opt.step(), except members `frozen` (no samples in this batch) keep their weights and
-    moments: Adam would otherwise move them on momentum alone. Only Adam's shared step count
-    still advances for them (a one-step bias-correction offset); this happens only when fold
-    sizes straddle a multiple of the batch size, at most once per epoch."""
-    idx = torch.tensor(frozen, device=next(model.parameters()).device)
-    names = ("exp_avg", "exp_avg_sq")
-    saved = [
-        (p, p.data[idx].clone(), [opt.state[p][s][idx].clone() for s in names])
-        for p in model.parameters()
-        if opt.state.get(p)
-    ]
-    opt.step()
-    for p, pv, moments in saved:
-        p.data[idx] = pv
-        for s, v in zip(names, moments, strict=True):
-            opt.state[p][s][idx] = v
+class MemberAdam(torch.optim.Optimizer):
+    """torch.optim.Adam with a step count per member: dim 0 of every parameter is the member.
+
+    Needed when folds take different numbers of steps per epoch (fold sizes straddling a
+    multiple of the batch size): a member with no samples in a step must neither move nor count
+    the step, or its bias correction drifts from that of the model it stands for. torch's Adam
+    keeps one count per tensor, so this one hands torch's fused Adam kernel (the one
+    `Adam(fused=True)` runs) one view per member, each with its own count: still one pass over
+    the parameters, and exactly torch's arithmetic. `make_optimizer` uses it only when needed.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        n_members: int,
+        lr: float,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+        device = self.param_groups[0]["params"][0].device
+        self.member_steps = torch.zeros(n_members, device=device)
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep the counts of members `keep` (after the model and moments were sliced)."""
+        self.member_steps = self.member_steps[keep]
+
+    @torch.no_grad()
+    def step(self, closure: None = None, frozen: Sequence[int] = ()) -> None:  # type: ignore[override]
+        """One Adam step for every member but `frozen` (those keep weights, moments, count)."""
+        still = set(frozen)
+        moving = [m for m in range(self.member_steps.shape[0]) if m not in still]
+        if len(moving) == self.member_steps.shape[0]:
+            self.member_steps += 1
+        else:
+            self.member_steps[moving] += 1
+        counts = [self.member_steps[m] for m in moving]  # 0-d views: each member's own count
+        for group in self.param_groups:
+            ps, gs, ms, vs, steps = [], [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                grad = p.grad.contiguous()  # the kernel needs contiguous member slices
+                data = p.data
+                if not data.is_contiguous():
+                    raise ValueError("MemberAdam needs contiguous parameters")
+                for m in moving:
+                    ps.append(data[m])
+                    gs.append(grad[m])
+                    ms.append(state["exp_avg"][m])
+                    vs.append(state["exp_avg_sq"][m])
+                steps += counts
+            if not ps:
+                continue
+            beta1, beta2 = group["betas"]
+            torch._fused_adam_(
+                ps,
+                gs,
+                ms,
+                vs,
+                [],
+                steps,
+                amsgrad=False,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=False,
+                grad_scale=None,
+                found_inf=None,
+            )
 
 
 def train_epoch(
@@ -159,8 +221,13 @@ def train_epoch(
             empty = [m for m, ln in enumerate(lens) if ln <= start]
         opt.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
-        if empty:
-            _step_freezing(model, opt, empty)
+        if isinstance(opt, MemberAdam):
+            opt.step(frozen=empty)
+        elif empty:
+            raise ValueError(
+                "members without samples in a step need MemberAdam: pass make_optimizer the "
+                "members' training lengths and the batch size"
+            )
         else:
             opt.step()
 
@@ -220,8 +287,16 @@ def _trial_rate_rows(
     return rows, inputs
 
 
-def make_optimizer(model: StackedModel, cfg: TrainConfig) -> torch.optim.Adam:
-    # fused Adam is one pass over each parameter tensor; it exists on CPU and CUDA for float32
+def make_optimizer(
+    model: StackedModel, cfg: TrainConfig, lens: Sequence[int] | None = None
+) -> torch.optim.Optimizer:
+    """Adam over the stacked parameters. lens[m] = member m's training length: where members
+    take different numbers of steps per epoch, MemberAdam (a step count per member); else
+    torch's fused Adam (one pass over each parameter tensor, on CPU and CUDA for float32)."""
+    if lens is not None and len({-(-n // cfg.batch_size) for n in lens}) > 1:
+        return MemberAdam(
+            model.parameters(), model.n_members, lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
     return torch.optim.Adam(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
     )
@@ -234,6 +309,8 @@ def _select(model: StackedModel, opt: torch.optim.Optimizer, keep: torch.Tensor)
         if st:
             st["exp_avg"] = st["exp_avg"][keep]
             st["exp_avg_sq"] = st["exp_avg_sq"][keep]
+    if isinstance(opt, MemberAdam):
+        opt.select(keep)
 
 
 def train_trials(
@@ -281,9 +358,9 @@ def train_trials(
     if isinstance(net, StackedCNN) and any(inputs):
         raise ValueError("input dropout is only supported for MLP models")
     net.set_rates([r for r in rows for _ in range(k)], [i for i in inputs for _ in range(k)])
-    net.mask_rng = MaskRNG(_seed(cfg.seed, 2), dev)
+    net.mask_rng = MaskRNG(_seed(cfg.seed, 2), dev, folds=k)
     order_gen = _generator(dev, _seed(cfg.seed, 3))
-    opt = make_optimizer(net, cfg)
+    opt = make_optimizer(net, cfg, [data.train_len_host[f] for _ in trials for f in range(k)])
     fwd: StackedModel = torch.compile(net) if compile_model else net  # type: ignore[assignment]
 
     active = list(range(n_trials))

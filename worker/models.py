@@ -40,31 +40,43 @@ def _uniform_(t: torch.Tensor, fan_in: int, gen: torch.Generator | None) -> None
 class MaskRNG:
     """Where dropout masks come from; one draw covers every member of a layer.
 
+    With `folds` = K (as the engine sets it), members are laid out m = b*K + k and one draw of
+    uniforms per fold is shared by every trial b: the mask a member gets depends only on its fold,
+    its rate and the step, never on which other trials share the batch or were pruned from it.
+    So a trial's scores are the same however many trials a worker stacks, and trials on a fold
+    see nested masks (a unit dropped at rate 0.3 is dropped at 0.5 too): common random numbers,
+    which make rates less noisy to compare. Without `folds` every member draws its own.
+
     On CPU, torch.rand (mt19937, ~3 ns per float) plus a broadcast compare cost more than the
     matmuls they guard, so masks are built from 16-bit lanes of numpy SFC64 raw words (4 masks
     per 64-bit draw) with float arithmetic only: rates are resolved to 1/65536. On CUDA the
     device RNG is cheap and torch.rand is used.
     """
 
-    def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, seed: int, device: torch.device | str = "cpu", folds: int | None = None
+    ) -> None:
         self.device = torch.device(device)
+        self.folds = folds
         self._bits = np.random.SFC64(seed)
         self._gen = torch.Generator(device=self.device)
         self._gen.manual_seed(seed)
 
     def keep_scale(self, shape: Sequence[int], keep: torch.Tensor) -> torch.Tensor:
         """A float tensor of `shape` (members first): 1/keep[m] with probability keep[m], else 0."""
-        view = (-1,) + (1,) * (len(shape) - 1)
-        kv = keep.view(view)
+        k = self.folds if self.folds and shape[0] % self.folds == 0 else shape[0]
+        rest = tuple(shape[1:])
+        # [B, K, ...rest]: the draw is [1, K, ...rest], broadcast over the B trials
+        kv = keep.view(shape[0] // k, k, *(1,) * len(rest))
         if self.device.type != "cpu":
-            u = torch.rand(tuple(shape), generator=self._gen, device=self.device)
-            return torch.where(u < kv, 1.0 / kv, 0.0)
-        n = math.prod(shape)
+            u = torch.rand((1, k, *rest), generator=self._gen, device=self.device)
+            return torch.where(u < kv, 1.0 / kv, 0.0).view(tuple(shape))
+        n = k * math.prod(rest)
         raw = self._bits.random_raw((n + 3) // 4)
-        lanes = torch.from_numpy(raw.view(np.int16)[:n]).view(tuple(shape))
+        lanes = torch.from_numpy(raw.view(np.int16)[:n]).view(1, k, *rest)
         # v = (lane + 32768.5) / 65536 is uniform on (0, 1); floor(v + keep) is 1 w.p. keep
         v = torch.add((32768.5 / 65536) + kv, lanes.to(torch.float32), alpha=1.0 / 65536)
-        return v.floor_().mul_(1.0 / kv)
+        return v.floor_().mul_(1.0 / kv).view(tuple(shape))
 
 
 def dropout_members(
