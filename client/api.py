@@ -52,6 +52,12 @@ class Client:
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
+        try:
+            url = httpx.URL(self.base_url)
+        except httpx.InvalidURL as exc:
+            raise ClientError(f"not a URL: {base_url!r} ({exc})") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ClientError(f"not an http(s) URL: {base_url!r}")
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
@@ -68,7 +74,7 @@ class Client:
             kw["timeout"] = timeout
         try:
             r = self._http.request(method, path, **kw)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise ClientError(f"cannot reach droptune at {self.base_url}: {exc}") from exc
         if r.status_code >= 400:
             detail, errors = _problem(r)

@@ -54,7 +54,10 @@ def _one_line_errors() -> Iterator[None]:
 
 
 def _client(url: str) -> Client:
-    return Client(url, token=os.environ.get("DROPTUNE_TOKEN"))
+    try:
+        return Client(url, token=os.environ.get("DROPTUNE_TOKEN"))
+    except ClientError as exc:  # --url / DROPTUNE_URL is not a URL
+        _fail(str(exc))
 
 
 @app.command()
@@ -103,8 +106,8 @@ def db_upgrade(database_url: DbOpt = None) -> None:
     from storage.migrate import upgrade
     from storage.settings import StorageSettings
 
-    url = database_url or StorageSettings().database_url
     with _one_line_errors():
+        url = database_url or StorageSettings().database_url
         upgrade(url)
     typer.echo(f"database {url} is up to date")
 
@@ -187,7 +190,7 @@ def submit(
 def _show(study: StudyOut) -> str:
     p = study.progress
     line = (
-        f"study {study.id} {study.name or ''} [{study.status}] "
+        f"study {study.id}{f' {study.name}' if study.name else ''} [{study.status}] "
         f"{p.complete + p.pruned}/{p.n_trials} finished "
         f"(complete {p.complete}, pruned {p.pruned}, failed {p.failed}, running {p.running}"
         + (f", interrupted {p.interrupted})" if p.interrupted else ")")
@@ -288,10 +291,13 @@ def wait(
             try:
                 s = c.get(study_id)
             except ClientError as exc:
-                if exc.status is not None or not seen:
+                transient = exc.status is None or exc.status in (502, 503, 504)
+                if not transient or not seen:
                     _fail(str(exc))  # refused, or never reachable: a wrong URL, say
-                s = None  # reached before, so the API is restarting: keep polling
-                bar.update(task, state="API unreachable, retrying")
+                # Reached before: the API or its database is restarting; keep polling.
+                s = None
+                why = "unreachable" if exc.status is None else f"answers {exc.status}"
+                bar.update(task, state=f"API {why}, retrying")
             if s is not None:
                 seen = True
                 p = s.progress

@@ -47,7 +47,7 @@ def worker(
     database_url: str | None, device: str | None, threads: int | None, exit_when_idle: bool
 ) -> int:
     from storage.migrate import upgrade
-    from worker.loop import Worker
+    from worker.loop import Worker, resolve_device
     from worker.settings import WorkerSettings
 
     _logging()
@@ -59,6 +59,7 @@ def worker(
     settings = WorkerSettings(**overrides)  # type: ignore[arg-type]
     if exit_when_idle:
         settings.exit_when_idle = True
+    resolve_device(settings.device)  # a device this machine lacks: refused before any write
     upgrade(settings.database_url)
     return Worker(settings).run()
 

@@ -38,7 +38,15 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
 
 
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    # Anything unforeseen: still a problem (Starlette logs the traceback), never bare text.
+    return problem(
+        500, "Internal error", f"the server failed on this request: {type(exc).__name__}"
+    )
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(Exception, _internal)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(DroptuneError, _droptune)
     app.add_exception_handler(StarletteHTTPException, _http)

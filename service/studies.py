@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -18,6 +18,9 @@ from storage.schemas import ENDED, BestOut, StudyOut, StudyPage, StudyStatus, Tr
 from storage.spec import StudySpec
 
 router = APIRouter(prefix="/studies", tags=["studies"])
+
+DB_INT = 2**63 - 1  # the largest id or offset the databases take (BIGINT)
+StudyId = Annotated[int, Path(ge=1, le=DB_INT, description="the study's id")]
 
 POLL_S = 0.5  # how often a held request (`?wait=`, events) looks at the study again
 
@@ -36,20 +39,20 @@ def list_studies(
     owner: Owner,
     reader: ReaderDep,
     status: StudyStatus | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=DB_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> StudyPage:
     return reader.page(owner, status, offset, limit)
 
 
 @router.get("/{study_id}", response_model=StudyOut)
-def get_study(study_id: int, owner: Owner, reader: ReaderDep) -> StudyOut:
+def get_study(study_id: StudyId, owner: Owner, reader: ReaderDep) -> StudyOut:
     return reader.study(study_id, owner)
 
 
 @router.get("/{study_id}/best", response_model=BestOut)
 async def best(
-    study_id: int,
+    study_id: StudyId,
     owner: Owner,
     reader: ReaderDep,
     settings: SettingsDep,
@@ -65,18 +68,18 @@ async def best(
 
 
 @router.get("/{study_id}/trials", response_model=list[TrialOut])
-def trials(study_id: int, owner: Owner, reader: ReaderDep) -> list[TrialOut]:
+def trials(study_id: StudyId, owner: Owner, reader: ReaderDep) -> list[TrialOut]:
     return reader.trials(study_id, owner)
 
 
 @router.post("/{study_id}/cancel", response_model=StudyOut)
-def cancel(study_id: int, owner: Owner, engine: EngineDep, reader: ReaderDep) -> StudyOut:
+def cancel(study_id: StudyId, owner: Owner, engine: EngineDep, reader: ReaderDep) -> StudyOut:
     queue.cancel(engine, study_id, owner)
     return reader.study(study_id, owner)
 
 
 @router.get("/{study_id}/events")
-async def events(study_id: int, owner: Owner, reader: ReaderDep) -> StreamingResponse:
+async def events(study_id: StudyId, owner: Owner, reader: ReaderDep) -> StreamingResponse:
     """Server-sent events: a `progress` event whenever the study changes, `end` when it ends."""
     first = await run_in_threadpool(reader.study, study_id, owner)  # 404 before streaming
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "synthetic")
 # Smallest class count of each bundled data set: the upper bound for `cv.folds`.
 BUILTIN_MIN_CLASS_COUNT = {"digits": 174, "breast_cancer": 212, "wine": 48, "iris": 50}
+MAX_FOLD_CELLS = 2**28  # folds x samples x features a worker holds (float32: 1 GiB)
 STORED = "stored"  # validation context key: the spec comes from the database, not a user
 SYNTHETIC_OPTIONS = ("n_samples", "n_features", "n_informative", "n_classes", "seed")
 
@@ -50,6 +51,10 @@ def describe_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]
     return out
 
 
+def _stored(info: ValidationInfo) -> bool:
+    return bool((info.context or {}).get(STORED))
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,7 +69,7 @@ class DatasetSpec(_Strict):
     )
 
     @model_validator(mode="after")
-    def _check_options(self) -> DatasetSpec:
+    def _check_options(self, info: ValidationInfo) -> DatasetSpec:
         if self.builtin != "synthetic":
             if self.options:
                 raise FieldError("options", f"data set {self.builtin!r} takes no options")
@@ -86,6 +91,9 @@ class DatasetSpec(_Strict):
             raise FieldError("options.n_classes", "must be between 2 and 100")
         if o["n_classes"] * 2 > 2 ** o["n_informative"]:
             raise FieldError("options.n_classes", "n_classes * 2 must be <= 2 ** n_informative")
+        # Submit-only (see StudySpec.stored): added after studies were stored without it.
+        if not _stored(info) and not 0 <= o["seed"] <= 2**32 - 1:
+            raise FieldError("options.seed", "must be between 0 and 4294967295")
         return self
 
     def synthetic_options(self) -> dict[str, int]:
@@ -121,7 +129,7 @@ class TrainingSpec(_Strict):
 
 
 class CVSpec(_Strict):
-    folds: int = Field(5, ge=2, le=100)
+    folds: int = Field(5, ge=2, description="2 up to the smallest class count")
     metric: Literal["accuracy", "log_loss"] = "accuracy"
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
@@ -146,9 +154,14 @@ class SearchSpec(_Strict):
     max_failed: int = Field(10, ge=0, le=10000)
 
     @model_validator(mode="after")
-    def _check_bounds(self) -> SearchSpec:
+    def _check_bounds(self, info: ValidationInfo) -> SearchSpec:
         if not self.dropout_low < self.dropout_high:
             raise FieldError("dropout_low", "search.dropout_low must be below search.dropout_high")
+        if self.input_dropout_low and not self.input_dropout_high and not _stored(info):
+            raise FieldError(  # submit-only: once stored, input dropout is just not searched
+                "input_dropout_high",
+                "set search.input_dropout_high too: input dropout is searched only when it is > 0",
+            )
         if self.input_dropout_high and not self.input_dropout_low < self.input_dropout_high:
             raise FieldError(
                 "input_dropout_low",
@@ -197,12 +210,23 @@ class StudySpec(_Strict):
             )
         if self.model.kind == "cnn" and self.dataset.builtin != "digits":
             raise FieldError("model.kind", "'cnn' needs image data: dataset.builtin 'digits'")
-        submitted = not (info.context or {}).get(STORED)
+        submitted = not _stored(info)
         # Submit-only: earlier versions stored such specs (their trials fail in the engine).
         if submitted and self.model.kind == "cnn" and self.search.searches_input_dropout:
             raise FieldError(
                 "search.input_dropout_high", "input dropout is only supported for MLP models"
             )
+        if submitted and self.dataset.builtin == "synthetic":
+            # A worker keeps K standardised copies of the data, [K, n_samples, n_features].
+            o = self.dataset.synthetic_options()
+            cells = self.cv.folds * o["n_samples"] * o["n_features"]
+            if cells > MAX_FOLD_CELLS:
+                raise FieldError(
+                    "dataset.options",
+                    f"{self.cv.folds} folds x {o['n_samples']} samples x {o['n_features']} "
+                    f"features is {cells * 4 / 2**30:.1f} GiB of fold data per worker; at most "
+                    f"{MAX_FOLD_CELLS * 4 // 2**30} GiB: fewer samples, features or folds",
+                )
         return self
 
     def param_names(self) -> list[str]:

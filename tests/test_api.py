@@ -123,6 +123,26 @@ def test_bad_spec_is_422_problem_naming_the_field(
             "dataset.options.n_samples",
             "between 20 and",
         ),
+        (
+            {"dataset": {"builtin": "synthetic", "options": {"seed": -1}}},
+            "dataset.options.seed",
+            "between 0 and 4294967295",
+        ),
+        (
+            {
+                "dataset": {
+                    "builtin": "synthetic",
+                    "options": {"n_samples": 1_000_000, "n_features": 10_000},
+                }
+            },
+            "dataset.options",
+            "GiB of fold data per worker",
+        ),
+        (
+            {"dataset": {"builtin": "iris"}, "search": {"input_dropout_low": 0.5}},
+            "search.input_dropout_high",
+            "set search.input_dropout_high too",
+        ),
     ],
 )
 def test_bad_dataset_is_rejected(
@@ -133,6 +153,13 @@ def test_bad_dataset_is_rejected(
     (err,) = r.json()["errors"]
     assert err["field"] == field and words in err["message"], err
     assert count(api) == 0
+
+
+def test_folds_are_bounded_by_the_smallest_class_only(api: TestClient) -> None:
+    r = api.post("/studies", json={"dataset": {"builtin": "digits"}, "cv": {"folds": 174}})
+    assert r.status_code == 201, r.text
+    r = api.post("/studies", json={"dataset": {"builtin": "digits"}, "cv": {"folds": 175}})
+    assert r.status_code == 422 and "(174)" in r.json()["detail"]
 
 
 def test_malformed_json_is_a_problem(api: TestClient) -> None:
@@ -274,3 +301,30 @@ def test_head_answers_as_get_without_a_body(api: TestClient) -> None:
     r = api.head(f"/studies/{sid}/cancel")
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     assert api.head("/dashboard").status_code == 200
+
+
+def test_ids_and_offsets_past_the_database_range_are_422(api: TestClient) -> None:
+    huge = 10**23
+    for method, path, field in [
+        ("GET", f"/studies/{huge}", "study_id"),
+        ("POST", f"/studies/{huge}/cancel", "study_id"),
+        ("GET", f"/studies?offset={huge}", "offset"),
+        ("GET", "/studies/0", "study_id"),
+    ]:
+        r = api.request(method, path)
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, (path, r.text)
+        assert [e["field"] for e in r.json()["errors"]] == [field]
+
+
+def test_an_unforeseen_error_is_a_500_problem(sqlite_url: str) -> None:
+    app = create_app(ServiceSettings(database_url=sqlite_url))
+
+    def boom() -> None:
+        raise ZeroDivisionError("simulated")
+
+    app.add_api_route("/boom", boom)
+    app.router.routes.insert(0, app.router.routes.pop())  # before the dashboard's catch-all
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/boom")
+    assert r.status_code == 500 and r.headers["content-type"] == PROBLEM
+    assert "ZeroDivisionError" in r.json()["detail"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -118,6 +119,8 @@ def test_bad_cli_input_is_one_line(tmp_path: Path) -> None:
         (["submit", str(scalar), "--epochs", "3"], "`training` in the spec file must be"),
         (["wait", "1", "--url", nowhere], "cannot reach droptune"),
         (["best", "1", "--url", nowhere], "cannot reach droptune"),
+        (["status", "1", "--url", "http://host:abc"], "not a URL: 'http://host:abc'"),
+        (["cancel", "1", "--url", "localhost:8000"], "not an http(s) URL"),
         (
             ["worker", "--device", "gpu0", "--database-url", f"sqlite:///{tmp_path}/w.db"],
             "device 'gpu0' is not a device",
@@ -135,6 +138,18 @@ def test_bad_cli_input_is_one_line(tmp_path: Path) -> None:
         r = subprocess.run([*cli, *args], capture_output=True, text=True)
         last = r.stderr.strip().splitlines()[-1]  # after the migration's log lines
         assert r.returncode == 1 and last.startswith("error: ") and words in last, r.stderr
+    assert not (tmp_path / "w.db").exists()  # a refused worker wrote nothing
+    r = subprocess.run(
+        [*cli, "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DROPTUNE_LEASE_GRACE_SECONDS": "abc"},
+    )
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "error: DROPTUNE_LEASE_GRACE_SECONDS='abc': "
+        "Input should be a valid number, unable to parse string as a number"
+    ]
 
 
 def test_cancel_stops_running_trials_at_the_next_epoch(tmp_path: Path) -> None:
