@@ -186,6 +186,20 @@ def test_cancel_stops_running_trials_at_the_next_epoch(tmp_path: Path) -> None:
         procs.stop(api)
 
 
+def _assert_port_refused(url: str, host: str, port: int) -> None:
+    """`up` on a port already in use is refused at once, in one line."""
+    r = subprocess.run(
+        [sys.executable, "-m", "client.cli", "up", "--host", host, "--port", str(port)],
+        capture_output=True,
+        text=True,
+        env=procs._env(url, None),
+    )
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"error: cannot listen on {host}:{port}: Address already in use"
+    ]
+
+
 def test_up_starts_api_and_worker_and_ctrl_c_stops_both(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'droptune.db'}"
     port = procs.free_port()
@@ -201,17 +215,7 @@ def test_up_starts_api_and_worker_and_ctrl_c_stops_both(tmp_path: Path) -> None:
             best = c.best(study.id, wait=120)
             assert best.complete and best.status == "succeeded"
             assert [w.device for w in c.workers()] == ["cpu"]
-            # The same port again: refused at once, in one line.
-            r = subprocess.run(
-                [sys.executable, "-m", "client.cli", "up", "--port", str(port)],
-                capture_output=True,
-                text=True,
-                env=procs._env(url, None),
-            )
-            assert r.returncode == 1
-            assert r.stderr.strip().splitlines() == [
-                f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
-            ]
+            _assert_port_refused(url, "127.0.0.1", port)
     finally:
         code = procs.stop(up, signal.SIGINT, timeout=90)
     assert code == 0, log.read_text()[-2000:]
@@ -242,15 +246,6 @@ def test_up_on_the_ipv6_wildcard_checks_and_reaches_its_port(tmp_path: Path) -> 
         assert f"API        http://[::1]:{port}" in log.read_text()
         with Client(f"http://[::1]:{port}") as c:
             assert c.health()["status"] == "ok"
-        r = subprocess.run(  # the same IPv6 port: refused at once, in one line
-            [sys.executable, "-m", "client.cli", "up", "--host", "::", "--port", str(port)],
-            capture_output=True,
-            text=True,
-            env=procs._env(url, None),
-        )
-        assert r.returncode == 1
-        assert r.stderr.strip().splitlines() == [
-            f"error: cannot listen on :::{port}: Address already in use"
-        ]
+        _assert_port_refused(url, "::", port)
     finally:
         assert procs.stop(up, signal.SIGINT, timeout=60) == 0, log.read_text()[-2000:]
