@@ -267,10 +267,16 @@ def test_rates_per_layer_and_input_dropout_are_applied() -> None:
     assert not torch.allclose(net(x)[1], t1[1])  # fresh masks each call
 
 
-def test_dropout_mask_statistics() -> None:
+@pytest.mark.parametrize("torch_rand", [False, True], ids=["sfc64-lanes", "torch-rand"])
+def test_dropout_mask_statistics(torch_rand: bool) -> None:
+    """Both mask paths (numpy lanes on CPU; torch.rand, the accelerator path, forced here)."""
+
+    def rng(seed: int, folds: int | None = None) -> MaskRNG:
+        return MaskRNG(seed, folds=folds, torch_rand=torch_rand)
+
     x = torch.ones(4, 64, 4000)
     rates = (0.0, 0.25, 0.75, 0.5)
-    h = dropout_members(x, torch.tensor(rates), MaskRNG(0))
+    h = dropout_members(x, torch.tensor(rates), rng(0))
     for m, p in enumerate(rates):
         dropped = float((h[m] == 0).float().mean())
         assert abs(dropped - p) < 0.01, (m, dropped)
@@ -278,14 +284,19 @@ def test_dropout_mask_statistics() -> None:
         kept = h[m][h[m] != 0]
         torch.testing.assert_close(kept, torch.full_like(kept, 1 / (1 - p)))
     # channel-wise (Dropout2d): whole [H, W] maps are kept or dropped together
-    maps = dropout_members(torch.ones(2, 32, 16, 5, 5), torch.tensor([0.5, 0.5]), MaskRNG(1), True)
+    maps = dropout_members(torch.ones(2, 32, 16, 5, 5), torch.tensor([0.5, 0.5]), rng(1), True)
     per_map = maps.flatten(3)
     assert bool((per_map.amax(-1) == per_map.amin(-1)).all())
     assert 0.4 < float((per_map[..., 0] == 0).float().mean()) < 0.6
     # reproducible for a seed, different across seeds
-    a = dropout_members(x[:1], torch.tensor([0.5]), MaskRNG(3))
-    assert torch.equal(a, dropout_members(x[:1], torch.tensor([0.5]), MaskRNG(3)))
-    assert not torch.equal(a, dropout_members(x[:1], torch.tensor([0.5]), MaskRNG(4)))
+    a = dropout_members(x[:1], torch.tensor([0.5]), rng(3))
+    assert torch.equal(a, dropout_members(x[:1], torch.tensor([0.5]), rng(3)))
+    assert not torch.equal(a, dropout_members(x[:1], torch.tensor([0.5]), rng(4)))
+    # per-fold draws (members b*K + k): trials on a fold get nested masks, folds differ
+    h = dropout_members(torch.ones(4, 64, 500), torch.tensor([0.3, 0.3, 0.6, 0.6]), rng(5, 2))
+    assert bool(((h[0] == 0) <= (h[2] == 0)).all()) and bool(((h[1] == 0) <= (h[3] == 0)).all())
+    assert not torch.equal(h[0] == 0, h[1] == 0)
+    assert 0.55 < float((h[2] == 0).float().mean()) < 0.65
 
 
 def test_cnn_rates_and_trials(digits3: FoldData) -> None:

@@ -54,10 +54,15 @@ class MaskRNG:
     """
 
     def __init__(
-        self, seed: int, device: torch.device | str = "cpu", folds: int | None = None
+        self,
+        seed: int,
+        device: torch.device | str = "cpu",
+        folds: int | None = None,
+        torch_rand: bool | None = None,  # None: on accelerators only (tests force either path)
     ) -> None:
         self.device = torch.device(device)
         self.folds = folds
+        self.torch_rand = self.device.type != "cpu" if torch_rand is None else torch_rand
         self._bits = np.random.SFC64(seed)
         self._gen = torch.Generator(device=self.device)
         self._gen.manual_seed(seed)
@@ -68,7 +73,7 @@ class MaskRNG:
         rest = tuple(shape[1:])
         # [B, K, ...rest]: the draw is [1, K, ...rest], broadcast over the B trials
         kv = keep.view(shape[0] // k, k, *(1,) * len(rest))
-        if self.device.type != "cpu":
+        if self.torch_rand:
             u = torch.rand((1, k, *rest), generator=self._gen, device=self.device)
             return torch.where(u < kv, 1.0 / kv, 0.0).view(tuple(shape))
         n = k * math.prod(rest)
