@@ -345,11 +345,17 @@ def cancel(study_id: int, url: UrlOpt = DEFAULT_URL) -> None:
 
 
 @app.command()
-def workers(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
-    """Live and lost workers."""
+def workers(
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+    include_stopped: Annotated[
+        bool, typer.Option("--all", help="also workers that stopped cleanly")
+    ] = False,
+) -> None:
+    """Live and lost workers (with --all, stopped ones too)."""
     with _client(url) as c:
         try:
-            ws = c.workers()
+            ws = c.workers(include_stopped)
         except ClientError as exc:
             _fail(str(exc))
     if as_json:

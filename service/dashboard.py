@@ -15,8 +15,10 @@ from typing import Any
 from a2wsgi import WSGIMiddleware
 from optuna.storages import RDBStorage
 from optuna_dashboard import wsgi
-from starlette.routing import BaseRoute, Match, Mount
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.errors import allowed_methods
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 # What the dashboard serves; any other path is droptune's own 404, not the dashboard's HTML page.
@@ -34,23 +36,13 @@ class ReadOnly:
         self.app = app
         self.routes = routes
 
-    def _allowed(self, scope: Scope) -> set[str]:
-        """The methods droptune's own routes take on this path (empty: no such path)."""
-        allowed = set()
-        for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
-            probe = {**scope, "method": method}
-            routes = (r for r in self.routes() if not isinstance(r, Mount))  # not ourselves
-            if any(r.matches(probe)[0] is Match.FULL for r in routes):
-                allowed.add(method)
-        return allowed
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
         elif scope["path"] != "/" and not scope["path"].startswith(DASHBOARD_PREFIXES):
-            allowed = self._allowed(scope)
+            allowed = allowed_methods(self.routes(), scope)
             if allowed:
-                allow = ", ".join(sorted(allowed))
+                allow = ", ".join(allowed)
                 detail = f"{scope['method']} is not allowed on {scope['path']}; allowed: {allow}"
                 await _problem(
                     send, 405, "Method not allowed", detail, [(b"allow", allow.encode())]

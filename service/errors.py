@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match, Mount
+from starlette.types import Scope
 
 from storage.errors import DroptuneError
 from storage.spec import describe_errors
@@ -15,9 +18,22 @@ from storage.spec import describe_errors
 PROBLEM = "application/problem+json"
 
 
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> list[str]:
+    """The methods droptune's own routes take on this path, sorted (empty: no such path).
+    Mounts (the dashboard) are not droptune's routes and are skipped."""
+    own = [r for r in routes if not isinstance(r, Mount)]
+    return [
+        method
+        for method in ("DELETE", "GET", "PATCH", "POST", "PUT")
+        if any(r.matches({**scope, "method": method})[0] is Match.FULL for r in own)
+    ]
+
+
+def problem(
+    status: int, title: str, detail: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
@@ -35,7 +51,12 @@ async def _droptune(request: Request, exc: Exception) -> JSONResponse:
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     titles = {404: "Not found", 405: "Method not allowed"}
-    return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+    title = titles.get(exc.status_code, "Error")
+    if exc.status_code == 405:  # without the dashboard's catch-all, Starlette answers these
+        allow = ", ".join(allowed_methods(request.app.routes, request.scope))
+        detail = f"{request.method} is not allowed on {request.url.path}; allowed: {allow}"
+        return problem(405, title, detail, headers={"Allow": allow})
+    return problem(exc.status_code, title, str(exc.detail), headers=exc.headers)
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:

@@ -233,10 +233,13 @@ def test_dashboard_is_served_read_only(api: TestClient) -> None:
         ("GET", "/studies/1/cancel", "POST"),
     ],
 )
+@pytest.mark.parametrize("dashboard", [True, False], ids=["dashboard", "no-dashboard"])
 def test_a_method_a_route_does_not_take_is_405(
-    api: TestClient, method: str, path: str, allow: str
+    sqlite_url: str, method: str, path: str, allow: str, dashboard: bool
 ) -> None:
-    r = api.request(method, path)
+    app = create_app(ServiceSettings(database_url=sqlite_url, dashboard=dashboard))
+    with TestClient(app) as api:
+        r = api.request(method, path)
     assert r.status_code == 405 and r.headers["content-type"] == PROBLEM, r.text
     assert r.headers["allow"] == allow and allow in r.json()["detail"]
 

@@ -89,6 +89,21 @@ def test_submit_wait_best_dashboard(tmp_path: Path) -> None:
         assert study.optuna_study in [s["study_name"] for s in studies]
         assert httpx.delete(f"{base}/api/studies/1", headers=gz).status_code == 403
         assert len(optuna.load_study(study_name=study.optuna_study, storage=url).trials) == 6
+        # A worker that stopped cleanly leaves the list, and shows with --all.
+        assert procs.stop(work, signal.SIGTERM) == 0
+        listed = subprocess.run(
+            [*cli, "workers", "--json", "--url", base], capture_output=True, text=True, check=True
+        )
+        assert json.loads(listed.stdout) == []
+        listed = subprocess.run(
+            [*cli, "workers", "--all", "--json", "--url", base],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert [(w["pid"], w["status"]) for w in json.loads(listed.stdout)] == [
+            (work.pid, "stopped")
+        ]
     finally:
         rc = procs.stop(work, signal.SIGTERM)
         procs.stop(api)
