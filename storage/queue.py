@@ -147,16 +147,42 @@ def claim(
 
 
 def link_trial(
-    engine: Engine, lease_id: int, trial_id: int, number: int, params: dict[str, float]
+    engine: Engine,
+    lease_id: int,
+    trial_id: int,
+    number: int,
+    params: dict[str, float],
+    worker_id: str,
 ) -> bool:
-    """Record the Optuna trial a lease runs. False when the lease was lost meanwhile."""
+    """Record the Optuna trial a lease runs (and renew it: linking is a sign of life). False
+    when the lease was lost meanwhile: recovered, or taken over by a recovery (`take_stale`)."""
     with transaction(engine) as conn:
         n = conn.execute(
             leases.update()
-            .where(leases.c.id == lease_id)
-            .values(trial_id=trial_id, trial_number=number, params=params)
+            .where(leases.c.id == lease_id, leases.c.worker_id == worker_id)
+            .values(trial_id=trial_id, trial_number=number, params=params, heartbeat_at=db_now())
         ).rowcount
     return n == 1
+
+
+RECOVERY = "recovery"  # the worker_id of a lease a recovery has taken over
+
+
+def take_stale(engine: Engine, lease_id: int, grace_seconds: float) -> tuple[bool, int | None]:
+    """Take over a lease if it is still stale, before recovery touches its Optuna trial:
+    (taken, its trial id). Not taken when its worker heartbeat since the stale read; once taken,
+    that worker can neither renew nor link it (both match on worker_id), so it learns the lease
+    is lost and stops training it."""
+    with transaction(engine) as conn:
+        row = conn.execute(
+            leases.update()
+            .where(leases.c.id == lease_id, leases.c.heartbeat_at < db_now(-grace_seconds))
+            .values(worker_id=RECOVERY)
+            .returning(leases.c.trial_id)
+        ).one_or_none()
+    if row is None:
+        return False, None
+    return True, None if row.trial_id is None else int(row.trial_id)
 
 
 @dataclass(frozen=True)

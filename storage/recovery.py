@@ -8,6 +8,7 @@ the outcome (a trial is finished once, atomically), and the lease row is deleted
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
@@ -24,6 +25,7 @@ from storage.queue import (
     release_stale_unlinked,
     running_optuna_studies,
     stale_leases,
+    take_stale,
 )
 
 log = logging.getLogger("droptune.recovery")
@@ -74,12 +76,16 @@ def recover_stale(engine: Engine, storage: RDBStorage, grace_seconds: float) -> 
 
 
 def _recover(engine: Engine, storage: RDBStorage, lease: StaleLease, grace_seconds: float) -> int:
+    # Take the lease over first, in one conditional statement: a worker that heartbeat or linked
+    # since the stale read keeps its lease and its trial untouched.
+    taken, trial_id = take_stale(engine, lease.id, grace_seconds)
+    if not taken:
+        return 0
+    lease = replace(lease, trial_id=trial_id)
     if lease.trial_id is None:
         # Lost before it linked a trial: fail the trial if the worker had created one (it
-        # carries its lease id), then give the slot back, but only if the lease is still
-        # unlinked and stale. A slow worker that linked since keeps it (a trial we failed
-        # here it finds failed, and ends the lease itself); one that links after the
-        # delete is refused and fails its trial. Either way no slot is counted twice.
+        # carries its lease id), then give the slot back. The worker can no longer link it
+        # (refused, it fails its trial), so no slot is counted twice.
         _fail_unlinked(storage, lease)
         outcome = Outcome.RELEASED
         ended = release_stale_unlinked(engine, lease.id, grace_seconds, LEASE_LOST)

@@ -53,7 +53,9 @@ def started_trial(
     engine, storage, sid, claim, study = claimed(db_url, n)
     trial = study.ask()
     trial.suggest_float("dropout", 0.0, 0.8)
-    queue.link_trial(engine, claim.leases[0].id, trial._trial_id, trial.number, trial.params)
+    queue.link_trial(
+        engine, claim.leases[0].id, trial._trial_id, trial.number, trial.params, "dead"
+    )
     return engine, storage, sid, claim, study, trial
 
 
@@ -121,7 +123,7 @@ def test_failed_trial_retries_its_params_then_gives_up(db_url: str) -> None:
         lease = claim.leases[0]
         assert lease.attempt == attempt
         assert lease.params == (params if attempt else None)
-        assert queue.link_trial(engine, lease.id, 100 + attempt, attempt, params)
+        assert queue.link_trial(engine, lease.id, 100 + attempt, attempt, params, "w")
         queue.finish(engine, lease.id, Outcome.FAILED, "boom")
     row = study_row(engine, sid)
     # Out of retries, past max_failed=0: the study fails and says why.
@@ -134,7 +136,7 @@ def test_given_up_slot_comes_back_with_fresh_params(db_url: str) -> None:
     sid = queue.enqueue(engine, spec(1, max_retries=0, max_failed=5), "a")
     claim = queue.claim(engine, "w", 1)
     assert claim is not None
-    queue.link_trial(engine, claim.leases[0].id, 1, 0, {"dropout": 0.5})
+    queue.link_trial(engine, claim.leases[0].id, 1, 0, {"dropout": 0.5}, "w")
     queue.finish(engine, claim.leases[0].id, Outcome.FAILED, "boom")
     again = queue.claim(engine, "w", 1)
     assert again is not None and again.leases[0].params is None
@@ -146,7 +148,7 @@ def test_released_slot_is_retried_without_counting_an_attempt(db_url: str) -> No
     queue.enqueue(engine, spec(2), "a")
     claim = queue.claim(engine, "w", 2)
     assert claim is not None
-    queue.link_trial(engine, claim.leases[0].id, 7, 0, {"dropout": 0.1})
+    queue.link_trial(engine, claim.leases[0].id, 7, 0, {"dropout": 0.1}, "w")
     queue.finish(engine, claim.leases[0].id, Outcome.RELEASED)
     again = queue.claim(engine, "w2", 2)
     assert again is not None and len(again.leases) == 1
@@ -219,7 +221,7 @@ def test_recovery_fails_the_trial_and_requeues_its_params(db_url: str) -> None:
     assert [(w.params, w.attempt) for w in waiting] == [(trial.params, 1)]
     assert study_row(engine, sid).slots_claimed == 0
     # The lost worker comes back: its lease is gone, so it must not link or finish anything.
-    assert not queue.link_trial(engine, claim.leases[0].id, 1, 1, {})
+    assert not queue.link_trial(engine, claim.leases[0].id, 1, 1, {}, "dead")
     again = queue.claim(engine, "w2", 2)
     assert again is not None and sorted(x.attempt for x in again.leases) == [0, 1]
 
@@ -247,11 +249,11 @@ def test_recovery_fails_a_trial_its_worker_never_linked(db_url: str) -> None:
     assert study_row(engine, sid).slots_claimed == 0
 
 
-def test_recovery_leaves_a_lease_its_slow_worker_linked_meanwhile(
+def test_a_slow_worker_cannot_link_a_lease_recovery_took_over(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Between recovery reading a stale unlinked lease and giving its slot back, the worker
-    (slow, not dead) links its trial: the slot must not be given back, or N+1 trials finish."""
+    """Recovery takes a stale unlinked lease over, then the worker (slow, not dead) tries to
+    link its trial: refused, so the slot is given back exactly once and N trials finish."""
     from storage import recovery
     from worker.objective import new_trial
 
@@ -259,24 +261,48 @@ def test_recovery_leaves_a_lease_its_slow_worker_linked_meanwhile(
     age_leases(engine, 120)
     lease_id = claim.leases[0].id
     real = recovery._fail_unlinked
-    linked: list[optuna.Trial] = []
+    refused: list[bool] = []
 
     def worker_wakes_up(st: Any, lease: Any) -> None:
         real(st, lease)  # finds no trial yet
         trial = new_trial(study, None, {"lease": lease_id})
         trial.suggest_float("dropout", 0.0, 0.8)
-        assert queue.link_trial(engine, lease_id, trial._trial_id, trial.number, trial.params)
-        linked.append(trial)
+        refused.append(
+            not queue.link_trial(
+                engine, lease_id, trial._trial_id, trial.number, trial.params, "slow"
+            )
+        )
 
     monkeypatch.setattr(recovery, "_fail_unlinked", worker_wakes_up)
-    assert recover_stale(engine, storage, 30.0) == 0
+    assert recover_stale(engine, storage, 30.0) == 1
+    assert refused == [True]
     row = study_row(engine, sid)
-    assert (row.slots_claimed, row.n_done) == (1, 0)
-    assert queue.claim(engine, "other", 1) is None  # the slot is still the slow worker's
-    # The worker finishes its trial: exactly one trial counts.
-    study.tell(linked[0], 0.9)
-    assert queue.finish(engine, lease_id, Outcome.DONE)
-    assert (study_row(engine, sid).status, study_row(engine, sid).n_done) == ("succeeded", 1)
+    assert (row.slots_claimed, row.n_done) == (0, 0)
+    again = queue.claim(engine, "other", 1)  # the slot is open again, once
+    assert again is not None and len(again.leases) == 1
+    assert queue.claim(engine, "third", 1) is None
+
+
+def test_recovery_leaves_a_lease_that_heartbeat_after_the_stale_read(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery read the lease as stale; its worker heartbeat before recovery acted: the worker
+    keeps its lease and its trial stays RUNNING (nothing is failed on a stale read)."""
+    engine, storage, sid, claim, _study, trial = started_trial(db_url, 1)
+    registry.register(engine, "dead", "h", 1, "cpu")
+    age_leases(engine, 120)
+    real = queue.stale_leases
+
+    def read_then_worker_beats(eng: Any, grace: float) -> Any:
+        stale = real(eng, grace)
+        registry.heartbeat(engine, "dead", sid, [], [claim.leases[0].id])  # alive after all
+        return stale
+
+    monkeypatch.setattr("storage.recovery.stale_leases", read_then_worker_beats)
+    assert recover_stale(engine, storage, 30.0) == 0
+    assert storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+    assert queue.live_lease_ids(engine, [claim.leases[0].id]) == {claim.leases[0].id}
+    assert study_row(engine, sid).slots_claimed == 1
 
 
 def test_recovery_leaves_an_unlinked_lease_that_heartbeat_meanwhile(db_url: str) -> None:
@@ -352,7 +378,7 @@ def test_one_lease_that_cannot_be_recovered_does_not_stop_the_others(db_url: str
     engine, storage, _, claim, _, trial = started_trial(db_url, 2)
     broken = claim.leases[1]
     # Linked to a trial that does not exist (deleted behind droptune's back, say).
-    queue.link_trial(engine, broken.id, 987_654, 99, {"dropout": 0.1})
+    queue.link_trial(engine, broken.id, 987_654, 99, {"dropout": 0.1}, "dead")
     age_leases(engine, 120)
     assert recover_stale(engine, storage, 30.0) == 1
     assert storage.get_trial(trial._trial_id).state == TrialState.FAIL

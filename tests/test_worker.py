@@ -319,3 +319,30 @@ def test_shutdown_ends_every_member_even_when_one_was_failed_elsewhere(
     row = study_of(sqlite_url, sid)
     # Two slots released (same params, no attempt counted), one failed (retry queued).
     assert (row.status, row.slots_claimed, row.n_done) == ("running", 0, 0)
+
+
+def test_the_heartbeat_survives_an_unexpected_error(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heartbeat thread that died would let a live worker's leases go stale and be retried."""
+    import time
+
+    from storage import registry
+    from worker.heartbeat import LeaseHeartbeat
+
+    engine = create_engine(sqlite_url)
+    registry.register(engine, "w", "h", 1, "cpu")
+    real, calls = registry.heartbeat, []
+
+    def flaky(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("a bug (simulated)")
+        return real(*args)
+
+    monkeypatch.setattr(registry, "heartbeat", flaky)
+    with LeaseHeartbeat(engine, "w", 0.05, lambda: (None, [])) as hb:
+        deadline = time.monotonic() + 10
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hb.alive and len(calls) >= 3

@@ -141,7 +141,7 @@ class BatchRunner:
             created[lease.id] = trial._trial_id
             suggest(trial, claim.spec)  # fixes the parameters before the lease records them
             params = {k: float(v) for k, v in trial.params.items()}
-            if queue.link_trial(w.engine, lease.id, trial._trial_id, trial.number, params):
+            if queue.link_trial(w.engine, lease.id, trial._trial_id, trial.number, params, w.id):
                 members.append(_Member(lease, trial))
             else:
                 fail_trial(w.optuna, trial._trial_id, "lease lost before training started")

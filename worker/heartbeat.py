@@ -59,8 +59,17 @@ class LeaseHeartbeat:
         return b
 
     def _run(self) -> None:
+        # Never dies of an error: a silent heartbeat would let every lease of a live worker go
+        # stale and be retried (and count against max_failed) while it trains on.
         while not self._stop.wait(self._interval):
-            self.beat()
+            try:
+                self.beat()
+            except Exception:
+                log.exception("heartbeat failed (will retry)")
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def __enter__(self) -> LeaseHeartbeat:
         self._thread.start()

@@ -119,6 +119,8 @@ class Worker:
         a bug in one study's batch is logged, the leases are released or left to recovery, and
         the loop goes on.
         """
+        if not runner.hb.alive:  # cannot happen (it catches everything); never claim blind
+            raise RuntimeError("the heartbeat thread has died: leases would go stale")
         try:
             self._maybe_recover()
             if self.stopping:  # a signal came during recovery: claim nothing more
