@@ -213,6 +213,22 @@ def finish(engine: Engine, lease_id: int, outcome: Outcome, reason: str | None =
     return _end(engine, leases.c.id == lease_id, outcome, reason)
 
 
+def keep_params(engine: Engine, lease_id: int, params: dict[str, float]) -> bool:
+    """Record the parameters of the trial a lease's worker created but never linked, on a lease
+    recovery has taken over, so that giving the slot back retries them."""
+    with transaction(engine) as conn:
+        n = conn.execute(
+            leases.update()
+            .where(
+                leases.c.id == lease_id,
+                leases.c.worker_id == RECOVERY,
+                leases.c.trial_id.is_(None),
+            )
+            .values(params=params)  # a retry's trial carries the lease's params: the same
+        ).rowcount
+    return n == 1
+
+
 def release_stale_unlinked(
     engine: Engine, lease_id: int, grace_seconds: float, reason: str | None = None
 ) -> bool:

@@ -21,6 +21,7 @@ from storage.queue import (
     Outcome,
     StaleLease,
     finish,
+    keep_params,
     live_lease_ids,
     release_stale_unlinked,
     running_optuna_studies,
@@ -84,9 +85,12 @@ def _recover(engine: Engine, storage: RDBStorage, lease: StaleLease, grace_secon
     lease = replace(lease, trial_id=trial_id)
     if lease.trial_id is None:
         # Lost before it linked a trial: fail the trial if the worker had created one (it
-        # carries its lease id), then give the slot back. The worker can no longer link it
-        # (refused, it fails its trial), so no slot is counted twice.
-        _fail_unlinked(storage, lease)
+        # carries its lease id), then give the slot back with that trial's parameters, so they
+        # are retried like any lost trial's. The worker can no longer link it (refused, it
+        # fails its trial), so no slot is counted twice.
+        params = _fail_unlinked(storage, lease)
+        if params:
+            keep_params(engine, lease.id, params)
         outcome = Outcome.RELEASED
         ended = release_stale_unlinked(engine, lease.id, grace_seconds, LEASE_LOST)
     else:
@@ -107,13 +111,21 @@ def _recover(engine: Engine, storage: RDBStorage, lease: StaleLease, grace_secon
     return 1
 
 
-def _fail_unlinked(storage: RDBStorage, lease: StaleLease) -> None:
+def _fail_unlinked(storage: RDBStorage, lease: StaleLease) -> dict[str, float] | None:
+    """Fail the RUNNING trial tagged with this lease; return its parameters (None if there is
+    no such trial or it had not suggested them yet). A trial its worker already failed (its
+    link was refused) gives its parameters too: they were never tried either."""
     study_id = study_id_of(storage, lease.optuna_study)
     if study_id is None:
-        return
-    for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        return None
+    params = None
+    states = (TrialState.RUNNING, TrialState.FAIL)
+    for t in storage.get_all_trials(study_id, deepcopy=False, states=states):
         if t.user_attrs.get("lease") == lease.id:
-            fail_trial(storage, t._trial_id, LEASE_LOST)
+            if t.state == TrialState.RUNNING:
+                fail_trial(storage, t._trial_id, LEASE_LOST)
+            params = {k: float(v) for k, v in t.params.items()} or None
+    return params
 
 
 def fail_orphans(engine: Engine, storage: RDBStorage) -> int:

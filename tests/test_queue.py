@@ -243,10 +243,14 @@ def test_recovery_fails_a_trial_its_worker_never_linked(db_url: str) -> None:
     engine, storage, sid, claim, study = claimed(db_url, 1)
     # The worker created its trial, tagged with the lease, and died before linking it.
     trial = new_trial(study, None, {"lease": claim.leases[0].id})
+    trial.suggest_float("dropout", 0.0, 0.8)
     age_leases(engine, 120)
     assert recover_stale(engine, storage, 30.0) == 1
     assert storage.get_trial(trial._trial_id).state == TrialState.FAIL
     assert study_row(engine, sid).slots_claimed == 0
+    # Its parameters are retried like any lost trial's (they were never on the lease).
+    again = queue.claim(engine, "w2", 1)
+    assert again is not None and again.leases[0].params == trial.params
 
 
 def test_a_slow_worker_cannot_link_a_lease_recovery_took_over(
