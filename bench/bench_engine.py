@@ -30,8 +30,9 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.data import Dataset, load_dataset, make_folds, prepare_folds
-from worker.engine import TrainConfig, TrialRates, flops_per_trial, train_trials
+from worker.engine import TrainConfig, TrialRates, train_trials
 from worker.models import CNNConfig, MLPConfig
+from worker.sizing import flops_per_trial
 
 K = 5
 

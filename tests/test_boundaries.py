@@ -14,7 +14,13 @@ FORBIDDEN = {
     "worker": {"service", "client"},
 }
 # The engine runs on bare GPU boxes for bench/: torch, numpy and scikit-learn only.
-ENGINE = ("worker/data.py", "worker/models.py", "worker/engine.py")
+ENGINE = (
+    "worker/data.py",
+    "worker/models.py",
+    "worker/optim.py",
+    "worker/engine.py",
+    "worker/sizing.py",
+)
 ENGINE_ALLOWED = {"torch", "numpy", "sklearn", "worker", "__future__"}
 
 

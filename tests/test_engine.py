@@ -9,13 +9,10 @@ from torch import nn
 
 from worker.data import FoldData, load_dataset, prepare_folds
 from worker.engine import (
-    MemberAdam,
     TrainConfig,
     TrialRates,
-    auto_batch_trials,
     epoch_order,
     evaluate,
-    flops_per_trial,
     make_optimizer,
     train_epoch,
     train_trials,
@@ -28,6 +25,8 @@ from worker.models import (
     StackedMLP,
     dropout_members,
 )
+from worker.optim import MemberAdam
+from worker.sizing import auto_batch_trials, flops_per_trial
 
 CPU = torch.device("cpu")
 

@@ -8,13 +8,12 @@ one fold start from the same weights, see the same batches and draw nested masks
 only by their dropout rates (common random numbers, which makes comparing rates less noisy), and
 a trial's scores do not depend on which trials share its batch or are pruned from it.
 
-Imports only torch, numpy and the stdlib (plus worker.data/models): bench/ runs on bare GPU boxes.
+Imports only torch, numpy and the stdlib (plus worker.data/models/optim): bench/ runs on bare GPU
+boxes. How many trials to stack and how many FLOPs they cost is `worker.sizing`.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from worker.data import FoldData
 from worker.models import CNNConfig, MaskRNG, MLPConfig, StackedCNN, StackedMLP, build_model
+from worker.optim import MemberAdam, keep_members
 
 METRICS = ("accuracy", "log_loss")
 OnEpoch = Callable[[int, list[int], np.ndarray], Iterable[int] | None]
@@ -97,86 +97,6 @@ def epoch_order(data: FoldData, gen: torch.Generator) -> torch.Tensor:
     pos = torch.arange(ltr, device=data.device)
     keys = torch.where(pos < data.train_len[:, None], keys, 2.0)
     return data.train_idx.gather(1, keys.argsort(dim=1))
-
-
-class MemberAdam(torch.optim.Optimizer):
-    """torch.optim.Adam with a step count per member: dim 0 of every parameter is the member.
-
-    Needed when folds take different numbers of steps per epoch (fold sizes straddling a
-    multiple of the batch size): a member with no samples in a step must neither move nor count
-    the step, or its bias correction drifts from that of the model it stands for. torch's Adam
-    keeps one count per tensor, so this one hands torch's fused Adam kernel (the one
-    `Adam(fused=True)` runs) one view per member, each with its own count: still one pass over
-    the parameters, and exactly torch's arithmetic. `make_optimizer` uses it only when needed.
-    """
-
-    def __init__(
-        self,
-        params: Iterable[torch.nn.Parameter],
-        n_members: int,
-        lr: float,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-    ) -> None:
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
-        super().__init__(params, defaults)
-        device = self.param_groups[0]["params"][0].device
-        self.member_steps = torch.zeros(n_members, device=device)
-
-    def select(self, keep: torch.Tensor) -> None:
-        """Keep the counts of members `keep` (after the model and moments were sliced)."""
-        self.member_steps = self.member_steps[keep]
-
-    @torch.no_grad()
-    def step(self, closure: None = None, frozen: Sequence[int] = ()) -> None:  # type: ignore[override]
-        """One Adam step for every member but `frozen` (those keep weights, moments, count)."""
-        still = set(frozen)
-        moving = [m for m in range(self.member_steps.shape[0]) if m not in still]
-        if len(moving) == self.member_steps.shape[0]:
-            self.member_steps += 1
-        else:
-            self.member_steps[moving] += 1
-        counts = [self.member_steps[m] for m in moving]  # 0-d views: each member's own count
-        for group in self.param_groups:
-            ps, gs, ms, vs, steps = [], [], [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                grad = p.grad.contiguous()  # the kernel needs contiguous member slices
-                data = p.data
-                if not data.is_contiguous():
-                    raise ValueError("MemberAdam needs contiguous parameters")
-                for m in moving:
-                    ps.append(data[m])
-                    gs.append(grad[m])
-                    ms.append(state["exp_avg"][m])
-                    vs.append(state["exp_avg_sq"][m])
-                steps += counts
-            if not ps:
-                continue
-            beta1, beta2 = group["betas"]
-            torch._fused_adam_(
-                ps,
-                gs,
-                ms,
-                vs,
-                [],
-                steps,
-                amsgrad=False,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-                maximize=False,
-                grad_scale=None,
-                found_inf=None,
-            )
 
 
 def train_epoch(
@@ -302,17 +222,6 @@ def make_optimizer(
     )
 
 
-def _select(model: StackedModel, opt: torch.optim.Optimizer, keep: torch.Tensor) -> None:
-    model.select_members(keep)
-    for p in model.parameters():
-        st = opt.state.get(p)
-        if st:
-            st["exp_avg"] = st["exp_avg"][keep]
-            st["exp_avg_sq"] = st["exp_avg_sq"][keep]
-    if isinstance(opt, MemberAdam):
-        opt.select(keep)
-
-
 def train_trials(
     data: FoldData,
     model: MLPConfig | CNNConfig,
@@ -385,88 +294,10 @@ def train_trials(
             if not active:
                 break
             keep = torch.tensor([i * k + f for i in keep_trials for f in range(k)], device=dev)
-            _select(net, opt, keep)
+            net.select_members(keep)
+            keep_members(opt, keep)
             fold_of = member_folds(len(active), k, dev)
     now = time.perf_counter() - t0
     for t in active:
         results[t] = TrialResult(last[t].tolist(), cfg.epochs, False, now)
     return [r for r in results if r is not None]
-
-
-def param_count(
-    model: MLPConfig | CNNConfig,
-    n_features: int,
-    n_classes: int,
-    image_shape: tuple[int, int, int] | None,
-) -> int:
-    return sum(
-        w * (fi + 1) for fi, w, _ in _layer_shapes(model, n_features, n_classes, image_shape)
-    )
-
-
-def _layer_shapes(
-    model: MLPConfig | CNNConfig,
-    n_features: int,
-    n_classes: int,
-    image_shape: tuple[int, int, int] | None,
-) -> list[tuple[int, int, int]]:
-    """(fan_in, fan_out, output positions) per layer; fan_in * fan_out * positions = MACs."""
-    if isinstance(model, MLPConfig):
-        dims = [n_features, *model.hidden, n_classes]
-        return [(a, b, 1) for a, b in itertools.pairwise(dims)]
-    assert image_shape is not None
-    c, h, w = image_shape
-    shapes = []
-    for co in model.channels:
-        shapes.append((c * 9, co, h * w))
-        c = co
-        if h >= 2 and w >= 2:
-            h, w = h // 2, w // 2
-    shapes += [(c * h * w, model.hidden, 1), (model.hidden, n_classes, 1)]
-    return shapes
-
-
-def flops_per_trial(model: MLPConfig | CNNConfig, data: FoldData, cfg: TrainConfig) -> float:
-    """Nominal FLOPs of one trial (all K folds, all epochs): 2*in*out per sample per layer
-    forward, backward = 2x forward, plus the forward pass of each epoch's validation."""
-    fwd = sum(
-        2.0 * a * b * p
-        for a, b, p in _layer_shapes(model, data.n_features, data.n_classes, data.image_shape)
-    )
-    n_train = sum(data.train_len_host)
-    n_val = sum(data.val_len_host)
-    return cfg.epochs * fwd * (3.0 * n_train + n_val)
-
-
-def _free_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        pages = os.sysconf("SC_AVPHYS_PAGES")
-        return int(pages * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
-
-
-def auto_batch_trials(
-    model: MLPConfig | CNNConfig,
-    data: FoldData,
-    n_available: int,
-    device: torch.device | str,
-    batch_size: int = 64,
-) -> int:
-    """How many trials to stack: as many as memory allows, capped where speed stops improving."""
-    dev = torch.device(device)
-    k = data.k
-    params = param_count(model, data.n_features, data.n_classes, data.image_shape)
-    shapes = _layer_shapes(model, data.n_features, data.n_classes, data.image_shape)
-    acts = sum(b * p for _, b, p in shapes) + data.n_features
-    # param + grad + 2 Adam moments, plus ~4 saved tensors per activation for the largest of a
-    # training batch and a validation chunk
-    rows = max(batch_size, int(data.val_idx.shape[1]))
-    per_trial = k * 4 * (4 * params + 4 * acts * rows)
-    budget = _free_bytes(dev) // (2 if dev.type == "cuda" else 4)
-    # CPU: past ~16 trials the stacked weights fall out of cache and s/trial stops improving
-    cap = 256 if dev.type == "cuda" else 16
-    return max(1, min(n_available, cap, budget // max(per_trial, 1)))

@@ -23,9 +23,9 @@ from storage.recovery import recover_stale
 from storage.spec import StudySpec
 from worker.batch import BatchRunner, model_config
 from worker.data import FoldData, load_dataset, prepare_folds
-from worker.engine import auto_batch_trials
 from worker.heartbeat import LeaseHeartbeat
 from worker.settings import WorkerSettings
+from worker.sizing import auto_batch_trials
 
 log = logging.getLogger("droptune.worker")
 
