@@ -1,4 +1,5 @@
-"""All queue SQL: enqueue, claim trial slots, link, heartbeat, finish, cancel, stale leases.
+"""Queue SQL: enqueue, claim trial slots, link, heartbeat, finish, cancel (`stale.py`: the SQL
+recovery uses to find and take over lost leases).
 
 A claim is one short transaction. On PostgreSQL the study is picked and its slots reserved by one
 `UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`; on SQLite (which drops
@@ -155,7 +156,8 @@ def link_trial(
     worker_id: str,
 ) -> bool:
     """Record the Optuna trial a lease runs (and renew it: linking is a sign of life). False
-    when the lease was lost meanwhile: recovered, or taken over by a recovery (`take_stale`)."""
+    when the lease was lost meanwhile: recovered, or taken over by a recovery
+    (`stale.take_stale`)."""
     with transaction(engine) as conn:
         n = conn.execute(
             leases.update()
@@ -163,26 +165,6 @@ def link_trial(
             .values(trial_id=trial_id, trial_number=number, params=params, heartbeat_at=db_now())
         ).rowcount
     return n == 1
-
-
-RECOVERY = "recovery"  # the worker_id of a lease a recovery has taken over
-
-
-def take_stale(engine: Engine, lease_id: int, grace_seconds: float) -> tuple[bool, int | None]:
-    """Take over a lease if it is still stale, before recovery touches its Optuna trial:
-    (taken, its trial id). Not taken when its worker heartbeat since the stale read; once taken,
-    that worker can neither renew nor link it (both match on worker_id), so it learns the lease
-    is lost and stops training it."""
-    with transaction(engine) as conn:
-        row = conn.execute(
-            leases.update()
-            .where(leases.c.id == lease_id, leases.c.heartbeat_at < db_now(-grace_seconds))
-            .values(worker_id=RECOVERY)
-            .returning(leases.c.trial_id)
-        ).one_or_none()
-    if row is None:
-        return False, None
-    return True, None if row.trial_id is None else int(row.trial_id)
 
 
 @dataclass(frozen=True)
@@ -210,42 +192,10 @@ def heartbeat_leases(conn: Connection, worker_id: str, lease_ids: Iterable[int])
 
 def finish(engine: Engine, lease_id: int, outcome: Outcome, reason: str | None = None) -> bool:
     """End a lease and account for its slot. False when the lease was already gone."""
-    return _end(engine, leases.c.id == lease_id, outcome, reason)
+    return end_lease(engine, leases.c.id == lease_id, outcome, reason)
 
 
-def keep_params(engine: Engine, lease_id: int, params: dict[str, float]) -> bool:
-    """Record the parameters of the trial a lease's worker created but never linked, on a lease
-    recovery has taken over, so that giving the slot back retries them."""
-    with transaction(engine) as conn:
-        n = conn.execute(
-            leases.update()
-            .where(
-                leases.c.id == lease_id,
-                leases.c.worker_id == RECOVERY,
-                leases.c.trial_id.is_(None),
-            )
-            .values(params=params)  # a retry's trial carries the lease's params: the same
-        ).rowcount
-    return n == 1
-
-
-def release_stale_unlinked(
-    engine: Engine, lease_id: int, grace_seconds: float, reason: str | None = None
-) -> bool:
-    """Give back the slot of a stale lease that never linked a trial.
-
-    False, and nothing changes, when its worker linked a trial or heartbeat meanwhile: recovery
-    read the lease a moment ago, and a slow but live worker may have moved on since.
-    """
-    where = sa.and_(
-        leases.c.id == lease_id,
-        leases.c.trial_id.is_(None),
-        leases.c.heartbeat_at < db_now(-grace_seconds),
-    )
-    return _end(engine, where, Outcome.RELEASED, reason)
-
-
-def _end(engine: Engine, where: Any, outcome: Outcome, reason: str | None) -> bool:
+def end_lease(engine: Engine, where: Any, outcome: Outcome, reason: str | None) -> bool:
     """Delete the lease `where` selects and account for its slot, in one transaction."""
     with transaction(engine) as conn:
         row = conn.execute(
@@ -306,25 +256,6 @@ def _give_back(
     _notify(conn)
 
 
-@dataclass(frozen=True)
-class StaleLease:
-    id: int
-    study_id: int
-    trial_id: int | None
-    optuna_study: str
-
-
-def stale_leases(engine: Engine, grace_seconds: float) -> list[StaleLease]:
-    """Leases whose heartbeat is older than the grace period, by the database clock."""
-    with transaction(engine, read_only=True) as conn:
-        rows = conn.execute(
-            sa.select(leases.c.id, leases.c.study_id, leases.c.trial_id, studies.c.optuna_study)
-            .join(studies, studies.c.id == leases.c.study_id)
-            .where(leases.c.heartbeat_at < db_now(-grace_seconds))
-        ).all()
-    return [StaleLease(r.id, r.study_id, r.trial_id, r.optuna_study) for r in rows]
-
-
 def ended_status(engine: Engine, study_id: int) -> str | None:
     """The status of a study that has ended (succeeded, failed, cancelled), else None."""
     with transaction(engine, read_only=True) as conn:
@@ -332,24 +263,6 @@ def ended_status(engine: Engine, study_id: int) -> str | None:
             sa.select(studies.c.status).where(studies.c.id == study_id)
         ).scalar_one_or_none()
     return None if status is None or status in ACTIVE else str(status)
-
-
-def running_optuna_studies(engine: Engine) -> list[str]:
-    """The Optuna study names of the running studies (a queued one has no trials yet)."""
-    with transaction(engine, read_only=True) as conn:
-        names = conn.execute(
-            sa.select(studies.c.optuna_study).where(
-                studies.c.status == "running", studies.c.optuna_study.is_not(None)
-            )
-        ).scalars()
-        return [str(n) for n in names]
-
-
-def live_lease_ids(engine: Engine, lease_ids: Iterable[int]) -> set[int]:
-    """Which of these leases still exist."""
-    with transaction(engine, read_only=True) as conn:
-        ids = conn.execute(sa.select(leases.c.id).where(leases.c.id.in_(list(lease_ids))))
-        return {int(i) for i in ids.scalars()}
 
 
 def cancel(engine: Engine, study_id: int, owner: str) -> str:

@@ -17,13 +17,12 @@ from sqlalchemy.engine import Engine
 
 from storage.errors import StorageError
 from storage.optuna_bridge import study_id_of
-from storage.queue import (
-    Outcome,
+from storage.queue import Outcome, finish
+from storage.stale import (
     StaleLease,
-    finish,
     keep_params,
     live_lease_ids,
-    release_stale_unlinked,
+    release_unlinked,
     running_optuna_studies,
     stale_leases,
     take_stale,
@@ -92,7 +91,7 @@ def _recover(engine: Engine, storage: RDBStorage, lease: StaleLease, grace_secon
         if params:
             keep_params(engine, lease.id, params)
         outcome = Outcome.RELEASED
-        ended = release_stale_unlinked(engine, lease.id, grace_seconds, LEASE_LOST)
+        ended = release_unlinked(engine, lease.id, LEASE_LOST)
     else:
         # Optuna first, then the lease: a crash in between leaves a stale lease whose
         # trial's final state the next round reads.

@@ -1,0 +1,58 @@
+"""Helpers shared by the queue and recovery tests: a spec, a study's row, claimed studies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+
+from storage import queue
+from storage.db import create_engine, db_now, transaction
+from storage.optuna_bridge import ensure_study, optuna_storage
+from storage.spec import StudySpec
+from storage.tables import leases, studies
+
+
+def spec(n: int = 5, **search: object) -> StudySpec:
+    return StudySpec.model_validate(
+        {"dataset": {"builtin": "iris"}, "search": {"n_trials": n, **search}}
+    )
+
+
+def study_row(engine: sa.Engine, study_id: int) -> sa.Row[object]:
+    with transaction(engine) as conn:
+        return conn.execute(sa.select(studies).where(studies.c.id == study_id)).one()
+
+
+def claimed(
+    db_url: str, n: int, worker: str = "dead"
+) -> tuple[sa.Engine, Any, int, queue.Claim, optuna.Study]:
+    """A study of n slots, all claimed by one worker, its Optuna study created."""
+    engine = create_engine(db_url)
+    storage = optuna_storage(db_url)
+    sp = spec(n)
+    sid = queue.enqueue(engine, sp, "a")
+    claim = queue.claim(engine, worker, n)
+    assert claim is not None
+    study = ensure_study(storage, claim.optuna_study, sp, sid)
+    return engine, storage, sid, claim, study
+
+
+def started_trial(
+    db_url: str, n: int
+) -> tuple[sa.Engine, Any, int, queue.Claim, optuna.Study, optuna.Trial]:
+    """A study of n slots, all claimed by one worker, the first running a linked Optuna trial."""
+    engine, storage, sid, claim, study = claimed(db_url, n)
+    trial = study.ask()
+    trial.suggest_float("dropout", 0.0, 0.8)
+    queue.link_trial(
+        engine, claim.leases[0].id, trial._trial_id, trial.number, trial.params, "dead"
+    )
+    return engine, storage, sid, claim, study, trial
+
+
+def age_leases(engine: sa.Engine, seconds: float) -> None:
+    """Put every lease's heartbeat `seconds` into the database clock's past."""
+    with transaction(engine) as conn:
+        conn.execute(leases.update().values(heartbeat_at=db_now(-seconds)))
