@@ -277,12 +277,7 @@ def cancel(engine: Engine, study_id: int, owner: str) -> str:
             raise NotFound(f"study {study_id} not found")
         if status not in ACTIVE:
             raise Conflict(f"study {study_id} has already ended ({status})")
-        conn.execute(
-            studies.update()
-            .where(studies.c.id == study_id)
-            .values(status="cancelled", reason="cancelled by its owner", ended_at=db_now())
-        )
-        conn.execute(retries.delete().where(retries.c.study_id == study_id))
+        _close(conn, study_id, "cancelled", "cancelled by its owner")
     return "cancelled"
 
 
@@ -302,20 +297,26 @@ def peek(engine: Engine) -> tuple[int, StudySpec, int] | None:
             ).one_or_none()
         if row is None:
             return None
-        problem = StudySpec.runnable_problem(row[1])
-        if problem is None:
-            return int(row[0]), StudySpec.stored(row[1]), int(row[2])
-        fail_study(engine, int(row[0]), f"its spec cannot run on this version: {problem}")
+        spec = StudySpec.runnable(row[1])
+        if isinstance(spec, StudySpec):
+            return int(row[0]), spec, int(row[2])
+        fail_study(engine, int(row[0]), f"its spec cannot run on this version: {spec}")
 
 
 def fail_study(engine: Engine, study_id: int, reason: str) -> bool:
     """End an active study as failed with `reason`; False if it had already ended."""
     with transaction(engine) as conn:
-        ended = conn.execute(
-            studies.update()
-            .where(studies.c.id == study_id, studies.c.status.in_(ACTIVE))
-            .values(status="failed", reason=reason, ended_at=db_now())
-        ).rowcount
-        conn.execute(retries.delete().where(retries.c.study_id == study_id))
+        ended = _close(conn, study_id, "failed", reason)
         _notify(conn)
-    return bool(ended)
+    return ended
+
+
+def _close(conn: Connection, study_id: int, status: str, reason: str) -> bool:
+    """End an active study with `status` and drop its waiting retries; False if it had ended."""
+    n = conn.execute(
+        studies.update()
+        .where(studies.c.id == study_id, studies.c.status.in_(ACTIVE))
+        .values(status=status, reason=reason, ended_at=db_now())
+    ).rowcount
+    conn.execute(retries.delete().where(retries.c.study_id == study_id))
+    return bool(n)

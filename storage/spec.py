@@ -187,17 +187,16 @@ class StudySpec(_Strict):
     def stored(cls, raw: Any) -> StudySpec:
         """A spec read back from the database. Checks added since it was submitted (marked
         submit-only below) are skipped, so a study stored by an earlier version stays readable;
-        whether it can still run is `runnable_problem`'s call."""
+        whether it can still run is `runnable`'s call."""
         return cls.model_validate(raw, context={STORED: True})
 
     @classmethod
-    def runnable_problem(cls, raw: Any) -> str | None:
-        """Why a stored spec cannot run under this version's checks, or None if it can."""
+    def runnable(cls, raw: Any) -> StudySpec | str:
+        """A stored spec under this version's checks: the spec, or why it cannot run."""
         try:
-            cls.model_validate(raw)
+            return cls.model_validate(raw)
         except ValidationError as e:
             return "; ".join(f"{d['field']}: {d['message']}" for d in describe_errors(e.errors()))
-        return None
 
     @model_validator(mode="after")
     def _check_cross_fields(self, info: ValidationInfo) -> StudySpec:
