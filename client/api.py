@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import builtins
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from storage.schemas import BestOut, StudyOut, StudyPage, TrialOut, WorkerOut
+from storage.schemas import (
+    BestOut,
+    DatasetOut,
+    DatasetPage,
+    StudyOut,
+    StudyPage,
+    TrialOut,
+    WorkerOut,
+)
 from storage.spec import StudySpec
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -79,6 +90,8 @@ class Client:
         if r.status_code >= 400:
             detail, errors = _problem(r)
             raise ClientError(f"{r.status_code}: {detail}", r.status_code, detail, errors)
+        if r.status_code == 204:
+            return None
         try:
             return r.json()
         except ValueError as exc:
@@ -120,6 +133,68 @@ class Client:
     def workers(self, include_stopped: bool = False) -> builtins.list[WorkerOut]:
         data = self._call("GET", "/workers", params={"include_stopped": include_stopped})
         return [WorkerOut.model_validate(w) for w in data]
+
+    def upload_dataset(
+        self,
+        data: str | os.PathLike[str] | Any,
+        *,
+        target: str | None = None,
+        name: str | None = None,
+        task: str | None = None,
+        timeout: float = 600.0,
+    ) -> DatasetOut:
+        """Upload a data set and return its record (the existing one, if these bytes were
+        uploaded before). `data`: a CSV, NPZ or Parquet file's path; a pandas DataFrame (sent
+        as CSV); or an `(X, y)` pair of arrays (sent as NPZ, X may be (N, H, W) / (N, C, H, W)
+        images)."""
+        if isinstance(data, str | os.PathLike):
+            path = Path(data)
+            return self._upload(path, path.name, target, name, task, timeout)
+        with tempfile.TemporaryDirectory(prefix="droptune-upload-") as tmp:
+            if hasattr(data, "to_csv"):  # a pandas DataFrame
+                path = Path(tmp) / "dataframe.csv"
+                data.to_csv(path, index=False)
+            elif isinstance(data, tuple) and len(data) == 2:
+                import numpy as np
+
+                path = Path(tmp) / "arrays.npz"
+                np.savez(path, X=np.asarray(data[0]), y=np.asarray(data[1]))
+            else:
+                raise ClientError(
+                    "upload_dataset takes a file path, a pandas DataFrame or an (X, y) pair, "
+                    f"not {type(data).__name__}"
+                )
+            return self._upload(path, name or path.name, target, name, task, timeout)
+
+    def _upload(
+        self,
+        path: Path,
+        filename: str,
+        target: str | None,
+        name: str | None,
+        task: str | None,
+        timeout: float,
+    ) -> DatasetOut:
+        form = {k: v for k, v in {"name": name, "target": target, "task": task}.items() if v}
+        try:
+            f = path.open("rb")
+        except OSError as exc:
+            raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        with f:
+            body = self._call(
+                "POST", "/datasets", files={"file": (filename, f)}, data=form, timeout=timeout
+            )
+        return DatasetOut.model_validate(body)
+
+    def dataset(self, dataset_id: int) -> DatasetOut:
+        return DatasetOut.model_validate(self._call("GET", f"/datasets/{dataset_id}"))
+
+    def datasets(self, offset: int = 0, limit: int = 50) -> DatasetPage:
+        params = {"offset": offset, "limit": limit}
+        return DatasetPage.model_validate(self._call("GET", "/datasets", params=params))
+
+    def delete_dataset(self, dataset_id: int) -> None:
+        self._call("DELETE", f"/datasets/{dataset_id}")
 
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/healthz")

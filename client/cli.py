@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from client import launch
 from client.api import DEFAULT_URL, Client, ClientError
 from storage.errors import DroptuneError
-from storage.schemas import ENDED, BestOut, StudyOut
+from storage.schemas import ENDED, BestOut, DatasetOut, StudyOut
 
 app = typer.Typer(
     add_completion=False,
@@ -27,6 +27,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
+dataset_app = typer.Typer(
+    no_args_is_help=True, help="Your own data sets: upload once, tune dropout on them."
+)
+app.add_typer(dataset_app, name="dataset")
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="DROPTUNE_URL", help="droptune API")]
 DbOpt = Annotated[
@@ -140,12 +144,23 @@ def _spec_from(file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
 def submit(
     file: Annotated[Path | None, typer.Argument(help="a JSON or YAML spec file, or -")] = None,
     dataset: Annotated[str | None, typer.Option(help="builtin data set")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="a CSV, NPZ or Parquet file: uploaded (or reused) first"),
+    ] = None,
+    dataset_id: Annotated[int | None, typer.Option(help="an uploaded data set's id", min=1)] = None,
+    target: Annotated[str | None, typer.Option(help="with --data: the label column")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="with --data: classification | regression")
+    ] = None,
     name: Annotated[str | None, typer.Option()] = None,
     trials: Annotated[int | None, typer.Option(help="search.n_trials")] = None,
     epochs: Annotated[int | None, typer.Option(help="training.epochs")] = None,
     folds: Annotated[int | None, typer.Option(help="cv.folds")] = None,
     hidden: Annotated[str | None, typer.Option(help="hidden sizes, e.g. 256,256")] = None,
-    metric: Annotated[str | None, typer.Option(help="accuracy | log_loss")] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="accuracy | log_loss | rmse | mae | r2")
+    ] = None,
     sampler: Annotated[str | None, typer.Option(help="tpe | random | grid")] = None,
     pruner: Annotated[str | None, typer.Option(help="none | median | hyperband")] = None,
     priority: Annotated[int | None, typer.Option()] = None,
@@ -157,8 +172,13 @@ def submit(
         sizes = [int(h) for h in hidden.split(",")] if hidden else None
     except ValueError:
         _fail(f"--hidden must be comma-separated integers, got {hidden!r}")
+    if sum(x is not None for x in (dataset, data, dataset_id)) > 1:
+        _fail("give one of --dataset, --data and --dataset-id")
+    if (target or task) and data is None:
+        _fail("--target and --task go with --data (an upload)")
     flags = {
         "dataset.builtin": dataset,
+        "dataset.id": dataset_id,
         "name": name,
         "search.n_trials": trials,
         "training.epochs": epochs,
@@ -170,8 +190,13 @@ def submit(
         "priority": priority,
     }
     spec = _spec_from(file, flags)
+    if data is not None:
+        spec["dataset"] = {"id": 1}  # checked below; the real id comes from the upload
     if "dataset" not in spec:
-        _fail("a data set is needed: --dataset NAME or a spec file with `dataset`")
+        _fail(
+            "a data set is needed: --data FILE, --dataset-id ID, --dataset NAME (built in) or "
+            "a spec file with `dataset`"
+        )
     from storage.spec import StudySpec, describe_errors
 
     try:
@@ -181,6 +206,10 @@ def submit(
         _fail(f"invalid spec: {e['field']}: {e['message']}")
     with _client(url) as c:
         try:
+            if data is not None:
+                ds = c.upload_dataset(data, target=target, task=task)
+                spec["dataset"] = {"id": ds.id}
+                typer.echo(f"data set {ds.id}: {_dataset_line(ds)}", err=True)
             study = c.submit(spec)
         except ClientError as exc:
             _fail(str(exc))
@@ -331,6 +360,93 @@ def wait(
     typer.echo(final.model_dump_json(indent=2) if as_json else _show(s))
     if s.status != "succeeded":
         raise typer.Exit(2)
+
+
+def _dataset_line(d: DatasetOut) -> str:
+    shape = f"images {'x'.join(map(str, d.image_shape))}" if d.image_shape else None
+    what = shape or f"{d.features} columns" + (f", target {d.target!r}" if d.target else "")
+    if d.task == "classification" and d.classes is not None and d.class_counts is not None:
+        pairs = [f"{c}: {n}" for c, n in zip(d.classes, d.class_counts, strict=True)]
+        shown = ", ".join(pairs[:10]) + (f", … ({len(pairs)} in all)" if len(pairs) > 10 else "")
+        task = f"classification, {len(pairs)} classes ({shown})"
+    else:
+        task = "regression" + (
+            f", target mean {d.target_mean:.4g} ± {d.target_std:.4g} (std)"
+            if d.target_mean is not None and d.target_std is not None
+            else ""
+        )
+    inferred = " (inferred)" if d.task_inferred else ""
+    return f"{d.name} [{d.format}] {d.rows} rows, {what}; {task}{inferred}"
+
+
+@dataset_app.command("upload")
+def dataset_upload(
+    file: Annotated[Path, typer.Argument(help="a CSV (with a header row), NPZ (X, y) or Parquet")],
+    target: Annotated[
+        str | None, typer.Option(help="the label column (default: `label`, else the last)")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="default: the file's name")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="classification | regression (default: from the target)")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload a data set (the same file again reuses it); prints its id and what was read."""
+    with _client(url) as c:
+        try:
+            d = c.upload_dataset(file, target=target, name=name, task=task)
+        except ClientError as exc:
+            _fail(str(exc))
+    typer.echo(d.model_dump_json(indent=2) if as_json else f"{d.id}\t{_dataset_line(d)}")
+
+
+@dataset_app.command("list")
+def dataset_list(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Your data sets, newest first."""
+    with _client(url) as c:
+        try:
+            page = c.datasets(limit=500)
+        except ClientError as exc:
+            _fail(str(exc))
+    if as_json:
+        typer.echo(page.model_dump_json(indent=2))
+        return
+    if not page.items:
+        typer.echo("no data sets yet: droptune dataset upload FILE", err=True)
+    for d in page.items:
+        typer.echo(f"{d.id}\t{_dataset_line(d)}")
+
+
+@dataset_app.command("show")
+def dataset_show(dataset_id: int, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """A data set's record: shape, task, columns, classes and the studies using it."""
+    with _client(url) as c:
+        try:
+            d = c.dataset(dataset_id)
+        except ClientError as exc:
+            _fail(str(exc))
+    if as_json:
+        typer.echo(d.model_dump_json(indent=2))
+        return
+    lines = [f"data set {d.id}: {_dataset_line(d)}", f"  sha256 {d.sha256}, {d.bytes} bytes"]
+    for col in d.columns:
+        extra = f", {col.categories} categories" if col.categories is not None else ""
+        missing = f", {col.missing} missing" if col.missing else ""
+        lines.append(f"  {col.name}: {col.kind}{extra}{missing}")
+    lines.append(f"  studies: {', '.join(map(str, d.studies)) or 'none'}")
+    typer.echo("\n".join(lines))
+
+
+@dataset_app.command("rm")
+def dataset_rm(dataset_id: int, url: UrlOpt = DEFAULT_URL) -> None:
+    """Delete a data set (refused while a queued or running study uses it)."""
+    with _client(url) as c:
+        try:
+            c.delete_dataset(dataset_id)
+        except ClientError as exc:
+            _fail(str(exc))
+    typer.echo(f"data set {dataset_id} deleted")
 
 
 @app.command()

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service import errors
+from service import datasets, errors
 from service.dashboard import dashboard_app
 from service.head import HeadAsGet
+from service.limits import UploadLimit
 from service.settings import ServiceSettings
 from service.studies import router as studies_router
 from service.workers import router as workers_router
@@ -69,7 +70,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.reader = Reader(app.state.engine, app.state.optuna_read)
     errors.install(app)
     app.add_middleware(HeadAsGet)
+    app.add_middleware(
+        UploadLimit,
+        path="/datasets",
+        max_bytes=datasets.upload_limit(settings) + datasets.FORM_OVERHEAD,
+        max_upload_mb=settings.max_upload_mb,
+    )
     app.include_router(studies_router)
+    app.include_router(datasets.router_for(settings))
     app.include_router(workers_router)
     if settings.dashboard:
         # Last: the catch-all for /dashboard, /static and /api (see service/dashboard.py).

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import Scope
 
-from storage.errors import DroptuneError
+from storage.errors import DroptuneError, too_large
 from storage.spec import describe_errors
 
 PROBLEM = "application/problem+json"
@@ -45,13 +45,17 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
 
 async def _droptune(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DroptuneError)
+    if exc.errors:
+        return problem(exc.status, exc.title, exc.detail, errors=exc.errors)
     return problem(exc.status, exc.title, exc.detail)
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    titles = {404: "Not found", 405: "Method not allowed"}
+    titles = {404: "Not found", 405: "Method not allowed", 413: "Content too large"}
     title = titles.get(exc.status_code, "Error")
+    if exc.status_code == 413:  # Starlette's body limit on the upload route
+        return problem(413, title, too_large(request.app.state.settings.max_upload_mb))
     if exc.status_code == 405:  # without the dashboard's catch-all, Starlette answers these
         allow = ", ".join(allowed_methods(request.app.routes, request.scope))
         detail = f"{request.method} is not allowed on {request.url.path}; allowed: {allow}"

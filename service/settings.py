@@ -17,3 +17,9 @@ class ServiceSettings(BaseSettings):
     recover_every_seconds: float = 5.0  # the API recovers stale leases too, in the background
     dashboard: bool = True
     max_wait_seconds: float = 600.0  # longest `?wait=` a request may hold
+    # Uploads: the largest file (413 beyond it, before the body is read where its length is
+    # declared) and the shape a data set may have.
+    max_upload_mb: float = 256.0
+    max_columns: int = 10_000
+    max_cells: int = 500_000_000
+    max_categories: int = 256

@@ -36,7 +36,7 @@ def ensure_study(storage: RDBStorage, name: str, spec: StudySpec, study_id: int)
     if "droptune_id" not in study.user_attrs:
         study.set_user_attr("droptune_id", study_id)
         study.set_user_attr("metric", spec.cv.metric)
-        study.set_user_attr("dataset", spec.dataset.builtin)
+        study.set_user_attr("dataset", spec.dataset.label())
         study.set_user_attr("spec", spec.model_dump(mode="json"))
     return study
 

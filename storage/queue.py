@@ -16,9 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from storage import datasets
 from storage.db import db_now, transaction
-from storage.errors import Conflict, NotFound
-from storage.spec import StudySpec
+from storage.errors import Conflict, Invalid, NotFound
+from storage.spec import FieldError, StudySpec
 from storage.tables import leases, retries, studies
 
 ACTIVE = ("queued", "running")
@@ -61,9 +62,35 @@ def _notify(conn: Connection) -> None:
         conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
 
 
+def _for_dataset(conn: Connection, spec: StudySpec, owner: str) -> StudySpec:
+    """The spec checked against the uploaded data set it names (metric resolved), or a 422
+    naming the field; the data set stays locked until the study is stored."""
+    dataset_id = spec.dataset.id
+    assert dataset_id is not None
+    summary = datasets.for_study(conn, dataset_id, owner)
+    if summary is None:
+        raise Invalid(
+            f"dataset.id: data set {dataset_id} not found; upload one with `droptune dataset "
+            "upload FILE` (POST /datasets), and list yours with GET /datasets",
+            field="dataset.id",
+        )
+    try:
+        return spec.for_data(
+            summary.task,
+            summary.image_shape,
+            summary.rows,
+            summary.encoded_features,
+            min(summary.class_counts) if summary.class_counts else None,
+        )
+    except FieldError as exc:
+        raise Invalid(f"{exc.field}: {exc.message}", field=exc.field) from exc
+
+
 def enqueue(engine: Engine, spec: StudySpec, owner: str) -> int:
     """Store a new study as `queued` and return its id."""
     with transaction(engine) as conn:
+        if spec.dataset.id is not None:
+            spec = _for_dataset(conn, spec, owner)
         study_id = conn.execute(
             studies.insert()
             .values(
@@ -75,6 +102,7 @@ def enqueue(engine: Engine, spec: StudySpec, owner: str) -> int:
                 n_trials=spec.search.n_trials,
                 max_retries=spec.search.max_retries,
                 max_failed=spec.search.max_failed,
+                dataset_id=spec.dataset.id,
             )
             .returning(studies.c.id)
         ).scalar_one()

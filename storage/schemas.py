@@ -99,3 +99,47 @@ class WorkerOut(BaseModel):
     heartbeat_at: datetime
     study_id: int | None
     trials: list[int]
+
+
+class ColumnInfo(BaseModel):
+    name: str
+    kind: Literal["numeric", "categorical"]
+    missing: int = Field(description="missing cells")
+    categories: int | None = Field(None, description="distinct values (categorical only)")
+
+
+class DataSummary(BaseModel):
+    """What droptune read from an uploaded file: its shape, task, columns and classes."""
+
+    format: Literal["csv", "npz", "parquet"]
+    rows: int
+    features: int = Field(description="feature columns (tabular), or C*H*W (images)")
+    task: Literal["classification", "regression"]
+    task_inferred: bool = Field(description="decided from the target, not given")
+    target: str | None = Field(description="the label column (None for NPZ: its `y` array)")
+    columns: list[ColumnInfo] = Field(description="feature columns in file order")
+    classes: list[str] | None = Field(description="classification: labels in code order")
+    class_counts: list[int] | None
+    image_shape: list[int] | None = Field(description="[C, H, W] for image arrays")
+    encoded_features: int = Field(
+        description="inputs after encoding: numeric + missing indicators + one-hot categories"
+    )
+    target_mean: float | None = None
+    target_std: float | None = None
+
+
+class DatasetOut(DataSummary):
+    id: int
+    name: str
+    owner: str
+    sha256: str
+    bytes: int
+    created_at: datetime
+    studies: list[int] = Field(description="studies that train on it, newest first")
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
+    total: int
+    offset: int
+    limit: int

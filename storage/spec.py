@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "synthetic")
 # Smallest class count of each bundled data set: the upper bound for `cv.folds`.
@@ -13,6 +20,17 @@ BUILTIN_MIN_CLASS_COUNT = {"digits": 174, "breast_cancer": 212, "wine": 48, "iri
 MAX_FOLD_CELLS = 2**28  # folds x samples x features a worker holds (float32: 1 GiB)
 STORED = "stored"  # validation context key: the spec comes from the database, not a user
 SYNTHETIC_OPTIONS = ("n_samples", "n_features", "n_informative", "n_classes", "seed")
+CLASSIFICATION_METRICS = ("accuracy", "log_loss")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+DEFAULT_METRIC = {"classification": "accuracy", "regression": "rmse"}
+DEFAULT_CHANNELS = (32, 64)
+Metric = Literal["accuracy", "log_loss", "rmse", "mae", "r2"]
+# Fields someone with their own data tries first; the spec never reads files or URLs.
+FILE_FIELDS = ("path", "url", "file", "csv", "uri")
+UPLOAD_HINT = (
+    "unknown field: droptune does not read files or URLs named in a spec; upload the file "
+    "(`droptune dataset upload FILE` or POST /datasets) and pass its id as dataset.id"
+)
 
 
 class FieldError(ValueError):
@@ -29,7 +47,9 @@ def describe_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]
     with the field a cross-field check blames and without pydantic's internal wording."""
     out = []
     for e in errors:
-        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")]
+        loc = [str(p) for p in e.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+            loc = loc[1:]  # FastAPI's leading location marker only: `dataset.path` is a field
         err = (e.get("ctx") or {}).get("error")
         kind = e.get("type", "")
         message = str(e.get("msg", "invalid")).removeprefix("Value error, ")
@@ -47,6 +67,8 @@ def describe_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]
                 )
         elif kind == "extra_forbidden":
             message = "unknown field"
+            if loc[-2:-1] == ["dataset"] and loc[-1] in FILE_FIELDS:
+                message = UPLOAD_HINT
         out.append({"field": ".".join(loc) or "body", "message": message})
     return out
 
@@ -60,8 +82,17 @@ class _Strict(BaseModel):
 
 
 class DatasetSpec(_Strict):
-    builtin: Literal["digits", "breast_cancer", "wine", "iris", "synthetic"] = Field(
-        description="a data set bundled with scikit-learn, or `synthetic` (make_classification)"
+    builtin: Literal["digits", "breast_cancer", "wine", "iris", "synthetic"] | None = Field(
+        None,
+        description="a data set bundled with scikit-learn, or `synthetic` (make_classification)",
+        exclude_if=lambda v: v is None,
+    )
+    id: int | None = Field(
+        None,
+        ge=1,
+        le=2**63 - 1,
+        description="an uploaded data set (POST /datasets)",
+        exclude_if=lambda v: v is None,
     )
     options: dict[str, int] = Field(
         default_factory=dict,
@@ -70,9 +101,16 @@ class DatasetSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_options(self, info: ValidationInfo) -> DatasetSpec:
+        if (self.builtin is None) == (self.id is None):
+            raise FieldError(
+                "builtin",
+                "give exactly one of dataset.builtin (a bundled data set) and dataset.id "
+                "(an uploaded one)",
+            )
         if self.builtin != "synthetic":
             if self.options:
-                raise FieldError("options", f"data set {self.builtin!r} takes no options")
+                name = repr(self.builtin) if self.builtin else f"{self.id} (uploaded)"
+                raise FieldError("options", f"data set {name} takes no options")
             return self
         unknown = sorted(set(self.options) - set(SYNTHETIC_OPTIONS))
         if unknown:
@@ -100,12 +138,19 @@ class DatasetSpec(_Strict):
         defaults = {"n_samples": 1000, "n_features": 20, "n_informative": 10, "n_classes": 2}
         return {**defaults, "seed": 0, **self.options}
 
-    def min_class_count(self) -> int:
+    def min_class_count(self) -> int | None:
+        """The smallest class of a built-in data set (None for an uploaded one: its record
+        knows, and the submit checks it there)."""
+        if self.builtin is None:
+            return None
         if self.builtin == "synthetic":
             o = self.synthetic_options()
             # make_classification balances classes; flip_y may move a few samples.
             return max(1, int(o["n_samples"] * 0.9) // o["n_classes"])
         return BUILTIN_MIN_CLASS_COUNT[self.builtin]
+
+    def label(self) -> str:
+        return self.builtin if self.builtin is not None else f"upload:{self.id}"
 
 
 class ModelSpec(_Strict):
@@ -113,12 +158,23 @@ class ModelSpec(_Strict):
     hidden: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
         default_factory=lambda: [256, 256], min_length=1, max_length=8
     )
-    channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
-        default_factory=lambda: [32, 64],
+    channels: list[Annotated[int, Field(ge=1, le=1024)]] | None = Field(
+        None,
         min_length=1,
         max_length=4,
-        description="conv channels per block (cnn only)",
+        description="conv channels per block (cnn only; default [32, 64])",
+        exclude_if=lambda v: v is None,  # an MLP's spec does not show the CNN's channels
     )
+
+    @model_validator(mode="after")
+    def _default_channels(self) -> ModelSpec:
+        if self.kind == "cnn" and self.channels is None:
+            self.channels = list(DEFAULT_CHANNELS)
+        return self
+
+    @property
+    def conv_channels(self) -> list[int]:
+        return list(self.channels or DEFAULT_CHANNELS)
 
 
 class TrainingSpec(_Strict):
@@ -130,12 +186,16 @@ class TrainingSpec(_Strict):
 
 class CVSpec(_Strict):
     folds: int = Field(5, ge=2, description="2 up to the smallest class count")
-    metric: Literal["accuracy", "log_loss"] = "accuracy"
+    metric: Metric | None = Field(
+        None,
+        description="accuracy (default) or log_loss for classification; rmse (default), mae "
+        "or r2 for regression",
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
     @property
     def direction(self) -> Literal["maximize", "minimize"]:
-        return "maximize" if self.metric == "accuracy" else "minimize"
+        return "maximize" if self.metric in (None, "accuracy", "r2") else "minimize"
 
 
 class SearchSpec(_Strict):
@@ -201,14 +261,28 @@ class StudySpec(_Strict):
     @model_validator(mode="after")
     def _check_cross_fields(self, info: ValidationInfo) -> StudySpec:
         smallest = self.dataset.min_class_count()
-        if self.cv.folds > smallest:
+        if smallest is not None and self.cv.folds > smallest:
             raise FieldError(
                 "cv.folds",
                 f"{self.cv.folds} folds exceed the smallest class count of "
                 f"{self.dataset.builtin!r} ({smallest})",
             )
-        if self.model.kind == "cnn" and self.dataset.builtin != "digits":
-            raise FieldError("model.kind", "'cnn' needs image data: dataset.builtin 'digits'")
+        if self.dataset.builtin is not None:
+            # Every built-in data set is a classification one.
+            if self.cv.metric is None:
+                self.cv.metric = "accuracy"
+            if self.cv.metric not in CLASSIFICATION_METRICS:
+                raise FieldError(
+                    "cv.metric",
+                    f"{self.cv.metric!r} is a regression metric; {self.dataset.builtin!r} is a "
+                    f"classification data set: use one of {list(CLASSIFICATION_METRICS)}",
+                )
+            if self.model.kind == "cnn" and self.dataset.builtin != "digits":
+                raise FieldError(
+                    "model.kind",
+                    "'cnn' needs image data: dataset.builtin 'digits', or an uploaded NPZ "
+                    "data set whose X is (N, H, W) or (N, C, H, W)",
+                )
         submitted = not _stored(info)
         # Submit-only: earlier versions stored such specs (their trials fail in the engine).
         if submitted and self.model.kind == "cnn" and self.search.searches_input_dropout:
@@ -228,10 +302,60 @@ class StudySpec(_Strict):
                 )
         return self
 
+    def for_data(
+        self, task: str, image_shape: Any, rows: int, width: int, min_class: int | None
+    ) -> StudySpec:
+        """This spec checked against an uploaded data set's record, with the metric resolved:
+        the folds fit its classes (or rows), the metric its task, the model its shape. Raises
+        FieldError naming the field (the caller turns it into a 422)."""
+        metric = self.cv.metric or DEFAULT_METRIC[task]
+        allowed = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+        if metric not in allowed:
+            raise FieldError(
+                "cv.metric",
+                f"{metric!r} does not fit data set {self.dataset.id}, a {task} data set: use "
+                f"one of {list(allowed)}",
+            )
+        if self.model.kind == "cnn" and not image_shape:
+            raise FieldError(
+                "model.kind",
+                f"'cnn' needs image data; data set {self.dataset.id} is tabular: upload an NPZ "
+                "whose X is (N, H, W) or (N, C, H, W), or use model.kind 'mlp'",
+            )
+        if min_class is not None and self.cv.folds > min_class:
+            raise FieldError(
+                "cv.folds",
+                f"{self.cv.folds} folds exceed the smallest class count of data set "
+                f"{self.dataset.id} ({min_class})",
+            )
+        if task == "regression" and self.cv.folds > rows // 2:
+            raise FieldError(
+                "cv.folds",
+                f"{self.cv.folds} folds need at least {2 * self.cv.folds} rows; data set "
+                f"{self.dataset.id} has {rows}",
+            )
+        cells = self.cv.folds * rows * width
+        if cells > MAX_FOLD_CELLS:
+            raise FieldError(
+                "cv.folds",
+                f"{self.cv.folds} folds x {rows} rows x {width} encoded features is "
+                f"{cells * 4 / 2**30:.1f} GiB of fold data per worker; at most "
+                f"{MAX_FOLD_CELLS * 4 // 2**30} GiB: fewer folds, or a smaller data set",
+            )
+        out = self.model_copy(deep=True)
+        out.cv.metric = metric  # type: ignore[assignment]
+        return out
+
+    @property
+    def task(self) -> str:
+        return "regression" if self.cv.metric in REGRESSION_METRICS else "classification"
+
     def param_names(self) -> list[str]:
         """The Optuna parameters this study searches, in order."""
         n_layers = (
-            len(self.model.channels) + 1 if self.model.kind == "cnn" else len(self.model.hidden)
+            len(self.model.conv_channels) + 1
+            if self.model.kind == "cnn"
+            else len(self.model.hidden)
         )
         names = [f"dropout_{i}" for i in range(n_layers)] if self.search.per_layer else ["dropout"]
         if self.search.searches_input_dropout:

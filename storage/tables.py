@@ -32,6 +32,8 @@ studies = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
     sa.Column("started_at", sa.DateTime, nullable=True),
     sa.Column("ended_at", sa.DateTime, nullable=True),
+    # The uploaded data set it trains on (no foreign key: an ended study's answer outlives it).
+    sa.Column("dataset_id", sa.Integer, nullable=True, index=True),
     sa.Index("ix_droptune_studies_queue", "status", "priority", "id"),
     sqlite_autoincrement=True,
 )
@@ -82,4 +84,42 @@ workers = sa.Table(
     sa.Column("heartbeat_at", sa.DateTime, nullable=False, server_default=db_now()),
     sa.Column("study_id", sa.Integer, nullable=True),
     sa.Column("trials", sa.JSON, nullable=True),
+)
+
+# An uploaded data set: its record here, its bytes in `dataset_chunks`. The same bytes with the
+# same target and task are stored once per owner (`target`/`task` as asked: '' when not given).
+datasets = sa.Table(
+    "droptune_datasets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("owner", sa.String(200), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("format", sa.String(16), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("features", sa.Integer, nullable=False),
+    sa.Column("task", sa.String(16), nullable=False),
+    sa.Column("asked_target", sa.String(200), nullable=False, server_default=""),
+    sa.Column("asked_task", sa.String(16), nullable=False, server_default=""),
+    sa.Column("summary", sa.JSON, nullable=False),  # columns, classes and counts, image shape
+    sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
+    sa.UniqueConstraint(
+        "owner", "sha256", "asked_target", "asked_task", name="uq_droptune_dataset"
+    ),
+    sqlite_autoincrement=True,
+)
+
+# The file's bytes in order, CHUNK_BYTES a row, so neither side ever holds the whole file.
+dataset_chunks = sa.Table(
+    "droptune_dataset_chunks",
+    metadata,
+    sa.Column(
+        "dataset_id",
+        sa.Integer,
+        sa.ForeignKey("droptune_datasets.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
 )

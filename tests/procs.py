@@ -65,7 +65,9 @@ def serve(
 
 
 def worker(url: str, log: Path, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return droptune(["worker", "--device", "cpu"], url, log, extra)
+    # A cache of uploaded files of its own, beside its log: tests never share one.
+    cache = {"DROPTUNE_CACHE_DIR": str(log.parent / f"{log.stem}-cache")}
+    return droptune(["worker", "--device", "cpu"], url, log, {**cache, **(extra or {})})
 
 
 def _healthy(port: int) -> bool:

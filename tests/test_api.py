@@ -35,7 +35,7 @@ def test_submit_fills_defaults_and_lists(api: TestClient) -> None:
     body = r.json()
     assert r.headers["location"] == f"/studies/{body['id']}"
     assert body["status"] == "queued"
-    assert body["spec"]["model"] == {"kind": "mlp", "hidden": [256, 256], "channels": [32, 64]}
+    assert body["spec"]["model"] == {"kind": "mlp", "hidden": [256, 256]}  # no CNN channels
     assert body["spec"]["cv"] == {"folds": 5, "metric": "accuracy", "seed": 0}
     assert body["progress"] == {
         "n_trials": 4,

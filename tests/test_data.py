@@ -8,6 +8,7 @@ import torch
 
 from worker.data import (
     BUILTINS,
+    Dataset,
     dataset_from_arrays,
     load_dataset,
     make_folds,
@@ -60,6 +61,38 @@ def test_dataset_from_arrays_label_encodes() -> None:
     assert ds.y.tolist() == [1, 0, 2, 0, 1, 2] and ds.n_classes == 3
     with pytest.raises(ValueError):
         dataset_from_arrays(np.zeros((3, 2)), np.zeros(4))
+
+
+def test_dataset_from_arrays_regression_keeps_targets() -> None:
+    y = np.array([3.5, -1.0, 3.5, 2.0, 10.0, 0.25])
+    ds = dataset_from_arrays(np.arange(12.0).reshape(6, 2), y, task="regression")
+    assert ds.task == "regression" and ds.n_classes == 1 and ds.preprocess is None
+    assert ds.y.dtype == np.float64 and ds.y.tolist() == y.tolist()  # no label encoding
+    assert ds.X.dtype == np.float32
+    with pytest.raises(ValueError, match="finite"):
+        dataset_from_arrays(np.zeros((2, 2)), np.array([1.0, np.nan]), task="regression")
+    with pytest.raises(ValueError, match="task"):
+        dataset_from_arrays(np.zeros((2, 2)), np.zeros(2), task="ranking")
+    with pytest.raises(ValueError, match="task"):
+        Dataset(np.zeros((2, 2)), np.zeros(2), 1, task="ranking")
+    with pytest.raises(ValueError, match="one output"):
+        Dataset(np.zeros((2, 2)), np.zeros(2), 3, task="regression")
+    with pytest.raises(ValueError, match="task"):
+        make_folds(np.zeros(10), 2, 0, "ranking")
+
+
+def test_regression_folds_are_shuffled_kfold() -> None:
+    y = np.linspace(0.0, 1.0, 103)  # sorted targets: unshuffled folds would be contiguous
+    folds = make_folds(y, 5, 3, "regression")
+    assert [len(va) for _, va in folds] == [21, 21, 21, 20, 20]
+    assert sorted(np.concatenate([va for _, va in folds]).tolist()) == list(range(103))
+    assert all(np.ptp(va) > 50 for _, va in folds)
+    data = prepare_folds(dataset_from_arrays(y[:, None], y, task="regression"), 5, 3)
+    assert data.task == "regression" and data.y.shape == (5, 103)
+    for k, (tr, _) in enumerate(folds):
+        np.testing.assert_array_equal(data.train_idx[k, : data.train_len_host[k]].numpy(), tr)
+        ys = data.y[k, tr].double()
+        assert abs(float(ys.mean())) < 1e-6 and abs(float(ys.std(unbiased=False)) - 1) < 1e-6
 
 
 def test_folds_deterministic_disjoint_covering_stratified() -> None:

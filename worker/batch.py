@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 def model_config(spec: StudySpec) -> MLPConfig | CNNConfig:
     if spec.model.kind == "cnn":
-        return CNNConfig(channels=tuple(spec.model.channels), hidden=spec.model.hidden[0])
+        return CNNConfig(channels=tuple(spec.model.conv_channels), hidden=spec.model.hidden[0])
     return MLPConfig(hidden=tuple(spec.model.hidden))
 
 
@@ -114,7 +114,7 @@ class BatchRunner:
             batch_size=spec.training.batch_size,
             lr=spec.training.lr,
             weight_decay=spec.training.weight_decay,
-            metric=spec.cv.metric,
+            metric=spec.cv.metric or "accuracy",  # resolved at submit
             seed=spec.cv.seed,
         )
 

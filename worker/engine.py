@@ -8,6 +8,9 @@ one fold start from the same weights, see the same batches and draw nested masks
 only by their dropout rates (common random numbers, which makes comparing rates less noisy), and
 a trial's scores do not depend on which trials share its batch or are pruned from it.
 
+Classification trains on cross-entropy; regression has one output and trains on the squared
+error to targets standardised per fold (FoldData), and is scored on the original scale.
+
 Imports only torch, numpy and the stdlib (plus worker.data/models/optim): bench/ runs on bare GPU
 boxes. How many trials to stack and how many FLOPs they cost is `worker.sizing`.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,7 +30,13 @@ from worker.data import FoldData
 from worker.models import CNNConfig, MaskRNG, MLPConfig, StackedCNN, StackedMLP, build_model
 from worker.optim import MemberAdam, keep_members
 
-METRICS = ("accuracy", "log_loss")
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "log_loss"),
+    "regression": ("rmse", "mae", "r2"),
+}
+METRICS = (*TASK_METRICS["classification"], *TASK_METRICS["regression"])
+DEFAULT_METRIC = {"classification": "accuracy", "regression": "rmse"}
+_MAXIMIZE = ("accuracy", "r2")
 OnEpoch = Callable[[int, list[int], np.ndarray], Iterable[int] | None]
 StackedModel = StackedMLP | StackedCNN
 
@@ -37,7 +47,9 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
-    metric: str = "accuracy"  # or "log_loss" (mean cross-entropy, lower is better)
+    # classification: "accuracy" or "log_loss" (mean cross-entropy, lower is better);
+    # regression: "rmse", "mae" (lower is better) or "r2" (higher is better)
+    metric: str = "accuracy"
     seed: int = 0
 
 
@@ -61,6 +73,22 @@ class TrialResult:
     @property
     def std(self) -> float:
         return float(np.std(self.fold_scores))
+
+
+def metric_direction(metric: str) -> Literal["maximize", "minimize"]:
+    """Which way a metric's scores get better (what an Optuna study's direction must be)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return "maximize" if metric in _MAXIMIZE else "minimize"
+
+
+def _check_metric(metric: str, task: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if metric not in TASK_METRICS[task]:
+        raise ValueError(
+            f"metric {metric!r} does not fit a {task} data set: use one of {TASK_METRICS[task]}"
+        )
 
 
 def _seed(seed: int, stream: int) -> int:
@@ -99,6 +127,25 @@ def epoch_order(data: FoldData, gen: torch.Generator) -> torch.Tensor:
     return data.train_idx.gather(1, keys.argsort(dim=1))
 
 
+def sample_loss(out: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
+    """Per-sample training loss [M, b] of outputs [M, b, C] against targets [M, b]: cross-entropy
+    on labels, or the squared error of the one output against standardised targets."""
+    if task == "regression":
+        return (out[..., 0] - target).square()
+    ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1), reduction="none")
+    return ce.view(target.shape)
+
+
+def _targets(
+    data: FoldData, rows: torch.Tensor, flat_rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets, index into them) for rows [M, L] of the members' folds (flat_rows: the same
+    rows offset by fold * N, as for X_std)."""
+    if data.task == "regression":
+        return data.y.view(-1), flat_rows
+    return data.y, rows
+
+
 def train_epoch(
     model: StackedModel,
     opt: torch.optim.Optimizer,
@@ -118,26 +165,24 @@ def train_epoch(
     x_flat = data.X_std.view(-1, data.X_std.shape[2])
     member_order = order[fold_of]  # [M, Ltr]
     flat_idx = member_order + (fold_of * n)[:, None]
+    # labels [N] are the same for every fold; standardised targets [K, N] are per fold
+    y_flat, y_idx = _targets(data, member_order, flat_idx)
     lo, hi = min(lens), max(lens)
-    n_members = len(lens)
     lens_t = torch.tensor(lens, device=data.device)
     for start in range(0, hi, batch_size):
         width = min(batch_size, hi - start)
         xb = x_flat[flat_idx[:, start : start + width]]
-        yb = data.y[member_order[:, start : start + width]]
-        logits = model(xb)
-        n_cls = logits.shape[-1]
+        yb = y_flat[y_idx[:, start : start + width]]
+        per_sample = sample_loss(model(xb), yb, data.task)  # [M, width]
         if start + width <= lo:
             # every member has `width` real samples: sum of member means = total sum / width
-            loss = F.cross_entropy(logits.reshape(-1, n_cls), yb.reshape(-1), reduction="sum")
-            loss = loss / width
+            loss = per_sample.sum() / width
             empty: list[int] = []
         else:
             counts = (lens_t - start).clamp(0, width)
             valid = torch.arange(width, device=data.device) < counts[:, None]
             w = valid / counts.clamp(min=1)[:, None]
-            ce = F.cross_entropy(logits.reshape(-1, n_cls), yb.reshape(-1), reduction="none")
-            loss = (ce.view(n_members, width) * w).sum()
+            loss = (per_sample * w).sum()
             empty = [m for m, ln in enumerate(lens) if ln <= start]
         opt.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
@@ -157,6 +202,7 @@ def evaluate(
     model: StackedModel, data: FoldData, fold_of: torch.Tensor, metric: str, max_rows: int = 1 << 16
 ) -> torch.Tensor:
     """Validation score per member ([M], on device); chunked over members to bound memory."""
+    _check_metric(metric, data.task)
     model.eval()
     n, lva = data.X_std.shape[1], data.val_idx.shape[1]
     x_flat = data.X_std.view(-1, data.X_std.shape[2])
@@ -166,18 +212,57 @@ def evaluate(
     out = []
     for c0 in range(0, n_members, chunk):
         f = fold_of[c0 : c0 + chunk]
-        xb = x_flat[data.val_idx[f] + (f * n)[:, None]]
-        yb = data.y[data.val_idx[f]]
-        logits = _forward_slice(model, xb, c0, c0 + f.shape[0])
-        vmask = valid[f]
-        if metric == "accuracy":
-            hit = (logits.argmax(-1) == yb) & vmask
-            score = hit.sum(1) / data.val_len[f]
+        rows = data.val_idx[f]
+        flat_rows = rows + (f * n)[:, None]
+        y_flat, y_idx = _targets(data, rows, flat_rows)
+        pred = _forward_slice(model, x_flat[flat_rows], c0, c0 + f.shape[0])
+        yb, vmask, count = y_flat[y_idx], valid[f], data.val_len[f]
+        if data.task == "regression":
+            assert data.y_scale is not None
+            score = _regression_score(pred[..., 0], yb, vmask, count, metric)
+            if metric != "r2":  # errors are in fold-standardised units: back to the data's
+                score = score * data.y_scale[f]
         else:
-            ce = F.cross_entropy(logits.transpose(1, 2), yb, reduction="none")
-            score = (ce * vmask).sum(1) / data.val_len[f]
+            score = _classification_score(pred, yb, vmask, count, metric)
         out.append(score.float())
     return torch.cat(out)
+
+
+def _classification_score(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    vmask: torch.Tensor,
+    count: torch.Tensor,
+    metric: str,
+) -> torch.Tensor:
+    """accuracy or log_loss per member of logits [M, Lva, C]."""
+    if metric == "accuracy":
+        hit = (logits.argmax(-1) == labels) & vmask
+        return hit.sum(1) / count
+    ce = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+    return (ce * vmask).sum(1) / count
+
+
+def _regression_score(
+    pred: torch.Tensor, target: torch.Tensor, vmask: torch.Tensor, count: torch.Tensor, metric: str
+) -> torch.Tensor:
+    """rmse / mae in standardised units, or r2, per member of predictions [M, Lva].
+
+    Working in the fold's standardised units is exact algebra (the error on the original scale
+    is the standardised error times the fold's std; r2 is scale-free) and keeps float32 precise
+    for targets far from zero. r2 is sklearn's r2_score: SST around the validation part's own
+    mean, 1 for a perfect fit of constant targets and 0 otherwise.
+    """
+    err = (pred - target) * vmask
+    if metric == "rmse":
+        return (err.square().sum(1) / count).sqrt()
+    if metric == "mae":
+        return err.abs().sum(1) / count
+    mean = (target * vmask).sum(1) / count
+    sst = ((target - mean[:, None]) * vmask).square().sum(1)
+    sse = err.square().sum(1)
+    constant = torch.where(sse == 0, 1.0, 0.0)
+    return torch.where(sst > 0, 1.0 - sse / sst.clamp(min=torch.finfo(sst.dtype).tiny), constant)
 
 
 def _forward_slice(model: StackedModel, x: torch.Tensor, a: int, b: int) -> torch.Tensor:
@@ -240,8 +325,7 @@ def train_trials(
     bf16 autocast was tried and stopped learning (log loss 1.94 vs 0.12 after 5 epochs on an
     H100), so it is not offered.
     """
-    if cfg.metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {cfg.metric!r}")
+    _check_metric(cfg.metric, data.task)
     if not trials:
         return []
     dev = data.device

@@ -23,6 +23,7 @@ from storage.recovery import recover_stale
 from storage.spec import StudySpec
 from worker.batch import BatchRunner, model_config
 from worker.data import FoldData, load_dataset, prepare_folds
+from worker.datasets import FileCache, load_uploaded
 from worker.heartbeat import LeaseHeartbeat
 from worker.settings import WorkerSettings
 from worker.sizing import auto_batch_trials
@@ -50,6 +51,7 @@ def resolve_device(name: str) -> torch.device:
 class _DataCache:
     """The folds of the last study, kept on the device between batches of the same study."""
 
+    files: FileCache
     key: str = ""
     data: FoldData | None = None
     hits: int = field(default=0)
@@ -57,10 +59,15 @@ class _DataCache:
     def get(self, spec: StudySpec, device: torch.device) -> FoldData:
         key = f"{spec.dataset.model_dump_json()}|{spec.cv.folds}|{spec.cv.seed}|{device}"
         if key != self.key or self.data is None:
-            options = (
-                spec.dataset.synthetic_options() if spec.dataset.builtin == "synthetic" else {}
-            )
-            ds = load_dataset(spec.dataset.builtin, dict(options))
+            self.data = None  # free the last study's folds before building these
+            if spec.dataset.id is not None:
+                ds = load_uploaded(self.files, spec.dataset.id)
+            else:
+                assert spec.dataset.builtin is not None
+                options = (
+                    spec.dataset.synthetic_options() if spec.dataset.builtin == "synthetic" else {}
+                )
+                ds = load_dataset(spec.dataset.builtin, dict(options))
             self.data = prepare_folds(ds, spec.cv.folds, spec.cv.seed, device)
             self.key = key
         return self.data
@@ -76,7 +83,9 @@ class Worker:
         self.optuna = optuna_storage(settings.database_url)
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stopping = False
-        self._cache = _DataCache()
+        self._cache = _DataCache(
+            FileCache(self.engine, settings.cache_dir, int(settings.cache_mb * 2**20))
+        )
         self._current: tuple[int | None, list[int]] = (None, [])
         self._last_recovery = 0.0
 

@@ -182,7 +182,7 @@ class StackedMLP(_Stacked):
         self._init_rates(n_members, len(hidden), dev)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [M, b, F] -> logits [M, b, C]."""
+        """x [M, b, F] -> outputs [M, b, C]: class logits, or C = 1 regression predictions."""
         if self.training and self._input_active:
             x = dropout_members(x, self.input_rates, self._rng())
         last = len(self.weights) - 1
@@ -282,7 +282,7 @@ class StackedCNN(_Stacked):
         self._init_rates(n_members, len(channels) + 1, dev)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [M, b, C*H*W] -> logits [M, b, n_classes]."""
+        """x [M, b, C*H*W] -> outputs [M, b, n_classes] (n_classes = 1: regression)."""
         m, bsz = x.shape[0], x.shape[1]
         # [M, b, C, H, W] -> [b, M*C, H, W]: member m owns channel group m
         h = (

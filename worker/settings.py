@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.settings import DEFAULT_DATABASE_URL
@@ -19,3 +21,6 @@ class WorkerSettings(BaseSettings):
     recover_every_seconds: float = 5.0
     max_batch_trials: int | None = None  # cap on trials trained together; None: from memory
     exit_when_idle: bool = False  # stop once the queue is empty (for scripts and tests)
+    # Uploaded data sets, fetched from the database once per machine (least recently used out).
+    cache_dir: Path = Path.home() / ".cache" / "droptune" / "datasets"
+    cache_mb: float = 4096.0

@@ -1,0 +1,240 @@
+"""Uploaded data sets: their records and bytes in the database, found by id or by content.
+
+The bytes live in `droptune_dataset_chunks`, CHUNK_BYTES a row, written and read one chunk at a
+time: neither the API nor a worker holds a whole file in memory to store or fetch it, and any
+worker with the database URL can train on any data set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, BinaryIO
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from storage.db import transaction
+from storage.errors import Conflict, NotFound, StorageError
+from storage.schemas import DatasetOut, DatasetPage, DataSummary
+from storage.tables import dataset_chunks, datasets, studies
+
+CHUNK_BYTES = 4 << 20
+ACTIVE = ("queued", "running")
+
+
+def sha256_of(f: BinaryIO) -> tuple[str, int]:
+    """The file's sha256 and size, read in chunks from the start."""
+    f.seek(0)
+    h, n = hashlib.sha256(), 0
+    while block := f.read(1 << 20):
+        h.update(block)
+        n += len(block)
+    f.seek(0)
+    return h.hexdigest(), n
+
+
+def _out(row: sa.Row[Any], used_by: list[int]) -> DatasetOut:
+    return DatasetOut(
+        **DataSummary.model_validate(row.summary).model_dump(),
+        id=row.id,
+        name=row.name,
+        owner=row.owner,
+        sha256=row.sha256,
+        bytes=row.bytes,
+        created_at=row.created_at,
+        studies=used_by,
+    )
+
+
+def _used_by(conn: Connection, ids: list[int]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {i: [] for i in ids}
+    if ids:
+        rows = conn.execute(
+            sa.select(studies.c.dataset_id, studies.c.id)
+            .where(studies.c.dataset_id.in_(ids))
+            .order_by(studies.c.id.desc())
+        ).all()
+        for r in rows:
+            out[int(r.dataset_id)].append(int(r.id))
+    return out
+
+
+def _matching(
+    conn: Connection, owner: str, sha256: str, target: str | None, task: str | None
+) -> sa.Row[Any] | None:
+    """A record of these bytes read as asked: the same target and task (or, where one was not
+    asked for, the same default)."""
+    rows = conn.execute(
+        sa.select(datasets)
+        .where(datasets.c.owner == owner, datasets.c.sha256 == sha256)
+        .order_by(datasets.c.id)
+    ).all()
+    for r in rows:
+        same_target = r.asked_target == "" if target is None else r.summary["target"] == target
+        same_task = r.asked_task == "" if task is None else r.task == task
+        if same_target and same_task:
+            return r
+    return None
+
+
+def find(
+    engine: Engine, owner: str, sha256: str, target: str | None, task: str | None
+) -> DatasetOut | None:
+    """The owner's data set with these bytes, read with this target and task, if stored."""
+    with transaction(engine, read_only=True) as conn:
+        row = _matching(conn, owner, sha256, target, task)
+        return None if row is None else _out(row, _used_by(conn, [row.id])[row.id])
+
+
+def create(
+    engine: Engine,
+    *,
+    owner: str,
+    name: str,
+    sha256: str,
+    size: int,
+    summary: DataSummary,
+    f: BinaryIO,
+    asked_target: str | None,
+    asked_task: str | None,
+) -> tuple[DatasetOut, bool]:
+    """Store the record and the bytes of `f` in one transaction: (record, True), or the record
+    already stored for the same content (record, False). Nothing is stored on any error."""
+    try:
+        with transaction(engine) as conn:
+            existing = _matching(conn, owner, sha256, asked_target, asked_task)
+            if existing is not None:
+                return _out(existing, _used_by(conn, [existing.id])[existing.id]), False
+            dataset_id = conn.execute(
+                datasets.insert()
+                .values(
+                    owner=owner,
+                    name=name,
+                    sha256=sha256,
+                    format=summary.format,
+                    bytes=size,
+                    rows=summary.rows,
+                    features=summary.features,
+                    task=summary.task,
+                    asked_target=asked_target or "",
+                    asked_task=asked_task or "",
+                    summary=summary.model_dump(mode="json"),
+                )
+                .returning(datasets.c.id)
+            ).scalar_one()
+            f.seek(0)
+            seq = 0
+            while block := f.read(CHUNK_BYTES):
+                conn.execute(
+                    dataset_chunks.insert().values(dataset_id=dataset_id, seq=seq, data=block)
+                )
+                seq += 1
+            row = conn.execute(sa.select(datasets).where(datasets.c.id == dataset_id)).one()
+            return _out(row, []), True
+    except StorageError as exc:
+        if not isinstance(exc.__cause__, sa.exc.IntegrityError):
+            raise
+    # Two uploads of the same bytes raced (PostgreSQL): the other one stored it.
+    found = find(engine, owner, sha256, asked_target, asked_task)
+    if found is None:
+        raise StorageError("the data set could not be stored (a concurrent upload failed)")
+    return found, False
+
+
+def get(engine: Engine, dataset_id: int, owner: str) -> DatasetOut:
+    with transaction(engine, read_only=True) as conn:
+        row = conn.execute(
+            sa.select(datasets).where(datasets.c.id == dataset_id, datasets.c.owner == owner)
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"data set {dataset_id} not found")
+        return _out(row, _used_by(conn, [row.id])[row.id])
+
+
+def page(engine: Engine, owner: str, offset: int, limit: int) -> DatasetPage:
+    with transaction(engine, read_only=True) as conn:
+        total = conn.execute(
+            sa.select(sa.func.count()).select_from(datasets).where(datasets.c.owner == owner)
+        ).scalar_one()
+        rows = conn.execute(
+            sa.select(datasets)
+            .where(datasets.c.owner == owner)
+            .order_by(datasets.c.id.desc())
+            .offset(offset)
+            .limit(limit)
+        ).all()
+        used = _used_by(conn, [r.id for r in rows])
+    return DatasetPage(
+        items=[_out(r, used[r.id]) for r in rows], total=total, offset=offset, limit=limit
+    )
+
+
+def delete(engine: Engine, dataset_id: int, owner: str) -> None:
+    """Remove a data set and its bytes; 409 while a queued or running study trains on it.
+    Ended studies keep their answers (they never read the data set again)."""
+    with transaction(engine) as conn:
+        found = conn.execute(
+            sa.select(datasets.c.id)
+            .where(datasets.c.id == dataset_id, datasets.c.owner == owner)
+            .with_for_update()  # a submit naming it waits for this (it takes FOR SHARE)
+        ).one_or_none()
+        if found is None:
+            raise NotFound(f"data set {dataset_id} not found")
+        active = (
+            conn.execute(
+                sa.select(studies.c.id)
+                .where(studies.c.dataset_id == dataset_id, studies.c.status.in_(ACTIVE))
+                .order_by(studies.c.id)
+            )
+            .scalars()
+            .all()
+        )
+        if active:
+            raise Conflict(
+                f"data set {dataset_id} is used by queued or running studies {list(active)}: "
+                "cancel them (or let them end) first"
+            )
+        conn.execute(dataset_chunks.delete().where(dataset_chunks.c.dataset_id == dataset_id))
+        conn.execute(datasets.delete().where(datasets.c.id == dataset_id))
+
+
+def for_study(conn: Connection, dataset_id: int, owner: str) -> DataSummary | None:
+    """The summary of the owner's data set a new study names, held (FOR SHARE on PostgreSQL)
+    until the study is stored, so the data set cannot be deleted in between."""
+    row = conn.execute(
+        sa.select(datasets.c.summary)
+        .where(datasets.c.id == dataset_id, datasets.c.owner == owner)
+        .with_for_update(read=True)
+    ).one_or_none()
+    return None if row is None else DataSummary.model_validate(row.summary)
+
+
+def record(engine: Engine, dataset_id: int) -> tuple[str, int, DataSummary]:
+    """(sha256, bytes, summary) of a data set, for a worker (workers act for every owner)."""
+    with transaction(engine, read_only=True) as conn:
+        row = conn.execute(
+            sa.select(datasets.c.sha256, datasets.c.bytes, datasets.c.summary).where(
+                datasets.c.id == dataset_id
+            )
+        ).one_or_none()
+    if row is None:
+        raise NotFound(f"data set {dataset_id} not found (deleted?)")
+    return str(row.sha256), int(row.bytes), DataSummary.model_validate(row.summary)
+
+
+def read_bytes(engine: Engine, dataset_id: int, out: BinaryIO) -> str:
+    """Write a data set's bytes to `out`, one chunk at a time; return their sha256."""
+    h = hashlib.sha256()
+    with transaction(engine, read_only=True) as conn:
+        n = conn.execute(
+            sa.select(sa.func.count()).where(dataset_chunks.c.dataset_id == dataset_id)
+        ).scalar_one()
+        for seq in range(n):
+            block = conn.execute(
+                sa.select(dataset_chunks.c.data).where(
+                    dataset_chunks.c.dataset_id == dataset_id, dataset_chunks.c.seq == seq
+                )
+            ).scalar_one()
+            h.update(block)
+            out.write(block)
+    return h.hexdigest()

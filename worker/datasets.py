@@ -1,0 +1,111 @@
+"""Uploaded data sets on a worker: fetched from the database once per machine, then trained on.
+
+Files are cached under DROPTUNE_CACHE_DIR by their sha256 (checked on every fetch), bounded in
+size, least recently used out. Any worker with the database URL can train on any data set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy.engine import Engine
+
+from storage import datafile, datasets
+from storage.schemas import DataSummary
+from worker.data import Dataset
+from worker.preprocess import tabular_preprocessor
+
+log = logging.getLogger("droptune.worker")
+
+
+@dataclass
+class FileCache:
+    """Uploaded files on local disk, named by their sha256."""
+
+    engine: Engine
+    directory: Path
+    max_bytes: int
+    fetched: int = 0  # files read from the database (the rest came from disk)
+
+    def path(self, dataset_id: int) -> tuple[Path, DataSummary]:
+        sha, size, summary = datasets.record(self.engine, dataset_id)
+        path = self.directory / sha
+        if path.exists():
+            os.utime(path)  # most recently used
+            return path, summary
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".{sha}.{os.getpid()}.part"
+        t0 = time.perf_counter()
+        try:
+            with tmp.open("wb") as out:
+                got = datasets.read_bytes(self.engine, dataset_id, out)
+            if got != sha:
+                raise ValueError(
+                    f"data set {dataset_id}: the bytes read from the database do not match its "
+                    f"sha256 ({got[:12]}… != {sha[:12]}…)"
+                )
+            os.replace(tmp, path)  # atomic: another worker on this machine sees all or nothing
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        self.fetched += 1
+        log.info(
+            "data set %s: %.1f MB read from the database in %.2f s",
+            dataset_id,
+            size / 2**20,
+            time.perf_counter() - t0,
+        )
+        self._evict(keep=path)
+        return path, summary
+
+    def _evict(self, keep: Path) -> None:
+        """Drop the least recently used files until the cache fits (the newest always stays)."""
+        files = []
+        for p in self.directory.iterdir():
+            if p.name.startswith(".") or p == keep:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                st = p.stat()
+                files.append((st.st_mtime, st.st_size, p))
+        total = sum(size for _, size, _ in files) + keep.stat().st_size
+        for _, size, p in sorted(files):
+            if total <= self.max_bytes:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                total -= size
+
+
+def load_uploaded(files: FileCache, dataset_id: int) -> Dataset:
+    """An uploaded data set, read as its upload was validated, with its preprocessing."""
+    path, summary = files.path(dataset_id)
+    with path.open("rb") as f:
+        table = datafile.load(f, summary)
+    task = summary.task
+    n_out = len(summary.classes or []) if task == "classification" else 1
+    if isinstance(table.X, np.ndarray):  # NPZ: numbers only, standardised per fold
+        shape = summary.image_shape
+        return Dataset(
+            X=table.X,
+            y=table.y,
+            n_classes=n_out,
+            image_shape=(shape[0], shape[1], shape[2]) if shape else None,
+            task=task,
+        )
+    numeric = [c.name for c in summary.columns if c.kind == "numeric"]
+    categorical = [c.name for c in summary.columns if c.kind == "categorical"]
+    missing = [c.name for c in summary.columns if c.missing]
+    return Dataset(
+        X=table.X,
+        y=table.y,
+        n_classes=n_out,
+        image_shape=None,
+        task=task,
+        preprocess=lambda: tabular_preprocessor(numeric, categorical, missing),
+    )
