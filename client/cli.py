@@ -365,18 +365,14 @@ def wait(
 def _dataset_line(d: DatasetOut) -> str:
     shape = f"images {'x'.join(map(str, d.image_shape))}" if d.image_shape else None
     what = shape or f"{d.features} columns" + (f", target {d.target!r}" if d.target else "")
-    if d.task == "classification" and d.classes is not None and d.class_counts is not None:
+    task = d.task + (" (from the target)" if d.task_inferred else "")
+    if d.classes is not None and d.class_counts is not None:
         pairs = [f"{c}: {n}" for c, n in zip(d.classes, d.class_counts, strict=True)]
         shown = ", ".join(pairs[:10]) + (f", … ({len(pairs)} in all)" if len(pairs) > 10 else "")
-        task = f"classification, {len(pairs)} classes ({shown})"
-    else:
-        task = "regression" + (
-            f", target mean {d.target_mean:.4g} ± {d.target_std:.4g} (std)"
-            if d.target_mean is not None and d.target_std is not None
-            else ""
-        )
-    inferred = " (inferred)" if d.task_inferred else ""
-    return f"{d.name} [{d.format}] {d.rows} rows, {what}; {task}{inferred}"
+        task += f", {len(pairs)} classes ({shown})"
+    elif d.target_mean is not None and d.target_std is not None:
+        task += f", target mean {d.target_mean:.4g}, std {d.target_std:.4g}"
+    return f"{d.name} [{d.format}] {d.rows} rows, {what}; {task}"
 
 
 @dataset_app.command("upload")
