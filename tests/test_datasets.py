@@ -28,7 +28,10 @@ PROBLEM = "application/problem+json"
 
 @pytest.fixture
 def api(db_url: str) -> Iterator[TestClient]:
-    app = create_app(ServiceSettings(database_url=db_url, max_upload_mb=2, max_categories=20))
+    settings = ServiceSettings(
+        database_url=db_url, max_upload_mb=2, max_categories=20, max_columns=40, max_cells=60_000
+    )
+    app = create_app(settings)
     with TestClient(app) as client:
         yield client
 
@@ -132,6 +135,14 @@ def _wide(p: Path) -> None:
     p.write_text("name,v,label\n" + "".join(f"n{i},{i},{i % 2}\n" for i in range(30)))
 
 
+def _columns(p: Path) -> None:
+    p.write_text(",".join(f"c{i}" for i in range(50)) + ",label\n" + "1," * 50 + "x\n")
+
+
+def _cells(p: Path) -> None:  # 20 columns x 4000 rows: over the test API's 60 000 cells
+    p.write_text(",".join(f"c{i}" for i in range(20)) + ",label\n" + ("1," * 20 + "x\n") * 4000)
+
+
 BAD: list[tuple[str, Any, int, str]] = [
     ("empty.csv", lambda p: p.write_bytes(b""), 422, "empty"),
     ("header.csv", lambda p: p.write_text("a,b,label\n"), 422, "no data rows"),
@@ -146,6 +157,8 @@ BAD: list[tuple[str, Any, int, str]] = [
     ("five.npz", _npz_5d, 422, "5 dimensions"),
     ("bomb.npz", _npz_bomb, 422, "limit"),
     ("wide.csv", _wide, 422, "name"),
+    ("columns.csv", _columns, 422, "40"),
+    ("cells.csv", _cells, 422, "60000"),
     ("binary.bin", lambda p: p.write_bytes(bytes(range(256)) * 8), 422, "CSV, NPZ or Parquet"),
     ("big.csv", lambda p: p.write_bytes(b"a,label\n" + b"1,x\n2,y\n" * 300_000), 413, "MAX_UPLOAD"),
 ]
