@@ -127,7 +127,7 @@ def postgres_reachable() -> str | None:
 
 def vm(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of a process, in bytes."""
-    out = {}
+    out: dict[str, int] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
@@ -159,12 +159,12 @@ class Upload:
 def upload(url: str, path: Path, warm: Path, log: Path) -> Upload:
     # Room above the file for the form's overhead, whatever --mb asks for.
     limit = {"DROPTUNE_MAX_UPLOAD_MB": str(max(256, 2 * path.stat().st_size // MiB))}
+    port = procs.free_port()
     try:
-        proc = procs.serve(url, procs.free_port(), log, limit)
+        proc = procs.serve(url, port, log, limit)
     except AssertionError:
         print(log.read_text()[-3000:], file=sys.stderr)
         raise
-    port = proc.args[proc.args.index("--port") + 1] if isinstance(proc.args, list) else None
     try:
         with Client(f"http://127.0.0.1:{port}", timeout=60) as client:
             client.upload_dataset(warm)
