@@ -70,6 +70,7 @@ class Client:
         if url.scheme not in ("http", "https") or not url.host:
             raise ClientError(f"not an http(s) URL: {base_url!r}")
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self.last_status: int | None = None  # the last answer's HTTP status (200 vs 201)
 
     def close(self) -> None:
         self._http.close()
@@ -87,6 +88,7 @@ class Client:
             r = self._http.request(method, path, **kw)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise ClientError(f"cannot reach droptune at {self.base_url}: {exc}") from exc
+        self.last_status = r.status_code
         if r.status_code >= 400:
             detail, errors = _problem(r)
             raise ClientError(f"{r.status_code}: {detail}", r.status_code, detail, errors)
@@ -143,22 +145,25 @@ class Client:
         task: str | None = None,
         timeout: float = 600.0,
     ) -> DatasetOut:
-        """Upload a data set and return its record (the existing one, if these bytes were
-        uploaded before). `data`: a CSV, NPZ or Parquet file's path; a pandas DataFrame (sent
-        as CSV); or an `(X, y)` pair of arrays (sent as NPZ, X may be (N, H, W) / (N, C, H, W)
-        images)."""
+        """Upload a data set and return its record: the stored one if these bytes were
+        uploaded before and read the same way (then `last_status` is 200, else 201).
+
+        `data`: a CSV, NPZ or Parquet file's path; a pandas DataFrame (sent as CSV); or an
+        `(X, y)` pair of arrays (sent as NPZ; X may be (N, H, W) / (N, C, H, W) images)."""
         if isinstance(data, str | os.PathLike):
             path = Path(data)
             return self._upload(path, path.name, target, name, task, timeout)
         with tempfile.TemporaryDirectory(prefix="droptune-upload-") as tmp:
-            if hasattr(data, "to_csv"):  # a pandas DataFrame
-                path = Path(tmp) / "dataframe.csv"
+            if hasattr(data, "to_csv"):  # a pandas DataFrame (its index is not a column)
+                rows, cols = data.shape
+                path = Path(tmp) / f"dataframe-{rows}x{cols}.csv"
                 data.to_csv(path, index=False)
             elif isinstance(data, tuple) and len(data) == 2:
                 import numpy as np
 
-                path = Path(tmp) / "arrays.npz"
-                np.savez(path, X=np.asarray(data[0]), y=np.asarray(data[1]))
+                X = np.asarray(data[0])
+                path = Path(tmp) / f"arrays-{'x'.join(map(str, X.shape))}.npz"
+                np.savez(path, X=X, y=np.asarray(data[1]))
             else:
                 raise ClientError(
                     "upload_dataset takes a file path, a pandas DataFrame or an (X, y) pair, "

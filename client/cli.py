@@ -206,13 +206,15 @@ def submit(
         _fail(f"invalid spec: {e['field']}: {e['message']}")
     with _client(url) as c:
         try:
+            kept = ""
             if data is not None:
                 ds = c.upload_dataset(data, target=target, task=task)
                 spec["dataset"] = {"id": ds.id}
-                typer.echo(f"data set {ds.id}: {_dataset_line(ds)}", err=True)
+                typer.echo(f"data set {ds.id}{_reused(c)}: {_dataset_line(ds)}", err=True)
+                kept = f" (data set {ds.id} is stored: fix the spec and use --dataset-id {ds.id})"
             study = c.submit(spec)
         except ClientError as exc:
-            _fail(str(exc))
+            _fail(f"{exc}{kept}")
     typer.echo(study.model_dump_json(indent=2) if as_json else str(study.id))
 
 
@@ -363,8 +365,9 @@ def wait(
 
 
 def _dataset_line(d: DatasetOut) -> str:
-    shape = f"images {'x'.join(map(str, d.image_shape))}" if d.image_shape else None
-    what = shape or f"{d.features} columns" + (f", target {d.target!r}" if d.target else "")
+    shape = f"images CxHxW {'x'.join(map(str, d.image_shape))}" if d.image_shape else None
+    cols = f"{d.features} column{'s' if d.features != 1 else ''}"
+    what = shape or cols + (f", target {d.target!r}" if d.target else "")
     task = d.task + (" (from the target)" if d.task_inferred else "")
     if d.classes is not None and d.class_counts is not None:
         pairs = [f"{c}: {n}" for c, n in zip(d.classes, d.class_counts, strict=True)]
@@ -394,24 +397,44 @@ def dataset_upload(
             d = c.upload_dataset(file, target=target, name=name, task=task)
         except ClientError as exc:
             _fail(str(exc))
-    typer.echo(d.model_dump_json(indent=2) if as_json else f"{d.id}\t{_dataset_line(d)}")
+    if as_json:
+        typer.echo(d.model_dump_json(indent=2))
+        return
+    typer.echo(f"{d.id}\t{_dataset_line(d)}")
+    if c.last_status == 200:
+        typer.echo(
+            f"(these bytes were uploaded before as data set {d.id}, read the same way: reused)",
+            err=True,
+        )
+
+
+def _reused(c: Client) -> str:
+    return " (uploaded before: reused)" if c.last_status == 200 else ""
 
 
 @dataset_app.command("list")
-def dataset_list(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+def dataset_list(
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+) -> None:
     """Your data sets, newest first."""
     with _client(url) as c:
         try:
-            page = c.datasets(limit=500)
+            page = c.datasets(offset=offset, limit=limit)
         except ClientError as exc:
             _fail(str(exc))
     if as_json:
         typer.echo(page.model_dump_json(indent=2))
         return
     if not page.items:
-        typer.echo("no data sets yet: droptune dataset upload FILE", err=True)
+        typer.echo("no data sets" + (" here" if offset else " yet: droptune dataset upload FILE"))
     for d in page.items:
         typer.echo(f"{d.id}\t{_dataset_line(d)}")
+    if page.total > offset + len(page.items):
+        more = page.total - offset - len(page.items)
+        typer.echo(f"… {more} more: --offset {offset + len(page.items)}", err=True)
 
 
 @dataset_app.command("show")

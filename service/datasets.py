@@ -48,7 +48,9 @@ def router_for(settings: ServiceSettings) -> APIRouter:
         engine: EngineDep,
         settings: SettingsDep,
         file: Annotated[UploadFile, File(description="CSV with a header row, NPZ (X, y), Parquet")],
-        name: Annotated[str | None, Form(max_length=200)] = None,
+        name: Annotated[
+            str | None, Form(max_length=200, description="default: the file's name")
+        ] = None,
         target: Annotated[
             str | None,
             Form(max_length=200, description="the label column (default: `label`, else the last)"),

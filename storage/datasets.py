@@ -60,16 +60,26 @@ def _used_by(conn: Connection, ids: list[int]) -> dict[int, list[int]]:
 
 
 def _matching(
-    conn: Connection, owner: str, sha256: str, target: str | None, task: str | None
+    conn: Connection,
+    owner: str,
+    sha256: str,
+    target: str | None,
+    task: str | None,
+    *,
+    as_read: bool = False,
 ) -> sa.Row[Any] | None:
     """A record of these bytes read as asked: the same target and task (or, where one was not
-    asked for, the same default)."""
+    asked for, the same default); with `as_read`, the same target and task as read."""
     rows = conn.execute(
         sa.select(datasets)
         .where(datasets.c.owner == owner, datasets.c.sha256 == sha256)
         .order_by(datasets.c.id)
     ).all()
     for r in rows:
+        if as_read:
+            if r.summary["target"] == target and r.task == task:
+                return r
+            continue
         same_target = r.asked_target == "" if target is None else r.summary["target"] == target
         same_task = r.asked_task == "" if task is None else r.task == task
         if same_target and same_task:
@@ -102,7 +112,11 @@ def create(
     already stored for the same content (record, False). Nothing is stored on any error."""
     try:
         with transaction(engine) as conn:
-            existing = _matching(conn, owner, sha256, asked_target, asked_task)
+            # As asked, or as read: `--target label` and no --target that defaults to `label`
+            # are the same data set.
+            existing = _matching(conn, owner, sha256, asked_target, asked_task) or _matching(
+                conn, owner, sha256, summary.target, summary.task, as_read=True
+            )
             if existing is not None:
                 return _out(existing, _used_by(conn, [existing.id])[existing.id]), False
             dataset_id = conn.execute(

@@ -42,6 +42,7 @@ class _NpyHeader:
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
     offset: int  # bytes of .npy header before the data
+    fortran: bool = False  # values stored column-major
 
     @property
     def nbytes(self) -> int:
@@ -66,15 +67,15 @@ def _npy_header(zf: zipfile.ZipFile, name: str, info: zipfile.ZipInfo) -> _NpyHe
         with zf.open(info) as m:
             version = fmt.read_magic(m)
             if version == (1, 0):
-                shape, _, dtype = fmt.read_array_header_1_0(m)
+                shape, fortran, dtype = fmt.read_array_header_1_0(m)
             elif version == (2, 0):
-                shape, _, dtype = fmt.read_array_header_2_0(m)
+                shape, fortran, dtype = fmt.read_array_header_2_0(m)
             else:
                 raise DataError(f"array {name} uses .npy version {version}, not supported")
             offset = m.tell()
     except (*_ZIP_ERRORS, SyntaxError) as e:
         raise DataError(f"array {name} in the NPZ file is not a valid .npy array: {e}") from None
-    return _NpyHeader(name, info, tuple(int(s) for s in shape), dtype, offset)
+    return _NpyHeader(name, info, tuple(int(s) for s in shape), dtype, offset, bool(fortran))
 
 
 def _npz_headers(zf: zipfile.ZipFile) -> tuple[_NpyHeader, _NpyHeader]:
@@ -128,9 +129,13 @@ def _check_npz_shapes(hx: _NpyHeader, hy: _NpyHeader, limits: Limits) -> list[in
         raise DataError(
             f"X has {features} feature columns, more than the limit of {limits.max_columns}"
         )
-    if len(xs) == 4 and xs[1] > 64 and xs[3] <= 4:
+    # (N, H, W, C) is how most image libraries hand images over; read as (N, C, H, W) it would
+    # train on nonsense without a word. A last axis of 1, 3 or 4 (grey, RGB, RGBA) behind a
+    # second axis that is not is taken for channels-last.
+    if len(xs) == 4 and xs[3] in (1, 3, 4) and xs[1] not in (1, 3, 4):
         raise DataError(
-            f"X has shape {xs}, which looks like (N, H, W, C): transpose to (N, C, H, W)"
+            f"X has shape {xs}, which looks like (N, H, W, C) with {xs[3]} channel(s) last: "
+            "droptune takes images as (N, C, H, W); transpose with X.transpose(0, 3, 1, 2)"
         )
     if len(xs) > 2:
         image = [1, *xs[1:]] if len(xs) == 3 else list(xs[1:])
@@ -178,15 +183,27 @@ def _npy_chunks(zf: zipfile.ZipFile, h: _NpyHeader, chunk_bytes: int) -> Iterato
 
 
 def _check_x_values(zf: zipfile.ZipFile, hx: _NpyHeader, chunk_bytes: int) -> None:
-    nonfinite = huge = 0
+    nonfinite = huge = seen = 0
+    first: tuple[int, ...] | None = None
     for part in _npy_chunks(zf, hx, chunk_bytes):
         if part.dtype.kind != "f":
+            seen += part.size
             continue
         finite = np.isfinite(part)
-        nonfinite += int((~finite).sum())
+        bad = int((~finite).sum())
+        if bad and first is None:
+            flat = seen + int(np.argmax(~finite.reshape(-1)))
+            where = np.unravel_index(flat, hx.shape, order="F" if hx.fortran else "C")
+            first = tuple(int(i) for i in where)
+        nonfinite += bad
         huge += int((np.abs(part[finite]) > _FLOAT32_MAX).sum())
+        seen += part.size
     if nonfinite:
-        raise DataError(f"X has {nonfinite} non-finite values (NaN or inf)")
+        raise DataError(
+            f"X has {nonfinite} non-finite value(s) (NaN or inf), the first at X{list(first or ())}"
+            ": NPZ arrays must be complete (missing values are imputed only in CSV and Parquet "
+            "columns)"
+        )
     if huge:
         raise DataError(f"X has {huge} values too large for float32 (beyond 3.4e38)")
 

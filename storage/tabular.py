@@ -110,6 +110,12 @@ def _open_csv(f: BinaryIO, block_size: int) -> _Source:
         names = [str(n) for n in _csv_reader(f, None, bad, block_size).schema.names]
     except (pa.ArrowException, UnicodeDecodeError) as e:
         raise _csv_error(e, bad) from None
+    for sep, what in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+        if len(names) == 1 and sep in names[0]:
+            raise DataError(
+                f"the CSV header is one column, {snip(names[0])}, separated by {what}: droptune "
+                "reads comma-separated CSV; save the file with commas"
+            )
     _check_names(names, "CSV header")
     return _Source(names, ["text"] * len(names), None, _csv_batches(f, names, bad, block_size))
 

@@ -71,6 +71,10 @@ def test_upload_record_dedupe_list_show(api: TestClient, db_url: str, tmp_path: 
     again = upload(api, csv, target="target", name="other name")
     assert again.status_code == 200 and again.json()["id"] == d["id"]
     assert stored(db_url) == (1, csv.stat().st_size)  # the bytes are stored once
+    # No target given, but the default (the last column) is the one asked for before.
+    same = upload(api, csv)
+    assert same.status_code == 200 and same.json()["id"] == d["id"]
+    assert upload(api, csv, task="classification").json()["id"] == d["id"]
     # The same bytes read another way are another data set.
     as_regression = upload(api, csv, target="mean radius")
     assert as_regression.status_code == 201 and as_regression.json()["task"] == "regression"

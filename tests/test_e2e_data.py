@@ -107,7 +107,12 @@ def test_the_readme_steps_and_a_huge_declared_upload(tmp_path: Path) -> None:
             "submit", "--data", str(csv), "--target", "target", "--trials", "2", *fast, url=base
         )
         assert again.returncode == 0 and again.stdout.strip() == "2", again.stderr
-        assert "data set 1:" in again.stderr  # the same bytes: the same data set
+        assert "data set 1 (uploaded before: reused):" in again.stderr  # the same bytes
+        refused = _cli(
+            "submit", "--data", str(csv), "--target", "target", "--metric", "rmse", url=base
+        )
+        assert refused.returncode == 1 and "cv.metric" in refused.stderr
+        assert "use --dataset-id 1" in refused.stderr
         assert _cli("wait", "2", url=base).returncode == 0
         listed = _cli("dataset", "list", url=base)
         assert listed.stdout.startswith("1\tcancer.csv [csv] 569 rows")
