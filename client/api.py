@@ -161,9 +161,17 @@ class Client:
             elif isinstance(data, tuple) and len(data) == 2:
                 import numpy as np
 
-                X = np.asarray(data[0])
+                X, y = np.asarray(data[0]), np.asarray(data[1])
+                # Object arrays would be pickled, which the server refuses: labels as text.
+                if y.dtype == object:
+                    y = y.astype(str)
+                if X.dtype == object:
+                    try:
+                        X = X.astype(np.float64)
+                    except (TypeError, ValueError) as exc:
+                        raise ClientError(f"X must hold numbers: {exc}") from exc
                 path = Path(tmp) / f"arrays-{'x'.join(map(str, X.shape))}.npz"
-                np.savez(path, X=X, y=np.asarray(data[1]))
+                np.savez(path, X=X, y=y)
             else:
                 raise ClientError(
                     "upload_dataset takes a file path, a pandas DataFrame or an (X, y) pair, "

@@ -103,6 +103,9 @@ def to_chunk(arr: Any, how: How) -> Chunk:
     return Chunk(null=null, arrow=arr)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 class ColumnStats:
     """What inspect() learns about one feature column, in memory bounded by max_categories."""
 
@@ -112,6 +115,7 @@ class ColumnStats:
         self.could_be_numeric = how in ("text", "number")
         self.missing = 0
         self.infinite = 0
+        self.huge = 0
         # Hashes of the distinct values, not the values: a wide file must not hold its strings.
         # None once there are too many (then the column may only end up numeric).
         self.hashes: npt.NDArray[np.int64] | None = None if how == "number" else _no_hashes()
@@ -124,6 +128,9 @@ class ColumnStats:
                 self.could_be_numeric = False
             else:
                 self.infinite += int(np.isinf(num).sum())
+                # Beyond float32's range the standardisation overflows (and training is
+                # float32): refused like infinities, as for NPZ arrays.
+                self.huge += int((np.abs(num[np.isfinite(num)]) > FLOAT32_MAX).sum())
         if self.hashes is not None and c.is_text:
             self._add_distinct(c.distinct())
         if not self.could_be_numeric and self.hashes is None:
@@ -144,6 +151,11 @@ class ColumnStats:
 
     def info(self) -> ColumnInfo:
         if self.could_be_numeric:
+            if self.huge:
+                raise DataError(
+                    f"column {self.name!r} has {self.huge} value(s) beyond ±3.4e38 (float32's "
+                    "range): rescale the column"
+                )
             if self.infinite:
                 raise DataError(
                     f"column {self.name!r} has {self.infinite} infinite values: "

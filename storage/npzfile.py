@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -18,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from storage.columns import Chunk, TargetStats, encode_target
+from storage.columns import FLOAT32_MAX, Chunk, TargetStats, encode_target
 from storage.datacheck import (
     DataError,
     How,
@@ -31,8 +32,6 @@ from storage.datacheck import (
     some,
 )
 from storage.schemas import DataSummary
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -61,6 +60,10 @@ _ZIP_ERRORS = (
 )
 
 
+# Longest class label in a string y: labels are stored and shown with the data set.
+MAX_LABEL_CHARS = 200
+
+
 def _npy_header(zf: zipfile.ZipFile, name: str, info: zipfile.ZipInfo) -> _NpyHeader:
     fmt = np.lib.format
     try:
@@ -80,6 +83,12 @@ def _npy_header(zf: zipfile.ZipFile, name: str, info: zipfile.ZipInfo) -> _NpyHe
 
 def _npz_headers(zf: zipfile.ZipFile) -> tuple[_NpyHeader, _NpyHeader]:
     """The headers of X and y, read without decompressing (or unpickling) their data."""
+    # np.load looks a name up as given before trying it with ".npy": an archive holding both
+    # `X` and `X.npy` would be checked as one and trained as the other. Refused.
+    names = Counter(i.filename.removesuffix(".npy") for i in zf.infolist())
+    twice = sorted(n for n, k in names.items() if k > 1)
+    if twice:
+        raise DataError(f"the NPZ file holds more than one array named {some(twice)}")
     members = {i.filename.removesuffix(".npy"): i for i in zf.infolist()}
     missing = [a for a in ("X", "y") if a not in members]
     if missing:
@@ -105,6 +114,11 @@ def _check_npz_dtypes(hx: _NpyHeader, hy: _NpyHeader) -> None:
         raise DataError(f"y must hold numbers, booleans or strings (dtype 'U'), not {hy.dtype}")
     if hy.dtype.itemsize == 0:
         raise DataError("y holds only empty strings")
+    if hy.dtype.kind == "U" and hy.dtype.itemsize // 4 > MAX_LABEL_CHARS:
+        raise DataError(
+            f"y's labels are up to {hy.dtype.itemsize // 4} characters long; at most "
+            f"{MAX_LABEL_CHARS} (class names, not free text)"
+        )
 
 
 def _check_npz_shapes(hx: _NpyHeader, hy: _NpyHeader, limits: Limits) -> list[int] | None:
@@ -196,7 +210,7 @@ def _check_x_values(zf: zipfile.ZipFile, hx: _NpyHeader, chunk_bytes: int) -> No
             where = np.unravel_index(flat, hx.shape, order="F" if hx.fortran else "C")
             first = tuple(int(i) for i in where)
         nonfinite += bad
-        huge += int((np.abs(part[finite]) > _FLOAT32_MAX).sum())
+        huge += int((np.abs(part[finite]) > FLOAT32_MAX).sum())
         seen += part.size
     if nonfinite:
         raise DataError(
@@ -242,11 +256,16 @@ def inspect_npz(
         _check_npz_dtypes(hx, hy)
         image = _check_npz_shapes(hx, hy, limits)
         _check_npz_sizes((hx, hy), limits)
-        y = np.concatenate(list(_npy_chunks(zf, hy, tuning.npz_chunk_bytes)))
+        # y, like X, in chunks: a compressed y can be far larger than the file.
+        labels: TargetStats | None = None
+        row = 0
+        for part in _npy_chunks(zf, hy, tuning.npz_chunk_bytes):
+            chunk, how = _y_chunk(part)
+            labels = labels or TargetStats("y", how, limits, tuning.max_inferred_classes)
+            labels.add(chunk, row)
+            row += len(part)
         _check_x_values(zf, hx, tuning.npz_chunk_bytes)
-    chunk, how = _y_chunk(y)
-    labels = TargetStats("y", how, limits, tuning.max_inferred_classes)
-    labels.add(chunk, 0)
+    assert labels is not None  # y has as many rows as X, and X has rows
     out = labels.outcome(task)
     features = math.prod(hx.shape[1:])
     return DataSummary(
@@ -271,17 +290,19 @@ def load_npz(f: BinaryIO, summary: DataSummary) -> Table:
     with _open_zip(f) as zf:
         hx, hy = _npz_headers(zf)
         _check_npz_dtypes(hx, hy)
-        # The stored summary bounds what np.load may decompress.
+        # The stored summary bounds what is decompressed below.
         if hx.shape[0] != summary.rows or math.prod(hx.shape[1:]) != summary.features:
             raise changed(f"X has shape {hx.shape}")
         if hy.shape not in ((summary.rows,), (summary.rows, 1)):
             raise changed(f"y has shape {hy.shape}")
-    f.seek(0)
-    try:
-        with np.load(f, allow_pickle=False) as npz:
-            X = np.asarray(npz["X"]).reshape(summary.rows, -1).astype(np.float32, copy=False)
-            y = np.asarray(npz["y"])
-    except _ZIP_ERRORS as e:
-        raise DataError(f"the NPZ file could not be read: {e}") from None
+        # The very members inspect() checked (not np.load's lookup by name), without pickles.
+        try:
+            with zf.open(hx.member) as m:
+                X = np.lib.format.read_array(m, allow_pickle=False)
+            with zf.open(hy.member) as m:
+                y = np.lib.format.read_array(m, allow_pickle=False)
+        except _ZIP_ERRORS as e:
+            raise DataError(f"the NPZ file could not be read: {e}") from None
+    X = np.asarray(X).reshape(summary.rows, -1).astype(np.float32, copy=False)
     chunk, how = _y_chunk(y)
     return Table(X=X, y=encode_target(chunk, how == "number", summary), summary=summary)

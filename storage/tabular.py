@@ -74,6 +74,10 @@ def _csv_error(exc: Exception, bad: list[Any]) -> DataError:
     return DataError(f"the CSV file could not be parsed: {snip(msg, 200)}")
 
 
+# A Parquet column chunk may decompress to at most this, or 8x the file if that is more.
+PARQUET_MAX_CHUNK_BYTES = 64 << 20
+
+
 def _csv_reader(f: BinaryIO, names: list[str] | None, bad: list[Any], block_size: int) -> Any:
     def on_bad_row(row: Any) -> str:
         bad.append(row)
@@ -83,7 +87,9 @@ def _csv_reader(f: BinaryIO, names: list[str] | None, bad: list[Any], block_size
     # One thread: pyarrow then knows the row number of a ragged row.
     # Each column of each block costs a fixed overhead, so wide files get larger blocks
     # (up to 8x): fewer, larger batches for the same bounded memory per row.
-    scale = min(8, max(1, len(names or ()) // 64))
+    # The header is read before the names are known: with the widest block, so a long header
+    # (thousands of columns) is not taken for an empty file.
+    scale = 8 if names is None else min(8, max(1, len(names) // 64))
     read = pacsv.ReadOptions(block_size=block_size * scale, use_threads=False)
     parse = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_bad_row)
     if names is None:
@@ -148,6 +154,24 @@ def _parquet_batches(pf: Any, names: list[str], batch_cells: int) -> Iterator[An
         pf.close()
 
 
+def _check_parquet_sizes(pf: Any, f: BinaryIO) -> None:
+    """Refuse column chunks that decompress to far more than the file: reading one page of such
+    a chunk could need that memory (a small file must not cost the API gigabytes)."""
+    f.seek(0, 2)
+    limit = max(PARQUET_MAX_CHUNK_BYTES, 8 * f.tell())
+    md = pf.metadata
+    for g in range(md.num_row_groups):
+        rg = md.row_group(g)
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            if col.total_uncompressed_size > limit:
+                raise DataError(
+                    f"Parquet column {col.path_in_schema!r} decompresses to "
+                    f"{col.total_uncompressed_size / 2**20:.0f} MB in row group {g}, more than "
+                    f"{limit / 2**20:.0f} MB: write the file with smaller row groups"
+                )
+
+
 def _open_parquet(f: BinaryIO, batch_cells: int) -> _Source:
     f.seek(0)
     try:
@@ -162,6 +186,7 @@ def _open_parquet(f: BinaryIO, batch_cells: int) -> _Source:
     index = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
     names = [str(n) for n in schema.names if n not in index]
     _check_names(names, "Parquet file")
+    _check_parquet_sizes(pf, f)
     hows = [_parquet_how(n, schema.field(n).type) for n in names]
     return _Source(names, hows, int(pf.metadata.num_rows), _parquet_batches(pf, names, batch_cells))
 

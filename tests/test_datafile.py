@@ -465,3 +465,56 @@ def test_load_notices_a_changed_file(tmp_path: Path) -> None:
     path.write_text("a,y\n1,x\n2,z\n3,x\n4,y\n")
     with pytest.raises(DataError, match="changed since it was inspected: label 'z'"):
         reload(path, s)
+
+
+def test_an_npz_with_two_arrays_of_one_name_is_refused(tmp_path: Path) -> None:
+    """np.load would train on `X` where the checks read `X.npy`: refused outright."""
+    good, bad = io.BytesIO(), io.BytesIO()
+    np.save(good, np.zeros((20, 3)))
+    np.save(bad, np.full((20, 50), np.nan))
+    labels = io.BytesIO()
+    np.save(labels, Y20)
+    path = tmp_path / "two.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("X.npy", good.getvalue())
+        z.writestr("X", bad.getvalue())
+        z.writestr("y.npy", labels.getvalue())
+    with pytest.raises(DataError, match="more than one array named 'X'"):
+        summarise(path)
+
+
+def test_a_compressed_y_is_read_in_chunks(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(datafile, "NPZ_CHUNK_BYTES", 64)  # many chunks for 400 labels
+    path = write_npz(tmp_path, X=np.arange(800.0).reshape(400, 2), y=np.arange(400) % 3)
+    s = summarise(path)
+    assert s.class_counts == [134, 133, 133] and s.rows == 400
+    long = write_npz(tmp_path, "long.npz", X=X20, y=np.array(["a" * 300] * 10 + ["b"] * 10))
+    with pytest.raises(DataError, match="300 characters long; at most 200"):
+        summarise(long)
+
+
+def test_values_beyond_float32_are_refused_in_tabular_columns(tmp_path: Path) -> None:
+    path = write(tmp_path, "huge.csv", "a,b,y\n1,1e300,x\n2,3,y\n3,4,x\n4,5,y\n")
+    with pytest.raises(DataError, match="column 'b' has 1 value\\(s\\) beyond"):
+        summarise(path)
+
+
+def test_a_header_longer_than_a_block_is_read(tmp_path: Path) -> None:
+    names = [f"feature_{i:04d}_" + "x" * 600 for i in range(2000)]  # ~1.2 MB of header
+    rows = [",".join(str(i % 7) for i in range(2000)) + f",{k % 2}" for k in range(6)]
+    path = write(tmp_path, "wide.csv", ",".join([*names, "label"]) + "\n" + "\n".join(rows))
+    s = summarise(path)
+    assert s.features == 2000 and s.rows == 6
+
+
+def test_a_parquet_chunk_far_larger_than_the_file_is_refused(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from storage import tabular
+
+    monkeypatch.setattr(tabular, "PARQUET_MAX_CHUNK_BYTES", 1024)
+    frame = pd.DataFrame({"a": np.zeros(100_000), "label": np.arange(100_000) % 2})
+    path = tmp_path / "zeros.parquet"
+    frame.to_parquet(path, compression="zstd", use_dictionary=False)  # 800 KB of zeros, ~1 KB
+    with pytest.raises(DataError, match=r"decompresses to .* write the file with smaller row"):
+        summarise(path)

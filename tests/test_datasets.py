@@ -4,6 +4,7 @@ with nothing stored, submit checks against the data set, delete, and the worker'
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,8 +304,10 @@ def test_cache_evicts_least_recently_used(db_url: str, tmp_path: Path) -> None:
         ids.append((rec.id, sha, size))
     limit = ids[0][2] + ids[1][2] + 10  # room for two files
     cache = FileCache(engine, tmp_path / "c", limit)
-    for i, _, _ in ids:
+    for n, (i, sha, _) in enumerate(ids):
         cache.path(i)
+        t = 1_000_000 + n  # distinct use times, whatever the file system's clock resolution
+        os.utime(tmp_path / "c" / sha, (t, t))
     names = {p.name for p in (tmp_path / "c").iterdir()}
     assert names == {ids[1][1], ids[2][1]}  # the first, least recently used, went
     engine.dispose()

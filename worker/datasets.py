@@ -23,6 +23,9 @@ from worker.preprocess import tabular_preprocessor
 
 log = logging.getLogger("droptune.worker")
 
+# A partial download older than this was left by a worker that died while fetching it.
+PART_AGE_S = 3600.0
+
 
 @dataclass
 class FileCache:
@@ -36,7 +39,7 @@ class FileCache:
     def path(self, dataset_id: int) -> tuple[Path, DataSummary]:
         sha, size, summary = datasets.record(self.engine, dataset_id)
         path = self.directory / sha
-        if path.exists():
+        with contextlib.suppress(FileNotFoundError):  # evicted by another worker: fetch it
             os.utime(path)  # most recently used
             return path, summary
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -65,10 +68,16 @@ class FileCache:
         return path, summary
 
     def _evict(self, keep: Path) -> None:
-        """Drop the least recently used files until the cache fits (the newest always stays)."""
+        """Drop the least recently used files until the cache fits (the newest always stays),
+        and partial files a killed worker left behind."""
         files = []
         for p in self.directory.iterdir():
-            if p.name.startswith(".") or p == keep:
+            if p.name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    if p.name.endswith(".part") and time.time() - p.stat().st_mtime > PART_AGE_S:
+                        p.unlink()
+                continue
+            if p == keep:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 st = p.stat()
@@ -84,9 +93,17 @@ class FileCache:
 
 def load_uploaded(files: FileCache, dataset_id: int) -> Dataset:
     """An uploaded data set, read as its upload was validated, with its preprocessing."""
-    path, summary = files.path(dataset_id)
-    with path.open("rb") as f:
-        table = datafile.load(f, summary)
+    for attempt in (1, 2):
+        path, summary = files.path(dataset_id)
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:  # evicted by another worker in between: fetch it again
+            if attempt == 2:
+                raise
+            continue
+        with f:
+            table = datafile.load(f, summary)
+        break
     task = summary.task
     n_out = len(summary.classes or []) if task == "classification" else 1
     if isinstance(table.X, np.ndarray):  # NPZ: numbers only, standardised per fold
