@@ -78,7 +78,9 @@ def _csv_error(exc: Exception, bad: list[Any]) -> DataError:
 PARQUET_MAX_CHUNK_BYTES = 64 << 20
 
 
-def _csv_reader(f: BinaryIO, names: list[str] | None, bad: list[Any], block_size: int) -> Any:
+def _csv_reader(
+    f: BinaryIO, names: list[str] | None, bad: list[Any], block_size: int, scale: int = 1
+) -> Any:
     def on_bad_row(row: Any) -> str:
         bad.append(row)
         return "error"
@@ -87,9 +89,8 @@ def _csv_reader(f: BinaryIO, names: list[str] | None, bad: list[Any], block_size
     # One thread: pyarrow then knows the row number of a ragged row.
     # Each column of each block costs a fixed overhead, so wide files get larger blocks
     # (up to 8x): fewer, larger batches for the same bounded memory per row.
-    # The header is read before the names are known: with the widest block, so a long header
-    # (thousands of columns) is not taken for an empty file.
-    scale = 8 if names is None else min(8, max(1, len(names) // 64))
+    if names is not None:
+        scale = min(8, max(1, len(names) // 64))
     read = pacsv.ReadOptions(block_size=block_size * scale, use_threads=False)
     parse = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_bad_row)
     if names is None:
@@ -112,10 +113,20 @@ def _csv_batches(f: BinaryIO, names: list[str], bad: list[Any], block_size: int)
 
 def _open_csv(f: BinaryIO, block_size: int) -> _Source:
     bad: list[Any] = []
-    try:
-        names = [str(n) for n in _csv_reader(f, None, bad, block_size).schema.names]
-    except (pa.ArrowException, UnicodeDecodeError) as e:
-        raise _csv_error(e, bad) from None
+    f.seek(0, 2)
+    size = f.tell()
+    # A header longer than a block (thousands of long names) reads as "empty": again with a
+    # larger block. Not larger from the start: pyarrow reads ahead several blocks, and on a
+    # narrow file that would cost the API ~100 MB for nothing.
+    for scale in (1, 8, 64):
+        try:
+            names = [str(n) for n in _csv_reader(f, None, bad, block_size, scale).schema.names]
+            break
+        except pa.ArrowInvalid as e:
+            if "Empty CSV" not in str(e) or size <= block_size * scale or scale == 64:
+                raise _csv_error(e, bad) from None
+        except (pa.ArrowException, UnicodeDecodeError) as e:
+            raise _csv_error(e, bad) from None
     for sep, what in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
         if len(names) == 1 and sep in names[0]:
             raise DataError(
