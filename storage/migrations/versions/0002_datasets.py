@@ -51,6 +51,10 @@ def upgrade() -> None:
         sa.Column("seq", sa.Integer, primary_key=True),
         sa.Column("data", sa.LargeBinary, nullable=False),
     )
+    if op.get_bind().dialect.name == "postgresql":
+        # Out of line and uncompressed: PostgreSQL's default pglz made storing a 130 MB CSV
+        # take 8.6 s instead of 0.7 s (lz4 took 1.3 s and saved 16% of the space).
+        op.execute("ALTER TABLE droptune_dataset_chunks ALTER COLUMN data SET STORAGE EXTERNAL")
 
 
 def downgrade() -> None:
