@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -95,3 +96,18 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+@contextlib.contextmanager
+def service(url: str, tmp: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real `droptune serve` and one worker on `url` (logs in `tmp`): yields the API's base
+    URL and the worker; both stop at the end, and the worker must have stopped cleanly."""
+    port = free_port()
+    api = serve(url, port, tmp / "serve.log")
+    work = worker(url, tmp / "worker.log")
+    try:
+        yield f"http://127.0.0.1:{port}", work
+    finally:
+        code = stop(work)
+        stop(api)
+    assert code == 0, (tmp / "worker.log").read_text()[-2000:]

@@ -169,36 +169,28 @@ def test_bad_cli_input_is_one_line(tmp_path: Path) -> None:
 
 def test_cancel_stops_running_trials_at_the_next_epoch(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'droptune.db'}"
-    port = procs.free_port()
-    api = procs.serve(url, port, tmp_path / "serve.log")
-    work = procs.worker(url, tmp_path / "worker.log")
-    base = f"http://127.0.0.1:{port}"
     long = {**SMALL, "training": {"epochs": 1000}, "search": {"n_trials": 4, "batch_trials": 2}}
-    try:
-        with Client(base) as c:
-            study = c.submit(long)
-            procs.wait_until(lambda: c.get(study.id).progress.running == 2, 60, "two trials")
-            with httpx.stream("GET", f"{base}/studies/{study.id}/events", timeout=60) as events:
-                lines = events.iter_lines()
-                assert next(lines) == "event: progress"
-                t0 = time.monotonic()
-                assert c.cancel(study.id).status == "cancelled"
-                rest = list(lines)  # the stream ends by itself once the study has ended
-            assert "event: end" in rest and '"status": "cancelled"' in "".join(rest)
-            procs.wait_until(lambda: c.get(study.id).progress.running == 0, 30, "trials to stop")
-            assert time.monotonic() - t0 < 15
-            trials = c.trials(study.id)
-            # the two running trials failed with the reason; no trial started after the cancel
-            assert [(t.state, t.reason) for t in trials] == [("FAIL", "cancelled")] * 2
-            assert trials[0].epochs is None
-            ended = c.get(study.id)
-            assert ended.status == "cancelled"
-            # stopped by the cancel, not failures of their own
-            assert (ended.progress.failed, ended.progress.interrupted) == (0, 2)
-            assert [w.trials for w in c.workers()] == [[]]
-    finally:
-        assert procs.stop(work) == 0
-        procs.stop(api)
+    with procs.service(url, tmp_path) as (base, _work), Client(base) as c:
+        study = c.submit(long)
+        procs.wait_until(lambda: c.get(study.id).progress.running == 2, 60, "two trials")
+        with httpx.stream("GET", f"{base}/studies/{study.id}/events", timeout=60) as events:
+            lines = events.iter_lines()
+            assert next(lines) == "event: progress"
+            t0 = time.monotonic()
+            assert c.cancel(study.id).status == "cancelled"
+            rest = list(lines)  # the stream ends by itself once the study has ended
+        assert "event: end" in rest and '"status": "cancelled"' in "".join(rest)
+        procs.wait_until(lambda: c.get(study.id).progress.running == 0, 30, "trials to stop")
+        assert time.monotonic() - t0 < 15
+        trials = c.trials(study.id)
+        # the two running trials failed with the reason; no trial started after the cancel
+        assert [(t.state, t.reason) for t in trials] == [("FAIL", "cancelled")] * 2
+        assert trials[0].epochs is None
+        ended = c.get(study.id)
+        assert ended.status == "cancelled"
+        # stopped by the cancel, not failures of their own
+        assert (ended.progress.failed, ended.progress.interrupted) == (0, 2)
+        assert [w.trials for w in c.workers()] == [[]]
 
 
 def _assert_port_refused(url: str, host: str, port: int) -> None:

@@ -24,36 +24,31 @@ TINY = {
 
 
 def test_uploads_train_on_a_worker_and_answer(db_url: str, tmp_path: Path) -> None:
-    port = procs.free_port()
-    api = procs.serve(db_url, port, tmp_path / "serve.log")
-    work = procs.worker(db_url, tmp_path / "worker.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with Client(base) as c:
-            cancer = c.upload_dataset(datafiles.cancer_csv(tmp_path / "c.csv"), target="target")
-            table = c.upload_dataset(datafiles.tabular_npz(tmp_path / "t.npz"))
-            images = c.upload_dataset(datafiles.image_npz(tmp_path / "i.npz"))
-            prices = c.upload_dataset(datafiles.regression_csv(tmp_path / "r.csv"))
-            mixed = c.upload_dataset(datafiles.mixed_csv(tmp_path / "m.csv"))
-            cnn = {"kind": "cnn", "channels": [4], "hidden": [16]}
-            studies = {
-                "cancer": c.submit({**TINY, "dataset": {"id": cancer.id}}),
-                "npz": c.submit({**TINY, "dataset": {"id": table.id}}),
-                "images": c.submit(
-                    {
-                        **TINY,
-                        "dataset": {"id": images.id},
-                        "model": cnn,
-                        "training": {"epochs": 4, "lr": 0.01},  # a small CNN learns slowly
-                    }
-                ),
-                "prices": c.submit(
-                    {**TINY, "dataset": {"id": prices.id}, "training": {"epochs": 10, "lr": 0.01}}
-                ),
-                "mixed": c.submit({**TINY, "dataset": {"id": mixed.id}}),
-                "cancer again": c.submit({**TINY, "dataset": {"id": cancer.id}, "name": "2"}),
-            }
-            answers = {k: c.best(s.id, wait=300) for k, s in studies.items()}
+    with procs.service(db_url, tmp_path) as (base, _work), Client(base) as c:
+        cancer = c.upload_dataset(datafiles.cancer_csv(tmp_path / "c.csv"), target="target")
+        table = c.upload_dataset(datafiles.tabular_npz(tmp_path / "t.npz"))
+        images = c.upload_dataset(datafiles.image_npz(tmp_path / "i.npz"))
+        prices = c.upload_dataset(datafiles.regression_csv(tmp_path / "r.csv"))
+        mixed = c.upload_dataset(datafiles.mixed_csv(tmp_path / "m.csv"))
+        cnn = {"kind": "cnn", "channels": [4], "hidden": [16]}
+        studies = {
+            "cancer": c.submit({**TINY, "dataset": {"id": cancer.id}}),
+            "npz": c.submit({**TINY, "dataset": {"id": table.id}}),
+            "images": c.submit(
+                {
+                    **TINY,
+                    "dataset": {"id": images.id},
+                    "model": cnn,
+                    "training": {"epochs": 4, "lr": 0.01},  # a small CNN learns slowly
+                }
+            ),
+            "prices": c.submit(
+                {**TINY, "dataset": {"id": prices.id}, "training": {"epochs": 10, "lr": 0.01}}
+            ),
+            "mixed": c.submit({**TINY, "dataset": {"id": mixed.id}}),
+            "cancer again": c.submit({**TINY, "dataset": {"id": cancer.id}, "name": "2"}),
+        }
+        answers = {k: c.best(s.id, wait=300) for k, s in studies.items()}
         for name, best in answers.items():
             assert best.status == "succeeded", (name, best)
             assert best.dropout is not None and 0.1 <= best.dropout <= 0.5, (name, best)
@@ -66,9 +61,6 @@ def test_uploads_train_on_a_worker_and_answer(db_url: str, tmp_path: Path) -> No
         # Scored on the target's own scale, and far better than predicting its mean.
         assert prices.target_std is not None and prices_best.score is not None
         assert prices_best.score.mean < 0.5 * prices.target_std
-    finally:
-        assert procs.stop(work) == 0
-        procs.stop(api)
     # Two studies on one data set: its bytes came from the database once.
     log = (tmp_path / "worker.log").read_text()
     assert log.count(f"data set {cancer.id}: ") == 1, log[-3000:]
@@ -86,13 +78,10 @@ def _cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_readme_steps_and_a_huge_declared_upload(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'droptune.db'}"
-    port = procs.free_port()
-    api = procs.serve(url, port, tmp_path / "serve.log")
-    work = procs.worker(url, tmp_path / "worker.log")
-    base = f"http://127.0.0.1:{port}"
     csv = datafiles.cancer_csv(tmp_path / "cancer.csv")
     fast = ["--epochs", "2", "--folds", "3", "--hidden", "16"]
-    try:
+    with procs.service(url, tmp_path) as (base, _work):
+        port = int(base.rsplit(":", 1)[1])
         up = _cli("dataset", "upload", str(csv), "--target", "target", url=base)
         assert up.returncode == 0, up.stderr
         first = up.stdout.split()[0]
@@ -135,6 +124,3 @@ def test_the_readme_steps_and_a_huge_declared_upload(tmp_path: Path) -> None:
         answer_text = answer.decode()
         assert answer_text.startswith("HTTP/1.1 413"), answer_text
         assert "DROPTUNE_MAX_UPLOAD_MB" in answer_text
-    finally:
-        assert procs.stop(work) == 0
-        procs.stop(api)
