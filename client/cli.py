@@ -71,8 +71,10 @@ def serve(
     database_url: DbOpt = None,
 ) -> None:
     """Run the API and the dashboard (migrates the database first)."""
+    from service.settings import ServiceSettings
+
     with _one_line_errors():
-        launch.serve(host, port, database_url)
+        launch.serve(ServiceSettings.from_flags(host=host, port=port, database_url=database_url))
 
 
 @app.command()
@@ -83,8 +85,17 @@ def worker(
     exit_when_idle: Annotated[bool, typer.Option(help="stop when the queue is empty")] = False,
 ) -> None:
     """Run a worker: claim trials, train them, report; SIGTERM stops it cleanly."""
+    from worker.settings import WorkerSettings
+
     with _one_line_errors():
-        code = launch.worker(database_url, device, threads, exit_when_idle)
+        settings = WorkerSettings.from_flags(
+            database_url=database_url,
+            device=device,
+            threads=threads,
+            # an absent flag is False, which must not hide DROPTUNE_EXIT_WHEN_IDLE=true
+            exit_when_idle=exit_when_idle or None,
+        )
+        code = launch.worker(settings)
     raise typer.Exit(code)
 
 
@@ -99,8 +110,13 @@ def up(
     ] = None,
 ) -> None:
     """Start everything on one machine: API, dashboard, one worker per device."""
+    from service.settings import ServiceSettings
+    from worker.settings import WorkerSettings
+
     with _one_line_errors():
-        code = launch.up(host, port, database_url, workers)
+        # --host and --port always have a value, so DROPTUNE_HOST and DROPTUNE_PORT never count
+        api = ServiceSettings.from_flags(host=host, port=port, database_url=database_url)
+        code = launch.up(api, WorkerSettings.from_flags(database_url=database_url), workers)
     raise typer.Exit(code)
 
 
@@ -111,7 +127,7 @@ def db_upgrade(database_url: DbOpt = None) -> None:
     from storage.settings import StorageSettings
 
     with _one_line_errors():
-        url = database_url or StorageSettings().database_url
+        url = StorageSettings.from_flags(database_url=database_url).database_url
         upgrade(url)
     typer.echo(f"database {url} is up to date")
 

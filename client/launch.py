@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
 
-from storage.settings import DEFAULT_DATABASE_URL
+if TYPE_CHECKING:  # at run time imported where used: the client CLI needs neither package
+    from service.settings import ServiceSettings
+    from worker.settings import WorkerSettings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -22,20 +24,13 @@ def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
 
 
-def serve(host: str | None, port: int | None, database_url: str | None) -> None:
+def serve(settings: ServiceSettings) -> None:
     import uvicorn
 
     from service.app import create_app
-    from service.settings import ServiceSettings
     from storage.migrate import upgrade
 
     _logging()
-    overrides = {
-        k: v
-        for k, v in {"host": host, "port": port, "database_url": database_url}.items()
-        if v is not None
-    }
-    settings = ServiceSettings(**overrides)  # type: ignore[arg-type]
     upgrade(settings.database_url)
     app = create_app(settings)
     uvicorn.run(
@@ -43,22 +38,11 @@ def serve(host: str | None, port: int | None, database_url: str | None) -> None:
     )
 
 
-def worker(
-    database_url: str | None, device: str | None, threads: int | None, exit_when_idle: bool
-) -> int:
+def worker(settings: WorkerSettings) -> int:
     from storage.migrate import upgrade
     from worker.loop import Worker, resolve_device
-    from worker.settings import WorkerSettings
 
     _logging()
-    overrides = {
-        k: v
-        for k, v in {"database_url": database_url, "device": device, "threads": threads}.items()
-        if v is not None
-    }
-    settings = WorkerSettings(**overrides)  # type: ignore[arg-type]
-    if exit_when_idle:
-        settings.exit_when_idle = True
     resolve_device(settings.device)  # a device this machine lacks: refused before any write
     upgrade(settings.database_url)
     return Worker(settings).run()
@@ -73,11 +57,15 @@ def devices() -> list[str]:
     return ["cpu"]
 
 
-def up(host: str, port: int, database_url: str | None, workers: int | None) -> int:
-    """API + dashboard + workers as child processes; Ctrl-C stops them all cleanly."""
+def up(api_settings: ServiceSettings, worker_settings: WorkerSettings, workers: int | None) -> int:
+    """API + dashboard + workers as child processes; Ctrl-C stops them all cleanly.
+
+    The children read their settings back from the environment `to_env` gives them; their
+    `--host`, `--port` and `--device` flags come from `api_settings` and `devices()`, whatever
+    DROPTUNE_HOST, DROPTUNE_PORT and DROPTUNE_DEVICE say."""
     from storage.migrate import upgrade
 
-    url = database_url or os.environ.get("DROPTUNE_DATABASE_URL", DEFAULT_DATABASE_URL)
+    url, host, port = api_settings.database_url, api_settings.host, api_settings.port
     _check_port_free(host, port)
     upgrade(url)  # once, before the children start, so they never race on it
     stop = False
@@ -89,12 +77,13 @@ def up(host: str, port: int, database_url: str | None, workers: int | None) -> i
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     exe = [sys.executable, "-m", "client.cli"]
-    env = {**os.environ, "DROPTUNE_DATABASE_URL": url}
-    children = [subprocess.Popen([*exe, "serve", "--host", host, "--port", str(port)], env=env)]
+    serve_argv = [*exe, "serve", "--host", host, "--port", str(port)]
+    children = [subprocess.Popen(serve_argv, env=api_settings.to_env())]
     devs = devices()
     if workers is not None:  # 0: the API and dashboard only, workers run elsewhere
         devs = [devs[i % len(devs)] for i in range(workers)]
     for d in devs:
+        env = worker_settings.model_copy(update={"device": d}).to_env()
         children.append(subprocess.Popen([*exe, "worker", "--device", d], env=env))
     base = base_url(host, port)
     if not _wait_healthy(base, children[0], lambda: stop):

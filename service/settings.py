@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from storage.settings import DEFAULT_DATABASE_URL
+from storage.settings import StorageSettings
 
 
-class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DROPTUNE_", extra="ignore")
+class ServiceSettings(StorageSettings):
+    """The shared settings (database URL, lease grace, recovery period) plus the API's own."""
 
-    database_url: str = DEFAULT_DATABASE_URL
     host: str = "127.0.0.1"
     port: int = 8000
-    lease_grace_seconds: float = 30.0
-    recover_every_seconds: float = 5.0  # the API recovers stale leases too, in the background
     dashboard: bool = True
     max_wait_seconds: float = 600.0  # longest `?wait=` a request may hold
     # Uploads: the largest file (413 beyond it, before the body is read where its length is
