@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
 
 from storage.errors import StorageError
+from storage.lifecycle import ORPHANED, Why, fail_trial, settle
 from storage.optuna_bridge import study_id_of
 from storage.queue import Outcome, finish
 from storage.stale import (
@@ -29,35 +29,6 @@ from storage.stale import (
 )
 
 log = logging.getLogger("droptune.recovery")
-
-LEASE_LOST = "lease lost: its worker stopped heartbeating"
-SHUTDOWN = "worker shutdown: released for retry"
-CANCELLED = "cancelled"
-
-
-def is_interruption(reason: object) -> bool:
-    """Whether a FAIL trial was stopped from outside (a shutdown, a cancel, its study's end)
-    rather than failing: such trials are retried or moot, and shown apart from failures."""
-    return reason in (SHUTDOWN, CANCELLED) or (
-        isinstance(reason, str) and reason.startswith("study ")
-    )
-
-
-ORPHANED = "orphaned: its lease was gone (its worker died before ending it)"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def fail_trial(storage: RDBStorage, trial_id: int, reason: str) -> TrialState:
-    """Fail a running trial with a reason; return its final state (which may be COMPLETE)."""
-    try:
-        storage.set_trial_user_attr(trial_id, "reason", reason)
-        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-    except UpdateFinishedTrialError:
-        pass
-    except RuntimeError as exc:  # Optuna refuses attrs on a finished trial this way too
-        if "finished" not in str(exc):
-            raise
-    return storage.get_trial(trial_id).state
 
 
 def recover_stale(engine: Engine, storage: RDBStorage, grace_seconds: float) -> int:
@@ -90,14 +61,21 @@ def _recover(engine: Engine, storage: RDBStorage, lease: StaleLease, grace_secon
         params = _fail_unlinked(storage, lease)
         if params:
             keep_params(engine, lease.id, params)
-        outcome = Outcome.RELEASED
-        ended = release_unlinked(engine, lease.id, LEASE_LOST)
-    else:
-        # Optuna first, then the lease: a crash in between leaves a stale lease whose
-        # trial's final state the next round reads.
-        state = fail_trial(storage, lease.trial_id, LEASE_LOST)
-        outcome = Outcome.DONE if state in FINISHED else Outcome.FAILED
-        ended = finish(engine, lease.id, outcome, LEASE_LOST)
+    ended = False
+
+    def end(outcome: Outcome, reason: str | None) -> bool:
+        nonlocal ended
+        if lease.trial_id is None:
+            ended = release_unlinked(engine, lease.id, reason)
+        else:
+            ended = finish(engine, lease.id, outcome, reason)
+        return ended
+
+    # Optuna first, then the lease (settle's order): a crash in between leaves a stale lease
+    # whose trial's final state the next round reads. One attempt: the next round retries.
+    outcome = settle(engine, storage, lease.id, lease.trial_id, Why.LEASE_LOST, end=end, attempts=1)
+    if outcome is None:
+        raise StorageError(f"lease {lease.id}: the database went away while recovering it")
     if not ended:
         return 0
     log.warning(
@@ -122,7 +100,7 @@ def _fail_unlinked(storage: RDBStorage, lease: StaleLease) -> dict[str, float] |
     for t in storage.get_all_trials(study_id, deepcopy=False, states=states):
         if t.user_attrs.get("lease") == lease.id:
             if t.state == TrialState.RUNNING:
-                fail_trial(storage, t._trial_id, LEASE_LOST)
+                fail_trial(storage, t._trial_id, Why.LEASE_LOST.value)
             params = {k: float(v) for k, v in t.params.items()} or None
     return params
 

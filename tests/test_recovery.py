@@ -180,7 +180,7 @@ def test_optuna_checks_and_finishes_a_trial_in_one_sqlite_write_transaction(
 def test_recovery_fails_running_trials_whose_lease_is_gone(db_url: str) -> None:
     """A worker that died between losing its lease and failing its trial leaves the trial
     RUNNING with no lease to recover: the sweep fails it; trials with live leases are left."""
-    from storage.recovery import ORPHANED
+    from storage.lifecycle import ORPHANED
     from worker.objective import new_trial
 
     engine, storage, sid, claim, study, running = started_trial(db_url, 2)

@@ -214,7 +214,7 @@ def test_a_trial_failed_elsewhere_mid_training_is_retried(
     """Recovery (thinking the worker lost) fails a trial while it trains: the worker stops that
     member, ends its lease as failed, and the parameters run again; N trials still finish."""
     import worker.batch
-    from storage.recovery import fail_trial
+    from storage.lifecycle import fail_trial
 
     real = worker.batch.BatchRunner._on_epoch
     done: list[int] = []
@@ -222,7 +222,7 @@ def test_a_trial_failed_elsewhere_mid_training_is_retried(
     def meddle(self: Any, claim: Any, members: Any, epoch: int, *rest: Any) -> Any:
         if not done:
             victim = members[0].trial._trial_id
-            fail_trial(self.worker.optuna, victim, "lease lost: recovered (simulated)")
+            fail_trial(self.ctx.optuna, victim, "lease lost: recovered (simulated)")
             done.append(victim)
         return real(self, claim, members, epoch, *rest)
 
@@ -254,7 +254,7 @@ def test_a_trial_pruned_before_a_cancel_stays_pruned(
             members[0].pruned = True  # the pruner stopped it at the first epoch
             return [0]
         # Heartbeats are 5 s apart, epochs milliseconds: the cancel must be seen at this epoch.
-        queue.cancel(self.worker.engine, claim.study_id, "local")
+        queue.cancel(self.ctx.engine, claim.study_id, "local")
         return real(self, claim, members, epoch, *rest)
 
     monkeypatch.setattr(worker.batch.BatchRunner, "_on_epoch", prune_then_cancel)
@@ -292,7 +292,7 @@ def test_shutdown_ends_every_member_even_when_one_was_failed_elsewhere(
     """A member pruned, then failed by recovery, then SIGTERM: telling it PRUNED fails, and the
     others must still be released at once (no RUNNING trial, no lease left behind)."""
     import worker.batch
-    from storage.recovery import fail_trial
+    from storage.lifecycle import fail_trial
     from storage.tables import leases
 
     real = worker.batch.BatchRunner._on_epoch
@@ -301,9 +301,9 @@ def test_shutdown_ends_every_member_even_when_one_was_failed_elsewhere(
         if epoch == 1:
             members[0].pruned = True
             return [0]
-        if epoch == 2 and not self.worker.stopping:
-            fail_trial(self.worker.optuna, members[0].trial._trial_id, "lease lost (simulated)")
-            self.worker.request_stop()
+        if epoch == 2 and not self.ctx.stop.is_set():
+            fail_trial(self.ctx.optuna, members[0].trial._trial_id, "lease lost (simulated)")
+            self.ctx.stop.set()
         return real(self, claim, members, epoch, *rest)
 
     monkeypatch.setattr(worker.batch.BatchRunner, "_on_epoch", meddle)

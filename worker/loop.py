@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ import torch
 from storage import queue, registry
 from storage.db import create_engine
 from storage.errors import StorageError
+from storage.lifecycle import NO_TRIAL, Why, settle
 from storage.notify import QueueWaiter
 from storage.optuna_bridge import ensure_study, optuna_storage
 from storage.recovery import recover_stale
 from storage.spec import StudySpec
-from worker.batch import BatchRunner, model_config
+from worker.batch import BatchContext, BatchRunner, model_config
 from worker.data import FoldData, load_dataset, prepare_folds
 from worker.datasets import FileCache, load_uploaded
 from worker.heartbeat import LeaseHeartbeat
@@ -82,17 +84,21 @@ class Worker:
         self.engine = create_engine(settings.database_url)
         self.optuna = optuna_storage(settings.database_url)
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.stopping = False
+        self._stop = threading.Event()
         self._cache = _DataCache(
             FileCache(self.engine, settings.cache_dir, int(settings.cache_mb * 2**20))
         )
         self._current: tuple[int | None, list[int]] = (None, [])
         self._last_recovery = 0.0
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def request_stop(self, signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
         if not self.stopping:
             log.info("worker %s: signal %s, stopping after the current epoch", self.id, signum)
-        self.stopping = True
+        self._stop.set()
 
     def run(self) -> int:
         """Loop until stopped (or idle, with exit_when_idle); return the exit status."""
@@ -104,7 +110,10 @@ class Worker:
         hb = LeaseHeartbeat(
             self.engine, self.id, self.settings.heartbeat_seconds, lambda: self._current
         )
-        runner = BatchRunner(self, hb)
+        ctx = BatchContext(
+            self.engine, self.optuna, self.device, self.id, self._stop, self.set_current
+        )
+        runner = BatchRunner(ctx, hb)
         try:
             with hb:
                 while not self.stopping:
@@ -134,7 +143,10 @@ class Worker:
             self._maybe_recover()
             if self.stopping:  # a signal came during recovery: claim nothing more
                 return True
-            claim = self._claim()
+            nxt = queue.peek(self.engine)
+            if nxt is None:
+                return False  # nothing to do: idle
+            claim = self._claim(*nxt)
         except Exception as exc:
             if isinstance(exc, StorageError):
                 log.warning("database unavailable (%s); retrying", exc)
@@ -143,9 +155,8 @@ class Worker:
             time.sleep(1.0)
             return True
         if claim is None:
-            return False
-        if not claim.leases:
-            time.sleep(0.02)  # another claim held the study for a moment (SKIP LOCKED): again
+            if not self.stopping:
+                time.sleep(0.02)  # another claim took or held the slots (SKIP LOCKED): again
             return True
         if self.stopping:  # a signal came while claiming: give the slots straight back
             self._release(claim)
@@ -166,13 +177,10 @@ class Worker:
         return True
 
     def _release(self, claim: queue.Claim) -> None:
-        """Give back the slots of a claim no trial was created for (best effort: leases that
-        cannot be ended now go stale and are recovered)."""
+        """Give back the slots of a claim no trial was created for (leases that cannot be
+        ended now go stale and are recovered)."""
         for lease in claim.leases:
-            try:
-                queue.finish(self.engine, lease.id, queue.Outcome.RELEASED)
-            except StorageError as exc:
-                log.warning("could not release lease %s: %s", lease.id, exc)
+            settle(self.engine, self.optuna, lease.id, NO_TRIAL, Why.SHUTDOWN, attempts=2)
 
     def _maybe_recover(self) -> None:
         now = time.monotonic()
@@ -180,19 +188,14 @@ class Worker:
             self._last_recovery = now
             recover_stale(self.engine, self.optuna, self.settings.lease_grace_seconds)
 
-    def _claim(self) -> queue.Claim | None:
-        nxt = queue.peek(self.engine)
-        if nxt is None:
-            return None
-        study_id, spec, open_slots = nxt
+    def _claim(self, study_id: int, spec: StudySpec, open_slots: int) -> queue.Claim | None:
+        """Claim a batch of the study `peek` saw (None: nothing claimed, a signal came while
+        sizing it or another claim took or held the slots)."""
         size = self.batch_size(spec, open_slots)
         if self.stopping:
-            return queue.Claim(0, "", spec, [])  # not idle: the loop ends at once
+            return None
         # That study only: the batch was sized for its model and open slots.
-        claim = queue.claim(self.engine, self.id, size, study_id)
-        if claim is None:  # open slots were seen, but another claim took or held them: again
-            return queue.Claim(0, "", spec, [])
-        return claim
+        return queue.claim(self.engine, self.id, size, study_id)
 
     def batch_size(self, spec: StudySpec, open_slots: int) -> int:
         """How many trials to train together.

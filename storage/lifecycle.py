@@ -1,0 +1,206 @@
+"""How a trial and its lease end: `settle(lease, trial, why)`, and one table of outcomes.
+
+Every way a trial stops goes through here — the worker telling a score, a pruned trial, a
+diverged one, an error in its batch, a shutdown, a cancel, a lease another process took over,
+and recovery of a worker that died. `settle` tells or fails the Optuna trial if it is still
+running, reads the state it ended in (another process may have finished it first: a trial
+finishes once), maps (that state, why) to what happens to the slot through `OUTCOMES`, and ends
+the lease, retrying storage errors.
+
+| why | the trial is told | ended COMPLETE or PRUNED | ended FAIL | no trial linked |
+|---|---|---|---|---|
+| TRAINED | its score | DONE | FAILED | RELEASED |
+| PRUNED | PRUNED | DONE | FAILED | RELEASED |
+| DIVERGED | FAIL | DONE | FAILED | RELEASED |
+| ERROR | FAIL | DONE | FAILED | RELEASED |
+| LOST | FAIL | DONE | FAILED | RELEASED |
+| LEASE_LOST | FAIL | DONE | FAILED | RELEASED |
+| SHUTDOWN | FAIL | DONE | RELEASED | RELEASED |
+| CANCELLED | FAIL | DONE | DROPPED | DROPPED |
+| STUDY_ENDED | FAIL | DONE | DROPPED | DROPPED |
+
+DONE counts a finished trial; FAILED gives the slot back with its parameters and an attempt
+(retried up to `max_retries`, then counted against `max_failed`); RELEASED gives it back at once,
+no attempt counted; DROPPED gives nothing back (the study has ended).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+from sqlalchemy.engine import Engine
+from tenacity import (
+    RetryError,
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from storage import queue
+from storage.errors import StorageError
+from storage.queue import Outcome
+
+log = logging.getLogger("droptune.lifecycle")
+
+
+class Why(enum.Enum):
+    """Why a trial stopped. The value is the reason written on a trial that is failed."""
+
+    TRAINED = "trained"
+    PRUNED = "pruned"
+    DIVERGED = "non-finite score (training diverged)"
+    ERROR = "error"  # its batch raised: the reason carries the error
+    LOST = "lease lost: recovered by another process"  # seen by the worker that had it
+    LEASE_LOST = "lease lost: its worker stopped heartbeating"  # seen by recovery
+    SHUTDOWN = "worker shutdown: released for retry"
+    CANCELLED = "cancelled"
+    STUDY_ENDED = "study ended"  # the reason says how: "study failed"
+
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+NO_TRIAL = None  # the lease never linked an Optuna trial
+
+_ON_FAIL = {
+    Why.TRAINED: Outcome.FAILED,  # told, yet FAIL: failed elsewhere first
+    Why.PRUNED: Outcome.FAILED,
+    Why.DIVERGED: Outcome.FAILED,
+    Why.ERROR: Outcome.FAILED,
+    Why.LOST: Outcome.FAILED,
+    Why.LEASE_LOST: Outcome.FAILED,
+    Why.SHUTDOWN: Outcome.RELEASED,
+    Why.CANCELLED: Outcome.DROPPED,
+    Why.STUDY_ENDED: Outcome.DROPPED,
+}
+_ON_NO_TRIAL = {
+    why: (Outcome.DROPPED if why in (Why.CANCELLED, Why.STUDY_ENDED) else Outcome.RELEASED)
+    for why in Why
+}
+# (the state the trial ended in, or None when no trial was linked; why) -> the slot's outcome
+OUTCOMES: Mapping[tuple[TrialState | None, Why], Outcome] = {
+    **{(state, why): Outcome.DONE for state in FINISHED for why in Why},
+    **{(TrialState.FAIL, why): outcome for why, outcome in _ON_FAIL.items()},
+    **{(NO_TRIAL, why): outcome for why, outcome in _ON_NO_TRIAL.items()},
+}
+
+# Reasons of trials stopped from outside rather than failing: retried or moot, shown apart.
+INTERRUPTIONS = (Why.SHUTDOWN.value, Why.CANCELLED.value)
+ORPHANED = "orphaned: its lease was gone (its worker died before ending it)"
+# Errors that mean "the database is away", not "this trial is wrong": left to recovery.
+STORAGE_ERRORS = (StorageError, StorageInternalError, sa.exc.SQLAlchemyError)
+
+
+def is_interruption(reason: object) -> bool:
+    """Whether a FAIL trial was stopped from outside (a shutdown, a cancel, its study's end)."""
+    return reason in INTERRUPTIONS or (isinstance(reason, str) and reason.startswith("study "))
+
+
+def fail_trial(storage: RDBStorage, trial_id: int, reason: str) -> TrialState:
+    """Fail a running trial with a reason; return its final state (which may be COMPLETE)."""
+    try:
+        storage.set_trial_user_attr(trial_id, "reason", reason)
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        pass
+    except RuntimeError as exc:  # Optuna refuses attrs on a finished trial this way too
+        if "finished" not in str(exc):
+            raise
+    return storage.get_trial(trial_id).state
+
+
+def end_trial(
+    storage: RDBStorage,
+    trial_id: int,
+    why: Why,
+    *,
+    trial: optuna.Trial | None = None,
+    value: float | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    reason: str | None = None,
+) -> TrialState:
+    """Tell (TRAINED, PRUNED) or fail (anything else) a trial that is still running, and return
+    the state it ended in, whoever ended it."""
+    if why in (Why.TRAINED, Why.PRUNED):
+        try:
+            if trial is not None:  # through its study, as Optuna's own loop tells a trial
+                for k, v in (attrs or {}).items():
+                    trial.set_user_attr(k, v)
+                if why is Why.TRAINED:
+                    trial.study.tell(trial, value)
+                else:
+                    trial.study.tell(trial, state=TrialState.PRUNED)
+            else:
+                for k, v in (attrs or {}).items():
+                    storage.set_trial_user_attr(trial_id, k, v)
+                values = None if value is None else [value]
+                state = TrialState.COMPLETE if why is Why.TRAINED else TrialState.PRUNED
+                storage.set_trial_state_values(trial_id, state, values)
+        except (UpdateFinishedTrialError, RuntimeError, ValueError) as exc:
+            # Finished elsewhere first (recovery failed it): its state decides.
+            log.warning("trial id %s was finished elsewhere: %s", trial_id, exc)
+        return storage.get_trial(trial_id).state
+    return fail_trial(storage, trial_id, reason or why.value)
+
+
+def settle(
+    engine: Engine,
+    storage: RDBStorage,
+    lease_id: int,
+    trial_id: int | None,
+    why: Why,
+    *,
+    trial: optuna.Trial | None = None,
+    value: float | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    reason: str | None = None,
+    end: Callable[[Outcome, str | None], bool] | None = None,
+    attempts: int = 5,
+) -> Outcome | None:
+    """End a trial (if it is still running) and its lease; return the slot's outcome, or None
+    when the database could not be reached and the lease is left to go stale (recovery then
+    reads the trial's state and ends it). `end` ends the lease (default `queue.finish`)."""
+    reason = reason or why.value
+    if trial_id is None:
+        state: TrialState | None = NO_TRIAL
+    else:
+        try:
+            state = end_trial(
+                storage, trial_id, why, trial=trial, value=value, attrs=attrs, reason=reason
+            )
+        except STORAGE_ERRORS as exc:
+            log.warning("trial id %s: could not end it (%s); left to recovery", trial_id, exc)
+            return None
+    outcome = OUTCOMES[(state if state in (*FINISHED, NO_TRIAL) else TrialState.FAIL, why)]
+
+    def _end() -> bool:
+        if end is not None:
+            return end(outcome, reason)
+        return queue.finish(engine, lease_id, outcome, reason)
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(StorageError),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=0.5, max=5),
+        before_sleep=before_sleep_log(log, logging.WARNING),
+        reraise=False,
+    )
+    try:
+        retrying(_end)
+    except RetryError as exc:
+        log.warning(
+            "lease %s: could not end it after %d attempts (%s); left to recovery",
+            lease_id,
+            attempts,
+            exc.last_attempt.exception(),
+        )
+        return None
+    return outcome
