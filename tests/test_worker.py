@@ -8,6 +8,7 @@ import numpy as np
 import optuna
 import pytest
 import sqlalchemy as sa
+import torch
 from optuna.trial import TrialState
 
 from storage import queue
@@ -346,3 +347,28 @@ def test_the_heartbeat_survives_an_unexpected_error(
         while len(calls) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert hb.alive and len(calls) >= 3
+
+
+def test_a_batch_runs_without_a_worker(sqlite_url: str) -> None:
+    """BatchRunner needs only its context: a claimed batch trains, tells and ends its leases."""
+    import threading
+
+    from storage.optuna_bridge import ensure_study
+    from worker.batch import BatchContext, BatchRunner
+    from worker.data import load_dataset, prepare_folds
+    from worker.heartbeat import LeaseHeartbeat
+
+    engine = create_engine(sqlite_url)
+    storage = optuna_storage(sqlite_url)
+    spec = StudySpec.model_validate({**TINY, "search": {"n_trials": 3}})
+    sid = queue.enqueue(engine, spec, "local")
+    claim = queue.claim(engine, "solo", 3)
+    assert claim is not None
+    ensure_study(storage, claim.optuna_study, spec, sid)
+    ctx = BatchContext(engine, storage, torch.device("cpu"), "solo", threading.Event())
+    hb = LeaseHeartbeat(engine, "solo", 60.0, lambda: (None, []))  # beats only when asked
+    BatchRunner(ctx, hb).run(claim, lambda: prepare_folds(load_dataset("digits"), 3, 0))
+    row = study_of(sqlite_url, sid)
+    assert (row.status, row.n_done) == ("succeeded", 3)
+    trials = optuna.load_study(study_name=claim.optuna_study, storage=sqlite_url).trials
+    assert [t.user_attrs["worker"] for t in trials] == ["solo"] * 3
