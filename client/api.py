@@ -59,8 +59,13 @@ def _problem(r: httpx.Response) -> tuple[str, list[dict[str, str]]]:
 
 class Client:
     def __init__(
-        self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0
+        self,
+        base_url: str = DEFAULT_URL,
+        token: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """`transport` replaces the network (None: real HTTP), e.g. to call an app in-process."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         try:
@@ -69,7 +74,9 @@ class Client:
             raise ClientError(f"not a URL: {base_url!r} ({exc})") from exc
         if url.scheme not in ("http", "https") or not url.host:
             raise ClientError(f"not an http(s) URL: {base_url!r}")
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
         self.last_status: int | None = None  # the last answer's HTTP status (200 vs 201)
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -22,6 +23,22 @@ def api(sqlite_url: str) -> Iterator[TestClient]:
     app = create_app(ServiceSettings(database_url=sqlite_url))
     with TestClient(app, headers={"Accept-Encoding": "gzip"}) as client:
         yield client
+
+
+class InProcess(httpx.BaseTransport):
+    """The real app, in-process, as the `Client`'s transport.
+
+    httpx's own ASGITransport is async only; the TestClient runs the app (its lifespan started)
+    on a thread of its own, so each request goes through it.
+    """
+
+    def __init__(self, api: TestClient) -> None:
+        self.api = api
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        # Streamed: the Client reads (and closes) the body, as it would off the network.
+        response: httpx.Response = self.api.send(request, stream=True)
+        return response
 
 
 def count(api: TestClient) -> int:
@@ -254,8 +271,7 @@ def test_health_workers_and_docs(api: TestClient) -> None:
 def test_client_names_an_answer_that_is_not_droptune(api: TestClient) -> None:
     from client.api import Client, ClientError
 
-    with Client("http://testserver") as c:
-        c._http = api  # the real app, in-process
+    with Client("http://testserver", transport=InProcess(api)) as c:
         with pytest.raises(ClientError, match="without JSON: is it droptune"):
             c._call("GET", "/dashboard")  # an HTML page: 200, but no JSON
         with pytest.raises(ClientError, match=r"^404: study 12345 not found"):
@@ -285,8 +301,7 @@ def test_a_study_stored_before_a_submit_check_still_reads(api: TestClient, sqlit
     assert api.get("/studies").json()["items"][0]["id"] == sid
     schema = api.get("/openapi.json").json()["components"]["schemas"]["StudyOut"]
     assert schema["properties"]["spec"] == {"$ref": "#/components/schemas/StudySpec"}
-    with Client("http://testserver") as c:  # closes `api` on leaving
-        c._http = api
+    with Client("http://testserver", transport=InProcess(api)) as c:
         assert c.get(sid).spec.model.kind == "cnn"
 
 

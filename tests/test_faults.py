@@ -81,6 +81,11 @@ def holding(url: str, pid: int) -> bool:
     return bool(n)
 
 
+def pid_of(worker_id: str) -> int:
+    """The pid in a worker id, `host-pid-xxxxxx` (the host name may hold dashes of its own)."""
+    return int(worker_id.rsplit("-", 2)[1])
+
+
 def finished_trials(url: str, study: str) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
     trials = optuna.load_study(study_name=study, storage=url).trials
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -101,7 +106,7 @@ def wait_done(c: Client, study_id: int, timeout: float = 150) -> None:
 
 
 def test_kill_9_mid_trial_is_retried_elsewhere(stack: Stack) -> None:
-    victim, _ = stack.workers
+    victim, survivor = stack.workers
     with stack.client() as c:
         study = c.submit(SPEC)
         procs.wait_until(lambda: holding(stack.url, victim.pid), 60, "the victim's trial")
@@ -111,8 +116,11 @@ def test_kill_9_mid_trial_is_retried_elsewhere(stack: Stack) -> None:
     done, failed = finished_trials(stack.url, study.optuna_study)
     assert len(done) == N
     assert_retried(done, failed, "lease lost")
+    # The lost trial was the victim's; its retry ran on the survivor. Equality with the survivor,
+    # not inequality with the victim, so a worker id this test misreads cannot pass.
+    assert victim.pid in {pid_of(f.user_attrs["worker"]) for f in failed}
     retried = [d for d in done if d.user_attrs["attempt"] >= 1]
-    assert retried and all(d.user_attrs["worker"] != "" for d in retried)
+    assert retried and {pid_of(d.user_attrs["worker"]) for d in retried} == {survivor.pid}
 
 
 @pytest.mark.parametrize("stack", [{"DROPTUNE_LEASE_GRACE_SECONDS": "600"}], indirect=True)
