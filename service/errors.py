@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from optuna.exceptions import StorageInternalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import Scope
 
-from storage.errors import DroptuneError, too_large
+from storage.db import UNREACHABLE, driver_message, outage
+from storage.errors import DroptuneError, StorageError, too_large
 from storage.spec import describe_errors
 
 PROBLEM = "application/problem+json"
+
+log = logging.getLogger("droptune.api")
 
 
 def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> list[str]:
@@ -64,14 +69,35 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
-    # Anything unforeseen: still a problem (Starlette logs the traceback), never bare text.
+    # Anything unforeseen is a bug: the traceback goes to the log, and the body names only the
+    # exception's class, never its message (SQL, paths, the database's host).
+    log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
     return problem(
         500, "Internal error", f"the server failed on this request: {type(exc).__name__}"
     )
+
+
+async def _optuna_storage(request: Request, exc: Exception) -> JSONResponse:
+    """Optuna's RDBStorage wraps every SQLAlchemy error but IntegrityError in
+    StorageInternalError: an outage under it is droptune's 503, anything else a bug (500)."""
+    assert isinstance(exc, StorageInternalError)
+    cause = exc.__cause__
+    detail = UNREACHABLE if cause is None else outage(cause)
+    if detail is None:
+        return await _internal(request, exc)
+    log.warning(
+        "Optuna's storage failed on %s %s: %s: %s",
+        request.method,
+        request.url.path,
+        type(cause or exc).__name__,
+        driver_message(cause or exc),
+    )
+    return await _droptune(request, StorageError(detail))
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _internal)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(DroptuneError, _droptune)
+    app.add_exception_handler(StorageInternalError, _optuna_storage)
     app.add_exception_handler(StarletteHTTPException, _http)

@@ -145,14 +145,22 @@ def create(
                 seq += 1
             row = conn.execute(sa.select(datasets).where(datasets.c.id == dataset_id)).one()
             return _out(row, []), True
-    except StorageError as exc:
-        if not isinstance(exc.__cause__, sa.exc.IntegrityError):
-            raise
+    except sa.exc.IntegrityError as exc:
+        if not _lost_race(exc):
+            raise  # another constraint: a bug, not a concurrent upload
     # Two uploads of the same bytes raced (PostgreSQL): the other one stored it.
     found = find(engine, owner, sha256, asked_target, asked_task)
     if found is None:
         raise StorageError("the data set could not be stored (a concurrent upload failed)")
     return found, False
+
+
+def _lost_race(exc: sa.exc.IntegrityError) -> bool:
+    """Whether the insert broke uq_droptune_dataset: the same record was stored meanwhile."""
+    diag = getattr(exc.orig, "diag", None)  # psycopg names the constraint; pysqlite does not
+    if diag is not None:
+        return getattr(diag, "constraint_name", None) == "uq_droptune_dataset"
+    return f"UNIQUE constraint failed: {datasets.name}." in str(exc.orig)
 
 
 def get(engine: Engine, dataset_id: int, owner: str) -> DatasetOut:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from storage.errors import Invalid, StorageError
+
+log = logging.getLogger("droptune.storage")
 
 # Below half the default lease grace (30 s): a heartbeat that waits out the lock still lands
 # before its lease could be taken for stale.
@@ -77,9 +80,65 @@ def configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql(mode)
 
 
+UNREACHABLE = "the database is unreachable"
+
+# SQLite's primary result codes that say the file, its lock or the disk failed, not the
+# statement; SQLITE_ERROR (1), which also means "no such table" or a syntax error, is not here.
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
+_SQLITE_OUTAGE = {_SQLITE_BUSY, _SQLITE_LOCKED, 7, 8, 9, 10, 11, _SQLITE_FULL, 14, 15, 26}
+
+# PostgreSQL's errors that reach a live server's client as OperationalError, by SQLSTATE prefix;
+# any other (no SQLSTATE: the connection itself failed) reads as unreachable.
+_PG_OUTAGES = (
+    ("40", "the database aborted the transaction in a conflict (deadlock or serialization)"),
+    ("53", "the database is out of resources (connections, memory or disk)"),
+    ("55P03", "the database could not take a lock in time"),
+    ("57014", "the database cancelled the statement (a timeout)"),
+)
+
+
+def outage(exc: BaseException) -> str | None:
+    """What to tell a client when `exc` says the database could not be used (unreachable, locked,
+    out of connections), or None when it is anything else: a bug or a broken constraint.
+
+    The text never repeats the driver's message, which can name the host, port and database.
+    """
+    if isinstance(exc, sa.exc.TimeoutError):  # the pool: every connection stayed checked out
+        return "no database connection came free in time"
+    if isinstance(exc, sa.exc.DisconnectionError):
+        return UNREACHABLE
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        # pysqlite raises OperationalError for bad SQL too: the result code tells them apart.
+        code &= 0xFF  # the primary code of an extended one (SQLITE_BUSY_SNAPSHOT, ...)
+        if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            return "the database is locked by another writer"
+        if code == _SQLITE_FULL:
+            return "the database's disk is full"
+        return UNREACHABLE if code in _SQLITE_OUTAGE else None
+    if exc.connection_invalidated or isinstance(
+        exc, (sa.exc.OperationalError, sa.exc.InterfaceError)
+    ):
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")  # PostgreSQL's error code
+        return next((d for s, d in _PG_OUTAGES if sqlstate.startswith(s)), UNREACHABLE)
+    return None
+
+
+def driver_message(exc: BaseException) -> str:
+    """The first line of the driver's message (for the log: it may name the host)."""
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+
+
 @contextlib.contextmanager
 def transaction(engine: Engine, *, read_only: bool = False) -> Iterator[Connection]:
-    """Commit on exit, roll back on error, always close; driver errors become StorageError.
+    """Commit on exit, roll back on error, always close.
+
+    Only an outage (see `outage`) becomes StorageError, which callers retry and the API answers
+    503; every other error propagates unchanged. A bug (bad SQL, `.one()` finding nothing) is
+    not worth retrying, and an IntegrityError is for the caller that expects a race to catch.
 
     On SQLite every write transaction starts with BEGIN IMMEDIATE, so it holds the write lock from
     its first statement: a read followed by a write inside it cannot interleave with another writer.
@@ -90,11 +149,13 @@ def transaction(engine: Engine, *, read_only: bool = False) -> Iterator[Connecti
                 conn.info["sqlite_begin"] = "BEGIN"
             with conn.begin():
                 yield conn
-    except sa.exc.DBAPIError as exc:
-        first = (str(exc.orig).strip().splitlines() or ["?"])[0]
-        raise StorageError(f"database error: {first}") from exc
-    except sa.exc.SQLAlchemyError as exc:
-        raise StorageError(f"database error: {exc!s}") from exc
+    except (sa.exc.DBAPIError, sa.exc.TimeoutError, sa.exc.DisconnectionError) as exc:
+        detail = outage(exc)
+        if detail is None:
+            raise
+        # The driver's own words, which may name the host, go to the log only.
+        log.warning("database unavailable: %s: %s", type(exc).__name__, driver_message(exc))
+        raise StorageError(detail) from exc
 
 
 class db_now(FunctionElement[Any]):

@@ -21,7 +21,8 @@ class DroptuneError(Exception):
 
 
 class StorageError(DroptuneError):
-    """The database failed (unreachable, locked, constraint broken)."""
+    """The database could not be used (unreachable, locked, out of connections): worth retrying.
+    Bugs and broken constraints are not this (see storage.db.outage)."""
 
     status = 503
     title = "Storage unavailable"
