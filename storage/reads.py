@@ -13,8 +13,8 @@ from sqlalchemy.engine import Engine
 from storage.answer import best_and_one_se, primary_rate, score_of
 from storage.db import transaction
 from storage.errors import NotFound
-from storage.optuna_bridge import study_id_of
 from storage.lifecycle import is_interruption
+from storage.optuna_bridge import study_id_of
 from storage.schemas import ENDED, BestOut, Progress, StudyOut, StudyPage, TrialOut
 from storage.spec import StudySpec
 from storage.tables import studies
