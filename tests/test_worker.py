@@ -372,3 +372,24 @@ def test_a_batch_runs_without_a_worker(sqlite_url: str) -> None:
     assert (row.status, row.n_done) == ("succeeded", 3)
     trials = optuna.load_study(study_name=claim.optuna_study, storage=sqlite_url).trials
     assert [t.user_attrs["worker"] for t in trials] == ["solo"] * 3
+
+
+def test_a_bug_in_claiming_ends_the_worker_instead_of_looping(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage is waited out; an error that is not one, again and again, is a bug."""
+    import worker.loop
+
+    calls: list[int] = []
+
+    def broken(*_a: object) -> None:
+        calls.append(1)
+        raise sa.exc.NoResultFound("simulated bug")
+
+    monkeypatch.setattr(worker.loop, "MAX_BUGS", 3)
+    monkeypatch.setattr(worker.loop.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(queue, "peek", broken)
+    w = Worker(WorkerSettings(database_url=sqlite_url, device="cpu", threads=1))
+    with pytest.raises(sa.exc.NoResultFound):
+        w.run()
+    assert len(calls) == 3

@@ -32,6 +32,9 @@ from worker.sizing import auto_batch_trials
 
 log = logging.getLogger("droptune.worker")
 
+# Unexpected errors in a row in recovery or claiming after which the worker gives up.
+MAX_BUGS = 10
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -90,6 +93,7 @@ class Worker:
         )
         self._current: tuple[int | None, list[int]] = (None, [])
         self._last_recovery = 0.0
+        self._bugs = 0  # errors in a row in recovery or claiming that were not outages
 
     @property
     def stopping(self) -> bool:
@@ -133,9 +137,10 @@ class Worker:
     def _step(self, runner: BatchRunner) -> bool:
         """Recover stale work, claim one batch and run it. False when there was nothing to do.
 
-        Nothing here may end the worker: a database that went away, an Optuna storage error or
-        a bug in one study's batch is logged, the leases are released or left to recovery, and
-        the loop goes on.
+        A database that went away, an Optuna storage error or a bug in one study's batch is
+        logged, the leases are released or left to recovery, and the loop goes on. Only an error
+        that is not an outage in recovery or claiming, MAX_BUGS times in a row, ends the worker
+        (exit status 1): that is a bug, which retrying for ever would only hide.
         """
         if not runner.hb.alive:  # cannot happen (it catches everything); never claim blind
             raise RuntimeError("the heartbeat thread has died: leases would go stale")
@@ -147,13 +152,21 @@ class Worker:
             if nxt is None:
                 return False  # nothing to do: idle
             claim = self._claim(*nxt)
-        except Exception as exc:
-            if isinstance(exc, StorageError):
-                log.warning("database unavailable (%s); retrying", exc)
-            else:
-                log.exception("worker %s: recovery or claim failed; retrying", self.id)
+        except StorageError as exc:
+            log.warning("database unavailable (%s); retrying", exc)
             time.sleep(1.0)
             return True
+        except Exception:
+            self._bugs += 1
+            if self._bugs >= MAX_BUGS:
+                log.exception(
+                    "worker %s: recovery or claim failed %d times; stopping", self.id, self._bugs
+                )
+                raise
+            log.exception("worker %s: recovery or claim failed; retrying", self.id)
+            time.sleep(1.0)
+            return True
+        self._bugs = 0
         if claim is None:
             if not self.stopping:
                 time.sleep(0.02)  # another claim took or held the slots (SKIP LOCKED): again
