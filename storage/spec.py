@@ -14,15 +14,15 @@ from pydantic import (
     model_validator,
 )
 
-BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "synthetic")
+from storage import catalogue
+
 # Smallest class count of each bundled data set: the upper bound for `cv.folds`.
-BUILTIN_MIN_CLASS_COUNT = {"digits": 174, "breast_cancer": 212, "wine": 48, "iris": 50}
 MAX_FOLD_CELLS = 2**28  # folds x samples x features a worker holds (float32: 1 GiB)
 STORED = "stored"  # validation context key: the spec comes from the database, not a user
-SYNTHETIC_OPTIONS = ("n_samples", "n_features", "n_informative", "n_classes", "seed")
-CLASSIFICATION_METRICS = ("accuracy", "log_loss")
-REGRESSION_METRICS = ("rmse", "mae", "r2")
-DEFAULT_METRIC = {"classification": "accuracy", "regression": "rmse"}
+SYNTHETIC_OPTIONS = tuple(catalogue.SYNTHETIC_DEFAULTS)
+CLASSIFICATION_METRICS = catalogue.METRICS["classification"]
+REGRESSION_METRICS = catalogue.METRICS["regression"]
+DEFAULT_METRIC = catalogue.DEFAULT_METRIC
 DEFAULT_CHANNELS = (32, 64)
 Metric = Literal["accuracy", "log_loss", "rmse", "mae", "r2"]
 # Fields someone with their own data tries first; the spec never reads files or URLs.
@@ -135,8 +135,7 @@ class DatasetSpec(_Strict):
         return self
 
     def synthetic_options(self) -> dict[str, int]:
-        defaults = {"n_samples": 1000, "n_features": 20, "n_informative": 10, "n_classes": 2}
-        return {**defaults, "seed": 0, **self.options}
+        return {**catalogue.SYNTHETIC_DEFAULTS, **self.options}
 
     def min_class_count(self) -> int | None:
         """The smallest class of a built-in data set (None for an uploaded one: its record
@@ -147,7 +146,7 @@ class DatasetSpec(_Strict):
             o = self.synthetic_options()
             # make_classification balances classes; flip_y may move a few samples.
             return max(1, int(o["n_samples"] * 0.9) // o["n_classes"])
-        return BUILTIN_MIN_CLASS_COUNT[self.builtin]
+        return catalogue.BUILTINS[self.builtin].min_class
 
     def label(self) -> str:
         return self.builtin if self.builtin is not None else f"upload:{self.id}"
@@ -195,7 +194,7 @@ class CVSpec(_Strict):
 
     @property
     def direction(self) -> Literal["maximize", "minimize"]:
-        return "maximize" if self.metric in (None, "accuracy", "r2") else "minimize"
+        return catalogue.metric_direction(self.metric or "accuracy")
 
 
 class SearchSpec(_Strict):
@@ -348,7 +347,7 @@ class StudySpec(_Strict):
 
     @property
     def task(self) -> str:
-        return "regression" if self.cv.metric in REGRESSION_METRICS else "classification"
+        return catalogue.task_of(self.cv.metric or "accuracy")
 
     def param_names(self) -> list[str]:
         """The Optuna parameters this study searches, in order."""

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from storage import catalogue
+from storage.spec import StudySpec
 from worker.data import (
     BUILTINS,
     Dataset,
@@ -150,3 +152,25 @@ def test_fold_padding_and_lengths() -> None:
         tr = set(data.train_idx[k, : data.train_len_host[k]].tolist())
         va = set(data.val_idx[k, : data.val_len_host[k]].tolist())
         assert not tr & va and len(tr | va) == 150
+
+
+@pytest.mark.parametrize("name", sorted(catalogue.BUILTINS))
+def test_the_catalogue_matches_the_data(name: str) -> None:
+    """The spec checks folds and shapes against the catalogue: it must be the data's truth."""
+    entry = catalogue.BUILTINS[name]
+    ds = load_dataset(name)
+    counts = np.bincount(ds.y)
+    assert (ds.X.shape, ds.n_classes, ds.image_shape) == (
+        (entry.rows, entry.features),
+        entry.classes,
+        entry.image_shape,
+    )
+    assert int(counts.min()) == entry.min_class
+
+
+def test_the_synthetic_defaults_are_the_catalogue_s() -> None:
+    o = catalogue.SYNTHETIC_DEFAULTS
+    ds = load_dataset("synthetic")
+    assert ds.X.shape == (o["n_samples"], o["n_features"]) and ds.n_classes == o["n_classes"]
+    spec = StudySpec.model_validate({"dataset": {"builtin": "synthetic"}})
+    assert spec.dataset.synthetic_options() == o

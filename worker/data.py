@@ -17,18 +17,14 @@ from sklearn import datasets as skdatasets
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-BUILTINS = ("digits", "breast_cancer", "wine", "iris", "synthetic")
-TASKS = ("classification", "regression")
+from storage import catalogue
+
+BUILTINS = catalogue.DATASETS
+TASKS = catalogue.TASKS
 
 Options = dict[str, int | float]
 
-_SYNTHETIC_DEFAULTS: Options = {
-    "n_samples": 1000,
-    "n_features": 20,
-    "n_informative": 10,
-    "n_classes": 2,
-    "seed": 0,
-}
+_SYNTHETIC_DEFAULTS: Options = dict(catalogue.SYNTHETIC_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -115,7 +111,7 @@ def load_dataset(name: str, options: Options | None = None) -> Dataset:
         raise ValueError(f"dataset {name!r} takes no options, got {sorted(options)}")
     if name == "digits":
         X, y = skdatasets.load_digits(return_X_y=True)
-        return dataset_from_arrays(X, y, image_shape=(1, 8, 8))
+        return dataset_from_arrays(X, y, image_shape=catalogue.BUILTINS["digits"].image_shape)
     X, y = _SKLEARN_LOADERS[name](return_X_y=True)  # type: ignore[misc]
     return dataset_from_arrays(X, y)
 
