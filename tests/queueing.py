@@ -20,9 +20,15 @@ def spec(n: int = 5, **search: object) -> StudySpec:
     )
 
 
-def study_row(engine: sa.Engine, study_id: int) -> sa.Row[object]:
-    with transaction(engine) as conn:
-        return conn.execute(sa.select(studies).where(studies.c.id == study_id)).one()
+def study_row(db: sa.Engine | str, study_id: int) -> sa.Row[Any]:
+    """A study's row, from an engine or a database URL (an engine made here is disposed)."""
+    engine = create_engine(db) if isinstance(db, str) else db
+    try:
+        with transaction(engine) as conn:
+            return conn.execute(sa.select(studies).where(studies.c.id == study_id)).one()
+    finally:
+        if isinstance(db, str):
+            engine.dispose()
 
 
 def claimed(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -68,12 +67,7 @@ def test_uploads_train_on_a_worker_and_answer(db_url: str, tmp_path: Path) -> No
 
 
 def _cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "client.cli", *args, "--url", url],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return procs.cli(*args, "--url", url)
 
 
 def test_the_readme_steps_and_a_huge_declared_upload(tmp_path: Path) -> None:

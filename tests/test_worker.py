@@ -16,7 +16,7 @@ from storage.db import create_engine, transaction
 from storage.optuna_bridge import optuna_storage
 from storage.reads import Reader
 from storage.spec import StudySpec
-from storage.tables import studies
+from tests.queueing import study_row
 from worker.loop import Worker
 from worker.settings import WorkerSettings
 
@@ -37,11 +37,6 @@ def run_study(url: str, patch: dict[str, Any]) -> tuple[int, list[optuna.trial.F
     assert w.run() == 0
     trials = optuna.load_study(study_name=queue.optuna_study_name(sid), storage=url).trials
     return sid, trials
-
-
-def study_of(url: str, sid: int) -> sa.Row[Any]:
-    with transaction(create_engine(url)) as conn:
-        return conn.execute(sa.select(studies).where(studies.c.id == sid)).one()
 
 
 @pytest.mark.parametrize(
@@ -80,7 +75,7 @@ def test_each_kind_of_study_runs_to_the_end(
         assert set(t.params) == params
         assert len(t.user_attrs["fold_scores"]) == 3
         assert t.user_attrs["device"] == "cpu"
-    row = study_of(sqlite_url, sid)
+    row = study_row(sqlite_url, sid)
     assert (row.status, row.n_done) == ("succeeded", n)
     best = Reader(create_engine(sqlite_url), optuna_storage(sqlite_url)).best(sid, "local")
     assert best.complete and best.dropout is not None and best.one_se_dropout is not None
@@ -116,7 +111,7 @@ def test_a_failing_batch_is_retried_then_given_up(
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 1, "max_retries": 1, "max_failed": 1}}
     )
-    row = study_of(sqlite_url, sid)
+    row = study_row(sqlite_url, sid)
     assert row.status == "failed" and "out of memory (simulated)" in row.reason
     # 2 give-ups (past max_failed=1), each after 1 retry: 4 failed trials, every one with a reason
     assert len(trials) == 4 and all(t.state == TrialState.FAIL for t in trials)
@@ -140,7 +135,7 @@ def test_a_diverged_trial_is_failed_not_completed(
     )
     assert [t.state for t in trials] == [TrialState.FAIL]
     assert "non-finite" in trials[0].user_attrs["reason"]
-    row = study_of(sqlite_url, sid)
+    row = study_row(sqlite_url, sid)
     assert row.status == "failed" and "non-finite" in row.reason
 
 
@@ -166,7 +161,7 @@ def test_a_trial_pruned_on_a_non_finite_score_stays_pruned(
     assert [t.state for t in trials] == [TrialState.PRUNED]
     assert "non-finite" in trials[0].user_attrs["reason"]
     assert "fold_scores" not in trials[0].user_attrs
-    assert study_of(sqlite_url, sid).status == "succeeded"
+    assert study_row(sqlite_url, sid).status == "succeeded"
 
 
 def test_a_data_set_that_cannot_load_fails_the_study_not_the_worker(
@@ -181,7 +176,7 @@ def test_a_data_set_that_cannot_load_fails_the_study_not_the_worker(
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 2, "max_retries": 0, "max_failed": 1}}
     )
-    row = study_of(sqlite_url, sid)
+    row = study_row(sqlite_url, sid)
     assert row.status == "failed" and "data file unreadable" in row.reason
     assert trials and all(t.state == TrialState.FAIL for t in trials)
     assert all("data file unreadable" in t.user_attrs["reason"] for t in trials)
@@ -203,7 +198,7 @@ def test_an_optuna_error_opening_a_study_releases_the_claim(
 
     monkeypatch.setattr(worker.loop, "ensure_study", flaky)
     sid, trials = run_study(sqlite_url, {"search": {"n_trials": 2}})
-    row = study_of(sqlite_url, sid)
+    row = study_row(sqlite_url, sid)
     assert len(calls) >= 2  # the worker lived on and claimed again
     assert (row.status, row.n_done, row.slots_claimed) == ("succeeded", 2, 2)
     assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE"]
@@ -231,7 +226,7 @@ def test_a_trial_failed_elsewhere_mid_training_is_retried(
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 3, "pruner": "none", "batch_trials": 3}}
     )
-    row = study_of(sqlite_url, sid)
+    row = study_row(sqlite_url, sid)
     assert (row.status, row.n_done) == ("succeeded", 3)
     by_id = {t._trial_id: t for t in trials}
     failed = by_id[done[0]]
@@ -263,7 +258,7 @@ def test_a_trial_pruned_before_a_cancel_stays_pruned(
         sqlite_url,
         {"training": {"epochs": 3}, "search": {"n_trials": 2, "batch_trials": 2}},
     )
-    assert study_of(sqlite_url, sid).status == "cancelled"
+    assert study_row(sqlite_url, sid).status == "cancelled"
     states = sorted((t.number, t.state.name, t.user_attrs.get("reason")) for t in trials)
     assert states == [(0, "PRUNED", None), (1, "FAIL", "cancelled")]
 
@@ -283,7 +278,7 @@ def test_a_signal_during_recovery_claims_nothing(
     assert w.run() == 0  # exits although the queue is not empty
     storage = optuna_storage(sqlite_url)
     assert storage.get_all_studies() == []  # not even an Optuna study was created
-    row = study_of(sqlite_url, sid)
+    row = study_row(sqlite_url, sid)
     assert (row.status, row.slots_claimed) == ("queued", 0)
 
 
@@ -317,7 +312,7 @@ def test_shutdown_ends_every_member_even_when_one_was_failed_elsewhere(
     assert [t.user_attrs["reason"] for t in trials[1:]] == [shutdown] * 2
     with transaction(create_engine(sqlite_url)) as conn:
         assert conn.execute(sa.select(leases)).all() == []
-    row = study_of(sqlite_url, sid)
+    row = study_row(sqlite_url, sid)
     # Two slots released (same params, no attempt counted), one failed (retry queued).
     assert (row.status, row.slots_claimed, row.n_done) == ("running", 0, 0)
 
@@ -368,7 +363,7 @@ def test_a_batch_runs_without_a_worker(sqlite_url: str) -> None:
     ctx = BatchContext(engine, storage, torch.device("cpu"), "solo", threading.Event())
     hb = LeaseHeartbeat(engine, "solo", 60.0, lambda: (None, []))  # beats only when asked
     BatchRunner(ctx, hb).run(claim, lambda: prepare_folds(load_dataset("digits"), 3, 0))
-    row = study_of(sqlite_url, sid)
+    row = study_row(sqlite_url, sid)
     assert (row.status, row.n_done) == ("succeeded", 3)
     trials = optuna.load_study(study_name=claim.optuna_study, storage=sqlite_url).trials
     assert [t.user_attrs["worker"] for t in trials] == ["solo"] * 3
@@ -387,7 +382,7 @@ def test_a_bug_in_claiming_ends_the_worker_instead_of_looping(
         raise sa.exc.NoResultFound("simulated bug")
 
     monkeypatch.setattr(worker.loop, "MAX_BUGS", 3)
-    monkeypatch.setattr(worker.loop.time, "sleep", lambda _s: None)
+    monkeypatch.setattr("worker.loop.time.sleep", lambda _s: None)
     monkeypatch.setattr(queue, "peek", broken)
     w = Worker(WorkerSettings(database_url=sqlite_url, device="cpu", threads=1))
     with pytest.raises(sa.exc.NoResultFound):
