@@ -26,17 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from storage import catalogue
 from worker.data import FoldData
 from worker.models import CNNConfig, MaskRNG, MLPConfig, StackedCNN, StackedMLP, build_model
 from worker.optim import MemberAdam, keep_members
 
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("accuracy", "log_loss"),
-    "regression": ("rmse", "mae", "r2"),
-}
+TASK_METRICS = catalogue.METRICS
 METRICS = (*TASK_METRICS["classification"], *TASK_METRICS["regression"])
-DEFAULT_METRIC = {"classification": "accuracy", "regression": "rmse"}
-_MAXIMIZE = ("accuracy", "r2")
+DEFAULT_METRIC = catalogue.DEFAULT_METRIC
 OnEpoch = Callable[[int, list[int], np.ndarray], Iterable[int] | None]
 StackedModel = StackedMLP | StackedCNN
 
@@ -70,16 +67,12 @@ class TrialResult:
     def mean(self) -> float:
         return float(np.mean(self.fold_scores))
 
-    @property
-    def std(self) -> float:
-        return float(np.std(self.fold_scores))
-
 
 def metric_direction(metric: str) -> Literal["maximize", "minimize"]:
     """Which way a metric's scores get better (what an Optuna study's direction must be)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    return "maximize" if metric in _MAXIMIZE else "minimize"
+    return catalogue.metric_direction(metric)
 
 
 def _check_metric(metric: str, task: str) -> None:
@@ -146,6 +139,18 @@ def _targets(
     return data.y, rows
 
 
+def sample_weights(lens: Sequence[int], batch_size: int, device: torch.device) -> torch.Tensor:
+    """[M, max(lens)] weights that turn a sum over an epoch's per-sample losses into, per step, a
+    sum of member means: 1 / (member m's samples in that step) for its real samples, 0 past
+    lens[m]. The gradient each member gets is then its standalone mean loss's, bit for bit (a
+    mean's backward also hands each sample 1 / count), whichever members run short."""
+    lens_t = torch.tensor(lens, device=device)
+    pos = torch.arange(max(lens), device=device)
+    start = pos - pos % batch_size  # first position of each position's step
+    counts = (lens_t[:, None] - start).clamp(0, batch_size)
+    return (pos < lens_t[:, None]) / counts.clamp(min=1)
+
+
 def train_epoch(
     model: StackedModel,
     opt: torch.optim.Optimizer,
@@ -157,8 +162,9 @@ def train_epoch(
 ) -> None:
     """One epoch for all members: member m walks order[fold_of[m]] in batches of batch_size.
 
-    lens[m] is member m's training length (host ints, so planning needs no device sync). Steps
-    where every member has a full batch take the fast path; only the tail needs masking.
+    lens[m] is member m's training length (host ints, so planning needs no device sync). Every
+    step's loss weighs samples by sample_weights, so a member whose fold ends early gets no
+    gradient from the padding and the others get exactly their own mean loss's.
     """
     model.train()
     n = data.X_std.shape[1]
@@ -168,22 +174,14 @@ def train_epoch(
     # labels [N] are the same for every fold; standardised targets [K, N] are per fold
     y_flat, y_idx = _targets(data, member_order, flat_idx)
     lo, hi = min(lens), max(lens)
-    lens_t = torch.tensor(lens, device=data.device)
+    weights = sample_weights(lens, batch_size, data.device)
     for start in range(0, hi, batch_size):
-        width = min(batch_size, hi - start)
-        xb = x_flat[flat_idx[:, start : start + width]]
-        yb = y_flat[y_idx[:, start : start + width]]
-        per_sample = sample_loss(model(xb), yb, data.task)  # [M, width]
-        if start + width <= lo:
-            # every member has `width` real samples: sum of member means = total sum / width
-            loss = per_sample.sum() / width
-            empty: list[int] = []
-        else:
-            counts = (lens_t - start).clamp(0, width)
-            valid = torch.arange(width, device=data.device) < counts[:, None]
-            w = valid / counts.clamp(min=1)[:, None]
-            loss = (per_sample * w).sum()
-            empty = [m for m, ln in enumerate(lens) if ln <= start]
+        end = min(start + batch_size, hi)
+        xb = x_flat[flat_idx[:, start:end]]
+        yb = y_flat[y_idx[:, start:end]]
+        per_sample = sample_loss(model(xb), yb, data.task)  # [M, end - start]
+        loss = (per_sample * weights[:, start:end]).sum()
+        empty = [m for m, ln in enumerate(lens) if ln <= start] if start >= lo else []
         opt.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         if isinstance(opt, MemberAdam):
@@ -307,6 +305,86 @@ def make_optimizer(
     )
 
 
+class StackedRun:
+    """The trials of one batch while they train: the stacked model, its optimizer and which member
+    is whom. Member i * K + k is trial active[i] on fold k. Stopping trials goes through `stop`,
+    which drops their members from the model and from the optimizer state together, so member m
+    means the same trial in both, and fold_of and lens follow.
+    """
+
+    def __init__(
+        self,
+        data: FoldData,
+        model: MLPConfig | CNNConfig,
+        cfg: TrainConfig,
+        trials: Sequence[TrialRates],
+        *,
+        compile_model: bool = False,
+    ) -> None:
+        self.data, self.k = data, data.k
+        self.active = list(range(len(trials)))  # indices into `trials` still training
+        self.fold_of = member_folds(len(trials), self.k, data.device)
+        net = build_model(
+            model,
+            self.k,
+            data.n_features,
+            data.n_classes,
+            data.image_shape,
+            generator=_generator(torch.device("cpu"), _seed(cfg.seed, 1)),
+            device=data.device,
+        )
+        # one initialisation per fold, shared by every trial (member b*K+k <- fold k's weights)
+        net.select_members(self.fold_of)
+        rows, inputs = _trial_rate_rows(trials, net.n_layers)
+        if isinstance(net, StackedCNN) and any(inputs):
+            raise ValueError("input dropout is only supported for MLP models")
+        k = self.k
+        net.set_rates([r for r in rows for _ in range(k)], [i for i in inputs for _ in range(k)])
+        net.mask_rng = MaskRNG(_seed(cfg.seed, 2), data.device, folds=k)
+        self.net = net
+        self.opt = make_optimizer(net, cfg, self.lens)
+        # compiled or not, the forward shares net's parameters, so stop() slices both
+        compiled = torch.compile(net) if compile_model else net
+        self.forward: StackedModel = compiled  # type: ignore[assignment]
+
+    @property
+    def lens(self) -> list[int]:
+        """Each member's training length (host ints)."""
+        return [self.data.train_len_host[f] for _ in self.active for f in range(self.k)]
+
+    def train_epoch(self, order: torch.Tensor, batch_size: int) -> None:
+        train_epoch(self.forward, self.opt, self.data, self.fold_of, order, batch_size, self.lens)
+
+    def scores(self, metric: str) -> np.ndarray:
+        """Validation scores [len(active), K] on the host: the one device sync per epoch."""
+        scores = evaluate(self.net, self.data, self.fold_of, metric)
+        return scores.view(len(self.active), self.k).double().cpu().numpy()
+
+    def stop(self, trials: Iterable[int]) -> None:
+        """Stop trials (indices into `trials`, as in `active`): their members leave the model and
+        the optimizer state."""
+        gone = set(trials)
+        kept = [i for i, t in enumerate(self.active) if t not in gone]
+        if len(kept) == len(self.active):
+            return
+        self.active = [self.active[i] for i in kept]
+        if not self.active:
+            return  # nothing trains on; slicing to zero members would buy nothing
+        dev = self.data.device
+        keep = torch.tensor([i * self.k + f for i in kept for f in range(self.k)], device=dev)
+        self.net.select_members(keep)
+        keep_members(self.opt, keep)
+        self.fold_of = member_folds(len(self.active), self.k, dev)
+
+
+def _check_device(data: FoldData, device: torch.device | str | None) -> None:
+    if device is None:
+        return
+    dev, asked = data.device, torch.device(device)
+    if asked.type != dev.type or asked.index not in (None, dev.index):
+        raise ValueError(f"data lives on {dev}, training asked for {asked}")
+
+
 def train_trials(
     data: FoldData,
     model: MLPConfig | CNNConfig,
@@ -328,60 +406,28 @@ def train_trials(
     _check_metric(cfg.metric, data.task)
     if not trials:
         return []
-    dev = data.device
-    if device is not None:
-        asked = torch.device(device)
-        if asked.type != dev.type or asked.index not in (None, dev.index):
-            raise ValueError(f"data lives on {dev}, training asked for {asked}")
-    setup_device(dev)
+    _check_device(data, device)
+    setup_device(data.device)
     t0 = time.perf_counter()
-    k, n_trials = data.k, len(trials)
-    net = build_model(
-        model,
-        k,
-        data.n_features,
-        data.n_classes,
-        data.image_shape,
-        generator=_generator(torch.device("cpu"), _seed(cfg.seed, 1)),
-        device=dev,
-    )
-    # one initialisation per fold, shared by every trial (member b*K+k <- fold k's weights)
-    net.select_members(member_folds(n_trials, k, dev))
-    rows, inputs = _trial_rate_rows(trials, net.n_layers)
-    if isinstance(net, StackedCNN) and any(inputs):
-        raise ValueError("input dropout is only supported for MLP models")
-    net.set_rates([r for r in rows for _ in range(k)], [i for i in inputs for _ in range(k)])
-    net.mask_rng = MaskRNG(_seed(cfg.seed, 2), dev, folds=k)
-    order_gen = _generator(dev, _seed(cfg.seed, 3))
-    opt = make_optimizer(net, cfg, [data.train_len_host[f] for _ in trials for f in range(k)])
-    fwd: StackedModel = torch.compile(net) if compile_model else net  # type: ignore[assignment]
+    run = StackedRun(data, model, cfg, trials, compile_model=compile_model)
+    order_gen = _generator(data.device, _seed(cfg.seed, 3))
 
-    active = list(range(n_trials))
-    fold_of = member_folds(n_trials, k, dev)
-    results: list[TrialResult | None] = [None] * n_trials
-    last = np.zeros((n_trials, k))
+    results: list[TrialResult | None] = [None] * len(trials)
+    last = np.zeros((len(trials), data.k))  # each trial's latest scores
     for epoch in range(1, cfg.epochs + 1):
-        order = epoch_order(data, order_gen)
-        lens = [data.train_len_host[f] for _ in active for f in range(k)]
-        train_epoch(fwd, opt, data, fold_of, order, cfg.batch_size, lens)
-        scores = evaluate(net, data, fold_of, cfg.metric)
-        sc = scores.view(len(active), k).double().cpu().numpy()  # the one sync per epoch
-        last[active] = sc
-        stop = set(on_epoch(epoch, list(active), sc.copy()) or ()) if on_epoch else set()
-        stop &= set(active)
+        run.train_epoch(epoch_order(data, order_gen), cfg.batch_size)
+        scores = run.scores(cfg.metric)
+        last[run.active] = scores
+        stop = set(on_epoch(epoch, list(run.active), scores) or ()) if on_epoch else set()
+        stop &= set(run.active)
         now = time.perf_counter() - t0
         for t in stop:
             results[t] = TrialResult(last[t].tolist(), epoch, True, now)
-        if stop:
-            keep_trials = [i for i, t in enumerate(active) if t not in stop]
-            active = [active[i] for i in keep_trials]
-            if not active:
-                break
-            keep = torch.tensor([i * k + f for i in keep_trials for f in range(k)], device=dev)
-            net.select_members(keep)
-            keep_members(opt, keep)
-            fold_of = member_folds(len(active), k, dev)
+        run.stop(stop)
+        if not run.active:
+            break
+
     now = time.perf_counter() - t0
-    for t in active:
+    for t in run.active:
         results[t] = TrialResult(last[t].tolist(), cfg.epochs, False, now)
     return [r for r in results if r is not None]
