@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.data import Dataset, load_dataset, make_folds, prepare_folds
 from worker.engine import TrainConfig, TrialRates, train_trials
-from worker.models import CNNConfig, MLPConfig
+from worker.models import CNNConfig, MLPConfig, pools
 from worker.sizing import flops_per_trial
 
 K = 5
@@ -77,7 +77,7 @@ def _baseline_net(model: MLPConfig | CNNConfig, ds: Dataset, p: float) -> nn.Mod
     layers = [nn.Unflatten(1, ds.image_shape)]
     for co in model.channels:
         layers += [nn.Conv2d(c, co, 3, padding=1), nn.ReLU(), nn.Dropout2d(p)]
-        if h >= 2 and w >= 2:
+        if pools(h, w):
             layers.append(nn.MaxPool2d(2))
             h, w = h // 2, w // 2
         c = co

@@ -228,10 +228,16 @@ class StackedMLP(_Stacked):
         return nn.Sequential(*layers)
 
 
+def pools(h: int, w: int) -> bool:
+    """The CNN's pooling rule, the one place it is written: a block max-pools 2x2 while both
+    sides of its feature map are at least 2 (small images keep their last pixels)."""
+    return h >= 2 and w >= 2
+
+
 def conv_output_hw(image_shape: tuple[int, int, int], n_blocks: int) -> tuple[int, int]:
     _, h, w = image_shape
     for _ in range(n_blocks):
-        if h >= 2 and w >= 2:
+        if pools(h, w):
             h, w = h // 2, w // 2
     return h, w
 
@@ -296,7 +302,7 @@ class StackedCNN(_Stacked):
                 hm = h.view(bsz, m, w.shape[1], *h.shape[2:]).transpose(0, 1)
                 h = dropout_members(hm, self.rates[:, i], self._rng(), channelwise=True)
                 h = h.transpose(0, 1).reshape(bsz, -1, *h.shape[3:])
-            if h.shape[2] >= 2 and h.shape[3] >= 2:
+            if pools(h.shape[2], h.shape[3]):
                 h = F.max_pool2d(h, 2)
         z = h.reshape(bsz, m, -1).transpose(0, 1)
         z = F.relu(torch.baddbmm(self.head_b[0], z, self.head_w[0]))
@@ -340,7 +346,7 @@ class StackedCNN(_Stacked):
                 nn.ReLU(),
                 nn.Dropout2d(float(self.rates[m, i])),
             ]
-            if h >= 2 and w_ >= 2:
+            if pools(h, w_):
                 layers.append(nn.MaxPool2d(2))
                 h, w_ = h // 2, w_ // 2
             c_in = w.shape[1]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from worker.data import FoldData
-from worker.models import CNNConfig, MLPConfig
+from worker.models import CNNConfig, MLPConfig, pools
 
 if TYPE_CHECKING:
     from worker.engine import TrainConfig
@@ -45,7 +45,7 @@ def _layer_shapes(
     for co in model.channels:
         shapes.append((c * 9, co, h * w))
         c = co
-        if h >= 2 and w >= 2:
+        if pools(h, w):
             h, w = h // 2, w // 2
     shapes += [(c * h * w, model.hidden, 1), (model.hidden, n_classes, 1)]
     return shapes
