@@ -10,6 +10,7 @@ COPY storage storage
 COPY worker worker
 COPY service service
 COPY client client
+COPY droptune droptune
 RUN pip install .
 EXPOSE 8000
 CMD ["droptune", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.data import Dataset, load_dataset, make_folds, prepare_folds
-from worker.engine import TrainConfig, TrialRates, train_trials
-from worker.models import CNNConfig, MLPConfig, pools
-from worker.sizing import flops_per_trial
+from droptune.worker.data import Dataset, load_dataset, make_folds, prepare_folds
+from droptune.worker.engine import TrainConfig, TrialRates, train_trials
+from droptune.worker.models import CNNConfig, MLPConfig, pools
+from droptune.worker.sizing import flops_per_trial
 
 K = 5
 

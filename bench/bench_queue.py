@@ -52,16 +52,16 @@ def fresh_database(kind: str, tmp: Path) -> str:
 def run_once(url: str, n_workers: int, n_trials: int, tmp: Path) -> dict[str, float]:
     import optuna
 
-    from storage import queue, registry
-    from storage.db import create_engine
-    from storage.migrate import upgrade
-    from storage.spec import StudySpec
+    from droptune.storage import queue, registry
+    from droptune.storage.db import create_engine
+    from droptune.storage.migrate import upgrade
+    from droptune.storage.spec import StudySpec
 
     upgrade(url)
     env = {**os.environ, "DROPTUNE_DATABASE_URL": url, "DROPTUNE_THREADS": "1"}
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "client.cli", "worker", "--device", "cpu"],
+            [sys.executable, "-m", "droptune.client.cli", "worker", "--device", "cpu"],
             env=env,
             stdout=(tmp / f"w{i}.log").open("w"),
             stderr=subprocess.STDOUT,

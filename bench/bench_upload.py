@@ -41,11 +41,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from client.api import Client  # noqa: E402
-from storage.db import create_engine  # noqa: E402
-from storage.tables import dataset_chunks  # noqa: E402
+from droptune.client.api import Client  # noqa: E402
+from droptune.storage.db import create_engine  # noqa: E402
+from droptune.storage.tables import dataset_chunks  # noqa: E402
+from droptune.worker.datasets import FileCache, load_uploaded  # noqa: E402
 from tests import procs  # noqa: E402
-from worker.datasets import FileCache, load_uploaded  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 FORMATS = ("csv", "npz")

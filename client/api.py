@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from storage.schemas import (
+from droptune.storage.schemas import (
     BestOut,
     DatasetOut,
     DatasetPage,
@@ -19,7 +19,7 @@ from storage.schemas import (
     TrialOut,
     WorkerOut,
 )
-from storage.spec import StudySpec
+from droptune.storage.spec import StudySpec
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 

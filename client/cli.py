@@ -15,10 +15,10 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from client import launch
-from client.api import DEFAULT_URL, Client, ClientError
-from storage.errors import DroptuneError
-from storage.schemas import ENDED, BestOut, DatasetOut, StudyOut
+from droptune.client import launch
+from droptune.client.api import DEFAULT_URL, Client, ClientError
+from droptune.storage.errors import DroptuneError
+from droptune.storage.schemas import ENDED, BestOut, DatasetOut, StudyOut
 
 app = typer.Typer(
     add_completion=False,
@@ -71,7 +71,7 @@ def serve(
     database_url: DbOpt = None,
 ) -> None:
     """Run the API and the dashboard (migrates the database first)."""
-    from service.settings import ServiceSettings
+    from droptune.service.settings import ServiceSettings
 
     with _one_line_errors():
         launch.serve(ServiceSettings.from_flags(host=host, port=port, database_url=database_url))
@@ -85,7 +85,7 @@ def worker(
     exit_when_idle: Annotated[bool, typer.Option(help="stop when the queue is empty")] = False,
 ) -> None:
     """Run a worker: claim trials, train them, report; SIGTERM stops it cleanly."""
-    from worker.settings import WorkerSettings
+    from droptune.worker.settings import WorkerSettings
 
     with _one_line_errors():
         settings = WorkerSettings.from_flags(
@@ -110,8 +110,8 @@ def up(
     ] = None,
 ) -> None:
     """Start everything on one machine: API, dashboard, one worker per device."""
-    from service.settings import ServiceSettings
-    from worker.settings import WorkerSettings
+    from droptune.service.settings import ServiceSettings
+    from droptune.worker.settings import WorkerSettings
 
     with _one_line_errors():
         # --host and --port always have a value, so DROPTUNE_HOST and DROPTUNE_PORT never count
@@ -123,8 +123,8 @@ def up(
 @db_app.command("upgrade")
 def db_upgrade(database_url: DbOpt = None) -> None:
     """Create or migrate droptune's tables (and Optuna's)."""
-    from storage.migrate import upgrade
-    from storage.settings import StorageSettings
+    from droptune.storage.migrate import upgrade
+    from droptune.storage.settings import StorageSettings
 
     with _one_line_errors():
         url = StorageSettings.from_flags(database_url=database_url).database_url
@@ -213,7 +213,7 @@ def submit(
             "a data set is needed: --data FILE, --dataset-id ID, --dataset NAME (built in) or "
             "a spec file with `dataset`"
         )
-    from storage.spec import StudySpec, describe_errors
+    from droptune.storage.spec import StudySpec, describe_errors
 
     try:
         StudySpec.model_validate(spec)  # the server checks too; this names the field sooner

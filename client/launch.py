@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:  # at run time imported where used: the client CLI needs neither package
-    from service.settings import ServiceSettings
-    from worker.settings import WorkerSettings
+    from droptune.service.settings import ServiceSettings
+    from droptune.worker.settings import WorkerSettings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -27,8 +27,8 @@ def _logging() -> None:
 def serve(settings: ServiceSettings) -> None:
     import uvicorn
 
-    from service.app import create_app
-    from storage.migrate import upgrade
+    from droptune.service.app import create_app
+    from droptune.storage.migrate import upgrade
 
     _logging()
     upgrade(settings.database_url)
@@ -39,8 +39,8 @@ def serve(settings: ServiceSettings) -> None:
 
 
 def worker(settings: WorkerSettings) -> int:
-    from storage.migrate import upgrade
-    from worker.loop import Worker, resolve_device
+    from droptune.storage.migrate import upgrade
+    from droptune.worker.loop import Worker, resolve_device
 
     _logging()
     resolve_device(settings.device)  # a device this machine lacks: refused before any write
@@ -63,7 +63,7 @@ def up(api_settings: ServiceSettings, worker_settings: WorkerSettings, workers: 
     The children read their settings back from the environment `to_env` gives them; their
     `--host`, `--port` and `--device` flags come from `api_settings` and `devices()`, whatever
     DROPTUNE_HOST, DROPTUNE_PORT and DROPTUNE_DEVICE say."""
-    from storage.migrate import upgrade
+    from droptune.storage.migrate import upgrade
 
     url, host, port = api_settings.database_url, api_settings.host, api_settings.port
     _check_port_free(host, port)
@@ -76,7 +76,7 @@ def up(api_settings: ServiceSettings, worker_settings: WorkerSettings, workers: 
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    exe = [sys.executable, "-m", "client.cli"]
+    exe = [sys.executable, "-m", "droptune.client.cli"]
     serve_argv = [*exe, "serve", "--host", host, "--port", str(port)]
     children = [subprocess.Popen(serve_argv, env=api_settings.to_env())]
     devs = devices()

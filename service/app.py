@@ -10,18 +10,18 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service import datasets, errors
-from service.dashboard import dashboard_app
-from service.head import HeadAsGet
-from service.limits import UploadLimit
-from service.settings import ServiceSettings
-from service.studies import router as studies_router
-from service.workers import router as workers_router
-from storage.db import create_engine
-from storage.errors import StorageError
-from storage.optuna_bridge import optuna_storage
-from storage.reads import Reader
-from storage.recovery import recover_stale
+from droptune.service import datasets, errors
+from droptune.service.dashboard import dashboard_app
+from droptune.service.head import HeadAsGet
+from droptune.service.limits import UploadLimit
+from droptune.service.settings import ServiceSettings
+from droptune.service.studies import router as studies_router
+from droptune.service.workers import router as workers_router
+from droptune.storage.db import create_engine
+from droptune.storage.errors import StorageError
+from droptune.storage.optuna_bridge import optuna_storage
+from droptune.storage.reads import Reader
+from droptune.storage.recovery import recover_stale
 
 log = logging.getLogger("droptune.api")
 

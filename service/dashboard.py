@@ -18,7 +18,7 @@ from optuna_dashboard import wsgi
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import allowed_methods
+from droptune.service.errors import allowed_methods
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 # What the dashboard serves; any other path is droptune's own 404, not the dashboard's HTML page.

@@ -12,11 +12,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
 
-from service.deps import EngineDep, Owner, SettingsDep
-from service.settings import ServiceSettings
-from storage import datafile, datasets
-from storage.errors import TooLarge, too_large
-from storage.schemas import DatasetOut, DatasetPage
+from droptune.service.deps import EngineDep, Owner, SettingsDep
+from droptune.service.settings import ServiceSettings
+from droptune.storage import datafile, datasets
+from droptune.storage.errors import TooLarge, too_large
+from droptune.storage.schemas import DatasetOut, DatasetPage
 
 DB_INT = 2**63 - 1
 DatasetId = Annotated[int, Path(ge=1, le=DB_INT, description="the data set's id")]

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.engine import Engine
 
-from service.settings import ServiceSettings
-from storage.reads import Reader
+from droptune.service.settings import ServiceSettings
+from droptune.storage.reads import Reader
 
 LOCAL_OWNER = "local"
 

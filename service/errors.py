@@ -14,9 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import Scope
 
-from storage.db import UNREACHABLE, driver_message, outage
-from storage.errors import DroptuneError, StorageError, too_large
-from storage.spec import describe_errors
+from droptune.storage.db import UNREACHABLE, driver_message, outage
+from droptune.storage.errors import DroptuneError, StorageError, too_large
+from droptune.storage.spec import describe_errors
 
 PROBLEM = "application/problem+json"
 

@@ -10,7 +10,7 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.dashboard import DASHBOARD_PREFIXES
+from droptune.service.dashboard import DASHBOARD_PREFIXES
 
 
 class HeadAsGet:

@@ -11,7 +11,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from storage.errors import too_large
+from droptune.storage.errors import too_large
 
 PROBLEM = b"application/problem+json"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storage.settings import StorageSettings
+from droptune.storage.settings import StorageSettings
 
 
 class ServiceSettings(StorageSettings):

@@ -12,10 +12,10 @@ from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import EngineDep, Owner, ReaderDep, SettingsDep
-from storage import queue
-from storage.schemas import ENDED, BestOut, StudyOut, StudyPage, StudyStatus, TrialOut
-from storage.spec import StudySpec
+from droptune.service.deps import EngineDep, Owner, ReaderDep, SettingsDep
+from droptune.storage import queue
+from droptune.storage.schemas import ENDED, BestOut, StudyOut, StudyPage, StudyStatus, TrialOut
+from droptune.storage.spec import StudySpec
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from fastapi import APIRouter
 
-from service.deps import EngineDep, SettingsDep
-from storage import registry
-from storage.db import transaction
-from storage.schemas import WorkerOut
+from droptune.service.deps import EngineDep, SettingsDep
+from droptune.storage import registry
+from droptune.storage.db import transaction
+from droptune.storage.schemas import WorkerOut
 
 router = APIRouter(tags=["workers"])
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from storage.schemas import Score
+from droptune.storage.schemas import Score
 
 
 def primary_rate(params: dict[str, Any]) -> float | None:

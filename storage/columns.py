@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage.datacheck import (
+from droptune.storage.datacheck import (
     BoolArray,
     DataError,
     FloatArray,
@@ -29,7 +29,7 @@ from storage.datacheck import (
     snip,
     to_number,
 )
-from storage.schemas import ColumnInfo, DataSummary
+from droptune.storage.schemas import ColumnInfo, DataSummary
 
 
 @dataclass

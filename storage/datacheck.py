@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from storage.errors import Invalid
-from storage.schemas import DataSummary
+from droptune.storage.errors import Invalid
+from droptune.storage.schemas import DataSummary
 
 FORMATS = ("csv", "npz", "parquet")
 TASKS = ("classification", "regression")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import BinaryIO, cast
 
-from storage.datacheck import (
+from droptune.storage.datacheck import (
     FORMATS,
     TASKS,
     DataError,
@@ -26,9 +26,9 @@ from storage.datacheck import (
     Task,
     Tuning,
 )
-from storage.npzfile import inspect_npz, load_npz
-from storage.schemas import DataSummary
-from storage.tabular import inspect_tabular, load_tabular
+from droptune.storage.npzfile import inspect_npz, load_npz
+from droptune.storage.schemas import DataSummary
+from droptune.storage.tabular import inspect_tabular, load_tabular
 
 __all__ = [
     "CSV_BLOCK_SIZE",

@@ -13,10 +13,10 @@ from typing import Any, BinaryIO
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from storage.db import transaction
-from storage.errors import Conflict, NotFound, StorageError
-from storage.schemas import DatasetOut, DatasetPage, DataSummary
-from storage.tables import dataset_chunks, datasets, studies
+from droptune.storage.db import transaction
+from droptune.storage.errors import Conflict, NotFound, StorageError
+from droptune.storage.schemas import DatasetOut, DatasetPage, DataSummary
+from droptune.storage.tables import dataset_chunks, datasets, studies
 
 CHUNK_BYTES = 4 << 20
 ACTIVE = ("queued", "running")

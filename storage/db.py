@@ -14,7 +14,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from storage.errors import Invalid, StorageError
+from droptune.storage.errors import Invalid, StorageError
 
 log = logging.getLogger("droptune.storage")
 

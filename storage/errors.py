@@ -22,7 +22,7 @@ class DroptuneError(Exception):
 
 class StorageError(DroptuneError):
     """The database could not be used (unreachable, locked, out of connections): worth retrying.
-    Bugs and broken constraints are not this (see storage.db.outage)."""
+    Bugs and broken constraints are not this (see droptune.storage.db.outage)."""
 
     status = 503
     title = "Storage unavailable"

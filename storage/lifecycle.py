@@ -46,9 +46,9 @@ from tenacity import (
     wait_exponential,
 )
 
-from storage import queue
-from storage.errors import StorageError
-from storage.queue import Outcome
+from droptune.storage import queue
+from droptune.storage.errors import StorageError
+from droptune.storage.queue import Outcome
 
 log = logging.getLogger("droptune.lifecycle")
 

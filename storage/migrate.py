@@ -9,9 +9,9 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from storage.db import create_engine, is_sqlite, normalise_url
-from storage.errors import StorageError
-from storage.optuna_bridge import optuna_storage
+from droptune.storage.db import create_engine, is_sqlite, normalise_url
+from droptune.storage.errors import StorageError
+from droptune.storage.optuna_bridge import optuna_storage
 
 log = logging.getLogger("droptune.migrate")
 

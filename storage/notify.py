@@ -9,8 +9,8 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 
-from storage.db import is_sqlite, normalise_url
-from storage.queue import NOTIFY_CHANNEL
+from droptune.storage.db import is_sqlite, normalise_url
+from droptune.storage.queue import NOTIFY_CHANNEL
 
 SQLITE_POLL_S = 0.25
 

@@ -19,8 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from storage.columns import FLOAT32_MAX, Chunk, TargetStats, encode_target
-from storage.datacheck import (
+from droptune.storage.columns import FLOAT32_MAX, Chunk, TargetStats, encode_target
+from droptune.storage.datacheck import (
     DataError,
     How,
     Limits,
@@ -31,7 +31,7 @@ from storage.datacheck import (
     check_cells,
     some,
 )
-from storage.schemas import DataSummary
+from droptune.storage.schemas import DataSummary
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 import optuna
 from optuna.storages import RDBStorage
 
-from storage.db import configure_sqlite, engine_kwargs, is_sqlite, normalise_url
-from storage.spec import StudySpec
+from droptune.storage.db import configure_sqlite, engine_kwargs, is_sqlite, normalise_url
+from droptune.storage.spec import StudySpec
 
 # Optuna logs every trial at INFO; droptune's own log lines say what happened.
 optuna.logging.set_verbosity(optuna.logging.WARNING)

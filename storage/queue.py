@@ -16,11 +16,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from storage import datasets
-from storage.db import db_now, transaction
-from storage.errors import Conflict, Invalid, NotFound
-from storage.spec import FieldError, StudySpec
-from storage.tables import leases, retries, studies
+from droptune.storage import datasets
+from droptune.storage.db import db_now, transaction
+from droptune.storage.errors import Conflict, Invalid, NotFound
+from droptune.storage.spec import FieldError, StudySpec
+from droptune.storage.tables import leases, retries, studies
 
 ACTIVE = ("queued", "running")
 NOTIFY_CHANNEL = "droptune_queue"

@@ -10,14 +10,14 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import Engine
 
-from storage.answer import best_and_one_se, primary_rate, score_of
-from storage.db import transaction
-from storage.errors import NotFound
-from storage.lifecycle import is_interruption
-from storage.optuna_bridge import study_id_of
-from storage.schemas import ENDED, BestOut, Progress, StudyOut, StudyPage, TrialOut
-from storage.spec import StudySpec
-from storage.tables import studies
+from droptune.storage.answer import best_and_one_se, primary_rate, score_of
+from droptune.storage.db import transaction
+from droptune.storage.errors import NotFound
+from droptune.storage.lifecycle import is_interruption
+from droptune.storage.optuna_bridge import study_id_of
+from droptune.storage.schemas import ENDED, BestOut, Progress, StudyOut, StudyPage, TrialOut
+from droptune.storage.spec import StudySpec
+from droptune.storage.tables import studies
 
 
 class Reader:

@@ -14,11 +14,11 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
 
-from storage.errors import StorageError
-from storage.lifecycle import ORPHANED, Why, fail_trial, settle
-from storage.optuna_bridge import study_id_of
-from storage.queue import Outcome, finish
-from storage.stale import (
+from droptune.storage.errors import StorageError
+from droptune.storage.lifecycle import ORPHANED, Why, fail_trial, settle
+from droptune.storage.optuna_bridge import study_id_of
+from droptune.storage.queue import Outcome, finish
+from droptune.storage.stale import (
     StaleLease,
     keep_params,
     live_lease_ids,

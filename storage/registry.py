@@ -8,10 +8,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from storage.db import db_now, transaction
-from storage.queue import Beat, heartbeat_leases
-from storage.schemas import WorkerOut
-from storage.tables import workers
+from droptune.storage.db import db_now, transaction
+from droptune.storage.queue import Beat, heartbeat_leases
+from droptune.storage.schemas import WorkerOut
+from droptune.storage.tables import workers
 
 
 def register(engine: Engine, worker_id: str, host: str, pid: int, device: str) -> None:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidatorFunctionWrapHandler, field_validator
 
-from storage.spec import StudySpec
+from droptune.storage.spec import StudySpec
 
 StudyStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ENDED: tuple[StudyStatus, ...] = ("succeeded", "failed", "cancelled")

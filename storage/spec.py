@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from storage import catalogue
+from droptune.storage import catalogue
 
 # Smallest class count of each bundled data set: the upper bound for `cv.folds`.
 MAX_FOLD_CELLS = 2**28  # folds x samples x features a worker holds (float32: 1 GiB)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from storage.db import db_now, transaction
-from storage.queue import Outcome, end_lease
-from storage.tables import leases, studies
+from droptune.storage.db import db_now, transaction
+from droptune.storage.queue import Outcome, end_lease
+from droptune.storage.tables import leases, studies
 
 RECOVERY = "recovery"  # the worker_id of a lease a recovery has taken over
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from storage.db import db_now
+from droptune.storage.db import db_now
 
 metadata = sa.MetaData()
 

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from storage.columns import Chunk, ColumnStats, TargetStats, encode_target, to_chunk
-from storage.datacheck import (
+from droptune.storage.columns import Chunk, ColumnStats, TargetStats, encode_target, to_chunk
+from droptune.storage.datacheck import (
     DataError,
     Format,
     How,
@@ -35,7 +35,7 @@ from storage.datacheck import (
     some,
     to_number,
 )
-from storage.schemas import DataSummary
+from droptune.storage.schemas import DataSummary
 
 
 @dataclass

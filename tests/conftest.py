@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from storage.migrate import upgrade
+from droptune.storage.migrate import upgrade
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"

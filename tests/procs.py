@@ -47,7 +47,7 @@ def droptune(
 ) -> subprocess.Popen[bytes]:
     out = log.open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "client.cli", *args],
+        [sys.executable, "-m", "droptune.client.cli", *args],
         env=_env(url, extra),
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -59,7 +59,7 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     """The `droptune` command line, as a user runs it: its exit status, stdout and stderr."""
     return subprocess.run(
-        [sys.executable, "-m", "client.cli", *args],
+        [sys.executable, "-m", "droptune.client.cli", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -117,10 +117,10 @@ def service(url: str, tmp: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]
     URL and the worker; both stop at the end, and the worker must have stopped cleanly."""
     port = free_port()
     api = serve(url, port, tmp / "serve.log")
-    work = worker(url, tmp / "worker.log")
+    work = worker(url, tmp / "droptune.worker.log")
     try:
         yield f"http://127.0.0.1:{port}", work
     finally:
         code = stop(work)
         stop(api)
-    assert code == 0, (tmp / "worker.log").read_text()[-2000:]
+    assert code == 0, (tmp / "droptune.worker.log").read_text()[-2000:]

@@ -7,11 +7,11 @@ from typing import Any
 import optuna
 import sqlalchemy as sa
 
-from storage import queue
-from storage.db import create_engine, db_now, transaction
-from storage.optuna_bridge import ensure_study, optuna_storage
-from storage.spec import StudySpec
-from storage.tables import leases, studies
+from droptune.storage import queue
+from droptune.storage.db import create_engine, db_now, transaction
+from droptune.storage.optuna_bridge import ensure_study, optuna_storage
+from droptune.storage.spec import StudySpec
+from droptune.storage.tables import leases, studies
 
 
 def spec(n: int = 5, **search: object) -> StudySpec:

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import ServiceSettings
+from droptune.service.app import create_app
+from droptune.service.settings import ServiceSettings
 
 PROBLEM = "application/problem+json"
 SEARCH_INPUT = {"input_dropout_high": 0.3}
@@ -269,7 +269,7 @@ def test_health_workers_and_docs(api: TestClient) -> None:
 
 
 def test_client_names_an_answer_that_is_not_droptune(api: TestClient) -> None:
-    from client.api import Client, ClientError
+    from droptune.client.api import Client, ClientError
 
     with Client("http://testserver", transport=InProcess(api)) as c:
         with pytest.raises(ClientError, match="without JSON: is it droptune"):
@@ -286,9 +286,9 @@ def test_client_names_an_answer_that_is_not_droptune(api: TestClient) -> None:
 def test_a_study_stored_before_a_submit_check_still_reads(api: TestClient, sqlite_url: str) -> None:
     import sqlalchemy as sa
 
-    from client.api import Client
-    from storage.db import create_engine, transaction
-    from storage.tables import studies
+    from droptune.client.api import Client
+    from droptune.storage.db import create_engine, transaction
+    from droptune.storage.tables import studies
 
     sid = api.post("/studies", json=OK).json()["id"]
     legacy = {"dataset": {"builtin": "digits"}, "model": {"kind": "cnn"}, "search": SEARCH_INPUT}

@@ -25,26 +25,33 @@ ENGINE_LIBRARIES = {"torch", "numpy", "sklearn"}
 # Module by module, not the `worker` package: worker.loop or worker.batch would bring the
 # database and the queue with them.
 # storage.catalogue is plain data (stdlib only), shared with the spec: the one exception.
-ENGINE_MODULES = {rel.removesuffix(".py").replace("/", ".") for rel in ENGINE} | {
-    "storage.catalogue"
+ENGINE_MODULES = {"droptune." + rel.removesuffix(".py").replace("/", ".") for rel in ENGINE} | {
+    "droptune.storage.catalogue"
 }
+OURS = ("storage", "service", "worker", "client")
 CATALOGUE = ROOT / "storage" / "catalogue.py"
 
 
 def imported_roots(path: Path) -> set[str]:
+    """The top-level names a file imports; droptune's own packages by their name under
+    `droptune.` (`droptune.worker.loop` is `worker`)."""
     roots = set()
     for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
         if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
+            names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            roots.add(parts[1] if parts[0] == "droptune" and len(parts) > 1 else parts[0])
     return roots
 
 
 def imported_modules(path: Path) -> set[str]:
     """Every module a file imports, by full name: relative imports resolved, and
     `from pkg import name` read as `pkg.name` where that is a module of this repository."""
-    package = path.relative_to(ROOT).parent.parts
+    package = ("droptune", *path.relative_to(ROOT).parent.parts)
     modules = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -59,7 +66,7 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def is_ours(module: str) -> bool:
-    where = ROOT.joinpath(*module.split("."))
+    where = ROOT.joinpath(*module.split("."))  # droptune/worker -> the worker folder (a link)
     return where.with_suffix(".py").is_file() or (where / "__init__.py").is_file()
 
 
@@ -95,3 +102,22 @@ def test_the_catalogue_needs_only_the_standard_library() -> None:
         m for m in imported_modules(CATALOGUE) if m.split(".")[0] not in sys.stdlib_module_names
     }
     assert extra == set(), f"storage/catalogue.py imports {sorted(extra)}"
+
+
+def test_everything_imports_droptune_s_packages_by_their_installed_name() -> None:
+    """`import storage` would load a second copy of a module (other classes, other errors) next
+    to `droptune.storage`, and clash with a user's own `storage` once installed."""
+    files = [f for d in (*OURS, "tests", "bench") for f in sorted((ROOT / d).rglob("*.py"))]
+    bare = {}
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            hits = [n for n in names if n.split(".")[0] in OURS]
+            if hits:
+                bare[str(f.relative_to(ROOT))] = hits
+    assert bare == {}

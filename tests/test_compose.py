@@ -8,10 +8,10 @@ from typing import Any
 import typer.main
 import yaml
 
-from client.cli import app
-from service.settings import ServiceSettings
-from storage.settings import StorageSettings
-from worker.settings import WorkerSettings
+from droptune.client.cli import app
+from droptune.service.settings import ServiceSettings
+from droptune.storage.settings import StorageSettings
+from droptune.worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from storage import queue
-from storage.db import create_engine, transaction
-from storage.queue import Outcome
-from storage.spec import StudySpec
-from storage.tables import leases, studies
+from droptune.storage import queue
+from droptune.storage.db import create_engine, transaction
+from droptune.storage.queue import Outcome
+from droptune.storage.spec import StudySpec
+from droptune.storage.tables import leases, studies
 
 pytestmark = pytest.mark.postgres
 

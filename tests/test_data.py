@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from storage import catalogue
-from storage.spec import StudySpec
-from worker.data import (
+from droptune.storage import catalogue
+from droptune.storage.spec import StudySpec
+from droptune.worker.data import (
     BUILTINS,
     Dataset,
     dataset_from_arrays,

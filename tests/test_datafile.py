@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from storage import datafile
-from storage.datafile import DataError, Limits, detect_format, inspect, load
-from storage.errors import Invalid
-from storage.schemas import DataSummary
+from droptune.storage import datafile
+from droptune.storage.datafile import DataError, Limits, detect_format, inspect, load
+from droptune.storage.errors import Invalid
+from droptune.storage.schemas import DataSummary
 
 
 def summarise(path: Path, **kw: Any) -> DataSummary:
@@ -510,7 +510,7 @@ def test_a_header_longer_than_a_block_is_read(tmp_path: Path) -> None:
 def test_a_parquet_chunk_far_larger_than_the_file_is_refused(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
-    from storage import tabular
+    from droptune.storage import tabular
 
     monkeypatch.setattr(tabular, "PARQUET_MAX_CHUNK_BYTES", 1024)
     frame = pd.DataFrame({"a": np.zeros(100_000), "label": np.arange(100_000) % 2})

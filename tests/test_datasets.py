@@ -15,14 +15,14 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import ServiceSettings
-from storage import datafile
-from storage import datasets as store
-from storage.db import create_engine, transaction
-from storage.tables import dataset_chunks, datasets
+from droptune.service.app import create_app
+from droptune.service.settings import ServiceSettings
+from droptune.storage import datafile
+from droptune.storage import datasets as store
+from droptune.storage.db import create_engine, transaction
+from droptune.storage.tables import dataset_chunks, datasets
+from droptune.worker.datasets import FileCache, load_uploaded
 from tests import datafiles
-from worker.datasets import FileCache, load_uploaded
 
 PROBLEM = "application/problem+json"
 

@@ -16,8 +16,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from client import Client
-from client.launch import base_url
+from droptune.client import Client
+from droptune.client.launch import base_url
 from tests import procs
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ def test_submit_wait_best_dashboard(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'droptune.db'}"
     port = procs.free_port()
     api = procs.serve(url, port, tmp_path / "serve.log")
-    work = procs.worker(url, tmp_path / "worker.log")
+    work = procs.worker(url, tmp_path / "droptune.worker.log")
     base = f"http://127.0.0.1:{port}"
     try:
         with Client(base) as c:
@@ -64,7 +64,7 @@ def test_submit_wait_best_dashboard(tmp_path: Path) -> None:
         assert len(finished) == 6 and all("dropout" in t.params for t in finished)
 
         # The CLI, as a script would use it.
-        cli = [sys.executable, "-m", "client.cli"]
+        cli = [sys.executable, "-m", "droptune.client.cli"]
         out = subprocess.run(
             [*cli, "best", str(study.id), "--json", "--url", base],
             capture_output=True,
@@ -111,7 +111,7 @@ def test_submit_wait_best_dashboard(tmp_path: Path) -> None:
 
 
 def test_bad_cli_input_is_one_line(tmp_path: Path) -> None:
-    cli = [sys.executable, "-m", "client.cli"]
+    cli = [sys.executable, "-m", "droptune.client.cli"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"dataset": {"builtin": "digits"}, "cv": {"folds": 1}}))
     r = subprocess.run(
@@ -196,7 +196,7 @@ def test_cancel_stops_running_trials_at_the_next_epoch(tmp_path: Path) -> None:
 def _assert_port_refused(url: str, host: str, port: int) -> None:
     """`up` on a port already in use is refused at once, in one line."""
     r = subprocess.run(
-        [sys.executable, "-m", "client.cli", "up", "--host", host, "--port", str(port)],
+        [sys.executable, "-m", "droptune.client.cli", "up", "--host", host, "--port", str(port)],
         capture_output=True,
         text=True,
         env=procs._env(url, None),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from client import Client
+from droptune.client import Client
 from tests import datafiles, procs
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def test_uploads_train_on_a_worker_and_answer(db_url: str, tmp_path: Path) -> No
         assert prices.target_std is not None and prices_best.score is not None
         assert prices_best.score.mean < 0.5 * prices.target_std
     # Two studies on one data set: its bytes came from the database once.
-    log = (tmp_path / "worker.log").read_text()
+    log = (tmp_path / "droptune.worker.log").read_text()
     assert log.count(f"data set {cancer.id}: ") == 1, log[-3000:]
     assert "read from the database" in log
 

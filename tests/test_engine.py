@@ -9,8 +9,14 @@ from sklearn.datasets import make_regression
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from torch import nn
 
-from worker.data import FoldData, dataset_from_arrays, load_dataset, make_folds, prepare_folds
-from worker.engine import (
+from droptune.worker.data import (
+    FoldData,
+    dataset_from_arrays,
+    load_dataset,
+    make_folds,
+    prepare_folds,
+)
+from droptune.worker.engine import (
     METRICS,
     StackedRun,
     TrainConfig,
@@ -23,7 +29,7 @@ from worker.engine import (
     train_epoch,
     train_trials,
 )
-from worker.models import (
+from droptune.worker.models import (
     CNNConfig,
     MaskRNG,
     MLPConfig,
@@ -31,8 +37,8 @@ from worker.models import (
     StackedMLP,
     dropout_members,
 )
-from worker.optim import FUSED_ADAM_TESTED, MemberAdam, fused_adam_usable
-from worker.sizing import auto_batch_trials, flops_per_trial
+from droptune.worker.optim import FUSED_ADAM_TESTED, MemberAdam, fused_adam_usable
+from droptune.worker.sizing import auto_batch_trials, flops_per_trial
 
 CPU = torch.device("cpu")
 

@@ -20,9 +20,9 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
-from client import Client, ClientError
-from storage.db import create_engine, transaction
-from storage.tables import leases
+from droptune.client import Client, ClientError
+from droptune.storage.db import create_engine, transaction
+from droptune.storage.tables import leases
 from tests import procs
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

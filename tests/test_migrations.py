@@ -11,8 +11,8 @@ from typing import Any
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from storage.db import create_engine
-from storage.tables import metadata
+from droptune.storage.db import create_engine
+from droptune.storage.tables import metadata
 
 # As storage/migrations/env.py configures Alembic (its module runs the migrations on import, so
 # it cannot be imported here): Optuna's tables share the database and are none of ours.

@@ -12,10 +12,16 @@ import pytest
 import torch
 from sklearn.compose import ColumnTransformer
 
-from worker.data import Dataset, dataset_from_arrays, load_dataset, make_folds, prepare_folds
-from worker.engine import TrainConfig, TrialRates, train_trials
-from worker.models import MLPConfig
-from worker.preprocess import tabular_preprocessor
+from droptune.worker.data import (
+    Dataset,
+    dataset_from_arrays,
+    load_dataset,
+    make_folds,
+    prepare_folds,
+)
+from droptune.worker.engine import TrainConfig, TrialRates, train_trials
+from droptune.worker.models import MLPConfig
+from droptune.worker.preprocess import tabular_preprocessor
 
 CPU = torch.device("cpu")
 K, SEED, N = 4, 0, 160

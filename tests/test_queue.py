@@ -6,14 +6,14 @@ import time
 
 import pytest
 
-from storage import queue, registry, stale
-from storage.db import create_engine, transaction
-from storage.errors import Conflict, NotFound
-from storage.optuna_bridge import optuna_storage
-from storage.queue import Outcome
-from storage.reads import Reader
-from storage.spec import StudySpec
-from storage.tables import studies
+from droptune.storage import queue, registry, stale
+from droptune.storage.db import create_engine, transaction
+from droptune.storage.errors import Conflict, NotFound
+from droptune.storage.optuna_bridge import optuna_storage
+from droptune.storage.queue import Outcome
+from droptune.storage.reads import Reader
+from droptune.storage.spec import StudySpec
+from droptune.storage.tables import studies
 from tests.queueing import spec, study_row
 
 

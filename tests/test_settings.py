@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from client import launch
-from client.cli import app
-from service.settings import ServiceSettings
-from storage.settings import StorageSettings
-from worker.settings import WorkerSettings
+from droptune.client import launch
+from droptune.client.cli import app
+from droptune.service.settings import ServiceSettings
+from droptune.storage.settings import StorageSettings
+from droptune.worker.settings import WorkerSettings
 
 CLASSES = (StorageSettings, ServiceSettings, WorkerSettings)
 

@@ -11,14 +11,16 @@ import sqlalchemy as sa
 import torch
 from optuna.trial import TrialState
 
-from storage import queue
-from storage.db import create_engine, transaction
-from storage.optuna_bridge import optuna_storage
-from storage.reads import Reader
-from storage.spec import StudySpec
+import droptune.worker.batch
+import droptune.worker.loop
+from droptune.storage import queue
+from droptune.storage.db import create_engine, transaction
+from droptune.storage.optuna_bridge import optuna_storage
+from droptune.storage.reads import Reader
+from droptune.storage.spec import StudySpec
+from droptune.worker.loop import Worker
+from droptune.worker.settings import WorkerSettings
 from tests.queueing import study_row
-from worker.loop import Worker
-from worker.settings import WorkerSettings
 
 TINY: dict[str, Any] = {
     "dataset": {"builtin": "digits"},
@@ -102,12 +104,11 @@ def test_grid_visits_evenly_spaced_rates(sqlite_url: str) -> None:
 def test_a_failing_batch_is_retried_then_given_up(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.batch
 
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(worker.batch, "train_trials", boom)
+    monkeypatch.setattr(droptune.worker.batch, "train_trials", boom)
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 1, "max_retries": 1, "max_failed": 1}}
     )
@@ -123,13 +124,12 @@ def test_a_failing_batch_is_retried_then_given_up(
 def test_a_diverged_trial_is_failed_not_completed(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.batch
-    from worker.engine import TrialResult
+    from droptune.worker.engine import TrialResult
 
     def diverge(*_a: object, **_k: object) -> list[TrialResult]:
         return [TrialResult([float("nan")] * 3, 2, False, 0.1)]
 
-    monkeypatch.setattr(worker.batch, "train_trials", diverge)
+    monkeypatch.setattr(droptune.worker.batch, "train_trials", diverge)
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 1, "max_retries": 0, "max_failed": 0}}
     )
@@ -144,8 +144,7 @@ def test_a_trial_pruned_on_a_non_finite_score_stays_pruned(
 ) -> None:
     """Optuna's median pruner stops a NaN (past its startup trials): that is PRUNED, not a
     failure to retry. Here the pruner is made to say so at once."""
-    import worker.batch
-    from worker.engine import TrialResult
+    from droptune.worker.engine import TrialResult
 
     monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)
 
@@ -154,7 +153,7 @@ def test_a_trial_pruned_on_a_non_finite_score_stays_pruned(
         stop = list(on_epoch(1, [0], np.full((1, 3), np.nan)) or [])
         return [TrialResult([float("nan")] * 3, 1, bool(stop), 0.1)]
 
-    monkeypatch.setattr(worker.batch, "train_trials", diverge)
+    monkeypatch.setattr(droptune.worker.batch, "train_trials", diverge)
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 1, "pruner": "median", "max_failed": 0}}
     )
@@ -167,12 +166,11 @@ def test_a_trial_pruned_on_a_non_finite_score_stays_pruned(
 def test_a_data_set_that_cannot_load_fails_the_study_not_the_worker(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.loop
 
     def unreadable(*_a: object, **_k: object) -> None:
         raise OSError("data file unreadable (simulated)")
 
-    monkeypatch.setattr(worker.loop, "load_dataset", unreadable)
+    monkeypatch.setattr(droptune.worker.loop, "load_dataset", unreadable)
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 2, "max_retries": 0, "max_failed": 1}}
     )
@@ -185,8 +183,7 @@ def test_a_data_set_that_cannot_load_fails_the_study_not_the_worker(
 def test_an_optuna_error_opening_a_study_releases_the_claim(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.loop
-    from storage.optuna_bridge import ensure_study as real
+    from droptune.storage.optuna_bridge import ensure_study as real
 
     calls = []
 
@@ -196,7 +193,7 @@ def test_an_optuna_error_opening_a_study_releases_the_claim(
             raise optuna.exceptions.StorageInternalError("simulated storage hiccup")
         return real(*a, **k)
 
-    monkeypatch.setattr(worker.loop, "ensure_study", flaky)
+    monkeypatch.setattr(droptune.worker.loop, "ensure_study", flaky)
     sid, trials = run_study(sqlite_url, {"search": {"n_trials": 2}})
     row = study_row(sqlite_url, sid)
     assert len(calls) >= 2  # the worker lived on and claimed again
@@ -209,10 +206,10 @@ def test_a_trial_failed_elsewhere_mid_training_is_retried(
 ) -> None:
     """Recovery (thinking the worker lost) fails a trial while it trains: the worker stops that
     member, ends its lease as failed, and the parameters run again; N trials still finish."""
-    import worker.batch
-    from storage.lifecycle import fail_trial
+    import droptune.worker.batch
+    from droptune.storage.lifecycle import fail_trial
 
-    real = worker.batch.BatchRunner._on_epoch
+    real = droptune.worker.batch.BatchRunner._on_epoch
     done: list[int] = []
 
     def meddle(self: Any, claim: Any, members: Any, epoch: int, *rest: Any) -> Any:
@@ -222,7 +219,7 @@ def test_a_trial_failed_elsewhere_mid_training_is_retried(
             done.append(victim)
         return real(self, claim, members, epoch, *rest)
 
-    monkeypatch.setattr(worker.batch.BatchRunner, "_on_epoch", meddle)
+    monkeypatch.setattr(droptune.worker.batch.BatchRunner, "_on_epoch", meddle)
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 3, "pruner": "none", "batch_trials": 3}}
     )
@@ -241,9 +238,9 @@ def test_a_trial_failed_elsewhere_mid_training_is_retried(
 def test_a_trial_pruned_before_a_cancel_stays_pruned(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.batch
+    import droptune.worker.batch
 
-    real = worker.batch.BatchRunner._on_epoch
+    real = droptune.worker.batch.BatchRunner._on_epoch
 
     def prune_then_cancel(self: Any, claim: Any, members: Any, epoch: int, *rest: Any) -> Any:
         if epoch == 1:
@@ -253,7 +250,7 @@ def test_a_trial_pruned_before_a_cancel_stays_pruned(
         queue.cancel(self.ctx.engine, claim.study_id, "local")
         return real(self, claim, members, epoch, *rest)
 
-    monkeypatch.setattr(worker.batch.BatchRunner, "_on_epoch", prune_then_cancel)
+    monkeypatch.setattr(droptune.worker.batch.BatchRunner, "_on_epoch", prune_then_cancel)
     sid, trials = run_study(
         sqlite_url,
         {"training": {"epochs": 3}, "search": {"n_trials": 2, "batch_trials": 2}},
@@ -287,11 +284,11 @@ def test_shutdown_ends_every_member_even_when_one_was_failed_elsewhere(
 ) -> None:
     """A member pruned, then failed by recovery, then SIGTERM: telling it PRUNED fails, and the
     others must still be released at once (no RUNNING trial, no lease left behind)."""
-    import worker.batch
-    from storage.lifecycle import fail_trial
-    from storage.tables import leases
+    import droptune.worker.batch
+    from droptune.storage.lifecycle import fail_trial
+    from droptune.storage.tables import leases
 
-    real = worker.batch.BatchRunner._on_epoch
+    real = droptune.worker.batch.BatchRunner._on_epoch
 
     def meddle(self: Any, claim: Any, members: Any, epoch: int, *rest: Any) -> Any:
         if epoch == 1:
@@ -302,7 +299,7 @@ def test_shutdown_ends_every_member_even_when_one_was_failed_elsewhere(
             self.ctx.stop.set()
         return real(self, claim, members, epoch, *rest)
 
-    monkeypatch.setattr(worker.batch.BatchRunner, "_on_epoch", meddle)
+    monkeypatch.setattr(droptune.worker.batch.BatchRunner, "_on_epoch", meddle)
     sid, trials = run_study(
         sqlite_url,
         {"training": {"epochs": 3}, "search": {"n_trials": 3, "batch_trials": 3}},
@@ -323,8 +320,8 @@ def test_the_heartbeat_survives_an_unexpected_error(
     """A heartbeat thread that died would let a live worker's leases go stale and be retried."""
     import time
 
-    from storage import registry
-    from worker.heartbeat import LeaseHeartbeat
+    from droptune.storage import registry
+    from droptune.worker.heartbeat import LeaseHeartbeat
 
     engine = create_engine(sqlite_url)
     registry.register(engine, "w", "h", 1, "cpu")
@@ -348,10 +345,10 @@ def test_a_batch_runs_without_a_worker(sqlite_url: str) -> None:
     """BatchRunner needs only its context: a claimed batch trains, tells and ends its leases."""
     import threading
 
-    from storage.optuna_bridge import ensure_study
-    from worker.batch import BatchContext, BatchRunner
-    from worker.data import load_dataset, prepare_folds
-    from worker.heartbeat import LeaseHeartbeat
+    from droptune.storage.optuna_bridge import ensure_study
+    from droptune.worker.batch import BatchContext, BatchRunner
+    from droptune.worker.data import load_dataset, prepare_folds
+    from droptune.worker.heartbeat import LeaseHeartbeat
 
     engine = create_engine(sqlite_url)
     storage = optuna_storage(sqlite_url)
@@ -373,7 +370,6 @@ def test_a_bug_in_claiming_ends_the_worker_instead_of_looping(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An outage is waited out; an error that is not one, again and again, is a bug."""
-    import worker.loop
 
     calls: list[int] = []
 
@@ -381,8 +377,8 @@ def test_a_bug_in_claiming_ends_the_worker_instead_of_looping(
         calls.append(1)
         raise sa.exc.NoResultFound("simulated bug")
 
-    monkeypatch.setattr(worker.loop, "MAX_BUGS", 3)
-    monkeypatch.setattr("worker.loop.time.sleep", lambda _s: None)
+    monkeypatch.setattr(droptune.worker.loop, "MAX_BUGS", 3)
+    monkeypatch.setattr("droptune.worker.loop.time.sleep", lambda _s: None)
     monkeypatch.setattr(queue, "peek", broken)
     w = Worker(WorkerSettings(database_url=sqlite_url, device="cpu", threads=1))
     with pytest.raises(sa.exc.NoResultFound):

@@ -19,16 +19,16 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from sqlalchemy.engine import Engine
 
-from storage import queue
-from storage.errors import StorageError
-from storage.lifecycle import NO_TRIAL, Why, fail_trial, settle
-from storage.queue import Claim, Lease
-from storage.spec import StudySpec
-from worker.data import FoldData
-from worker.engine import TrainConfig, TrialResult, train_trials
-from worker.heartbeat import LeaseHeartbeat
-from worker.models import CNNConfig, MLPConfig
-from worker.objective import new_trial, open_study, suggest
+from droptune.storage import queue
+from droptune.storage.errors import StorageError
+from droptune.storage.lifecycle import NO_TRIAL, Why, fail_trial, settle
+from droptune.storage.queue import Claim, Lease
+from droptune.storage.spec import StudySpec
+from droptune.worker.data import FoldData
+from droptune.worker.engine import TrainConfig, TrialResult, train_trials
+from droptune.worker.heartbeat import LeaseHeartbeat
+from droptune.worker.models import CNNConfig, MLPConfig
+from droptune.worker.objective import new_trial, open_study, suggest
 
 
 def model_config(spec: StudySpec) -> MLPConfig | CNNConfig:

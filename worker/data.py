@@ -17,7 +17,7 @@ from sklearn import datasets as skdatasets
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from storage import catalogue
+from droptune.storage import catalogue
 
 BUILTINS = catalogue.DATASETS
 TASKS = catalogue.TASKS

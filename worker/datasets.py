@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from storage import datafile, datasets
-from storage.schemas import DataSummary
-from worker.data import Dataset
-from worker.preprocess import tabular_preprocessor
+from droptune.storage import datafile, datasets
+from droptune.storage.schemas import DataSummary
+from droptune.worker.data import Dataset
+from droptune.worker.preprocess import tabular_preprocessor
 
 log = logging.getLogger("droptune.worker")
 

@@ -26,10 +26,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from storage import catalogue
-from worker.data import FoldData
-from worker.models import CNNConfig, MaskRNG, MLPConfig, StackedCNN, StackedMLP, build_model
-from worker.optim import MemberAdam, keep_members
+from droptune.storage import catalogue
+from droptune.worker.data import FoldData
+from droptune.worker.models import (
+    CNNConfig,
+    MaskRNG,
+    MLPConfig,
+    StackedCNN,
+    StackedMLP,
+    build_model,
+)
+from droptune.worker.optim import MemberAdam, keep_members
 
 TASK_METRICS = catalogue.METRICS
 METRICS = (*TASK_METRICS["classification"], *TASK_METRICS["regression"])

@@ -9,9 +9,9 @@ from types import TracebackType
 
 from sqlalchemy.engine import Engine
 
-from storage import registry
-from storage.errors import StorageError
-from storage.queue import Beat
+from droptune.storage import registry
+from droptune.storage.errors import StorageError
+from droptune.storage.queue import Beat
 
 log = logging.getLogger("droptune.worker")
 

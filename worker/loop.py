@@ -15,20 +15,20 @@ from types import FrameType
 
 import torch
 
-from storage import queue, registry
-from storage.db import create_engine
-from storage.errors import StorageError
-from storage.lifecycle import NO_TRIAL, Why, settle
-from storage.notify import QueueWaiter
-from storage.optuna_bridge import ensure_study, optuna_storage
-from storage.recovery import recover_stale
-from storage.spec import StudySpec
-from worker.batch import BatchContext, BatchRunner, model_config
-from worker.data import FoldData, load_dataset, prepare_folds
-from worker.datasets import FileCache, load_uploaded
-from worker.heartbeat import LeaseHeartbeat
-from worker.settings import WorkerSettings
-from worker.sizing import auto_batch_trials
+from droptune.storage import queue, registry
+from droptune.storage.db import create_engine
+from droptune.storage.errors import StorageError
+from droptune.storage.lifecycle import NO_TRIAL, Why, settle
+from droptune.storage.notify import QueueWaiter
+from droptune.storage.optuna_bridge import ensure_study, optuna_storage
+from droptune.storage.recovery import recover_stale
+from droptune.storage.spec import StudySpec
+from droptune.worker.batch import BatchContext, BatchRunner, model_config
+from droptune.worker.data import FoldData, load_dataset, prepare_folds
+from droptune.worker.datasets import FileCache, load_uploaded
+from droptune.worker.heartbeat import LeaseHeartbeat
+from droptune.worker.settings import WorkerSettings
+from droptune.worker.sizing import auto_batch_trials
 
 log = logging.getLogger("droptune.worker")
 

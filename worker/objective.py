@@ -10,8 +10,8 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from storage.spec import StudySpec
-from worker.engine import TrialRates
+from droptune.storage.spec import StudySpec
+from droptune.worker.engine import TrialRates
 
 
 class _Grid(optuna.samplers.GridSampler):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storage.settings import StorageSettings
+from droptune.storage.settings import StorageSettings
 
 
 class WorkerSettings(StorageSettings):

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from worker.data import FoldData
-from worker.models import CNNConfig, MLPConfig, pools
+from droptune.worker.data import FoldData
+from droptune.worker.models import CNNConfig, MLPConfig, pools
 
 if TYPE_CHECKING:
-    from worker.engine import TrainConfig
+    from droptune.worker.engine import TrainConfig
 
 
 def param_count(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from storage.tables import metadata
+from droptune.storage.tables import metadata
 
 VERSION_TABLE = "droptune_alembic_version"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from storage.db import db_now
+from droptune.storage.db import db_now
 
 revision = "0001"
 down_revision = None
