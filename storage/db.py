@@ -126,6 +126,16 @@ def outage(exc: BaseException) -> str | None:
     return None
 
 
+def is_outage(exc: BaseException) -> bool:
+    """Whether an error means the database could not be used (retry later), not a bug: a
+    StorageError, an outage SQLAlchemy reports, or Optuna's StorageInternalError over one."""
+    if isinstance(exc, StorageError):
+        return True
+    if type(exc).__name__ == "StorageInternalError":  # Optuna's wrapper: its cause decides
+        return exc.__cause__ is None or is_outage(exc.__cause__)
+    return outage(exc) is not None
+
+
 def driver_message(exc: BaseException) -> str:
     """The first line of the driver's message (for the log: it may name the host)."""
     orig = getattr(exc, "orig", None) or exc

@@ -32,8 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
-import sqlalchemy as sa
-from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
@@ -47,6 +46,7 @@ from tenacity import (
 )
 
 from droptune.storage import queue
+from droptune.storage.db import is_outage
 from droptune.storage.errors import StorageError
 from droptune.storage.queue import Outcome
 
@@ -95,8 +95,6 @@ OUTCOMES: Mapping[tuple[TrialState | None, Why], Outcome] = {
 # Reasons of trials stopped from outside rather than failing: retried or moot, shown apart.
 INTERRUPTIONS = (Why.SHUTDOWN.value, Why.CANCELLED.value)
 ORPHANED = "orphaned: its lease was gone (its worker died before ending it)"
-# Errors that mean "the database is away", not "this trial is wrong": left to recovery.
-STORAGE_ERRORS = (StorageError, StorageInternalError, sa.exc.SQLAlchemyError)
 
 
 def is_interruption(reason: object) -> bool:
@@ -146,8 +144,11 @@ def end_trial(
                 storage.set_trial_state_values(trial_id, state, values)
         except (UpdateFinishedTrialError, RuntimeError, ValueError) as exc:
             # Finished elsewhere first (recovery failed it): its state decides.
-            log.warning("trial id %s was finished elsewhere: %s", trial_id, exc)
-        return storage.get_trial(trial_id).state
+            log.warning("trial id %s could not be told: %s", trial_id, exc)
+        state = storage.get_trial(trial_id).state
+        if state != TrialState.RUNNING:
+            return state
+        # Not told and still running: failed, never left RUNNING (it would count for ever).
     return fail_trial(storage, trial_id, reason or why.value)
 
 
@@ -176,10 +177,14 @@ def settle(
             state = end_trial(
                 storage, trial_id, why, trial=trial, value=value, attrs=attrs, reason=reason
             )
-        except STORAGE_ERRORS as exc:
+        except Exception as exc:
+            if not is_outage(exc):
+                raise  # a bug: the caller's own error handling decides
             log.warning("trial id %s: could not end it (%s); left to recovery", trial_id, exc)
             return None
     outcome = OUTCOMES[(state if state in (*FINISHED, NO_TRIAL) else TrialState.FAIL, why)]
+    if why in (Why.TRAINED, Why.PRUNED) and outcome is Outcome.FAILED:
+        reason = "failed elsewhere before it was told"
 
     def _end() -> bool:
         if end is not None:

@@ -102,3 +102,38 @@ def test_a_database_that_stays_away_leaves_the_lease_to_recovery(
     assert outcome is None and len(calls) == 3  # retried, then left
     assert storage.get_trial(trial._trial_id).state == TrialState.FAIL  # Optuna first
     assert _lease_count(engine) == 2  # the lease goes stale; recovery reads the trial's state
+
+
+def test_a_trial_that_cannot_be_told_is_failed_not_left_running(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, storage, _sid, claim, study, trial = started_trial(sqlite_url, 2)
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise RuntimeError("simulated: the tell went wrong")
+
+    monkeypatch.setattr(study, "tell", refuse)
+    outcome = settle(engine, storage, claim.leases[0].id, trial._trial_id, Why.PRUNED, trial=trial)
+    assert storage.get_trial(trial._trial_id).state == TrialState.FAIL
+    assert outcome is Outcome.FAILED
+
+
+def test_a_bug_while_ending_a_trial_propagates_but_an_outage_is_left_to_recovery(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, storage, _sid, claim, _study, trial = started_trial(sqlite_url, 2)
+    lease = claim.leases[0].id
+
+    def bug(*_a: object, **_k: object) -> None:
+        raise sa.exc.NoResultFound("simulated bug")
+
+    monkeypatch.setattr(storage, "set_trial_user_attr", bug)
+    with pytest.raises(sa.exc.NoResultFound):
+        settle(engine, storage, lease, trial._trial_id, Why.ERROR)
+
+    def away(*_a: object, **_k: object) -> None:
+        raise sa.exc.OperationalError("SELECT 1", {}, ConnectionError("simulated outage"))
+
+    monkeypatch.setattr(storage, "set_trial_user_attr", away)
+    assert settle(engine, storage, lease, trial._trial_id, Why.ERROR) is None
+    assert _lease_count(engine) == 2  # both times the lease stayed

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy as sa
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
@@ -101,7 +102,12 @@ class BatchRunner:
             self._end_all(members, stop.why, stop.reason)
         except Exception as exc:
             log.exception("worker %s: batch of study %s failed", ctx.worker_id, claim.study_id)
-            reason = f"{type(exc).__name__}: {exc}"
+            # The reason is shown to users: a database error's text (SQL, host) stays in the log.
+            reason = f"{type(exc).__name__}: " + (
+                "a database error (see the worker's log)"
+                if isinstance(exc, sa.exc.SQLAlchemyError)
+                else str(exc)
+            )
             self._end_all(members, Why.ERROR, reason)
             opened = {m.lease.id for m in members}
             for lease in claim.leases:
@@ -224,17 +230,17 @@ class BatchRunner:
         """A member another process has taken over: make sure its trial is failed, end its lease
         (a no-op where recovery ended it), and train it no further."""
         log.warning("trial %s: %s", m.trial.number, reason)
-        m.ended = True
         self._settle(m.lease, m.trial._trial_id, Why.LOST, reason=reason)
+        m.ended = True
 
     def _tell(self, m: _Member, r: TrialResult) -> None:
         if m.ended:
             return  # lost, and ended in _lose
-        m.ended = True
         folds = [float(s) for s in r.fold_scores]
         finite = bool(np.isfinite(folds).all())
         if not finite and not m.pruned:  # a pruned one is told PRUNED
             self._settle(m.lease, m.trial._trial_id, Why.DIVERGED)
+            m.ended = True
             return
         attrs: dict[str, object] = {
             "epochs": r.epochs_run,
@@ -252,6 +258,7 @@ class BatchRunner:
         why = Why.PRUNED if m.pruned else Why.TRAINED
         value = float(np.mean(folds)) if finite else None
         self._settle(m.lease, m.trial._trial_id, why, trial=m.trial, value=value, attrs=attrs)
+        m.ended = True  # after: a member whose settle raised is ended by the batch's except
 
     def _end_all(self, members: list[_Member], why: Why, reason: str) -> None:
         """Interrupted: a member already pruned is told so; the others end with `why`.

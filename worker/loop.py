@@ -16,7 +16,7 @@ from types import FrameType
 import torch
 
 from droptune.storage import queue, registry
-from droptune.storage.db import create_engine
+from droptune.storage.db import create_engine, is_outage
 from droptune.storage.errors import StorageError
 from droptune.storage.lifecycle import NO_TRIAL, Why, settle
 from droptune.storage.notify import QueueWaiter
@@ -100,9 +100,10 @@ class Worker:
         return self._stop.is_set()
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
-        if not self.stopping:
+        # Event.set takes a lock: a second signal landing inside it must not set it again.
+        if not self._stop.is_set():
             log.info("worker %s: signal %s, stopping after the current epoch", self.id, signum)
-        self._stop.set()
+            self._stop.set()
 
     def run(self) -> int:
         """Loop until stopped (or idle, with exit_when_idle); return the exit status."""
@@ -149,14 +150,15 @@ class Worker:
             if self.stopping:  # a signal came during recovery: claim nothing more
                 return True
             nxt = queue.peek(self.engine)
+            self._bugs = 0  # recovery and the peek went through
             if nxt is None:
                 return False  # nothing to do: idle
             claim = self._claim(*nxt)
-        except StorageError as exc:
-            log.warning("database unavailable (%s); retrying", exc)
-            time.sleep(1.0)
-            return True
-        except Exception:
+        except Exception as exc:
+            if is_outage(exc):
+                log.warning("database unavailable (%s); retrying", exc)
+                time.sleep(1.0)
+                return True
             self._bugs += 1
             if self._bugs >= MAX_BUGS:
                 log.exception(
@@ -166,7 +168,6 @@ class Worker:
             log.exception("worker %s: recovery or claim failed; retrying", self.id)
             time.sleep(1.0)
             return True
-        self._bugs = 0
         if claim is None:
             if not self.stopping:
                 time.sleep(0.02)  # another claim took or held the slots (SKIP LOCKED): again
