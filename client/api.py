@@ -94,7 +94,10 @@ class Client:
         try:
             r = self._http.request(method, path, **kw)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise ClientError(f"cannot reach droptune at {self.base_url}: {exc}") from exc
+            raise ClientError(
+                f"cannot reach droptune at {self.base_url}: {exc} (start it with `droptune up`, "
+                "or point --url / DROPTUNE_URL at a running one)"
+            ) from exc
         self.last_status = r.status_code
         if r.status_code >= 400:
             detail, errors = _problem(r)

@@ -174,6 +174,12 @@ def submit(
     epochs: Annotated[int | None, typer.Option(help="training.epochs")] = None,
     folds: Annotated[int | None, typer.Option(help="cv.folds")] = None,
     hidden: Annotated[str | None, typer.Option(help="hidden sizes, e.g. 256,256")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="mlp | cnn")] = None,
+    dropout_range: Annotated[
+        str | None, typer.Option(help="the rates searched, LOW,HIGH, e.g. 0.1,0.9")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="training.lr (Adam)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="training.batch_size")] = None,
     metric: Annotated[
         str | None, typer.Option(help="accuracy | log_loss | rmse | mae | r2")
     ] = None,
@@ -192,9 +198,20 @@ def submit(
         _fail("give one of --dataset, --data and --dataset-id")
     if (target or task) and data is None:
         _fail("--target and --task go with --data (an upload)")
+    low = high = None
+    if dropout_range is not None:
+        try:
+            low, high = (float(v) for v in dropout_range.split(","))
+        except ValueError:
+            _fail(f"--dropout-range must be LOW,HIGH (two numbers), got {dropout_range!r}")
     flags = {
         "dataset.builtin": dataset,
         "dataset.id": dataset_id,
+        "model.kind": model,
+        "search.dropout_low": low,
+        "search.dropout_high": high,
+        "training.lr": lr,
+        "training.batch_size": batch_size,
         "name": name,
         "search.n_trials": trials,
         "training.epochs": epochs,
@@ -284,8 +301,22 @@ def list_(
             page = c.list(status=state)
         except ClientError as exc:
             _fail(str(exc))
+    if not page.items:
+        what = f"no {state} studies" if state else "no studies yet"
+        typer.echo(f"{what} (droptune submit … to start one)" if not state else what)
+        return
     for s in page.items:
-        typer.echo(_show(s).splitlines()[0])
+        data = s.spec.dataset
+        on = data.builtin if data.builtin else f"data set {data.id}"
+        b = s.best
+        best_txt = (
+            f"; best {b.dropout:.4f} ({b.metric} {b.score.mean:.4f})"
+            if b and b.score and b.dropout is not None
+            else ""
+        )
+        typer.echo(f"{_show(s).splitlines()[0]} on {on}{best_txt}")
+    if page.total > len(page.items):
+        typer.echo(f"… {page.total - len(page.items)} more (newest shown first)", err=True)
 
 
 @app.command()
@@ -302,6 +333,8 @@ def best(
         except ClientError as exc:
             _fail(str(exc))
     typer.echo(b.model_dump_json(indent=2) if as_json else _best_line(b))
+    if b.dropout is None:  # no answer (yet): a script must not take this for one
+        raise typer.Exit(2)
 
 
 @app.command()

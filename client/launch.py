@@ -97,11 +97,14 @@ def up(api_settings: ServiceSettings, worker_settings: WorkerSettings, workers: 
         )
         _stop_all(children)
         return 1
+    # The banner says "up" once the workers are too (they load torch and register).
+    started = _wait_workers(base, len(devs), children[1:], lambda: stop)
     typer.echo(
         f"droptune is up on {url}\n"
         f"  API        {base}   (OpenAPI docs: {base}/docs)\n"
         f"  dashboard  {base}/dashboard\n"
-        f"  workers    {len(devs)} ({', '.join(devs) or 'none: run droptune worker elsewhere'})\n"
+        f"  workers    {len(devs)} ({', '.join(devs) or 'none: run droptune worker elsewhere'})"
+        f"{'' if started else ' (still starting)'}\n"
         "Press Ctrl-C to stop."
     )
     while not stop and all(c.poll() is None for c in children):
@@ -153,6 +156,30 @@ def _wait_healthy(
             pass
         time.sleep(0.2)
     return False
+
+
+def _wait_workers(
+    base: str,
+    n: int,
+    workers: list[subprocess.Popen[bytes]],
+    stopped: Callable[[], bool],
+    timeout: float = 60.0,
+) -> bool:
+    """Wait until `n` live workers are registered; False if one exits, time runs out or Ctrl-C."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while n and time.monotonic() < deadline and not stopped():
+        if any(w.poll() is not None for w in workers):
+            return False
+        try:
+            live = httpx.get(f"{base}/workers", timeout=1.0).json()
+            if isinstance(live, list) and len(live) >= n:
+                return True
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.2)
+    return n == 0
 
 
 def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
