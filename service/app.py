@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from droptune.service import datasets, errors
+from droptune.service import datasets, docs, errors
 from droptune.service.dashboard import dashboard_app
 from droptune.service.head import HeadAsGet
 from droptune.service.limits import UploadLimit
@@ -61,6 +61,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Find the dropout rate that generalises best, by K-fold CV inside Optuna.",
         lifespan=lifespan,
+        # Served from the package by docs.install (FastAPI's own pages load from a CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = create_engine(settings.database_url)
@@ -79,6 +82,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(studies_router)
     app.include_router(datasets.router_for(settings))
     app.include_router(workers_router)
+    docs.install(app)  # /docs, /redoc and /docs/static: before the dashboard's catch-all
     if settings.dashboard:
         # Last: the catch-all for /dashboard, /static and /api (see service/dashboard.py).
         app.mount("/", dashboard_app(app.state.optuna_read, lambda: app.routes))
