@@ -20,6 +20,7 @@ ENGINE = (
     "worker/optim.py",
     "worker/engine.py",
     "worker/sizing.py",
+    "worker/scoring.py",
 )
 ENGINE_LIBRARIES = {"torch", "numpy", "sklearn"}
 # Module by module, not the `worker` package: worker.loop or worker.batch would bring the
