@@ -5,28 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import make_regression
-from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-from torch import nn
 
-from droptune.worker.data import (
-    FoldData,
-    dataset_from_arrays,
-    load_dataset,
-    make_folds,
-    prepare_folds,
-)
+from droptune.worker.data import FoldData, load_dataset, prepare_folds
 from droptune.worker.engine import (
-    METRICS,
     StackedRun,
     TrainConfig,
     TrialRates,
     epoch_order,
     evaluate,
     make_optimizer,
-    metric_direction,
     sample_weights,
-    train_epoch,
     train_trials,
 )
 from droptune.worker.models import (
@@ -39,8 +27,7 @@ from droptune.worker.models import (
 )
 from droptune.worker.optim import FUSED_ADAM_TESTED, MemberAdam, fused_adam_usable
 from droptune.worker.sizing import auto_batch_trials, flops_per_trial
-
-CPU = torch.device("cpu")
+from tests.stacking import CPU, check_trajectory, digits3_folds, reg5_folds
 
 
 @pytest.fixture(scope="module")
@@ -51,78 +38,12 @@ def digits5() -> FoldData:
 
 @pytest.fixture(scope="module")
 def digits3() -> FoldData:
-    return prepare_folds(load_dataset("digits"), 3, 0, CPU)
-
-
-def _regression_arrays() -> tuple[np.ndarray, np.ndarray]:
-    # a linear target + noise (std 15), far from zero: scores must come back on this scale
-    X, y = make_regression(n_samples=603, n_features=10, n_informative=6, noise=5.0, random_state=0)
-    return X, 3.0 * y + 1000.0
+    return digits3_folds()
 
 
 @pytest.fixture(scope="module")
 def reg5() -> FoldData:
-    # 603 rows in 5 folds: training parts of 482 and 483 rows (2 and 3 steps of 241)
-    X, y = _regression_arrays()
-    return prepare_folds(dataset_from_arrays(X, y, task="regression"), 5, 0, CPU)
-
-
-def _standalone_epoch(
-    net: nn.Module, opt: torch.optim.Optimizer, data: FoldData, k: int, order: torch.Tensor, bs: int
-) -> None:
-    """The textbook loop, fed exactly the batches the engine gives member m (fold k)."""
-    net.train()
-    n = data.train_len_host[k]
-    for start in range(0, n, bs):
-        idx = order[k, start : min(start + bs, n)]
-        opt.zero_grad()
-        if data.task == "regression":  # the fold's standardised targets, one output
-            loss = nn.functional.mse_loss(net(data.X_std[k, idx])[:, 0], data.y[k, idx])
-        else:
-            loss = nn.functional.cross_entropy(net(data.X_std[k, idx]), data.y[idx])
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-
-
-def _check_trajectory(
-    stacked: StackedMLP | StackedCNN,
-    data: FoldData,
-    folds: list[int],
-    bs: int,
-    epochs: int,
-    wd: float = 0.0,
-) -> None:
-    singles = [stacked.export_member(m) for m in range(len(folds))]
-    for m, single in enumerate(singles):
-        for (w, b), mod in zip(stacked.member_state(m), _weighted(single), strict=True):
-            torch.testing.assert_close(w, mod.weight, rtol=0, atol=0)
-            assert mod.bias is not None
-            torch.testing.assert_close(b, mod.bias, rtol=0, atol=0)
-    lens = [data.train_len_host[f] for f in folds]
-    opt = make_optimizer(stacked, TrainConfig(lr=3e-3, batch_size=bs, weight_decay=wd), lens)
-    opts = [torch.optim.Adam(s.parameters(), lr=3e-3, weight_decay=wd) for s in singles]
-    fold_of = torch.tensor(folds)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        order = epoch_order(data, gen)
-        train_epoch(stacked, opt, data, fold_of, order, bs, lens)
-        for single, sopt, k in zip(singles, opts, folds, strict=True):
-            _standalone_epoch(single, sopt, data, k, order, bs)
-    for m, single in enumerate(singles):
-        for (w, b), mod in zip(stacked.member_state(m), _weighted(single), strict=True):
-            torch.testing.assert_close(w, mod.weight, rtol=0, atol=2e-5)
-            assert mod.bias is not None
-            torch.testing.assert_close(b, mod.bias, rtol=0, atol=2e-5)
-    single_eval = singles[0].eval()
-    stacked.eval()
-    x = data.X_std[folds[0], :50]
-    with torch.no_grad():
-        out = stacked(x.expand(len(folds), *x.shape).contiguous())[0]
-        torch.testing.assert_close(out, single_eval(x), rtol=0, atol=1e-4)
-
-
-def _weighted(net: nn.Module) -> list[nn.Linear | nn.Conv2d]:
-    return [m for m in net.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    return reg5_folds()
 
 
 def test_stacked_mlp_follows_standalone_adam_exactly(digits5: FoldData) -> None:
@@ -130,7 +51,7 @@ def test_stacked_mlp_follows_standalone_adam_exactly(digits5: FoldData) -> None:
     gen = torch.Generator().manual_seed(1)
     stacked = StackedMLP(len(folds), 64, (32, 16), 10, generator=gen)
     start = [w.detach().clone() for w in stacked.parameters()]
-    _check_trajectory(stacked, digits5, folds, bs=64, epochs=2)
+    check_trajectory(stacked, digits5, folds, bs=64, epochs=2)
     for before, after in zip(start, stacked.parameters(), strict=True):
         assert float((before - after.detach()).abs().max()) > 1e-3
 
@@ -141,7 +62,7 @@ def test_member_without_samples_in_last_step_does_not_move(digits5: FoldData) ->
     assert sorted(set(digits5.train_len_host)) == [1437, 1438]
     folds = list(range(5))
     stacked = StackedMLP(5, 64, (16,), 10, generator=torch.Generator().manual_seed(2))
-    _check_trajectory(stacked, digits5, folds, bs=479, epochs=4, wd=1e-3)
+    check_trajectory(stacked, digits5, folds, bs=479, epochs=4, wd=1e-3)
 
 
 def test_folds_with_fewer_steps_per_epoch_follow_standalone_adam() -> None:
@@ -151,7 +72,7 @@ def test_folds_with_fewer_steps_per_epoch_follow_standalone_adam() -> None:
     stacked = StackedMLP(10, 30, (16,), 2, generator=torch.Generator().manual_seed(4))
     # Two epochs: a skipped step miscounted shifts Adam's bias correction by ~5% in the
     # second; longer runs on this data amplify float rounding (Adam near-zero gradients).
-    _check_trajectory(stacked, data, list(range(10)), bs=64, epochs=2)
+    check_trajectory(stacked, data, list(range(10)), bs=64, epochs=2)
     assert isinstance(
         make_optimizer(stacked, TrainConfig(), [512, 513]), MemberAdam
     ) and not isinstance(make_optimizer(stacked, TrainConfig(), [512, 512]), MemberAdam)
@@ -167,7 +88,7 @@ def test_member_adam_without_torchs_private_kernel_follows_standalone_adam(
     plain = StackedMLP(10, 30, (16,), 2, generator=torch.Generator().manual_seed(4))
     # on a torch outside FUSED_ADAM_TESTED: run these tests there, then widen it
     assert fused_adam_usable(), torch.__version__
-    _check_trajectory(fused, data, list(range(10)), bs=64, epochs=2, wd=1e-3)
+    check_trajectory(fused, data, list(range(10)), bs=64, epochs=2, wd=1e-3)
 
     monkeypatch.delattr(torch, "_fused_adam_")
     assert not fused_adam_usable()
@@ -175,7 +96,7 @@ def test_member_adam_without_torchs_private_kernel_follows_standalone_adam(
     assert isinstance(opt, MemberAdam) and not opt.fused
     with pytest.raises(ValueError, match="_fused_adam_"):
         MemberAdam(plain.parameters(), 10, lr=1e-3, fused=True)
-    _check_trajectory(plain, data, list(range(10)), bs=64, epochs=2, wd=1e-3)
+    check_trajectory(plain, data, list(range(10)), bs=64, epochs=2, wd=1e-3)
     for a, b in zip(fused.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     monkeypatch.undo()
@@ -230,7 +151,7 @@ def test_stacked_cnn_follows_standalone_adam_exactly(digits3: FoldData) -> None:
     gen = torch.Generator().manual_seed(3)
     stacked = StackedCNN(len(folds), (1, 8, 8), (4, 6), 16, 10, generator=gen)
     start = [w.detach().clone() for w in stacked.parameters()]
-    _check_trajectory(stacked, digits3, folds, bs=128, epochs=1)
+    check_trajectory(stacked, digits3, folds, bs=128, epochs=1)
     for before, after in zip(start, stacked.parameters(), strict=True):
         assert float((before - after.detach()).abs().max()) > 1e-4
 
@@ -454,122 +375,3 @@ def test_helpers(digits3: FoldData) -> None:
     with pytest.raises(ValueError, match="lives on"):
         train_trials(digits3, MLPConfig((8,)), cfg, [TrialRates((0.1,))], device="cuda")
     assert train_trials(digits3, MLPConfig((8,)), cfg, [], device="cpu:0") == []
-
-
-# --- regression -----------------------------------------------------------------------------
-
-
-def test_regression_folds_cover_every_row_once_and_targets_are_standardised_per_fold(
-    reg5: FoldData,
-) -> None:
-    _, y = _regression_arrays()
-    folds = make_folds(y, 5, 0, "regression")
-    again, other = make_folds(y, 5, 0, "regression"), make_folds(y, 5, 1, "regression")
-    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
-    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(folds, other, strict=True))
-    all_val = np.concatenate([va for _, va in folds])
-    assert sorted(all_val.tolist()) == list(range(len(y)))  # every row validated exactly once
-    assert reg5.task == "regression" and reg5.n_classes == 1
-    assert reg5.y.shape == (5, len(y)) and reg5.y.dtype == torch.float32
-    assert reg5.y_shift is not None and reg5.y_scale is not None
-    for k, (tr, va) in enumerate(folds):
-        assert not set(tr.tolist()) & set(va.tolist()) and len(tr) + len(va) == len(y)
-        np.testing.assert_array_equal(reg5.val_idx[k, : reg5.val_len_host[k]].numpy(), va)
-        # shift / scale are the training part's mean and (population) std only
-        assert float(reg5.y_shift[k]) == pytest.approx(y[tr].mean(), rel=1e-12)
-        assert float(reg5.y_scale[k]) == pytest.approx(y[tr].std(), rel=1e-12)
-        restored = reg5.y[k].double() * reg5.y_scale[k] + reg5.y_shift[k]
-        # float32 standardised targets: exact to float32 rounding in units of the std
-        np.testing.assert_allclose(restored.numpy(), y, rtol=0, atol=1e-6 * y.std())
-    assert len({round(float(s), 6) for s in reg5.y_shift}) == 5  # folds differ
-
-
-def test_regression_learns_and_reports_scores_on_the_original_scale(reg5: FoldData) -> None:
-    _, y = _regression_arrays()
-    trials = [TrialRates((0.0,)), TrialRates((0.2,))]
-    scores = {}
-    for metric in ("rmse", "mae", "r2"):
-        cfg = TrainConfig(epochs=10, lr=5e-3, metric=metric)
-        res = train_trials(reg5, MLPConfig((32,)), cfg, trials, CPU)
-        assert len(res) == 2
-        for r in res:
-            assert len(r.fold_scores) == 5 and r.epochs_run == 10 and not r.stopped
-        scores[metric] = res[0]
-    # predicting the mean scores rmse = std(y) (~445); the noise floor is 15
-    assert scores["rmse"].mean < 0.2 * y.std()
-    assert 0 < scores["mae"].mean < scores["rmse"].mean  # mae <= rmse, per fold too
-    mae, rmse = scores["mae"].fold_scores, scores["rmse"].fold_scores
-    assert all(m <= r for m, r in zip(mae, rmse, strict=True))
-    assert scores["r2"].mean > 0.5 and max(scores["r2"].fold_scores) <= 1.0
-
-
-def test_regression_metrics_match_sklearn_on_the_original_scale(reg5: FoldData) -> None:
-    _, y = _regression_arrays()
-    net = StackedMLP(7, 10, (16,), 1, generator=torch.Generator().manual_seed(0))
-    # some training so predictions are neither trivial nor the mean
-    fold_of = torch.tensor([0, 1, 2, 3, 4, 0, 3])
-    lens = [reg5.train_len_host[f] for f in fold_of.tolist()]
-    opt = make_optimizer(net, TrainConfig(lr=1e-2, batch_size=64), lens)
-    train_epoch(net, opt, reg5, fold_of, epoch_order(reg5, torch.Generator()), 64, lens)
-    assert reg5.y_scale is not None and reg5.y_shift is not None
-    net.eval()
-    expected: dict[str, list[float]] = {"rmse": [], "mae": [], "r2": []}
-    with torch.no_grad():
-        for m, k in enumerate(fold_of.tolist()):
-            va = reg5.val_idx[k, : reg5.val_len_host[k]]
-            pred = net.export_member(m).eval()(reg5.X_std[k, va])[:, 0].double()
-            pred = (pred * reg5.y_scale[k] + reg5.y_shift[k]).numpy()
-            expected["rmse"].append(float(np.sqrt(mean_squared_error(y[va], pred))))
-            expected["mae"].append(mean_absolute_error(y[va], pred))
-            expected["r2"].append(r2_score(y[va], pred))
-    for metric, want in expected.items():
-        got = evaluate(net, reg5, fold_of, metric)
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, err_msg=metric)
-        chunked = evaluate(net, reg5, fold_of, metric, max_rows=200)  # 1 member per chunk
-        torch.testing.assert_close(chunked, got)
-    assert 0 < min(expected["r2"]) < 0.99  # a meaningful check, not a perfect or useless fit
-
-
-def test_stacked_regression_mlp_follows_standalone_adam_exactly(reg5: FoldData) -> None:
-    # dropout 0; batches of 241: 482-row folds take 2 steps and 483-row folds 3, so MemberAdam
-    # runs, and the weighted tail of one row is exercised
-    folds = [0, 1, 2, 3, 4, 3]
-    stacked = StackedMLP(len(folds), 10, (16, 8), 1, generator=torch.Generator().manual_seed(5))
-    start = [w.detach().clone() for w in stacked.parameters()]
-    _check_trajectory(stacked, reg5, folds, bs=241, epochs=3)
-    for before, after in zip(start, stacked.parameters(), strict=True):
-        assert float((before - after.detach()).abs().max()) > 1e-3
-
-
-def test_metric_must_fit_the_task(reg5: FoldData, digits3: FoldData) -> None:
-    trial = [TrialRates((0.1,))]
-    for metric in ("accuracy", "log_loss"):
-        with pytest.raises(ValueError, match="does not fit a regression data set"):
-            train_trials(reg5, MLPConfig((8,)), TrainConfig(epochs=1, metric=metric), trial)
-    for metric in ("rmse", "mae", "r2"):
-        with pytest.raises(ValueError, match="does not fit a classification data set"):
-            train_trials(digits3, MLPConfig((8,)), TrainConfig(epochs=1, metric=metric), trial)
-    net = StackedMLP(1, 10, (8,), 1)
-    with pytest.raises(ValueError, match="does not fit"):
-        evaluate(net, reg5, torch.tensor([0]), "accuracy")
-
-
-def test_metric_direction() -> None:
-    assert set(METRICS) == {"accuracy", "log_loss", "rmse", "mae", "r2"}
-    assert {m: metric_direction(m) for m in METRICS} == {
-        "accuracy": "maximize",
-        "log_loss": "minimize",
-        "rmse": "minimize",
-        "mae": "minimize",
-        "r2": "maximize",
-    }
-    with pytest.raises(ValueError, match="metric"):
-        metric_direction("f1")
-
-
-def test_sizing_with_one_output(reg5: FoldData) -> None:
-    cfg = TrainConfig(epochs=2)
-    f = flops_per_trial(MLPConfig((10,)), reg5, cfg)
-    per_sample = 2 * (10 * 10 + 10 * 1)
-    assert f == pytest.approx(2 * per_sample * (3 * 4 * 603 + 603))
-    assert 1 <= auto_batch_trials(MLPConfig(), reg5, 100, CPU) <= 16
