@@ -80,7 +80,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         max_upload_mb=settings.max_upload_mb,
     )
     app.include_router(studies_router)
-    app.include_router(datasets.router_for(settings))
+    app.include_router(datasets.router)
     app.include_router(workers_router)
     docs.install(app)  # /docs, /redoc and /docs/static: before the dashboard's catch-all
     if settings.dashboard:

@@ -27,96 +27,97 @@ def upload_limit(settings: ServiceSettings) -> int:
     return int(settings.max_upload_mb * 2**20)
 
 
-def router_for(settings: ServiceSettings) -> APIRouter:
-    """The /datasets routes (the body limit is `service.limits.UploadLimit`, set up by
-    create_app with `upload_limit(settings) + FORM_OVERHEAD`)."""
-    router = APIRouter(prefix="/datasets", tags=["datasets"])
+# The body limit is service.limits.UploadLimit, set up by create_app with
+# upload_limit(settings) + FORM_OVERHEAD.
+router = APIRouter(prefix="/datasets", tags=["datasets"])
 
-    @router.post(
-        "",
-        status_code=201,
-        response_model=DatasetOut,
-        responses={
-            200: {"model": DatasetOut, "description": "the same bytes were uploaded before"},
-            413: {"description": "the file is larger than DROPTUNE_MAX_UPLOAD_MB"},
-            422: {"description": "the file is not a data set droptune can train on"},
-        },
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    responses={
+        200: {"model": DatasetOut, "description": "the same bytes were uploaded before"},
+        413: {"description": "the file is larger than DROPTUNE_MAX_UPLOAD_MB"},
+        422: {"description": "the file is not a data set droptune can train on"},
+    },
+)
+def upload(
+    response: Response,
+    owner: Owner,
+    engine: EngineDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="CSV with a header row, NPZ (X, y), Parquet")],
+    name: Annotated[
+        str | None, Form(max_length=200, description="default: the file's name")
+    ] = None,
+    target: Annotated[
+        str | None,
+        Form(max_length=200, description="the label column (default: `label`, else the last)"),
+    ] = None,
+    task: Annotated[
+        Literal["classification", "regression"] | None,
+        Form(description="default: decided from the target"),
+    ] = None,
+) -> DatasetOut:
+    """Upload a data set; the same bytes (read the same way) again answer 200 with the
+    record stored before."""
+    f = file.file
+    sha, size = datasets.sha256_of(f)
+    if size > upload_limit(settings):  # within the form's overhead allowance
+        raise TooLarge(too_large(settings.max_upload_mb))
+    existing = datasets.find(engine, owner, sha, target, task)
+    if existing is not None:
+        response.status_code = 200
+        return existing
+    fmt = datafile.detect_format(file.filename, f.read(4096))
+    f.seek(0)
+    limits = datafile.Limits(
+        max_columns=settings.max_columns,
+        max_cells=settings.max_cells,
+        max_categories=settings.max_categories,
     )
-    def upload(
-        response: Response,
-        owner: Owner,
-        engine: EngineDep,
-        settings: SettingsDep,
-        file: Annotated[UploadFile, File(description="CSV with a header row, NPZ (X, y), Parquet")],
-        name: Annotated[
-            str | None, Form(max_length=200, description="default: the file's name")
-        ] = None,
-        target: Annotated[
-            str | None,
-            Form(max_length=200, description="the label column (default: `label`, else the last)"),
-        ] = None,
-        task: Annotated[
-            Literal["classification", "regression"] | None,
-            Form(description="default: decided from the target"),
-        ] = None,
-    ) -> DatasetOut:
-        """Upload a data set; the same bytes (read the same way) again answer 200 with the
-        record stored before."""
-        f = file.file
-        sha, size = datasets.sha256_of(f)
-        if size > upload_limit(settings):  # within the form's overhead allowance
-            raise TooLarge(too_large(settings.max_upload_mb))
-        existing = datasets.find(engine, owner, sha, target, task)
-        if existing is not None:
-            response.status_code = 200
-            return existing
-        fmt = datafile.detect_format(file.filename, f.read(4096))
-        f.seek(0)
-        limits = datafile.Limits(
-            max_columns=settings.max_columns,
-            max_cells=settings.max_cells,
-            max_categories=settings.max_categories,
-        )
-        summary = datafile.inspect(f, fmt, target=target, task=task, limits=limits)
-        record, created = datasets.create(
-            engine,
-            owner=owner,
-            name=name or PurePath(file.filename or f"upload.{fmt}").name[:200],
-            sha256=sha,
-            size=size,
-            summary=summary,
-            f=f,
-            asked_target=target,
-            asked_task=task,
-        )
-        if not created:
-            response.status_code = 200
-        response.headers["Location"] = f"/datasets/{record.id}"
-        return record
-
-    @router.get("", response_model=DatasetPage)
-    def list_datasets(
-        owner: Owner,
-        engine: EngineDep,
-        offset: Annotated[int, Query(ge=0, le=DB_INT)] = 0,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    ) -> DatasetPage:
-        """Your data sets, newest first."""
-        return datasets.page(engine, owner, offset, limit)
-
-    @router.get("/{dataset_id}", response_model=DatasetOut)
-    def get_dataset(dataset_id: DatasetId, owner: Owner, engine: EngineDep) -> DatasetOut:
-        """A data set's record, with the studies that train on it."""
-        return datasets.get(engine, dataset_id, owner)
-
-    @router.delete(
-        "/{dataset_id}",
-        status_code=204,
-        responses={409: {"description": "a queued or running study uses it"}},
+    summary = datafile.inspect(f, fmt, target=target, task=task, limits=limits)
+    record, created = datasets.create(
+        engine,
+        owner=owner,
+        name=name or PurePath(file.filename or f"upload.{fmt}").name[:200],
+        sha256=sha,
+        size=size,
+        summary=summary,
+        f=f,
+        asked_target=target,
+        asked_task=task,
     )
-    def delete_dataset(dataset_id: DatasetId, owner: Owner, engine: EngineDep) -> Response:
-        """Delete a data set and its bytes (ended studies keep their answers)."""
-        datasets.delete(engine, dataset_id, owner)
-        return Response(status_code=204)
+    if not created:
+        response.status_code = 200
+    response.headers["Location"] = f"/datasets/{record.id}"
+    return record
 
-    return router
+
+@router.get("", response_model=DatasetPage)
+def list_datasets(
+    owner: Owner,
+    engine: EngineDep,
+    offset: Annotated[int, Query(ge=0, le=DB_INT)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> DatasetPage:
+    """Your data sets, newest first."""
+    return datasets.page(engine, owner, offset, limit)
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(dataset_id: DatasetId, owner: Owner, engine: EngineDep) -> DatasetOut:
+    """A data set's record, with the studies that train on it."""
+    return datasets.get(engine, dataset_id, owner)
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    responses={409: {"description": "a queued or running study uses it"}},
+)
+def delete_dataset(dataset_id: DatasetId, owner: Owner, engine: EngineDep) -> Response:
+    """Delete a data set and its bytes (ended studies keep their answers)."""
+    datasets.delete(engine, dataset_id, owner)
+    return Response(status_code=204)
