@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -17,8 +14,9 @@ from pydantic import ValidationError
 
 from droptune.client import launch
 from droptune.client.api import DEFAULT_URL, Client, ClientError
-from droptune.storage.errors import DroptuneError
-from droptune.storage.schemas import ENDED, BestOut, DatasetOut, StudyOut
+from droptune.client.cli_common import DbOpt, JsonOpt, UrlOpt, ask, client, fail, one_line_errors
+from droptune.client.cli_datasets import dataset_app, dataset_line, reused
+from droptune.storage.schemas import ENDED, BestOut, StudyOut
 
 app = typer.Typer(
     add_completion=False,
@@ -27,41 +25,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
-dataset_app = typer.Typer(
-    no_args_is_help=True, help="Your own data sets: upload once, tune dropout on them."
-)
 app.add_typer(dataset_app, name="dataset")
-
-UrlOpt = Annotated[str, typer.Option("--url", envvar="DROPTUNE_URL", help="droptune API")]
-DbOpt = Annotated[
-    str | None, typer.Option("--database-url", help="overrides DROPTUNE_DATABASE_URL")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
-
-@contextlib.contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Bad settings (a database URL, a device) end as one line, not a traceback."""
-    try:
-        yield
-    except ValidationError as exc:  # settings from DROPTUNE_* variables
-        e = exc.errors()[0]
-        name = "DROPTUNE_" + "_".join(str(p) for p in e["loc"]).upper()
-        _fail(f"{name}={e.get('input')!r}: {e['msg']}")
-    except (DroptuneError, ValueError) as exc:
-        _fail(str(exc))
-
-
-def _client(url: str) -> Client:
-    try:
-        return Client(url, token=os.environ.get("DROPTUNE_TOKEN"))
-    except ClientError as exc:  # --url / DROPTUNE_URL is not a URL
-        _fail(str(exc))
 
 
 @app.command()
@@ -73,7 +37,7 @@ def serve(
     """Run the API and the dashboard (migrates the database first)."""
     from droptune.service.settings import ServiceSettings
 
-    with _one_line_errors():
+    with one_line_errors():
         launch.serve(ServiceSettings.from_flags(host=host, port=port, database_url=database_url))
 
 
@@ -87,7 +51,7 @@ def worker(
     """Run a worker: claim trials, train them, report; SIGTERM stops it cleanly."""
     from droptune.worker.settings import WorkerSettings
 
-    with _one_line_errors():
+    with one_line_errors():
         settings = WorkerSettings.from_flags(
             database_url=database_url,
             device=device,
@@ -113,7 +77,7 @@ def up(
     from droptune.service.settings import ServiceSettings
     from droptune.worker.settings import WorkerSettings
 
-    with _one_line_errors():
+    with one_line_errors():
         # --host and --port always have a value, so DROPTUNE_HOST and DROPTUNE_PORT never count
         api = ServiceSettings.from_flags(host=host, port=port, database_url=database_url)
         code = launch.up(api, WorkerSettings.from_flags(database_url=database_url), workers)
@@ -126,7 +90,7 @@ def db_upgrade(database_url: DbOpt = None) -> None:
     from droptune.storage.migrate import upgrade
     from droptune.storage.settings import StorageSettings
 
-    with _one_line_errors():
+    with one_line_errors():
         url = StorageSettings.from_flags(database_url=database_url).database_url
         upgrade(url)
     typer.echo(f"database {url} is up to date")
@@ -139,9 +103,9 @@ def _spec_from(file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
             text = sys.stdin.read() if str(file) == "-" else file.read_text()
             loaded = yaml.safe_load(text)  # JSON is YAML too
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            _fail(f"cannot read {file}: {' '.join(str(exc).split())}")
+            fail(f"cannot read {file}: {' '.join(str(exc).split())}")
         if not isinstance(loaded, dict):
-            _fail(f"{file} must hold one study spec (a mapping)")
+            fail(f"{file} must hold one study spec (a mapping)")
         spec = loaded
     for path, value in flags.items():
         if value is None:
@@ -151,7 +115,7 @@ def _spec_from(file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                _fail(f"`{p}` in the spec file must be a mapping to combine with --{leaf}")
+                fail(f"`{p}` in the spec file must be a mapping to combine with --{leaf}")
         node[leaf] = value
     return spec
 
@@ -190,26 +154,18 @@ def submit(
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a study; prints its id."""
-    try:
-        sizes = [int(h) for h in hidden.split(",")] if hidden else None
-    except ValueError:
-        _fail(f"--hidden must be comma-separated integers, got {hidden!r}")
+    sizes = _numbers(hidden, "--hidden", int)
+    bounds = _numbers(dropout_range, "--dropout-range", float, count=2)
     if sum(x is not None for x in (dataset, data, dataset_id)) > 1:
-        _fail("give one of --dataset, --data and --dataset-id")
+        fail("give one of --dataset, --data and --dataset-id")
     if (target or task) and data is None:
-        _fail("--target and --task go with --data (an upload)")
-    low = high = None
-    if dropout_range is not None:
-        try:
-            low, high = (float(v) for v in dropout_range.split(","))
-        except ValueError:
-            _fail(f"--dropout-range must be LOW,HIGH (two numbers), got {dropout_range!r}")
+        fail("--target and --task go with --data (an upload)")
     flags = {
         "dataset.builtin": dataset,
         "dataset.id": dataset_id,
         "model.kind": model,
-        "search.dropout_low": low,
-        "search.dropout_high": high,
+        "search.dropout_low": bounds[0] if bounds else None,
+        "search.dropout_high": bounds[1] if bounds else None,
         "training.lr": lr,
         "training.batch_size": batch_size,
         "name": name,
@@ -223,32 +179,61 @@ def submit(
         "priority": priority,
     }
     spec = _spec_from(file, flags)
-    if data is not None:
-        spec["dataset"] = {"id": 1}  # checked below; the real id comes from the upload
+    _check_spec(spec, upload=data is not None)
+    study = _send(url, spec, data, target, task)
+    typer.echo(study.model_dump_json(indent=2) if as_json else str(study.id))
+
+
+def _numbers(
+    text: str | None, flag: str, kind: type[int] | type[float], count: int | None = None
+) -> list[Any] | None:
+    """A comma-separated flag's numbers (None when the flag was not given)."""
+    if text is None:
+        return None
+    try:
+        values = [kind(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or (count is not None and len(values) != count):
+        shape = "LOW,HIGH (two numbers)" if count == 2 else "comma-separated integers"
+        fail(f"{flag} must be {shape}, got {text!r}")
+    return values
+
+
+def _check_spec(spec: dict[str, Any], *, upload: bool) -> None:
+    """The spec as the server will check it, so a mistake names its field before any upload."""
+    from droptune.storage.spec import StudySpec, describe_errors
+
+    if upload:
+        spec = {**spec, "dataset": {"id": 1}}  # the real id comes from the upload
     if "dataset" not in spec:
-        _fail(
+        fail(
             "a data set is needed: --data FILE, --dataset-id ID, --dataset NAME (built in) or "
             "a spec file with `dataset`"
         )
-    from droptune.storage.spec import StudySpec, describe_errors
-
     try:
-        StudySpec.model_validate(spec)  # the server checks too; this names the field sooner
+        StudySpec.model_validate(spec)
     except ValidationError as exc:
         e = describe_errors(exc.errors())[0]
-        _fail(f"invalid spec: {e['field']}: {e['message']}")
-    with _client(url) as c:
+        fail(f"invalid spec: {e['field']}: {e['message']}")
+
+
+def _send(
+    url: str, spec: dict[str, Any], data: Path | None, target: str | None, task: str | None
+) -> StudyOut:
+    """Upload `data` first if given (reusing the stored data set for the same bytes), then
+    submit; a refused spec after an upload says which data set to reuse."""
+    with client(url) as c:
+        kept = ""
         try:
-            kept = ""
             if data is not None:
                 ds = c.upload_dataset(data, target=target, task=task)
                 spec["dataset"] = {"id": ds.id}
-                typer.echo(f"data set {ds.id}{_reused(c)}: {_dataset_line(ds)}", err=True)
+                typer.echo(f"data set {ds.id}{reused(c)}: {dataset_line(ds)}", err=True)
                 kept = f" (data set {ds.id} is stored: fix the spec and use --dataset-id {ds.id})"
-            study = c.submit(spec)
+            return c.submit(spec)
         except ClientError as exc:
-            _fail(f"{exc}{kept}")
-    typer.echo(study.model_dump_json(indent=2) if as_json else str(study.id))
+            fail(f"{exc}{kept}")
 
 
 def _show(study: StudyOut) -> str:
@@ -283,11 +268,7 @@ def _best_line(b: BestOut) -> str:
 @app.command()
 def status(study_id: int, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """A study's status, progress and best rate so far."""
-    with _client(url) as c:
-        try:
-            study = c.get(study_id)
-        except ClientError as exc:
-            _fail(str(exc))
+    study = ask(url, lambda c: c.get(study_id))
     typer.echo(study.model_dump_json(indent=2) if as_json else _show(study))
 
 
@@ -296,11 +277,7 @@ def list_(
     url: UrlOpt = DEFAULT_URL, state: Annotated[str | None, typer.Option("--status")] = None
 ) -> None:
     """List studies, newest first."""
-    with _client(url) as c:
-        try:
-            page = c.list(status=state)
-        except ClientError as exc:
-            _fail(str(exc))
+    page = ask(url, lambda c: c.list(status=state))
     if not page.items:
         what = f"no {state} studies" if state else "no studies yet"
         typer.echo(f"{what} (droptune submit … to start one)" if not state else what)
@@ -327,11 +304,7 @@ def best(
     wait: Annotated[float, typer.Option(help="wait up to S seconds for the end", min=0)] = 0.0,
 ) -> None:
     """The best dropout rate (`--json` prints the /best body)."""
-    with _client(url) as c:
-        try:
-            b = c.best(study_id, wait=wait)
-        except ClientError as exc:
-            _fail(str(exc))
+    b = ask(url, lambda c: c.best(study_id, wait=wait))
     typer.echo(b.model_dump_json(indent=2) if as_json else _best_line(b))
     if b.dropout is None:  # no answer (yet): a script must not take this for one
         raise typer.Exit(2)
@@ -345,186 +318,72 @@ def wait(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a progress bar until the study ends, then print the best rate."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    ask(url, lambda c: c.get(study_id))  # an unknown id or a wrong URL fails before any bar
     deadline = time.monotonic() + timeout if timeout else float("inf")
-    with _client(url) as c:
-        try:
-            c.get(study_id)  # an unknown id or a wrong URL fails before any progress bar
-        except ClientError as exc:
-            _fail(str(exc))
-    with (
-        _client(url) as c,
-        Progress(
-            TextColumn("[bold]study {task.fields[sid]}[/] {task.fields[state]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[best]}"),
-            TimeElapsedColumn(),
-            transient=as_json,
-            disable=not sys.stderr.isatty() and as_json,
-        ) as bar,
-    ):
-        task = bar.add_task("", total=None, sid=study_id, state="", best="")
-        seen = False
-        while True:
-            try:
-                s = c.get(study_id)
-            except ClientError as exc:
-                transient = exc.status is None or exc.status in (502, 503, 504)
-                if not transient or not seen:
-                    _fail(str(exc))  # refused, or never reachable: a wrong URL, say
-                # Reached before: the API or its database is restarting; keep polling.
-                s = None
-                why = "unreachable" if exc.status is None else f"answers {exc.status}"
-                bar.update(task, state=f"API {why}, retrying")
-            if s is not None:
-                seen = True
-                p = s.progress
-                b = s.best
-                best_txt = (
-                    f"best {b.dropout:.3f} ({b.score.mean:.4f})"
-                    if b and b.score and b.dropout is not None
-                    else ""
-                )
-                bar.update(
-                    task,
-                    total=p.n_trials,
-                    completed=p.complete + p.pruned,
-                    state=s.status,
-                    best=best_txt,
-                )
-                if s.status in ENDED:
-                    break
-            if time.monotonic() > deadline:
-                bar.stop()
-                typer.echo(
-                    f"study {study_id} still {s.status if s else 'running'} after {timeout:g}s",
-                    err=True,
-                )
-                raise typer.Exit(2)
-            time.sleep(1.0)
+    with client(url) as c, _progress_bar(quiet=as_json) as bar:
+        s = _follow(c, study_id, bar, deadline)
+        if s is None:
+            bar.stop()
+            typer.echo(f"study {study_id} still running after {timeout:g}s", err=True)
+            raise typer.Exit(2)
         try:
             final = c.best(study_id)
         except ClientError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     typer.echo(final.model_dump_json(indent=2) if as_json else _show(s))
     if s.status != "succeeded":
         raise typer.Exit(2)
 
 
-def _dataset_line(d: DatasetOut) -> str:
-    shape = f"images CxHxW {'x'.join(map(str, d.image_shape))}" if d.image_shape else None
-    cols = f"{d.features} column{'s' if d.features != 1 else ''}"
-    what = shape or cols + (f", target {d.target!r}" if d.target else "")
-    task = d.task + (" (from the target)" if d.task_inferred else "")
-    if d.classes is not None and d.class_counts is not None:
-        pairs = [f"{c}: {n}" for c, n in zip(d.classes, d.class_counts, strict=True)]
-        shown = ", ".join(pairs[:10]) + (f", … ({len(pairs)} in all)" if len(pairs) > 10 else "")
-        task += f", {len(pairs)} classes ({shown})"
-    elif d.target_mean is not None and d.target_std is not None:
-        task += f", target mean {d.target_mean:.4g}, std {d.target_std:.4g}"
-    return f"{d.name} [{d.format}] {d.rows} rows, {what}; {task}"
+def _progress_bar(quiet: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]study {task.fields[sid]}[/] {task.fields[state]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[best]}"),
+        TimeElapsedColumn(),
+        transient=quiet,
+        disable=not sys.stderr.isatty() and quiet,
+    )
 
 
-@dataset_app.command("upload")
-def dataset_upload(
-    file: Annotated[Path, typer.Argument(help="a CSV (with a header row), NPZ (X, y) or Parquet")],
-    target: Annotated[
-        str | None, typer.Option(help="the label column (default: `label`, else the last)")
-    ] = None,
-    name: Annotated[str | None, typer.Option(help="default: the file's name")] = None,
-    task: Annotated[
-        str | None, typer.Option(help="classification | regression (default: from the target)")
-    ] = None,
-    url: UrlOpt = DEFAULT_URL,
-    as_json: JsonOpt = False,
-) -> None:
-    """Upload a data set (the same file again reuses it); prints its id and what was read."""
-    with _client(url) as c:
+def _follow(c: Client, study_id: int, bar: Any, deadline: float) -> StudyOut | None:
+    """Poll the study into the bar until it ends (its final record) or the deadline (None).
+    Once reached, an API that answers 502-504 or not at all is waited out (a restart)."""
+    task = bar.add_task("", total=None, sid=study_id, state="", best="")
+    seen = False
+    while True:
         try:
-            d = c.upload_dataset(file, target=target, name=name, task=task)
+            s = c.get(study_id)
         except ClientError as exc:
-            _fail(str(exc))
-    if as_json:
-        typer.echo(d.model_dump_json(indent=2))
-        return
-    typer.echo(f"{d.id}\t{_dataset_line(d)}")
-    if c.last_status == 200:
-        typer.echo(
-            f"(these bytes were uploaded before as data set {d.id}, read the same way: reused)",
-            err=True,
-        )
-
-
-def _reused(c: Client) -> str:
-    return " (uploaded before: reused)" if c.last_status == 200 else ""
-
-
-@dataset_app.command("list")
-def dataset_list(
-    url: UrlOpt = DEFAULT_URL,
-    as_json: JsonOpt = False,
-    offset: Annotated[int, typer.Option(min=0)] = 0,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
-) -> None:
-    """Your data sets, newest first."""
-    with _client(url) as c:
-        try:
-            page = c.datasets(offset=offset, limit=limit)
-        except ClientError as exc:
-            _fail(str(exc))
-    if as_json:
-        typer.echo(page.model_dump_json(indent=2))
-        return
-    if not page.items:
-        typer.echo("no data sets" + (" here" if offset else " yet: droptune dataset upload FILE"))
-    for d in page.items:
-        typer.echo(f"{d.id}\t{_dataset_line(d)}")
-    if page.total > offset + len(page.items):
-        more = page.total - offset - len(page.items)
-        typer.echo(f"… {more} more: --offset {offset + len(page.items)}", err=True)
-
-
-@dataset_app.command("show")
-def dataset_show(dataset_id: int, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
-    """A data set's record: shape, task, columns, classes and the studies using it."""
-    with _client(url) as c:
-        try:
-            d = c.dataset(dataset_id)
-        except ClientError as exc:
-            _fail(str(exc))
-    if as_json:
-        typer.echo(d.model_dump_json(indent=2))
-        return
-    lines = [f"data set {d.id}: {_dataset_line(d)}", f"  sha256 {d.sha256}, {d.bytes} bytes"]
-    for col in d.columns:
-        extra = f", {col.categories} categories" if col.categories is not None else ""
-        missing = f", {col.missing} missing" if col.missing else ""
-        lines.append(f"  {col.name}: {col.kind}{extra}{missing}")
-    lines.append(f"  studies: {', '.join(map(str, d.studies)) or 'none'}")
-    typer.echo("\n".join(lines))
-
-
-@dataset_app.command("rm")
-def dataset_rm(dataset_id: int, url: UrlOpt = DEFAULT_URL) -> None:
-    """Delete a data set (refused while a queued or running study uses it)."""
-    with _client(url) as c:
-        try:
-            c.delete_dataset(dataset_id)
-        except ClientError as exc:
-            _fail(str(exc))
-    typer.echo(f"data set {dataset_id} deleted")
+            if not seen or (exc.status is not None and exc.status not in (502, 503, 504)):
+                fail(str(exc))  # refused, or never reachable: a wrong URL, say
+            why = "unreachable" if exc.status is None else f"answers {exc.status}"
+            bar.update(task, state=f"API {why}, retrying")
+        else:
+            seen = True
+            b = s.best
+            best_txt = (
+                f"best {b.dropout:.3f} ({b.score.mean:.4f})"
+                if b and b.score and b.dropout is not None
+                else ""
+            )
+            p = s.progress
+            done = p.complete + p.pruned
+            bar.update(task, total=p.n_trials, completed=done, state=s.status, best=best_txt)
+            if s.status in ENDED:
+                return s
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(1.0)
 
 
 @app.command()
 def cancel(study_id: int, url: UrlOpt = DEFAULT_URL) -> None:
     """Cancel a study: no new trials start, running ones stop at their next epoch."""
-    with _client(url) as c:
-        try:
-            s = c.cancel(study_id)
-        except ClientError as exc:
-            _fail(str(exc))
+    s = ask(url, lambda c: c.cancel(study_id))
     typer.echo(f"study {s.id} {s.status}")
 
 
@@ -537,11 +396,7 @@ def workers(
     ] = False,
 ) -> None:
     """Live and lost workers (with --all, stopped ones too)."""
-    with _client(url) as c:
-        try:
-            ws = c.workers(include_stopped)
-        except ClientError as exc:
-            _fail(str(exc))
+    ws = ask(url, lambda c: c.workers(include_stopped))
     if as_json:
         typer.echo(json.dumps([w.model_dump(mode="json") for w in ws], indent=2))
         return

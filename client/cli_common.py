@@ -1,0 +1,56 @@
+"""What every `droptune` command shares: its options, one-line errors, and the API client."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from typing import Annotated, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+
+from droptune.client.api import Client, ClientError
+from droptune.storage.errors import DroptuneError
+
+T = TypeVar("T")
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="DROPTUNE_URL", help="droptune API")]
+DbOpt = Annotated[
+    str | None, typer.Option("--database-url", help="overrides DROPTUNE_DATABASE_URL")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+
+
+def fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Bad settings (a database URL, a device) end as one line, not a traceback."""
+    try:
+        yield
+    except ValidationError as exc:  # settings from DROPTUNE_* variables
+        e = exc.errors()[0]
+        name = "DROPTUNE_" + "_".join(str(p) for p in e["loc"]).upper()
+        fail(f"{name}={e.get('input')!r}: {e['msg']}")
+    except (DroptuneError, ValueError) as exc:
+        fail(str(exc))
+
+
+def client(url: str) -> Client:
+    try:
+        return Client(url, token=os.environ.get("DROPTUNE_TOKEN"))
+    except ClientError as exc:  # --url / DROPTUNE_URL is not a URL
+        fail(str(exc))
+
+
+def ask(url: str, call: Callable[[Client], T]) -> T:
+    """One request to the API; a refusal or an unreachable API ends the command in one line."""
+    with client(url) as c:
+        try:
+            return call(c)
+        except ClientError as exc:
+            fail(str(exc))
