@@ -16,7 +16,6 @@ from pydantic import (
 
 from droptune.storage import catalogue
 
-# Smallest class count of each bundled data set: the upper bound for `cv.folds`.
 MAX_FOLD_CELLS = 2**28  # folds x samples x features a worker holds (float32: 1 GiB)
 STORED = "stored"  # validation context key: the spec comes from the database, not a user
 SYNTHETIC_OPTIONS = tuple(catalogue.SYNTHETIC_DEFAULTS)
@@ -71,6 +70,17 @@ def describe_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]
                 message = UPLOAD_HINT
         out.append({"field": ".".join(loc) or "body", "message": message})
     return out
+
+
+def _check_fold_memory(field: str, folds: int, shape: str, cells: int, cure: str) -> None:
+    """A worker keeps one standardised float32 copy of the data per fold: at most 1 GiB."""
+    total = folds * cells
+    if total > MAX_FOLD_CELLS:
+        raise FieldError(
+            field,
+            f"{folds} folds x {shape} is {total * 4 / 2**30:.1f} GiB of fold data per worker; "
+            f"at most {MAX_FOLD_CELLS * 4 // 2**30} GiB: {cure}",
+        )
 
 
 def _stored(info: ValidationInfo) -> bool:
@@ -291,14 +301,13 @@ class StudySpec(_Strict):
         if submitted and self.dataset.builtin == "synthetic":
             # A worker keeps K standardised copies of the data, [K, n_samples, n_features].
             o = self.dataset.synthetic_options()
-            cells = self.cv.folds * o["n_samples"] * o["n_features"]
-            if cells > MAX_FOLD_CELLS:
-                raise FieldError(
-                    "dataset.options",
-                    f"{self.cv.folds} folds x {o['n_samples']} samples x {o['n_features']} "
-                    f"features is {cells * 4 / 2**30:.1f} GiB of fold data per worker; at most "
-                    f"{MAX_FOLD_CELLS * 4 // 2**30} GiB: fewer samples, features or folds",
-                )
+            _check_fold_memory(
+                "dataset.options",
+                self.cv.folds,
+                f"{o['n_samples']} samples x {o['n_features']} features",
+                o["n_samples"] * o["n_features"],
+                "fewer samples, features or folds",
+            )
         return self
 
     def for_data(
@@ -333,14 +342,13 @@ class StudySpec(_Strict):
                 f"{self.cv.folds} folds need at least {2 * self.cv.folds} rows; data set "
                 f"{self.dataset.id} has {rows}",
             )
-        cells = self.cv.folds * rows * width
-        if cells > MAX_FOLD_CELLS:
-            raise FieldError(
-                "cv.folds",
-                f"{self.cv.folds} folds x {rows} rows x {width} encoded features is "
-                f"{cells * 4 / 2**30:.1f} GiB of fold data per worker; at most "
-                f"{MAX_FOLD_CELLS * 4 // 2**30} GiB: fewer folds, or a smaller data set",
-            )
+        _check_fold_memory(
+            "cv.folds",
+            self.cv.folds,
+            f"{rows} rows x {width} encoded features",
+            rows * width,
+            "fewer folds, or a smaller data set",
+        )
         out = self.model_copy(deep=True)
         out.cv.metric = metric  # type: ignore[assignment]
         return out
