@@ -321,11 +321,13 @@ def wait(
     ask(url, lambda c: c.get(study_id))  # an unknown id or a wrong URL fails before any bar
     deadline = time.monotonic() + timeout if timeout else float("inf")
     with client(url) as c, _progress_bar(quiet=as_json) as bar:
-        s = _follow(c, study_id, bar, deadline)
-        if s is None:
+        s, ended = _follow(c, study_id, bar, deadline)
+        if not ended:
             bar.stop()
-            typer.echo(f"study {study_id} still running after {timeout:g}s", err=True)
+            state = s.status if s else "running"
+            typer.echo(f"study {study_id} still {state} after {timeout:g}s", err=True)
             raise typer.Exit(2)
+        assert s is not None
         try:
             final = c.best(study_id)
         except ClientError as exc:
@@ -349,21 +351,22 @@ def _progress_bar(quiet: bool) -> Any:
     )
 
 
-def _follow(c: Client, study_id: int, bar: Any, deadline: float) -> StudyOut | None:
-    """Poll the study into the bar until it ends (its final record) or the deadline (None).
+def _follow(c: Client, study_id: int, bar: Any, deadline: float) -> tuple[StudyOut | None, bool]:
+    """Poll the study into the bar until it ends or the deadline: (the last record seen,
+    whether the study ended).
     Once reached, an API that answers 502-504 or not at all is waited out (a restart)."""
     task = bar.add_task("", total=None, sid=study_id, state="", best="")
-    seen = False
+    seen: StudyOut | None = None
     while True:
         try:
             s = c.get(study_id)
         except ClientError as exc:
-            if not seen or (exc.status is not None and exc.status not in (502, 503, 504)):
+            if seen is None or (exc.status is not None and exc.status not in (502, 503, 504)):
                 fail(str(exc))  # refused, or never reachable: a wrong URL, say
             why = "unreachable" if exc.status is None else f"answers {exc.status}"
             bar.update(task, state=f"API {why}, retrying")
         else:
-            seen = True
+            seen = s
             b = s.best
             best_txt = (
                 f"best {b.dropout:.3f} ({b.score.mean:.4f})"
@@ -374,9 +377,9 @@ def _follow(c: Client, study_id: int, bar: Any, deadline: float) -> StudyOut | N
             done = p.complete + p.pruned
             bar.update(task, total=p.n_trials, completed=done, state=s.status, best=best_txt)
             if s.status in ENDED:
-                return s
+                return s, True
         if time.monotonic() > deadline:
-            return None
+            return seen, False
         time.sleep(1.0)
 
 
