@@ -28,6 +28,45 @@ class Progress(BaseModel):
         0, description="trials stopped by a worker shutdown (retried) or by the study's end"
     )
     running: int
+    refit: Literal["waiting", "ready", "running", "done"] | None = Field(
+        None,
+        description="the final refit scored on unseen rows: waiting for the search, ready to be "
+        "claimed, running, done (None: the study has no held-out rows)",
+    )
+
+
+class Recommended(BaseModel):
+    dropout: float
+    rule: Literal["one_se", "best"]
+    trial: int
+    why: str = Field(description="one sentence a person can read")
+
+
+class Tied(BaseModel):
+    """The rates the paired test cannot tell from the best's (p >= alpha), the best included."""
+
+    alpha: float
+    low: float
+    high: float
+    rates: list[float]
+    trials: list[int]
+
+
+class TestPoint(BaseModel):
+    dropout: float
+    score: float
+    ci95: list[float] = Field(description="[low, high]: Wilson (accuracy) or bootstrap")
+
+
+class TestScore(TestPoint):
+    """The recommended rate refit on every training row and scored once on unseen rows."""
+
+    n: int = Field(description="unseen rows scored")
+    source: Literal["holdout", "test_dataset"]
+    metric: str
+    best: TestPoint | None = Field(None, description="the best rate's, when it differs")
+    baseline: TestPoint | None = Field(None, description="the same network without dropout")
+    refit_seconds: float | None = None
 
 
 class BestOut(BaseModel):
@@ -42,6 +81,10 @@ class BestOut(BaseModel):
     one_se_trial: int | None
     complete: bool
     status: StudyStatus
+    recommended: Recommended | None = None
+    tied: Tied | None = None
+    warnings: list[str] = Field(default_factory=list)
+    test: TestScore | None = None
 
 
 class StudyOut(BaseModel):
@@ -85,6 +128,11 @@ class TrialOut(BaseModel):
     worker: str | None
     attempt: int
     reason: str | None
+    p_vs_best: float | None = Field(
+        None,
+        description="paired corrected resampled t-test (Nadeau & Bengio) against the best "
+        "trial on the same splits; None for trials not COMPLETE",
+    )
     started_at: datetime | None
     ended_at: datetime | None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,10 @@ from pydantic import (
 
 from droptune.storage import catalogue
 
+DEFAULT_DROPOUT_HIGH = 0.9  # re-measured for the honest-answer issue: see docs/architecture.md
+DEFAULT_SAMPLER: Literal["tpe", "gp", "random", "grid"] = "tpe"
+HOLDOUT_MIN_ROWS = 500  # data sets this large hold out DEFAULT_HOLDOUT of their rows by default
+DEFAULT_HOLDOUT = 0.2
 MAX_FOLD_CELLS = 2**28  # folds x samples x features a worker holds (float32: 1 GiB)
 STORED = "stored"  # validation context key: the spec comes from the database, not a user
 SYNTHETIC_OPTIONS = tuple(catalogue.SYNTHETIC_DEFAULTS)
@@ -158,6 +163,12 @@ class DatasetSpec(_Strict):
             return max(1, int(o["n_samples"] * 0.9) // o["n_classes"])
         return catalogue.BUILTINS[self.builtin].min_class
 
+    def rows(self) -> int:
+        """Rows of a built-in data set (0 for an uploaded one: its record knows)."""
+        if self.builtin == "synthetic":
+            return self.synthetic_options()["n_samples"]
+        return catalogue.BUILTINS[self.builtin].rows if self.builtin else 0
+
     def label(self) -> str:
         return self.builtin if self.builtin is not None else f"upload:{self.id}"
 
@@ -201,6 +212,18 @@ class CVSpec(_Strict):
         "or r2 for regression",
     )
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    repeats: int = Field(
+        1,
+        ge=1,
+        le=10,
+        description="repeated cross-validation: R shuffles of the K folds, R x K splits a trial "
+        "is scored on (all trained at once)",
+    )
+
+    @property
+    def splits(self) -> int:
+        """How many train/validation splits a trial is scored on: folds x repeats."""
+        return self.folds * self.repeats
 
     @property
     def direction(self) -> Literal["maximize", "minimize"]:
@@ -209,9 +232,17 @@ class CVSpec(_Strict):
 
 class SearchSpec(_Strict):
     dropout_low: float = Field(0.0, ge=0, lt=1)
-    dropout_high: float = Field(0.8, gt=0, lt=1)
+    dropout_high: float = Field(DEFAULT_DROPOUT_HIGH, gt=0, lt=1)
     n_trials: int = Field(20, ge=1, le=10000)
-    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    sampler: Literal["tpe", "gp", "random", "grid"] = DEFAULT_SAMPLER
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**31 - 1,
+        description="seeds the sampler (default: cv.seed), so the same spec on the same data "
+        "searches the same rates",
+        exclude_if=lambda v: v is None,
+    )
     pruner: Literal["none", "median", "hyperband"] = "median"
     per_layer: bool = Field(False, description="search one rate per hidden layer")
     input_dropout_low: float = Field(0.0, ge=0, lt=1)
@@ -243,6 +274,47 @@ class SearchSpec(_Strict):
         return self.input_dropout_high > 0
 
 
+class AnswerSpec(_Strict):
+    rule: Literal["one_se", "best"] = Field(
+        "one_se",
+        description="which rate `recommended` names: the strongest regularisation within one "
+        "standard error of the best (one_se), or the best mean score (best)",
+    )
+
+
+class EvaluationSpec(_Strict):
+    holdout: float | None = Field(
+        None,
+        ge=0,
+        le=0.5,
+        description="fraction of rows held out (stratified, seeded by cv.seed) before "
+        f"cross-validation and scored once at the end; default {DEFAULT_HOLDOUT} for data sets "
+        f"of at least {HOLDOUT_MIN_ROWS} rows, else 0",
+    )
+    test_dataset: int | None = Field(
+        None,
+        ge=1,
+        le=2**63 - 1,
+        description="an uploaded data set with the same columns, scored once at the end",
+        exclude_if=lambda v: v is None,
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EvaluationSpec:
+        if self.test_dataset is not None and self.holdout:
+            raise FieldError(
+                "holdout",
+                "give evaluation.holdout or evaluation.test_dataset, not both: with a test data "
+                "set every row of dataset is used for the search",
+            )
+        return self
+
+    @property
+    def refits(self) -> bool:
+        """Whether the study ends with a refit scored on unseen rows."""
+        return bool(self.holdout) or self.test_dataset is not None
+
+
 class StudySpec(_Strict):
     name: str | None = Field(None, max_length=200)
     dataset: DatasetSpec
@@ -250,6 +322,8 @@ class StudySpec(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     cv: CVSpec = Field(default_factory=CVSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
+    answer: AnswerSpec = Field(default_factory=AnswerSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     priority: int = Field(0, ge=-1000, le=1000)
 
     @classmethod
@@ -269,13 +343,12 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _check_cross_fields(self, info: ValidationInfo) -> StudySpec:
+        submitted = not _stored(info)
+        if submitted and self.dataset.builtin is not None:
+            self._resolve_holdout(self.dataset.rows())
         smallest = self.dataset.min_class_count()
-        if smallest is not None and self.cv.folds > smallest:
-            raise FieldError(
-                "cv.folds",
-                f"{self.cv.folds} folds exceed the smallest class count of "
-                f"{self.dataset.builtin!r} ({smallest})",
-            )
+        if smallest is not None:
+            self._check_folds_fit(smallest, repr(self.dataset.builtin))
         if self.dataset.builtin is not None:
             # Every built-in data set is a classification one.
             if self.cv.metric is None:
@@ -292,7 +365,6 @@ class StudySpec(_Strict):
                     "'cnn' needs image data: dataset.builtin 'digits', or an uploaded NPZ "
                     "data set whose X is (N, H, W) or (N, C, H, W)",
                 )
-        submitted = not _stored(info)
         # Submit-only: earlier versions stored such specs (their trials fail in the engine).
         if submitted and self.model.kind == "cnn" and self.search.searches_input_dropout:
             raise FieldError(
@@ -303,7 +375,7 @@ class StudySpec(_Strict):
             o = self.dataset.synthetic_options()
             _check_fold_memory(
                 "dataset.options",
-                self.cv.folds,
+                self.cv.splits,
                 f"{o['n_samples']} samples x {o['n_features']} features",
                 o["n_samples"] * o["n_features"],
                 "fewer samples, features or folds",
@@ -330,28 +402,51 @@ class StudySpec(_Strict):
                 f"'cnn' needs image data; data set {self.dataset.id} is tabular: upload an NPZ "
                 "whose X is (N, H, W) or (N, C, H, W), or use model.kind 'mlp'",
             )
-        if min_class is not None and self.cv.folds > min_class:
-            raise FieldError(
-                "cv.folds",
-                f"{self.cv.folds} folds exceed the smallest class count of data set "
-                f"{self.dataset.id} ({min_class})",
-            )
-        if task == "regression" and self.cv.folds > rows // 2:
+        out = self.model_copy(deep=True)
+        out._resolve_holdout(rows)
+        if min_class is not None:
+            out._check_folds_fit(min_class, f"data set {self.dataset.id}")
+        searched = rows - out._held_out(rows)
+        if task == "regression" and self.cv.folds > searched // 2:
             raise FieldError(
                 "cv.folds",
                 f"{self.cv.folds} folds need at least {2 * self.cv.folds} rows; data set "
-                f"{self.dataset.id} has {rows}",
+                f"{self.dataset.id} has {searched}" + out._holdout_note(),
             )
         _check_fold_memory(
             "cv.folds",
-            self.cv.folds,
+            self.cv.splits,
             f"{rows} rows x {width} encoded features",
             rows * width,
-            "fewer folds, or a smaller data set",
+            "fewer folds or repeats, or a smaller data set",
         )
-        out = self.model_copy(deep=True)
         out.cv.metric = metric  # type: ignore[assignment]
         return out
+
+    def _resolve_holdout(self, rows: int) -> None:
+        """Fill in the default holdout from the data set's size (submit only)."""
+        ev = self.evaluation
+        if ev.holdout is None:
+            big = rows >= HOLDOUT_MIN_ROWS and ev.test_dataset is None
+            ev.holdout = DEFAULT_HOLDOUT if big else 0.0
+
+    def _held_out(self, n: int) -> int:
+        """Rows of n the holdout takes (scikit-learn's train_test_split rounds up)."""
+        return math.ceil(n * (self.evaluation.holdout or 0.0))
+
+    def _holdout_note(self) -> str:
+        h = self.evaluation.holdout or 0.0
+        return f" after evaluation.holdout {h:g} took its rows out" if h else ""
+
+    def _check_folds_fit(self, smallest: int, name: str) -> None:
+        """Each fold needs a row of every class: folds <= the smallest class left to search."""
+        left = smallest - self._held_out(smallest)
+        if self.cv.folds > left:
+            raise FieldError(
+                "cv.folds",
+                f"{self.cv.folds} folds exceed the smallest class count of {name} ({left}"
+                f"{self._holdout_note()})",
+            )
 
     @property
     def task(self) -> str:
