@@ -10,14 +10,26 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import Engine
 
-from droptune.storage.answer import best_and_one_se, primary_rate, score_of
+from droptune.storage.answer import answer, primary_rate, score_of
+from droptune.storage.curve import Curve, build_curve
 from droptune.storage.db import transaction
 from droptune.storage.errors import NotFound
 from droptune.storage.lifecycle import is_interruption
 from droptune.storage.optuna_bridge import study_id_of
-from droptune.storage.schemas import ENDED, BestOut, Progress, StudyOut, StudyPage, TrialOut
+from droptune.storage.schemas import (
+    ENDED,
+    BestOut,
+    Progress,
+    StudyOut,
+    StudyPage,
+    TestScore,
+    TrialOut,
+)
 from droptune.storage.spec import StudySpec
 from droptune.storage.tables import studies
+
+# The refit's state as shown: "running" is the leased state; None when there is no refit.
+REFIT_SHOWN = {"waiting": "waiting", "ready": "ready", "running": "running", "done": "done"}
 
 
 class Reader:
@@ -27,11 +39,13 @@ class Reader:
         self.engine = engine
         self.optuna = optuna
 
-    def _row(self, study_id: int, owner: str) -> sa.Row[Any]:
+    def _row(self, study_id: int, owner: str | None) -> sa.Row[Any]:
+        """The study's row; `owner` None only for workers, which act for every owner."""
+        where = [studies.c.id == study_id]
+        if owner is not None:
+            where.append(studies.c.owner == owner)
         with transaction(self.engine, read_only=True) as conn:
-            row = conn.execute(
-                sa.select(studies).where(studies.c.id == study_id, studies.c.owner == owner)
-            ).one_or_none()
+            row = conn.execute(sa.select(studies).where(*where)).one_or_none()
         if row is None:
             raise NotFound(f"study {study_id} not found")
         return row
@@ -63,6 +77,7 @@ class Reader:
             failed=count[TrialState.FAIL] - interrupted,
             interrupted=interrupted,
             running=count[TrialState.RUNNING],
+            refit=REFIT_SHOWN.get(row.refit_state),
         )
         best = self._best_out(row, trials) if trials else None
         return StudyOut(
@@ -87,7 +102,8 @@ class Reader:
 
     def _best_out(self, row: sa.Row[Any], trials: Sequence[FrozenTrial]) -> BestOut:
         spec = StudySpec.stored(row.spec)
-        best, one_se = best_and_one_se(trials, spec.cv.direction == "maximize")
+        a = answer(trials, spec)
+        best, one_se = a.best, a.one_se
         return BestOut(
             study_id=row.id,
             dropout=primary_rate(best.params) if best else None,
@@ -100,11 +116,34 @@ class Reader:
             one_se_trial=one_se.number if one_se else None,
             complete=row.status in ENDED,
             status=row.status,
+            recommended=a.recommended,
+            tied=a.tied,
+            warnings=a.warnings,
+            test=TestScore.model_validate(row.refit_result) if row.refit_result else None,
         )
 
     def trials(self, study_id: int, owner: str) -> list[TrialOut]:
         row = self._row(study_id, owner)
-        return [_trial_out(t) for t in sorted(self._trials(row), key=lambda t: t.number)]
+        return self._trial_outs(row, self._trials(row))
+
+    def _trial_outs(self, row: sa.Row[Any], trials: Sequence[FrozenTrial]) -> list[TrialOut]:
+        p = answer(trials, StudySpec.stored(row.spec)).p  # the best found once, not per trial
+        return [_trial_out(t, p.get(t.number)) for t in sorted(trials, key=lambda t: t.number)]
+
+    def curve(self, study_id: int, owner: str) -> Curve:
+        return self._curve(self._row(study_id, owner))[0]
+
+    def for_dashboard(self, study_id: int) -> tuple[str, Curve, BestOut]:
+        """(Optuna study name, curve, answer) of any owner's study, for a worker to publish."""
+        row = self._row(study_id, None)
+        return (row.optuna_study, *self._curve(row))
+
+    def _curve(self, row: sa.Row[Any]) -> tuple[Curve, BestOut]:
+        """The dropout curve and the answer, from one load of the trials."""
+        trials = self._trials(row)
+        best = self._best_out(row, trials)
+        spec = StudySpec.stored(row.spec)
+        return build_curve(row.id, spec, best, self._trial_outs(row, trials)), best
 
     def page(self, owner: str, status: str | None, offset: int, limit: int) -> StudyPage:
         where = [studies.c.owner == owner]
@@ -125,7 +164,7 @@ class Reader:
         return StudyPage(items=items, total=total, offset=offset, limit=limit)
 
 
-def _trial_out(t: FrozenTrial) -> TrialOut:
+def _trial_out(t: FrozenTrial, p_vs_best: float | None) -> TrialOut:
     u = t.user_attrs
     return TrialOut(
         number=t.number,
@@ -141,6 +180,7 @@ def _trial_out(t: FrozenTrial) -> TrialOut:
         # Why it failed. Recovery writes the reason just before the FAIL state, so a trial its
         # worker completed in between may carry one: it is not shown then.
         reason=u.get("reason") if t.state == TrialState.FAIL else None,
+        p_vs_best=p_vs_best,
         started_at=t.datetime_start,
         ended_at=t.datetime_complete,
     )

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from droptune.client.cli import _answer_lines
+from droptune.storage import schemas
+from droptune.storage.migrate import upgrade
 from tests import procs
+from tests.test_answer import spec, stored_study
 
 pytestmark = pytest.mark.slow
 
@@ -55,3 +59,63 @@ def test_flags_list_and_a_missing_answer(tmp_path: Path) -> None:
         procs.stop(api)
     gone = procs.cli("status", "1", *base)
     assert gone.returncode == 1 and "start it with `droptune up`" in gone.stderr
+
+
+def test_best_wait_and_list_print_the_labelled_answer(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'droptune.db'}"
+    upgrade(url)
+    sid = stored_study(url, spec(search={"dropout_low": 0.3, "dropout_high": 0.8}), "succeeded")
+    port = procs.free_port()
+    api = procs.serve(url, port, tmp_path / "serve.log")
+    base = ["--url", f"http://127.0.0.1:{port}"]
+    answer = [
+        "best dropout 0.3000 (trial 0): accuracy 0.9740 ± 0.0019 (SE, 5 splits)",
+        "recommended 0.4500 (one_se): the strongest dropout whose mean accuracy 0.9730 is "
+        "within one standard error (0.0019) of the best, 0.9740 at 0.30",
+        "tied: 0.30\N{EN DASH}0.45 (2 trials, p >= 0.05)",
+        "warning: the best rate 0.30 sits at search.dropout_low 0.3: widen the range "
+        "(lower search.dropout_low)",
+    ]
+    try:
+        best = procs.cli("best", str(sid), *base)
+        assert best.returncode == 0, best.stderr
+        assert best.stdout.splitlines() == answer
+        waited = procs.cli("wait", str(sid), *base)
+        assert waited.returncode == 0, waited.stderr
+        head = f"study {sid} [succeeded] 6/20 finished (complete 5, pruned 1, failed 1, running 0)"
+        lines = waited.stdout.splitlines()  # after the progress bar's last frame
+        assert lines[lines.index(head) + 1 :] == [f"  {line}" for line in answer]
+        listed = procs.cli("list", *base)
+        assert "; best 0.3000 (accuracy 0.9740), recommended 0.4500 (one_se)" in listed.stdout
+    finally:
+        procs.stop(api)
+
+
+def test_the_test_score_lines() -> None:
+    b = schemas.BestOut(
+        study_id=1,
+        dropout=0.3,
+        params={"dropout": 0.3},
+        score=schemas.Score(mean=0.97, std=0.01, folds=[0.96, 0.97, 0.98, 0.97]),
+        metric="accuracy",
+        direction="maximize",
+        trial=2,
+        one_se_dropout=0.45,
+        one_se_trial=3,
+        complete=False,
+        status="running",
+        test=schemas.TestScore(
+            dropout=0.45,
+            score=0.9621,
+            ci95=[0.9403, 0.9788],
+            n=360,
+            source="holdout",
+            metric="accuracy",
+            baseline=schemas.TestPoint(dropout=0.0, score=0.951, ci95=[0.927, 0.9702]),
+        ),
+    )
+    assert _answer_lines(b) == [
+        "best dropout 0.3000 (trial 2): accuracy 0.9700 ± 0.0050 (SE, 4 splits) (so far)",
+        "test accuracy 0.962 [0.94, 0.98] on 360 held-out rows at dropout 0.45",
+        "without dropout: accuracy 0.951 [0.93, 0.97]",
+    ]
