@@ -1,0 +1,178 @@
+"""`droptune report ID -o report.html`: a study on one self-contained page.
+
+The page holds the answer, the curve (the API's SVG, inlined) and the trials, with no script and
+no external address, so it can be mailed or archived as one file.
+"""
+
+from __future__ import annotations
+
+import math
+from html import escape
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from droptune.client.api import DEFAULT_URL, Client, ClientError
+from droptune.client.cli_common import UrlOpt, ask, fail
+from droptune.storage.answer import primary_rate
+from droptune.storage.schemas import BestOut, StudyOut, TestPoint, TrialOut
+from droptune.storage.spec import DatasetSpec, StudySpec
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.5em; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+th, td { padding: 0.2em 0.8em; border-bottom: 1px solid #ddd; text-align: right; }
+th { background: #f4f4f4; } td.state { text-align: left; }
+.warning { color: #a33; } .muted { color: #777; }
+svg { max-width: 100%; height: auto; }
+"""
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _point(p: TestPoint) -> str:
+    ci = f"{p.ci95[0]:.4f}&ndash;{p.ci95[1]:.4f}"
+    return f"{p.score:.4f} (95% CI {ci}) at dropout {p.dropout:.4f}"
+
+
+def _answer(b: BestOut | None) -> list[str]:
+    """The answer as list items (already escaped)."""
+    if b is None or b.score is None or b.dropout is None:
+        if b is not None and b.complete:
+            return [f"no finished trial (the study ended {escape(b.status)})"]
+        return ["no finished trial yet"]
+    se = b.score.std / math.sqrt(len(b.score.folds))
+    items = []
+    if (r := b.recommended) is not None:
+        items.append(
+            f"<b>recommended dropout {r.dropout:.4f}</b> ({escape(r.rule)}, trial {r.trial}): "
+            f"{escape(r.why)}"
+        )
+    items.append(
+        f"best dropout {b.dropout:.4f} (trial {b.trial}): {escape(b.metric)} "
+        f"{b.score.mean:.4f} ± {se:.4f} (SE over {len(b.score.folds)} splits)"
+    )
+    if b.one_se_dropout is not None and b.recommended is None:
+        items.append(f"within one SE of the best, up to dropout {b.one_se_dropout:.4f}")
+    if (t := b.tied) is not None:
+        items.append(
+            f"tied with the best (paired test, p &ge; {t.alpha:g}): dropout "
+            f"{t.low:.4f}&ndash;{t.high:.4f} ({len(t.trials)} trials)"
+        )
+    items += [f'<span class="warning">warning: {escape(w)}</span>' for w in b.warnings]
+    if (x := b.test) is not None:
+        rows = "held-out rows" if x.source == "holdout" else "rows of the test data set"
+        items.append(f"test {escape(x.metric)} on {x.n} unseen {rows}: {_point(x)}")
+        if x.best is not None:
+            items.append(f"at the best rate: {_point(x.best)}")
+        if x.baseline is not None:
+            items.append(f"without dropout (baseline): {_point(x.baseline)}")
+    return items
+
+
+def _trial_row(t: TrialOut) -> str:
+    rate = primary_rate(t.params)
+    score = "—"
+    if t.score is not None and t.score.folds:
+        se = t.score.std / math.sqrt(len(t.score.folds))
+        score = f"{t.score.mean:.4f} ± {se:.4f}"
+    cells = [str(t.number), escape(t.state), _fmt(rate), score, _fmt(t.p_vs_best, 3)]
+    cells.append("—" if t.epochs is None else str(t.epochs))
+    tds = "".join(
+        f'<td class="state">{c}</td>' if i == 1 else f"<td>{c}</td>" for i, c in enumerate(cells)
+    )
+    return f"<tr>{tds}</tr>"
+
+
+def _svg(svg: bytes) -> str:
+    """Matplotlib's SVG without its XML prolog and DOCTYPE, which HTML does not take inline."""
+    text = svg.decode("utf-8")
+    start = text.find("<svg")
+    return text[start:] if start >= 0 else ""
+
+
+def _setup(spec: StudySpec) -> str:
+    """What was searched, in one line."""
+    m, s = spec.model, spec.search
+    layers = f"{m.kind.upper()}, hidden {m.hidden}"
+    if m.kind == "cnn":
+        layers += f", channels {m.conv_channels}"
+    folds = f"{spec.cv.folds}-fold CV" + (f" x {spec.cv.repeats}" if spec.cv.repeats > 1 else "")
+    per_layer = ", one rate per layer" if s.per_layer else ""
+    return (
+        f"{layers}, {spec.training.epochs} epochs, {folds}; dropout searched in "
+        f"{s.dropout_low:.2f}&ndash;{s.dropout_high:.2f} ({s.sampler}{per_layer})"
+    )
+
+
+def render(
+    study: StudyOut, best: BestOut | None, trials: list[TrialOut], svg: bytes, data_name: str
+) -> str:
+    """The page (every string from the study escaped)."""
+    name = study.name or f"study {study.id}"
+    p = study.progress
+    status = f"{study.status}" + (f": {study.reason}" if study.reason else "")
+    answer = "".join(f"<li>{item}</li>" for item in _answer(best))
+    head = ["trial", "state", "dropout", "mean ± SE", "p vs best", "epochs"]
+    rows = "\n".join(_trial_row(t) for t in trials)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>droptune: {escape(name)}</title><style>{STYLE}</style></head>
+<body>
+<h1>{escape(name)}</h1>
+<p>study {study.id} on {escape(data_name)}, {escape(status)};
+{p.complete} complete, {p.pruned} pruned, {p.failed} failed of {p.n_trials} trials</p>
+<p>{_setup(study.spec)}</p>
+<h2>The answer</h2>
+<ul>{answer}</ul>
+<h2>The curve</h2>
+{_svg(svg)}
+<h2>Trials</h2>
+<table><thead><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr></thead>
+<tbody>
+{rows}
+</tbody></table>
+<p class="muted">pruned trials trained fewer epochs: their scores are not comparable.</p>
+</body></html>
+"""
+
+
+def _data_name(c: Client, spec: DatasetSpec) -> str:
+    if spec.id is None:
+        return spec.builtin or ""
+    try:
+        return f"data set {spec.id} ({c.dataset(spec.id).name})"
+    except ClientError as exc:
+        if exc.status != 404:
+            raise
+        return f"data set {spec.id} (deleted)"
+
+
+def _fetch(c: Client, study_id: int) -> str:
+    study = c.get(study_id)
+    best = study.best or c.best(study_id)
+    svg = c.curve(study_id, "svg")
+    return render(study, best, c.trials(study_id), svg, _data_name(c, study.spec.dataset))
+
+
+def report(
+    study_id: int,
+    output: Annotated[Path, typer.Option("--output", "-o", help="the HTML file to write")],
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Write one self-contained HTML page: the answer, the dropout curve and the trials."""
+    page = ask(url, lambda c: _fetch(c, study_id))
+    try:
+        output.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror or exc}")
+    typer.echo(f"wrote {output}")
+
+
+def register(app: typer.Typer) -> None:
+    """Adds `droptune report` to the command line."""
+    app.command()(report)
