@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 from optuna.storages import RDBStorage
 
 from droptune.storage.db import configure_sqlite, engine_kwargs, is_sqlite, normalise_url
-from droptune.storage.spec import StudySpec
+from droptune.storage.spec import DEFAULT_METRIC, StudySpec
 
 # Optuna logs every trial at INFO; droptune's own log lines say what happened.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+DASH = "\u2013"  # an en dash between a range's ends, as people write ranges
 
 
 def optuna_storage(url: str, *, writes: bool = True) -> RDBStorage:
@@ -29,16 +32,59 @@ def optuna_storage(url: str, *, writes: bool = True) -> RDBStorage:
 
 
 def ensure_study(storage: RDBStorage, name: str, spec: StudySpec, study_id: int) -> optuna.Study:
-    """Create the Optuna study of a droptune study, or load it; safe to call from many workers."""
+    """Create the Optuna study of a droptune study, or load it; safe to call from many workers.
+
+    The first call names the objective after the metric and writes the spec as a few readable
+    user attributes (what the dashboard shows); later calls only read. Concurrent writers write
+    the same values, and `droptune_id` goes last, so a worker that died halfway leaves it
+    missing and the next call writes everything again. A study made before these attributes
+    existed (it has `droptune_id` but no `model`) gets them too.
+    """
     study = optuna.create_study(
         storage=storage, study_name=name, direction=spec.cv.direction, load_if_exists=True
     )
-    if "droptune_id" not in study.user_attrs:
+    attrs = study.user_attrs
+    if "droptune_id" not in attrs or "model" not in attrs:
+        # The objective's name in the dashboard; the API is experimental, not the name.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([spec.cv.metric or DEFAULT_METRIC["classification"]])
+        for key, value in readable_attrs(spec).items():
+            study.set_user_attr(key, value)
         study.set_user_attr("droptune_id", study_id)
-        study.set_user_attr("metric", spec.cv.metric)
-        study.set_user_attr("dataset", spec.dataset.label())
-        study.set_user_attr("spec", spec.model_dump(mode="json"))
     return study
+
+
+def readable_attrs(spec: StudySpec) -> dict[str, str | int]:
+    """The spec as the dashboard's study attributes: a few lines a person reads at a glance."""
+    model = spec.model
+    if model.kind == "cnn":
+        shape = f"cnn {model.conv_channels} + fc {model.hidden[0]}"
+    else:
+        shape = f"mlp {model.hidden}"
+    search = spec.search
+    rates = f"{rate_text(search.dropout_low)}{DASH}{rate_text(search.dropout_high)}"
+    attrs: dict[str, str | int] = {
+        "dataset": spec.dataset.label(),
+        "metric": spec.cv.metric or DEFAULT_METRIC["classification"],
+        "model": shape,
+        "cv": f"{spec.cv.folds} folds x {spec.cv.repeats} repeat{'s' * (spec.cv.repeats > 1)}",
+        "epochs": spec.training.epochs,
+        "search_range": rates + (" per layer" if search.per_layer else ""),
+        "sampler": f"{search.sampler}, "
+        + ("no pruner" if search.pruner == "none" else f"{search.pruner} pruner"),
+        "n_trials": search.n_trials,
+    }
+    if search.searches_input_dropout:
+        low, high = search.input_dropout_low, search.input_dropout_high
+        attrs["input_dropout_range"] = f"{rate_text(low)}{DASH}{rate_text(high)}"
+    return attrs
+
+
+def rate_text(rate: float) -> str:
+    """0.0, 0.9, 0.05: a rate with as many decimals as it has (up to three)."""
+    text = f"{rate:.3f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
 
 
 def study_id_of(storage: RDBStorage, name: str) -> int | None:

@@ -1,0 +1,287 @@
+"""The answer in the Optuna dashboard: a note, a graph of the curve and a few study attributes.
+
+Users look at the dashboard, which knows nothing of droptune's answer; this writes it into the
+Optuna study where optuna-dashboard shows it. Workers publish after every batch, so several may
+publish the same study at once: a publish never replaces an answer drawn from more trials than
+its own (the rank below), and on PostgreSQL publishes of a study take turns (an advisory lock),
+because the note and the graph are each stored in several attributes and two interleaved
+writers would leave a mix of both.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.storages import RDBStorage
+from optuna_dashboard import save_note, save_plotly_graph_object
+
+from droptune.storage.curve import Curve, CurvePoint
+from droptune.storage.db import is_outage, is_sqlite
+from droptune.storage.optuna_bridge import DASH
+from droptune.storage.schemas import BestOut, TestPoint
+
+log = logging.getLogger(__name__)
+
+GRAPH_ID = "droptune-curve"  # a fixed id: saving again replaces the graph, never adds one
+GRAPH_PREFIX = f"dashboard:plot_data:{GRAPH_ID}:"  # where optuna-dashboard stores it
+NOTE_PREFIX = "dashboard:note_str:"  # the study's note (a trial's has the trial id in it)
+RANK_KEY = "droptune:answer_rank"  # system attribute: [points, has test score] last published
+LOCK_CLASS = 0x64547044  # first key of the PostgreSQL advisory lock; the second is the study id
+AXIS = {"gridcolor": "#e5ecf6", "zeroline": False, "automargin": True}
+RULES = {"one_se": "one-SE rule", "best": "best-score rule"}
+PRUNED_NOTE = (
+    "_Pruned trials trained fewer epochs, so their low points in the slice plot are not "
+    "comparable with finished trials; the curve graph draws them faint, without error bars._"
+)
+
+
+def publish_answer(storage: RDBStorage, optuna_study: str, curve: Curve, best: BestOut) -> None:
+    """Write the answer into the Optuna study, replacing what an earlier publish wrote.
+
+    Never raises: a study's training must not fail because the dashboard's copy of its answer
+    could not be written (the next publish writes it again)."""
+    try:
+        _publish(storage, optuna_study, curve, best)
+    except Exception as exc:
+        # An outage is one line (the next publish retries); anything else shows where it broke.
+        log.warning(
+            "could not publish the answer to Optuna study %s: %s",
+            optuna_study,
+            exc,
+            exc_info=not is_outage(exc),
+        )
+
+
+def _publish(storage: RDBStorage, name: str, curve: Curve, best: BestOut) -> None:
+    rank = [len(curve.points), int(best.test is not None)]
+    note = note_markdown(curve, best)
+    figure = curve_figure(curve)
+    graph = figure.to_json()
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()
+    )
+    with _serialised(storage, study._study_id):
+        system = storage.get_study_system_attrs(study._study_id)
+        stored_rank = list(system.get(RANK_KEY, [0, 0]))
+        if stored_rank > rank:
+            return  # a publish that saw more trials got here first
+        if stored_rank != rank:
+            storage.set_study_system_attr(study._study_id, RANK_KEY, rank)
+        # Unchanged parts are not written again (after the last batch, say).
+        if _stored(system, NOTE_PREFIX) != note:
+            save_note(study, note)
+        if _stored(system, GRAPH_PREFIX) != graph:
+            save_plotly_graph_object(study, figure, graph_object_id=GRAPH_ID)
+        stored = study.user_attrs
+        for key, value in answer_attrs(curve, best).items():
+            if stored.get(key) != value:
+                study.set_user_attr(key, value)
+
+
+def _stored(system: dict[str, Any], prefix: str) -> str:
+    """The note or the graph as stored: optuna-dashboard splits each into numbered attributes.
+    (Were that layout to change, this reads "" and the publish just writes again.)"""
+    parts = {k: v for k, v in system.items() if k.startswith(prefix)}
+    return "".join(str(parts.get(f"{prefix}{i}", "")) for i in range(len(parts)))
+
+
+@contextmanager
+def _serialised(storage: RDBStorage, study_id: int) -> Iterator[None]:
+    """Publishes of one study take turns on PostgreSQL (a lock held by a side connection's
+    transaction, so it is released whatever happens). SQLite has no lock outside a write
+    transaction, which Optuna's own writes would then wait behind: there two publishes that
+    overlap may leave a mix until the next one, which rewrites whatever differs."""
+    if is_sqlite(storage.engine.url):
+        yield
+        return
+    with storage.engine.connect() as conn:
+        conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOCK_CLASS, study_id)))
+        yield
+        conn.rollback()
+
+
+def answer_attrs(curve: Curve, best: BestOut) -> dict[str, float | str]:
+    """The answer in a few words, beside the spec's in the study page's attribute table."""
+    attrs: dict[str, float | str] = {}
+    if best.recommended is not None:
+        attrs["recommended_dropout"] = round(best.recommended.dropout, 4)
+    if curve.tied_low is not None and curve.tied_high is not None:
+        attrs["tied_range"] = f"{curve.tied_low:.2f}{DASH}{curve.tied_high:.2f}"
+    if best.test is not None:
+        attrs["test_score"] = round(best.test.score, 6)
+    return attrs
+
+
+def _num(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _ci(p: TestPoint) -> str:
+    return f"{_num(p.score)} (95% CI {_num(p.ci95[0])}{DASH}{_num(p.ci95[1])})"
+
+
+def note_markdown(curve: Curve, best: BestOut) -> str:
+    """The study's note: the answer as a person reads it, in a few lines of markdown."""
+    done = sum(p.state == "COMPLETE" for p in curve.points)
+    pruned = len(curve.points) - done
+    lines = [f"## droptune answer: {best.metric} ({best.direction})", ""]
+    rec = best.recommended
+    if rec is not None:
+        lines += [
+            f"**Recommended dropout: {rec.dropout:.2f}** ({RULES.get(rec.rule, rec.rule)}, "
+            f"trial {rec.trial}): {rec.why}",
+            "",
+        ]
+    if best.score is not None and best.dropout is not None:
+        splits = len(best.score.folds)
+        se = best.score.std / math.sqrt(splits) if splits else 0.0
+        lines.append(
+            f"- **Best mean score**: dropout {best.dropout:.2f}, {best.metric} "
+            f"{_num(best.score.mean)} ± {se:.2g} (± 1 SE over {splits} splits; "
+            f"trial {best.trial})"
+        )
+    else:
+        lines.append("- No trial has finished yet.")
+    if best.tied is not None:
+        lines.append(
+            f"- **Tied with the best** (paired test, p ≥ {best.tied.alpha:g}): "
+            f"{best.tied.low:.2f}{DASH}{best.tied.high:.2f} ({len(best.tied.trials)} trials)"
+        )
+    lines += _test_lines(best)
+    lines += [f"- ⚠️ {w}" for w in best.warnings]
+    lines += [
+        f"- Status: {best.status}; {done} finished and {pruned} pruned trials on the curve.",
+        "",
+        PRUNED_NOTE,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _test_lines(best: BestOut) -> list[str]:
+    test = best.test
+    if test is None:
+        return []
+    where = "held-out rows" if test.source == "holdout" else "rows of the test data set"
+    lines = [
+        f"- **Test score** at dropout {test.dropout:.2f}: {test.metric} {_ci(test)}, "
+        f"scored once on {test.n} {where}"
+    ]
+    if test.best is not None:
+        lines.append(f"  - the best rate {test.best.dropout:.2f}: {_ci(test.best)}")
+    if test.baseline is not None:
+        lines.append(f"  - without dropout (baseline): {_ci(test.baseline)}")
+    return lines
+
+
+def curve_figure(curve: Curve) -> Any:
+    """The curve as a plotly figure: finished trials with ±1 SE, pruned ones faint, the tied
+    range shaded and the best and recommended rates marked."""
+    import plotly.graph_objects as go  # type: ignore[import-untyped]  # lazily: slow import
+
+    done = [p for p in curve.points if p.state == "COMPLETE"]
+    pruned = [p for p in curve.points if p.state != "COMPLETE"]
+    shown = _y_range(done)
+    fig = go.Figure()
+    if curve.tied_low is not None and curve.tied_high is not None:
+        fig.add_vrect(
+            x0=curve.tied_low,
+            x1=curve.tied_high,
+            fillcolor="#2ca02c",
+            opacity=0.12,
+            line_width=0,
+            annotation_text="tied with the best",
+            annotation_position="top left",
+        )
+    if pruned:
+        fig.add_trace(
+            go.Scatter(
+                x=[p.dropout for p in pruned],
+                y=[p.mean for p in pruned],
+                mode="markers",
+                name=_pruned_label(pruned, shown),
+                marker={"color": "rgba(127,127,127,0.35)", "size": 7},
+                text=[_hover(p) for p in pruned],
+                hoverinfo="text",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[p.dropout for p in done],
+            y=[p.mean for p in done],
+            error_y={"type": "data", "array": [p.se for p in done], "visible": True},
+            mode="markers",
+            name="finished (±1 SE)",
+            marker={"color": "#1f77b4", "size": 8},
+            text=[_hover(p) for p in done],
+            hoverinfo="text",
+        )
+    )
+    _mark_rates(fig, curve)
+    title = f"{curve.metric} by dropout rate (mean over folds, ±1 SE)"
+    fig.update_layout(
+        # Left and low enough to stay clear of the dashboard's toolbar at the top right.
+        title={"text": title, "x": 0.01, "xanchor": "left", "y": 0.93, "font": {"size": 15}},
+        xaxis={**AXIS, "title": "dropout", "range": [curve.dropout_low, curve.dropout_high]},
+        yaxis={**AXIS, "title": f"{curve.metric} ({curve.direction})", "range": shown},
+        legend={"orientation": "h", "y": -0.2},
+        margin={"l": 60, "r": 20, "t": 70, "b": 40},
+        # plotly.js's own defaults plus light grid lines: a named template would store ~6 KB
+        # more in the study with every publish.
+        template="none",
+    )
+    return fig
+
+
+def _pruned_label(pruned: list[CurvePoint], shown: list[float] | None) -> str:
+    off = sum(not shown[0] <= p.mean <= shown[1] for p in pruned) if shown else 0
+    return (
+        f"pruned: fewer epochs ({off} of {len(pruned)} off the scale)"
+        if off
+        else "pruned: fewer epochs"
+    )
+
+
+def _y_range(done: list[CurvePoint]) -> list[float] | None:
+    """The finished trials' span with their error bars: pruned trials, far below after fewer
+    epochs, would squash the curve flat; beyond it they are simply off the scale."""
+    if not done:
+        return None
+    low = min(p.mean - p.se for p in done)
+    high = max(p.mean + p.se for p in done)
+    pad = 0.15 * (high - low) or 0.01 * max(abs(high), 1e-9)
+    return [low - pad, high + pad]
+
+
+def _mark_rates(fig: Any, curve: Curve) -> None:
+    same = curve.best is not None and curve.best == curve.recommended
+    if curve.best is not None:
+        label = "best = recommended" if same else "best"
+        fig.add_vline(
+            x=curve.best,
+            line={"color": "#d62728", "dash": "dash"},
+            annotation_text=f"{label} {curve.best:.2f}",
+            annotation_position="bottom right",
+        )
+    if curve.recommended is not None and not same:
+        fig.add_vline(
+            x=curve.recommended,
+            line={"color": "#ff7f0e"},
+            annotation_text=f"recommended {curve.recommended:.2f}",
+            annotation_position="top right",
+        )
+
+
+def _hover(p: CurvePoint) -> str:
+    text = f"trial {p.trial}<br>dropout {p.dropout:.3f}<br>{_num(p.mean)} ± {p.se:.2g}"
+    if p.epochs is not None:
+        text += f"<br>{p.epochs} epochs"
+    if p.p_vs_best is not None:
+        text += f"<br>p vs best {p.p_vs_best:.3g}"
+    return text
