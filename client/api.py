@@ -6,10 +6,11 @@ import builtins
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import httpx
 
+from droptune.storage.curve import Curve
 from droptune.storage.schemas import (
     BestOut,
     DatasetOut,
@@ -134,10 +135,48 @@ class Client:
             )
         )
 
+    def _raw(self, path: str, **params: Any) -> httpx.Response:
+        """A GET whose answer is not JSON (a file, a picture), with the same errors as _call."""
+        try:
+            r = self._http.get(path, params=params)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise ClientError(
+                f"cannot reach droptune at {self.base_url}: {exc} (start it with `droptune up`, "
+                "or point --url / DROPTUNE_URL at a running one)"
+            ) from exc
+        self.last_status = r.status_code
+        if r.status_code >= 400:
+            detail, errors = _problem(r)
+            raise ClientError(f"{r.status_code}: {detail}", r.status_code, detail, errors)
+        return r
+
+    def download_model(
+        self, study_id: int, path: str | os.PathLike[str] | None = None, which: str = "recommended"
+    ) -> Path:
+        """Save the study's refit model (a torch.export .pt2 file) to `path` (default: the name
+        the server gives it, in the current folder); return where it went."""
+        r = self._raw(f"/studies/{study_id}/model", which=which)
+        disposition = r.headers.get("content-disposition", "")
+        default = disposition.split("filename=")[-1].strip('"') or f"droptune-{study_id}.pt2"
+        out = Path(path) if path is not None else Path(Path(default).name)
+        out.write_bytes(r.content)
+        return out
+
     def trials(self, study_id: int) -> builtins.list[TrialOut]:
         return [
             TrialOut.model_validate(t) for t in self._call("GET", f"/studies/{study_id}/trials")
         ]
+
+    @overload
+    def curve(self, study_id: int, format: Literal["json"] = "json") -> Curve: ...
+    @overload
+    def curve(self, study_id: int, format: Literal["svg", "png"]) -> bytes: ...
+    def curve(self, study_id: int, format: str = "json") -> Curve | bytes:
+        """The dropout curve: its points (json), or the picture's bytes (svg, png)."""
+        path = f"/studies/{study_id}/curve"
+        if format == "json":
+            return Curve.model_validate(self._call("GET", path))
+        return self._raw(path, format=format).content
 
     def cancel(self, study_id: int) -> StudyOut:
         return StudyOut.model_validate(self._call("POST", f"/studies/{study_id}/cancel"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -12,11 +13,11 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from droptune.client import launch
+from droptune.client import cli_model, cli_report, launch
 from droptune.client.api import DEFAULT_URL, Client, ClientError
 from droptune.client.cli_common import DbOpt, JsonOpt, UrlOpt, ask, client, fail, one_line_errors
 from droptune.client.cli_datasets import dataset_app, dataset_line, reused
-from droptune.storage.schemas import ENDED, BestOut, StudyOut
+from droptune.storage.schemas import ENDED, BestOut, StudyOut, TestPoint
 
 app = typer.Typer(
     add_completion=False,
@@ -26,6 +27,8 @@ app = typer.Typer(
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
 app.add_typer(dataset_app, name="dataset")
+cli_model.register(app)
+cli_report.register(app)
 
 
 @app.command()
@@ -137,6 +140,13 @@ def submit(
     trials: Annotated[int | None, typer.Option(help="search.n_trials")] = None,
     epochs: Annotated[int | None, typer.Option(help="training.epochs")] = None,
     folds: Annotated[int | None, typer.Option(help="cv.folds")] = None,
+    repeats: Annotated[int | None, typer.Option(help="cv.repeats: reshuffles of the folds")] = None,
+    holdout: Annotated[
+        float | None, typer.Option(help="evaluation.holdout: the fraction scored once at the end")
+    ] = None,
+    test_dataset: Annotated[
+        int | None, typer.Option(help="evaluation.test_dataset: an uploaded data set's id", min=1)
+    ] = None,
     hidden: Annotated[str | None, typer.Option(help="hidden sizes, e.g. 256,256")] = None,
     model: Annotated[str | None, typer.Option("--model", help="mlp | cnn")] = None,
     dropout_range: Annotated[
@@ -147,7 +157,7 @@ def submit(
     metric: Annotated[
         str | None, typer.Option(help="accuracy | log_loss | rmse | mae | r2")
     ] = None,
-    sampler: Annotated[str | None, typer.Option(help="tpe | random | grid")] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe | gp | random | grid")] = None,
     pruner: Annotated[str | None, typer.Option(help="none | median | hyperband")] = None,
     priority: Annotated[int | None, typer.Option()] = None,
     url: UrlOpt = DEFAULT_URL,
@@ -172,6 +182,9 @@ def submit(
         "search.n_trials": trials,
         "training.epochs": epochs,
         "cv.folds": folds,
+        "cv.repeats": repeats,
+        "evaluation.holdout": holdout,
+        "evaluation.test_dataset": test_dataset,
         "model.hidden": sizes,
         "cv.metric": metric,
         "search.sampler": sampler,
@@ -247,22 +260,44 @@ def _show(study: StudyOut) -> str:
     if study.reason:
         line += f"\n  reason: {study.reason}"
     if study.best and study.best.score:
-        line += "\n  " + _best_line(study.best)
+        line += "".join(f"\n  {text}" for text in _answer_lines(study.best))
     return line
 
 
-def _best_line(b: BestOut) -> str:
+def _answer_lines(b: BestOut) -> list[str]:
+    """The answer, labelled: the best with its standard error, the recommended rate and why,
+    the rates tied with the best, warnings, and the score on unseen rows once there is one."""
     if b.score is None or b.dropout is None:
-        return (
+        return [
             f"no finished trial (the study ended {b.status})"
             if b.complete
-            else ("no finished trial yet")
-        )
-    one_se = f"{b.one_se_dropout:.4f}" if b.one_se_dropout is not None else "-"
-    return (
-        f"best dropout {b.dropout:.4f}: {b.metric} {b.score.mean:.4f} ± {b.score.std:.4f} "
-        f"(trial {b.trial}); one-SE rule recommends {one_se}" + ("" if b.complete else " (so far)")
-    )
+            else "no finished trial yet"
+        ]
+    s = b.score
+    se = s.std / math.sqrt(len(s.folds))
+    lines = [
+        f"best dropout {b.dropout:.4f} (trial {b.trial}): {b.metric} {s.mean:.4f} ± {se:.4f} "
+        f"(SE, {len(s.folds)} splits)" + ("" if b.complete else " (so far)")
+    ]
+    if (r := b.recommended) is not None:
+        lines.append(f"recommended {r.dropout:.4f} ({r.rule}): {r.why}")
+    if (t := b.tied) is not None:
+        span = f"{t.low:.2f}" if t.low == t.high else f"{t.low:.2f}\N{EN DASH}{t.high:.2f}"
+        n = len(t.trials)
+        lines.append(f"tied: {span} ({n} trial{'s' * (n != 1)}, p >= {t.alpha:g})")
+    lines += [f"warning: {w}" for w in b.warnings]
+    if (x := b.test) is not None:
+        rows = "held-out rows" if x.source == "holdout" else "rows of the test data set"
+        lines.append(f"test {x.metric} {_point(x)} on {x.n} {rows} at dropout {x.dropout:.2f}")
+        if x.best is not None:
+            lines.append(f"at the best dropout {x.best.dropout:.2f}: {x.metric} {_point(x.best)}")
+        if x.baseline is not None:
+            lines.append(f"without dropout: {x.metric} {_point(x.baseline)}")
+    return lines
+
+
+def _point(p: TestPoint) -> str:
+    return f"{p.score:.3f} [{p.ci95[0]:.2f}, {p.ci95[1]:.2f}]"
 
 
 @app.command()
@@ -291,6 +326,8 @@ def list_(
             if b and b.score and b.dropout is not None
             else ""
         )
+        if b and b.recommended:
+            best_txt += f", recommended {b.recommended.dropout:.4f} ({b.recommended.rule})"
         typer.echo(f"{_show(s).splitlines()[0]} on {on}{best_txt}")
     if page.total > len(page.items):
         typer.echo(f"… {page.total - len(page.items)} more (newest shown first)", err=True)
@@ -305,7 +342,7 @@ def best(
 ) -> None:
     """The best dropout rate (`--json` prints the /best body)."""
     b = ask(url, lambda c: c.best(study_id, wait=wait))
-    typer.echo(b.model_dump_json(indent=2) if as_json else _best_line(b))
+    typer.echo(b.model_dump_json(indent=2) if as_json else "\n".join(_answer_lines(b)))
     if b.dropout is None:  # no answer (yet): a script must not take this for one
         raise typer.Exit(2)
 
@@ -332,7 +369,10 @@ def wait(
             final = c.best(study_id)
         except ClientError as exc:
             fail(str(exc))
-    typer.echo(final.model_dump_json(indent=2) if as_json else _show(s))
+    # The final /best, not the last poll's: it carries what was settled after (the test score).
+    typer.echo(
+        final.model_dump_json(indent=2) if as_json else _show(s.model_copy(update={"best": final}))
+    )
     if s.status != "succeeded":
         raise typer.Exit(2)
 

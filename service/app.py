@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from droptune.service import datasets, docs, errors
+from droptune.service import curve, datasets, docs, errors, model
 from droptune.service.dashboard import dashboard_app
 from droptune.service.head import HeadAsGet
 from droptune.service.limits import UploadLimit
@@ -80,6 +80,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         max_upload_mb=settings.max_upload_mb,
     )
     app.include_router(studies_router)
+    app.include_router(curve.router)
+    app.include_router(model.router)
     app.include_router(datasets.router)
     app.include_router(workers_router)
     docs.install(app)  # /docs, /redoc and /docs/static: before the dashboard's catch-all

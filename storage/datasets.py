@@ -50,12 +50,13 @@ def _used_by(conn: Connection, ids: list[int]) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {i: [] for i in ids}
     if ids:
         rows = conn.execute(
-            sa.select(studies.c.dataset_id, studies.c.id)
-            .where(studies.c.dataset_id.in_(ids))
+            sa.select(studies.c.dataset_id, studies.c.test_dataset_id, studies.c.id)
+            .where(sa.or_(studies.c.dataset_id.in_(ids), studies.c.test_dataset_id.in_(ids)))
             .order_by(studies.c.id.desc())
         ).all()
         for r in rows:
-            out[int(r.dataset_id)].append(int(r.id))
+            for used in {r.dataset_id, r.test_dataset_id} & set(ids):
+                out[int(used)].append(int(r.id))
     return out
 
 
@@ -205,7 +206,13 @@ def delete(engine: Engine, dataset_id: int, owner: str) -> None:
         active = (
             conn.execute(
                 sa.select(studies.c.id)
-                .where(studies.c.dataset_id == dataset_id, studies.c.status.in_(ACTIVE))
+                .where(
+                    sa.or_(
+                        studies.c.dataset_id == dataset_id,
+                        studies.c.test_dataset_id == dataset_id,  # its refit scores on it
+                    ),
+                    studies.c.status.in_(ACTIVE),
+                )
                 .order_by(studies.c.id)
             )
             .scalars()

@@ -23,6 +23,7 @@ from droptune.storage.spec import FieldError, StudySpec
 from droptune.storage.tables import leases, retries, studies
 
 ACTIVE = ("queued", "running")
+REFIT = "refit"  # the kind of a refit's lease
 NOTIFY_CHANNEL = "droptune_queue"
 
 
@@ -49,15 +50,18 @@ class Outcome(enum.Enum):
     DROPPED = "dropped"  # the study has ended (cancelled): nothing to give back
 
 
-def optuna_study_name(study_id: int) -> str:
-    return f"droptune-{study_id}"
+def optuna_study_name(study_id: int, name: str | None = None) -> str:
+    """The Optuna study's name, which the dashboard lists: the study's own name when it has one
+    (the id keeps it unique)."""
+    return f"{name} (droptune-{study_id})" if name else f"droptune-{study_id}"
 
 
 def _least(a: Any, b: Any) -> Any:
     return sa.case((a < b, a), else_=b)
 
 
-def _notify(conn: Connection) -> None:
+def notify(conn: Connection) -> None:
+    """Wake idle workers (PostgreSQL NOTIFY; SQLite workers poll)."""
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
 
@@ -86,11 +90,47 @@ def _for_dataset(conn: Connection, spec: StudySpec, owner: str) -> StudySpec:
         raise Invalid(f"{exc.field}: {exc.message}", field=exc.field) from exc
 
 
+def _check_test_dataset(conn: Connection, spec: StudySpec, owner: str) -> None:
+    """evaluation.test_dataset must be the owner's, of the same task and the same columns (or
+    image shape) as the data set searched, with no class the search never saw."""
+    field = "evaluation.test_dataset"
+    test_id = spec.evaluation.test_dataset
+    assert test_id is not None
+    test = datasets.for_study(conn, test_id, owner)
+    if test is None:
+        raise Invalid(f"{field}: data set {test_id} not found", field=field)
+    if spec.dataset.id is None:
+        raise Invalid(
+            f"{field}: a test data set needs an uploaded dataset.id with the same columns; "
+            "for a built-in data set use evaluation.holdout",
+            field=field,
+        )
+    train = datasets.for_study(conn, spec.dataset.id, owner)
+    assert train is not None  # checked by _for_dataset
+    columns = [(c.name, c.kind) for c in train.columns]
+    problem = None
+    if test.task != train.task:
+        problem = f"it is a {test.task} data set; dataset.id is {train.task}"
+    elif [(c.name, c.kind) for c in test.columns] != columns:
+        problem = "its columns (names, order or kinds) differ from dataset.id's"
+    elif (test.image_shape or None) != (train.image_shape or None) or (
+        test.features != train.features
+    ):
+        problem = "its feature shape differs from dataset.id's"
+    elif train.classes is not None and not set(test.classes or []) <= set(train.classes):
+        extra = sorted(set(test.classes or []) - set(train.classes))[:5]
+        problem = f"it has classes the search never sees: {extra}"
+    if problem:
+        raise Invalid(f"{field}: data set {test_id} does not fit: {problem}", field=field)
+
+
 def enqueue(engine: Engine, spec: StudySpec, owner: str) -> int:
     """Store a new study as `queued` and return its id."""
     with transaction(engine) as conn:
         if spec.dataset.id is not None:
             spec = _for_dataset(conn, spec, owner)
+        if spec.evaluation.test_dataset is not None:
+            _check_test_dataset(conn, spec, owner)
         study_id = conn.execute(
             studies.insert()
             .values(
@@ -103,15 +143,17 @@ def enqueue(engine: Engine, spec: StudySpec, owner: str) -> int:
                 max_retries=spec.search.max_retries,
                 max_failed=spec.search.max_failed,
                 dataset_id=spec.dataset.id,
+                refit_state="waiting" if spec.evaluation.refits else None,
+                test_dataset_id=spec.evaluation.test_dataset,
             )
             .returning(studies.c.id)
         ).scalar_one()
         conn.execute(
             studies.update()
             .where(studies.c.id == study_id)
-            .values(optuna_study=optuna_study_name(study_id))
+            .values(optuna_study=optuna_study_name(study_id, spec.name))
         )
-        _notify(conn)
+        notify(conn)
     return int(study_id)
 
 
@@ -229,7 +271,13 @@ def end_lease(engine: Engine, where: Any, outcome: Outcome, reason: str | None) 
         row = conn.execute(
             leases.delete()
             .where(where)
-            .returning(leases.c.study_id, leases.c.attempt, leases.c.params, leases.c.trial_number)
+            .returning(
+                leases.c.study_id,
+                leases.c.attempt,
+                leases.c.params,
+                leases.c.trial_number,
+                leases.c.kind,
+            )
         ).one_or_none()
         if row is None:
             return False
@@ -237,6 +285,11 @@ def end_lease(engine: Engine, where: Any, outcome: Outcome, reason: str | None) 
             sa.select(studies).where(studies.c.id == row.study_id).with_for_update()
         ).one()
         if study.status not in ACTIVE or outcome is Outcome.DROPPED:
+            return True
+        if row.kind == REFIT:
+            # Recovery ends a lost refit as RELEASED (no trial): its worker died in it, which
+            # counts an attempt (a refit that kills its worker must not loop for ever).
+            refit_back(conn, study, attempt=True, reason=reason)
             return True
         if outcome is Outcome.DONE:
             _count_done(conn, study)
@@ -246,9 +299,14 @@ def end_lease(engine: Engine, where: Any, outcome: Outcome, reason: str | None) 
 
 
 def _count_done(conn: Connection, study: sa.Row[Any]) -> None:
+    """Count a finished trial; the last one ends the search: the study succeeds, or its refit
+    becomes claimable (it succeeds when the refit is done)."""
     done = study.n_done + 1
     values: dict[str, Any] = {"n_done": done}
-    if done >= study.n_trials:
+    if done >= study.n_trials and study.refit_state == "waiting":
+        values["refit_state"] = "ready"
+        notify(conn)
+    elif done >= study.n_trials and study.refit_state is None:
         values |= {"status": "succeeded", "ended_at": db_now()}
     conn.execute(studies.update().where(studies.c.id == study.id).values(**values))
 
@@ -281,7 +339,22 @@ def _give_back(
                 f"(max_failed={study.max_failed}); last: {reason or 'unknown'}",
             }
     conn.execute(studies.update().where(studies.c.id == study.id).values(**values))
-    _notify(conn)
+    notify(conn)
+
+
+def refit_back(conn: Connection, study: sa.Row[Any], *, attempt: bool, reason: str | None) -> None:
+    """A refit lease ended without a result: the refit is claimable again, counting an attempt
+    when it failed; past max_retries attempts the study fails with the reason."""
+    attempts = study.refit_attempts + (1 if attempt else 0)
+    values: dict[str, Any] = {"refit_state": "ready", "refit_attempts": attempts}
+    if attempts > study.max_retries:
+        values |= {
+            "status": "failed",
+            "ended_at": db_now(),
+            "reason": f"the final refit failed {attempts} times; last: {reason or 'unknown'}",
+        }
+    conn.execute(studies.update().where(studies.c.id == study.id).values(**values))
+    notify(conn)
 
 
 def ended_status(engine: Engine, study_id: int) -> str | None:
@@ -335,7 +408,7 @@ def fail_study(engine: Engine, study_id: int, reason: str) -> bool:
     """End an active study as failed with `reason`; False if it had already ended."""
     with transaction(engine) as conn:
         ended = _close(conn, study_id, "failed", reason)
-        _notify(conn)
+        notify(conn)
     return ended
 
 

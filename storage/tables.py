@@ -34,6 +34,13 @@ studies = sa.Table(
     sa.Column("ended_at", sa.DateTime, nullable=True),
     # The uploaded data set it trains on (no foreign key: an ended study's answer outlives it).
     sa.Column("dataset_id", sa.Integer, nullable=True, index=True),
+    # The final refit (evaluation.holdout / test_dataset): NULL when the study has none, else
+    # waiting (the search runs) -> ready (claimable) -> running (leased) -> done. The study
+    # succeeds only when it is done; `refit_result` is the test score (schemas.TestScore).
+    sa.Column("refit_state", sa.String(16), nullable=True),
+    sa.Column("refit_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("refit_result", sa.JSON, nullable=True),
+    sa.Column("test_dataset_id", sa.Integer, nullable=True, index=True),  # evaluation's
     sa.Index("ix_droptune_studies_queue", "status", "priority", "id"),
     sqlite_autoincrement=True,
 )
@@ -54,6 +61,8 @@ leases = sa.Table(
     sa.Column("params", sa.JSON, nullable=True),
     sa.Column("claimed_at", sa.DateTime, nullable=False, server_default=db_now()),
     sa.Column("heartbeat_at", sa.DateTime, nullable=False, server_default=db_now()),
+    # "trial": a trial slot; "refit": the study's final refit (no trial, no slot)
+    sa.Column("kind", sa.String(16), nullable=False, server_default="trial"),
     sqlite_autoincrement=True,
 )
 
@@ -122,4 +131,22 @@ dataset_chunks = sa.Table(
     ),
     sa.Column("seq", sa.Integer, primary_key=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+# The refit's models, as downloaded by GET /studies/{id}/model: a torch.export program (.pt2)
+# with its metadata and any non-numeric preprocessing inside it (worker/export.py).
+models = sa.Table(
+    "droptune_models",
+    metadata,
+    sa.Column(
+        "study_id",
+        sa.Integer,
+        sa.ForeignKey("droptune_studies.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("role", sa.String(16), primary_key=True),  # "recommended" | "best"
+    sa.Column("dropout", sa.Float, nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("file", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
 )

@@ -53,7 +53,7 @@ def test_submit_fills_defaults_and_lists(api: TestClient) -> None:
     assert r.headers["location"] == f"/studies/{body['id']}"
     assert body["status"] == "queued"
     assert body["spec"]["model"] == {"kind": "mlp", "hidden": [256, 256]}  # no CNN channels
-    assert body["spec"]["cv"] == {"folds": 5, "metric": "accuracy", "seed": 0}
+    assert body["spec"]["cv"] == {"folds": 5, "metric": "accuracy", "seed": 0, "repeats": 1}
     assert body["progress"] == {
         "n_trials": 4,
         "complete": 0,
@@ -61,6 +61,7 @@ def test_submit_fills_defaults_and_lists(api: TestClient) -> None:
         "failed": 0,
         "interrupted": 0,
         "running": 0,
+        "refit": "waiting",  # digits holds out 20% of its rows by default
     }
     assert api.get(f"/studies/{body['id']}").json()["id"] == body["id"]
     api.post("/studies", json=OK)
@@ -173,9 +174,14 @@ def test_bad_dataset_is_rejected(
 
 
 def test_folds_are_bounded_by_the_smallest_class_only(api: TestClient) -> None:
+    none = {"holdout": 0}
     r = api.post("/studies", json={"dataset": {"builtin": "digits"}, "cv": {"folds": 174}})
+    assert r.status_code == 422 and "(139 after evaluation.holdout 0.2" in r.json()["detail"]
+    study = {"dataset": {"builtin": "digits"}, "cv": {"folds": 174}, "evaluation": none}
+    r = api.post("/studies", json=study)
     assert r.status_code == 201, r.text
-    r = api.post("/studies", json={"dataset": {"builtin": "digits"}, "cv": {"folds": 175}})
+    study["cv"] = {"folds": 175}
+    r = api.post("/studies", json=study)
     assert r.status_code == 422 and "(174)" in r.json()["detail"]
 
 

@@ -21,9 +21,11 @@ from optuna.storages import RDBStorage
 from sqlalchemy.engine import Engine
 
 from droptune.storage import queue
+from droptune.storage.dashboard_answer import publish_answer
 from droptune.storage.errors import StorageError
 from droptune.storage.lifecycle import NO_TRIAL, Why, fail_trial, settle
 from droptune.storage.queue import Claim, Lease
+from droptune.storage.reads import Reader
 from droptune.storage.spec import StudySpec
 from droptune.worker.data import FoldData
 from droptune.worker.engine import TrainConfig, TrialResult, train_trials
@@ -53,6 +55,17 @@ class BatchContext:
     on_current: Callable[[int | None, list[int]], None] = lambda _s, _t: None
 
 
+def publish(ctx: BatchContext, study_id: int) -> None:
+    """Write the study's answer so far into its Optuna study for the dashboard (the note, the
+    curve, the answer's attributes). Never raises: the dashboard's copy is not the answer."""
+    try:
+        name, curve, best = Reader(ctx.engine, ctx.optuna).for_dashboard(study_id)
+    except Exception as exc:
+        log.warning("study %s: could not read its answer for the dashboard: %s", study_id, exc)
+        return
+    publish_answer(ctx.optuna, name, curve, best)
+
+
 class Interrupted(Exception):
     """The whole batch stops at an epoch boundary: its study ended, or the worker is stopping."""
 
@@ -74,6 +87,7 @@ class BatchRunner:
     def __init__(self, ctx: BatchContext, hb: LeaseHeartbeat) -> None:
         self.ctx = ctx
         self.hb = hb
+        self._split_sizes: list[float] = []
 
     def run(self, claim: Claim, load_data: Callable[[], FoldData]) -> None:
         """Train a claimed batch; every lease ends (or is left to recovery) whatever happens.
@@ -119,6 +133,7 @@ class BatchRunner:
             self.hb.hold(set())
             ctx.on_current(None, [])
             self.hb.beat()  # /workers shows the worker idle now, not at the next beat
+            publish(ctx, claim.study_id)
 
     def _settle(
         self,
@@ -156,6 +171,10 @@ class BatchRunner:
         rates = [suggest(m.trial, spec) for m in members]
         if not members:
             return []
+        self._split_sizes = [
+            round(float(np.mean(data.train_len_host)), 1),
+            round(float(np.mean(data.val_len_host)), 1),
+        ]
         return train_trials(data, model_config(spec), cfg, rates, self.ctx.device, on_epoch)
 
     def _open(self, claim: Claim, members: list[_Member], created: dict[int, int]) -> None:
@@ -245,6 +264,7 @@ class BatchRunner:
         attrs: dict[str, object] = {
             "epochs": r.epochs_run,
             "train_seconds": round(r.train_seconds, 4),
+            "split_sizes": self._split_sizes,  # the paired test's n_train, n_test
         }
         if finite:
             attrs |= {

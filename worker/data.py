@@ -8,13 +8,13 @@ rows only: StandardScaler unless the Dataset brings its own (worker.preprocess f
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn import datasets as skdatasets
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from droptune.storage import catalogue
@@ -116,20 +116,50 @@ def load_dataset(name: str, options: Options | None = None) -> Dataset:
     return dataset_from_arrays(X, y)
 
 
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The shuffle seed of repeat r: the seed itself for the first (so repeats=1 is plain K-fold
+    with `seed`), distinct reproducible seeds after it."""
+    return seed if repeat == 0 else (seed * 1_000_003 + repeat * 7_919) % 2**32
+
+
 def make_folds(
-    y: np.ndarray, k: int, seed: int, task: str = "classification"
+    y: np.ndarray, k: int, seed: int, task: str = "classification", repeats: int = 1
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """K-fold (train_idx, val_idx) pairs, a pure function of (y, k, seed, task): stratified by
-    class for classification, shuffled (seeded) for regression."""
-    placeholder = np.zeros((len(y), 1), dtype=np.float32)
-    if task == "classification":
-        skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-        splits = skf.split(placeholder, y)
-    elif task == "regression":
-        splits = KFold(n_splits=k, shuffle=True, random_state=seed).split(placeholder)
-    else:
+    """R x K (train_idx, val_idx) pairs, a pure function of (y, k, seed, task, repeats):
+    stratified by class for classification, shuffled (seeded) for regression; repeat r reshuffles
+    with repeat_seed(seed, r) (as RepeatedStratifiedKFold does, but with repeat 0 equal to plain
+    K-fold, so a study's folds do not change when repeats are added)."""
+    if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    return [(tr.astype(np.int64), va.astype(np.int64)) for tr, va in splits]
+    placeholder = np.zeros((len(y), 1), dtype=np.float32)
+    out = []
+    for r in range(repeats):
+        rs = repeat_seed(seed, r)
+        if task == "classification":
+            splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=rs).split(
+                placeholder, y
+            )
+        else:
+            splits = KFold(n_splits=k, shuffle=True, random_state=rs).split(placeholder)
+        out += [(tr.astype(np.int64), va.astype(np.int64)) for tr, va in splits]
+    return out
+
+
+def holdout_split(
+    y: np.ndarray, fraction: float, seed: int, task: str = "classification"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(search rows, held-out rows): scikit-learn's train_test_split of the row numbers with
+    test_size=fraction and random_state=seed, stratified by class for classification. The README
+    shows this line so a user can find the held-out rows again."""
+    rows = np.arange(len(y))
+    stratify = y if task == "classification" else None
+    train, test = train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
+    return np.sort(train).astype(np.int64), np.sort(test).astype(np.int64)
+
+
+def subset(ds: Dataset, rows: np.ndarray) -> Dataset:
+    """The data set restricted to `rows` (labels keep their codes)."""
+    return replace(ds, X=_rows(ds.X, rows), y=ds.y[rows])
 
 
 @dataclass
@@ -185,8 +215,9 @@ def _rows(X: Any, idx: np.ndarray) -> Any:
     return X.iloc[idx] if hasattr(X, "iloc") else X[idx]
 
 
-def _fold_features(ds: Dataset, X: Any, train: np.ndarray) -> np.ndarray:
-    """All rows of X through a fresh transformer fitted on the training rows only: float64."""
+def _fold_features(ds: Dataset, X: Any, train: np.ndarray) -> tuple[np.ndarray, Any]:
+    """All rows of X through a fresh transformer fitted on the training rows only (float64),
+    and that transformer."""
     transformer = ds.preprocess() if ds.preprocess is not None else StandardScaler()
     transformer.fit(_rows(X, train))
     z = transformer.transform(X)
@@ -200,7 +231,7 @@ def _fold_features(ds: Dataset, X: Any, train: np.ndarray) -> np.ndarray:
             "preprocessing left missing or infinite values: missing values need an imputing "
             "transformer (worker.preprocess.tabular_preprocessor)"
         )
-    return z
+    return z, transformer
 
 
 def _standardised_targets(
@@ -218,7 +249,9 @@ def _standardised_targets(
     return out, shift, scale
 
 
-def prepare_folds(ds: Dataset, k: int, seed: int, device: torch.device | str = "cpu") -> FoldData:
+def prepare_folds(
+    ds: Dataset, k: int, seed: int, device: torch.device | str = "cpu", repeats: int = 1
+) -> FoldData:
     """Split, preprocess per fold with a transformer fitted on the training part only (targets
     too, for regression), and move everything to device.
 
@@ -227,12 +260,22 @@ def prepare_folds(ds: Dataset, k: int, seed: int, device: torch.device | str = "
     Each member has its own weights and sees only its own fold's columns, so column j need not
     mean the same on two folds, and a padding column (always 0) never changes an output.
     """
-    folds = make_folds(ds.y, k, seed, ds.task)
+    return fold_data(ds, make_folds(ds.y, k, seed, ds.task, repeats), device)[0]
+
+
+def fold_data(
+    ds: Dataset, folds: list[tuple[np.ndarray, np.ndarray]], device: torch.device | str = "cpu"
+) -> tuple[FoldData, list[Any]]:
+    """FoldData for explicit (train, val) splits, with the transformer fitted on each split's
+    training rows (a refit's one split is every training row against the held-out ones)."""
+    k = len(folds)
+    transformers = []
     # fit in float64, store float32; a DataFrame goes to the transformer as it is
     X = ds.X if hasattr(ds.X, "iloc") else np.asarray(ds.X, dtype=np.float64)
     X_std = np.zeros((k, len(ds.y), 0), dtype=np.float32)
     for i, (tr, _) in enumerate(folds):
-        z = _fold_features(ds, X, tr)
+        z, fitted = _fold_features(ds, X, tr)
+        transformers.append(fitted)
         if z.shape[1] > X_std.shape[2]:  # the first fold, or one wider than all before it
             X_std = np.pad(X_std, ((0, 0), (0, 0), (0, z.shape[1] - X_std.shape[2])))
         X_std[i, :, : z.shape[1]] = z
@@ -250,7 +293,7 @@ def prepare_folds(ds: Dataset, k: int, seed: int, device: torch.device | str = "
         y = torch.from_numpy(ds.y.astype(np.int64)).to(dev)
     tr_len = tuple(len(tr) for tr, _ in folds)
     va_len = tuple(len(va) for _, va in folds)
-    return FoldData(
+    data = FoldData(
         X_std=torch.from_numpy(X_std).to(dev),
         y=y,
         train_idx=torch.from_numpy(_pad([tr for tr, _ in folds])).to(dev),
@@ -265,3 +308,4 @@ def prepare_folds(ds: Dataset, k: int, seed: int, device: torch.device | str = "
         y_shift=shift,
         y_scale=scale,
     )
+    return data, transformers

@@ -18,7 +18,8 @@ from sqlalchemy.engine import Engine
 
 from droptune.storage import datafile, datasets
 from droptune.storage.schemas import DataSummary
-from droptune.worker.data import Dataset
+from droptune.storage.spec import DatasetSpec, StudySpec
+from droptune.worker.data import Dataset, holdout_split, load_dataset, subset
 from droptune.worker.preprocess import tabular_preprocessor
 
 log = logging.getLogger("droptune.worker")
@@ -126,3 +127,27 @@ def load_uploaded(files: FileCache, dataset_id: int) -> Dataset:
         task=task,
         preprocess=lambda: tabular_preprocessor(numeric, categorical, missing),
     )
+
+
+def load_named(files: FileCache, spec: DatasetSpec) -> Dataset:
+    """The whole data set a spec names: uploaded (through the cache) or built in."""
+    if spec.id is not None:
+        return load_uploaded(files, spec.id)
+    assert spec.builtin is not None
+    options = spec.synthetic_options() if spec.builtin == "synthetic" else {}
+    return load_dataset(spec.builtin, dict(options))
+
+
+def search_rows(ds: Dataset, spec: StudySpec) -> tuple[np.ndarray, np.ndarray]:
+    """(rows the search cross-validates, held-out rows) of the data set a spec names."""
+    h = spec.evaluation.holdout or 0.0
+    if not h:
+        return np.arange(len(ds.y)), np.zeros(0, dtype=np.int64)
+    return holdout_split(ds.y, h, spec.cv.seed, ds.task)
+
+
+def load_for_search(files: FileCache, spec: StudySpec) -> Dataset:
+    """The rows a study's trials cross-validate: its data set less the held-out rows."""
+    ds = load_named(files, spec.dataset)
+    train, held = search_rows(ds, spec)
+    return subset(ds, train) if len(held) else ds

@@ -302,9 +302,26 @@ def train_trials(
     bf16 autocast was tried and stopped learning (log loss 1.94 vs 0.12 after 5 epochs on an
     H100), so it is not offered.
     """
+    if not trials:
+        check_metric(cfg.metric, data.task)
+        return []
+    return fit(data, model, cfg, trials, device, on_epoch, compile_model=compile_model)[0]
+
+
+def fit(
+    data: FoldData,
+    model: MLPConfig | CNNConfig,
+    cfg: TrainConfig,
+    trials: Sequence[TrialRates],
+    device: torch.device | str | None = None,
+    on_epoch: OnEpoch | None = None,
+    *,
+    compile_model: bool = False,
+) -> tuple[list[TrialResult], StackedRun]:
+    """train_trials, returning the trained run too (the refit exports its members)."""
     check_metric(cfg.metric, data.task)
     if not trials:
-        return []
+        raise ValueError("fit needs at least one trial")
     _check_device(data, device)
     setup_device(data.device)
     t0 = time.perf_counter()
@@ -329,4 +346,4 @@ def train_trials(
     now = time.perf_counter() - t0
     for t in run.active:
         results[t] = TrialResult(last[t].tolist(), cfg.epochs, False, now)
-    return [r for r in results if r is not None]
+    return [r for r in results if r is not None], run

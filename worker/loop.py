@@ -15,7 +15,7 @@ from types import FrameType
 
 import torch
 
-from droptune.storage import queue, registry
+from droptune.storage import queue, refits, registry
 from droptune.storage.db import create_engine, is_outage
 from droptune.storage.errors import StorageError
 from droptune.storage.lifecycle import NO_TRIAL, Why, settle
@@ -24,9 +24,10 @@ from droptune.storage.optuna_bridge import ensure_study, optuna_storage
 from droptune.storage.recovery import recover_stale
 from droptune.storage.spec import StudySpec
 from droptune.worker.batch import BatchContext, BatchRunner, model_config
-from droptune.worker.data import FoldData, load_dataset, prepare_folds
-from droptune.worker.datasets import FileCache, load_uploaded
+from droptune.worker.data import FoldData, prepare_folds
+from droptune.worker.datasets import FileCache, load_for_search
 from droptune.worker.heartbeat import LeaseHeartbeat
+from droptune.worker.refit import RefitRunner
 from droptune.worker.settings import WorkerSettings
 from droptune.worker.sizing import auto_batch_trials
 
@@ -62,18 +63,14 @@ class _DataCache:
     hits: int = field(default=0)
 
     def get(self, spec: StudySpec, device: torch.device) -> FoldData:
-        key = f"{spec.dataset.model_dump_json()}|{spec.cv.folds}|{spec.cv.seed}|{device}"
+        cv, holdout = spec.cv, spec.evaluation.holdout or 0.0
+        key = (
+            f"{spec.dataset.model_dump_json()}|{cv.folds}|{cv.repeats}|{cv.seed}|{holdout}|{device}"
+        )
         if key != self.key or self.data is None:
             self.data = None  # free the last study's folds before building these
-            if spec.dataset.id is not None:
-                ds = load_uploaded(self.files, spec.dataset.id)
-            else:
-                assert spec.dataset.builtin is not None
-                options = (
-                    spec.dataset.synthetic_options() if spec.dataset.builtin == "synthetic" else {}
-                )
-                ds = load_dataset(spec.dataset.builtin, dict(options))
-            self.data = prepare_folds(ds, spec.cv.folds, spec.cv.seed, device)
+            ds = load_for_search(self.files, spec)
+            self.data = prepare_folds(ds, cv.folds, cv.seed, device, cv.repeats)
             self.key = key
         return self.data
 
@@ -119,6 +116,7 @@ class Worker:
             self.engine, self.optuna, self.device, self.id, self._stop, self.set_current
         )
         runner = BatchRunner(ctx, hb)
+        self._refitter = RefitRunner(ctx, hb, self._cache.files)
         try:
             with hb:
                 while not self.stopping:
@@ -149,11 +147,12 @@ class Worker:
             self._maybe_recover()
             if self.stopping:  # a signal came during recovery: claim nothing more
                 return True
-            nxt = queue.peek(self.engine)
+            refit = refits.claim(self.engine, self.id)  # a study's last step goes first
+            nxt = None if refit else queue.peek(self.engine)
             self._bugs = 0  # recovery and the peek went through
-            if nxt is None:
+            if refit is None and nxt is None:
                 return False  # nothing to do: idle
-            claim = self._claim(*nxt)
+            claim = None if nxt is None else self._claim(*nxt)
         except Exception as exc:
             if is_outage(exc):
                 log.warning("database unavailable (%s); retrying", exc)
@@ -167,6 +166,9 @@ class Worker:
                 raise
             log.exception("worker %s: recovery or claim failed; retrying", self.id)
             time.sleep(1.0)
+            return True
+        if refit is not None:
+            self._refitter.run(refit)  # ends its lease whatever happens (or leaves it stale)
             return True
         if claim is None:
             if not self.stopping:
