@@ -132,3 +132,19 @@ def test_a_table_ships_its_column_transformer_inside_the_file() -> None:
     with torch.no_grad():
         got = loaded(z).double().numpy()
     np.testing.assert_allclose(got, predictions(run, data)[0], atol=1e-4)
+
+
+def test_pruning_spares_a_trial_level_with_the_finished_ones() -> None:
+    from optuna.trial import create_trial
+
+    from droptune.worker.batch import level_with, median_at
+
+    done = [create_trial(value=v, intermediate_values={3: v}) for v in (0.95, 0.96, 0.97)]
+    assert median_at(done, 3) == 0.96 and median_at(done, 4) is None
+    close = np.array([0.96, 0.955, 0.965, 0.95, 0.962])  # mean 0.9584, SE 0.0027
+    far = close - 0.05
+    assert level_with(close, 0.96, maximize=True)
+    assert not level_with(far, 0.96, maximize=True)
+    assert level_with(far, 0.96, maximize=False)  # a loss: lower is better
+    assert not level_with(close, None, maximize=True)  # nothing finished yet: the pruner decides
+    assert not level_with(np.array([0.9]), 0.96, maximize=True)  # one split: no standard error

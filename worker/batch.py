@@ -18,6 +18,7 @@ import sqlalchemy as sa
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import Engine
 
 from droptune.storage import queue
@@ -66,6 +67,23 @@ def publish(ctx: BatchContext, study_id: int) -> None:
     publish_answer(ctx.optuna, name, curve, best)
 
 
+def median_at(trials: Iterable[FrozenTrial], step: int) -> float | None:
+    """The median of the trials' reported scores at `step` (None when none reported one)."""
+    values = [t.intermediate_values[step] for t in trials if step in t.intermediate_values]
+    return float(np.median(values)) if values else None
+
+
+def level_with(folds: np.ndarray, reference: float | None, maximize: bool) -> bool:
+    """Whether the mean of these split scores is no worse than `reference` by more than their
+    standard error (std / sqrt(J), ddof = 1)."""
+    if reference is None or len(folds) < 2 or not np.isfinite(folds).all():
+        return False
+    se = float(np.std(folds, ddof=1)) / float(np.sqrt(len(folds)))
+    mean = float(np.mean(folds))
+    gap = reference - mean if maximize else mean - reference
+    return gap <= se
+
+
 class Interrupted(Exception):
     """The whole batch stops at an epoch boundary: its study ended, or the worker is stopping."""
 
@@ -88,6 +106,7 @@ class BatchRunner:
         self.ctx = ctx
         self.hb = hb
         self._split_sizes: list[float] = []
+        self._medians: dict[int, float | None] = {}  # this batch's epoch -> median finished score
 
     def run(self, claim: Claim, load_data: Callable[[], FoldData]) -> None:
         """Train a claimed batch; every lease ends (or is left to recovery) whatever happens.
@@ -171,6 +190,7 @@ class BatchRunner:
         rates = [suggest(m.trial, spec) for m in members]
         if not members:
             return []
+        self._medians = {}
         self._split_sizes = [
             round(float(np.mean(data.train_len_host)), 1),
             round(float(np.mean(data.val_len_host)), 1),
@@ -232,10 +252,25 @@ class BatchRunner:
                 self._lose(m, "finished elsewhere while training")
                 stop.append(i)
                 continue
+            if prune and self._level_with_finished(m.trial, epoch, scores[row], claim.spec):
+                prune = False
             if prune:
                 m.pruned = True
                 stop.append(i)
         return stop
+
+    def _level_with_finished(
+        self, trial: optuna.Trial, epoch: int, folds: np.ndarray, spec: StudySpec
+    ) -> bool:
+        """Whether a trial the pruner would stop is within one standard error (of its own split
+        scores this epoch) of the median COMPLETE trial at this epoch. Median pruning stops
+        about half of the trials even when their scores are all but equal (a digits study lost
+        rates scoring 0.9770 ± 0.0018 at epoch 19 of 20, level with the best): such a trial is
+        kept, since the data cannot tell it from the trials that finished."""
+        if epoch not in self._medians:  # one read per epoch for the whole batch
+            done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            self._medians[epoch] = median_at(done, epoch)
+        return level_with(folds, self._medians[epoch], spec.cv.direction == "maximize")
 
     def _ended_status(self, study_id: int) -> str | None:
         """The study's status if it has ended (a cancel), read at every epoch: one primary-key
