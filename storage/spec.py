@@ -17,7 +17,7 @@ from pydantic import (
 
 from droptune.storage import catalogue
 
-DEFAULT_DROPOUT_HIGH = 0.9  # re-measured for the honest-answer issue: see docs/architecture.md
+DEFAULT_DROPOUT_HIGH = 0.9  # re-measured: bench/results/range.md
 DEFAULT_SAMPLER: Literal["tpe", "gp", "random", "grid"] = "tpe"
 HOLDOUT_MIN_ROWS = 500  # data sets this large hold out DEFAULT_HOLDOUT of their rows by default
 DEFAULT_HOLDOUT = 0.2

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from typing import Any
 
 import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -22,10 +24,57 @@ class _Grid(optuna.samplers.GridSampler):
         return None
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+def search_seed(spec: StudySpec) -> int:
+    """The seed of the search: `search.seed`, else `cv.seed`."""
+    return spec.search.seed if spec.search.seed is not None else spec.cv.seed
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 32-bit seed that is a pure function of (seed, keys), one independent stream per key."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+class TrialSeededRandom(optuna.samplers.RandomSampler):
+    """Uniform draws where trial n's value of a parameter depends only on (seed, n, name).
+
+    A sampler is built anew for every batch, and several workers create trials in any order:
+    keyed by trial number, the draws neither repeat from batch to batch nor depend on which
+    worker created which trial.
+    """
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self._seed = seed
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        key = derive_seed(self._seed, trial.number, zlib.crc32(param_name.encode()))
+        draw = optuna.samplers.RandomSampler(seed=key)
+        return draw.sample_independent(study, trial, param_name, param_distribution)
+
+
+def n_startup_trials(spec: StudySpec) -> int:
+    return min(10, max(2, spec.search.n_trials // 4))
+
+
+def make_sampler(spec: StudySpec, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler for one batch, seeded from `search_seed(spec)`.
+
+    random and grid depend on (seed, trial number) only. TPE and GP start with the same
+    per-trial random draws; after that their own generator is seeded from (seed,
+    trials_so_far), so a fresh sampler per batch does not replay the last batch's draws and the
+    search stays a pure function of the spec and the study's history.
+    """
     s = spec.search
+    seed = search_seed(spec)
+    startup = TrialSeededRandom(seed)
     if s.sampler == "random":
-        return optuna.samplers.RandomSampler()
+        return startup
     if s.sampler == "grid":
         grid = np.linspace(s.dropout_low, s.dropout_high, s.n_trials).round(6).tolist()
         space: dict[str, Any] = {name: grid for name in spec.param_names()}
@@ -33,9 +82,21 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
             space["input_dropout"] = (
                 np.linspace(s.input_dropout_low, s.input_dropout_high, s.n_trials).round(6).tolist()
             )
-        return _Grid(space)
+        # Trial n < grid size takes point n of the grid shuffled by `seed`.
+        return _Grid(space, seed=seed)
+    batch_seed = derive_seed(seed, trials_so_far)
+    if s.sampler == "gp":
+        # qLogEI over the RUNNING trials' parameters keeps a batch's rates apart.
+        return optuna.samplers.GPSampler(
+            seed=batch_seed,
+            independent_sampler=startup,
+            n_startup_trials=n_startup_trials(spec),
+            warn_independent_sampling=False,
+        )
     # TPE with the constant liar (Optuna's default) keeps a batch's rates apart.
-    return optuna.samplers.TPESampler(n_startup_trials=min(10, max(2, s.n_trials // 4)))
+    tpe = optuna.samplers.TPESampler(n_startup_trials=n_startup_trials(spec), seed=batch_seed)
+    tpe._random_sampler = startup  # its startup draws: the same per-trial ones as random's
+    return tpe
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -48,8 +109,13 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 
 def open_study(storage: RDBStorage, name: str, spec: StudySpec) -> optuna.Study:
+    """The study with a sampler built for this batch (see make_sampler)."""
+    so_far = storage.get_n_trials(storage.get_study_id_from_name(name))
     return optuna.load_study(
-        study_name=name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec)
+        study_name=name,
+        storage=storage,
+        sampler=make_sampler(spec, so_far),
+        pruner=make_pruner(spec),
     )
 
 
