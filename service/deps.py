@@ -1,4 +1,6 @@
-"""Dependencies: the caller's owner, the database, the reader — one place each."""
+"""Dependencies: the caller's owner, the database, the reader — one place each.
+
+Async: a plain `def` dependency costs a thread-pool hop per request (they only read app state)."""
 
 from __future__ import annotations
 
@@ -13,22 +15,22 @@ from droptune.storage.reads import Reader
 LOCAL_OWNER = "local"
 
 
-def get_owner() -> str:
+async def get_owner() -> str:
     """The caller. Today every caller is the anonymous local owner; bearer tokens replace this."""
     return LOCAL_OWNER
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_reader(request: Request) -> Reader:
+async def get_reader(request: Request) -> Reader:
     reader: Reader = request.app.state.reader
     return reader
 
 
-def get_settings(request: Request) -> ServiceSettings:
+async def get_settings(request: Request) -> ServiceSettings:
     settings: ServiceSettings = request.app.state.settings
     return settings
 

@@ -41,6 +41,14 @@ studies = sa.Table(
     sa.Column("refit_attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("refit_result", sa.JSON, nullable=True),
     sa.Column("test_dataset_id", sa.Integer, nullable=True, index=True),  # evaluation's
+    # The answer computed from the trials (storage/answer_cache.py): `answer` is BestOut's
+    # trial-dependent part, `answer_p` each COMPLETE trial's p_vs_best by number, and
+    # `answer_trials` how many finished trials they were computed from (NULL: never computed).
+    # A read uses them while that count is the study's current one; a writer only replaces
+    # them with an answer from more finished trials.
+    sa.Column("answer", sa.JSON, nullable=True),
+    sa.Column("answer_p", sa.JSON, nullable=True),
+    sa.Column("answer_trials", sa.Integer, nullable=True),
     sa.Index("ix_droptune_studies_queue", "status", "priority", "id"),
     sqlite_autoincrement=True,
 )

@@ -251,11 +251,9 @@ def test_a_bug_in_a_storage_read_is_a_500_problem_without_internals(
     assert logged and "GET /studies" in logged[0].getMessage()
 
 
-def test_optuna_storage_failing_under_the_api_is_a_503_problem(
-    api: TestClient, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A real RDBStorage whose database went away raises StorageInternalError (its cause an
-    OperationalError naming host and port): 503, and the body names neither."""
+def test_reads_do_not_need_optunas_storage(api: TestClient) -> None:
+    """The API's reads come from droptune's tables and SQL over Optuna's (storage.reads): an
+    Optuna storage whose database went away does not break them."""
     r = api.post("/studies", json={"dataset": {"builtin": "digits"}, "search": {"n_trials": 2}})
     assert r.status_code == 201, r.text
     optuna = api.app.state.optuna_read  # type: ignore[attr-defined]
@@ -263,17 +261,9 @@ def test_optuna_storage_failing_under_the_api_is_a_503_problem(
     optuna.engine.dispose()
     optuna.engine = gone
     optuna.scoped_session = orm.scoped_session(orm.sessionmaker(bind=gone))
-    with caplog.at_level(logging.WARNING, "droptune.api"):
-        r = api.get(f"/studies/{r.json()['id']}")
-    assert r.status_code == 503 and r.headers["content-type"] == PROBLEM, r.text
-    body = r.json()
-    assert (body["title"], body["status"], body["detail"]) == (
-        "Storage unavailable",
-        503,
-        UNREACHABLE,
-    )
-    assert_clean(body)
-    assert "port 1" in caplog.text
+    for path in ("", "/best", "/trials", "/curve"):
+        got = api.get(f"/studies/{r.json()['id']}{path}")
+        assert got.status_code == 200, (path, got.text)
 
 
 def test_a_bare_storage_internal_error_is_a_503_problem(
