@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
 
 import httpx
+from httpx_sse import SSEError, connect_sse
 
 from droptune.storage.curve import Curve
 from droptune.storage.schemas import (
@@ -23,6 +27,7 @@ from droptune.storage.schemas import (
 from droptune.storage.spec import StudySpec
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+TRIALS_PAGE = 1000  # the largest page GET /studies/{id}/trials serves: fewest round trips
 
 
 class ClientError(Exception):
@@ -43,6 +48,16 @@ class ClientError(Exception):
         self.status = status
         self.detail = detail if detail is not None else message
         self.errors = errors or []
+
+
+@dataclass(frozen=True)
+class StudyEvent:
+    """One server-sent event of a study (`Client.events`)."""
+
+    kind: str  # "progress" (data: the study's id, status, progress, best) | "end" (its status)
+    id: str | None  # give it back as `last_event_id` to resume after this event
+    data: dict[str, Any]
+    retry: float | None  # seconds the server asks a client to wait before reconnecting
 
 
 def _problem(r: httpx.Response) -> tuple[str, list[dict[str, str]]]:
@@ -89,7 +104,8 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> Any:
+    def _send(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> Any:
+        """One request; a refusal (>= 400) or an unreachable API raises ClientError."""
         if timeout is not None:
             kw["timeout"] = timeout
         try:
@@ -103,6 +119,10 @@ class Client:
         if r.status_code >= 400:
             detail, errors = _problem(r)
             raise ClientError(f"{r.status_code}: {detail}", r.status_code, detail, errors)
+        return r
+
+    def _call(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> Any:
+        r = self._send(method, path, timeout=timeout, **kw)
         if r.status_code == 204:
             return None
         try:
@@ -135,19 +155,48 @@ class Client:
             )
         )
 
+    def events(
+        self, study_id: int, last_event_id: str | None = None, *, idle_timeout: float = 60.0
+    ) -> Iterator[StudyEvent]:
+        """The study's server-sent events, until `end` or until the server closes the stream.
+        With `last_event_id` the stream resumes after that event: none is repeated (nothing
+        comes until the next change, when nothing changed since; nothing at all past `end`).
+
+        Raises ClientError: refused (with its status), unreachable or dropped (no status), no
+        byte for `idle_timeout` seconds (the server sends a keep-alive every 15 s; no status),
+        or an answer that is not an event stream (an older server or a proxy; its status).
+        Reconnecting is the caller's choice."""
+        path = f"/studies/{study_id}/events"
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        timeout = httpx.Timeout(self._http.timeout.connect, read=idle_timeout)
+        retry = None
+        status = None
+        try:
+            with connect_sse(self._http, "GET", path, headers=headers, timeout=timeout) as source:
+                r = source.response
+                self.last_status = status = r.status_code
+                if r.status_code >= 400:
+                    r.read()
+                    detail, errors = _problem(r)
+                    raise ClientError(f"{r.status_code}: {detail}", r.status_code, detail, errors)
+                if r.status_code == 204:  # resumed past `end`
+                    return
+                for sse in source.iter_sse():
+                    retry = sse.retry / 1000 if sse.retry is not None else retry
+                    if sse.data:  # a bare `retry:` carries none
+                        yield StudyEvent(sse.event, sse.id or None, json.loads(sse.data), retry)
+        except (SSEError, ValueError) as exc:  # SSEError first: it is an httpx.TransportError
+            raise ClientError(
+                f"{self.base_url}{path} is not a droptune event stream ({exc}): an older "
+                "server, or a proxy in between?",
+                status,
+            ) from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise ClientError(f"study {study_id}'s events from {self.base_url}: {exc}") from exc
+
     def _raw(self, path: str, **params: Any) -> httpx.Response:
         """A GET whose answer is not JSON (a file, a picture), with the same errors as _call."""
-        try:
-            r = self._http.get(path, params=params)
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise ClientError(
-                f"cannot reach droptune at {self.base_url}: {exc} (start it with `droptune up`, "
-                "or point --url / DROPTUNE_URL at a running one)"
-            ) from exc
-        self.last_status = r.status_code
-        if r.status_code >= 400:
-            detail, errors = _problem(r)
-            raise ClientError(f"{r.status_code}: {detail}", r.status_code, detail, errors)
+        r: httpx.Response = self._send("GET", path, params=params)
         return r
 
     def download_model(
@@ -162,10 +211,22 @@ class Client:
         out.write_bytes(r.content)
         return out
 
-    def trials(self, study_id: int) -> builtins.list[TrialOut]:
-        return [
-            TrialOut.model_validate(t) for t in self._call("GET", f"/studies/{study_id}/trials")
-        ]
+    def trials(
+        self, study_id: int, offset: int = 0, limit: int | None = None
+    ) -> builtins.list[TrialOut]:
+        """The study's trials by number: `limit` of them from `offset`, or (None) every one from
+        `offset`, fetched a page of TRIALS_PAGE at a time."""
+        path = f"/studies/{study_id}/trials"
+        if limit is not None:
+            page = self._call("GET", path, params={"offset": offset, "limit": limit})
+            return [TrialOut.model_validate(t) for t in page]
+        out: builtins.list[TrialOut] = []
+        while True:
+            page = self._call("GET", path, params={"offset": offset, "limit": TRIALS_PAGE})
+            out += [TrialOut.model_validate(t) for t in page]
+            if len(page) < TRIALS_PAGE:
+                return out
+            offset += len(page)
 
     @overload
     def curve(self, study_id: int, format: Literal["json"] = "json") -> Curve: ...

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -13,11 +12,12 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from droptune.client import cli_model, cli_report, launch
-from droptune.client.api import DEFAULT_URL, Client, ClientError
+from droptune.client import cli_follow, cli_model, cli_report, launch
+from droptune.client.answer_text import answer_lines
+from droptune.client.api import DEFAULT_URL, ClientError
 from droptune.client.cli_common import DbOpt, JsonOpt, UrlOpt, ask, client, fail, one_line_errors
 from droptune.client.cli_datasets import dataset_app, dataset_line, reused
-from droptune.storage.schemas import ENDED, BestOut, StudyOut, TestPoint
+from droptune.storage.schemas import StudyOut
 
 app = typer.Typer(
     add_completion=False,
@@ -260,44 +260,8 @@ def _show(study: StudyOut) -> str:
     if study.reason:
         line += f"\n  reason: {study.reason}"
     if study.best and study.best.score:
-        line += "".join(f"\n  {text}" for text in _answer_lines(study.best))
+        line += "".join(f"\n  {text}" for text in answer_lines(study.best))
     return line
-
-
-def _answer_lines(b: BestOut) -> list[str]:
-    """The answer, labelled: the best with its standard error, the recommended rate and why,
-    the rates tied with the best, warnings, and the score on unseen rows once there is one."""
-    if b.score is None or b.dropout is None:
-        return [
-            f"no finished trial (the study ended {b.status})"
-            if b.complete
-            else "no finished trial yet"
-        ]
-    s = b.score
-    se = s.std / math.sqrt(len(s.folds))
-    lines = [
-        f"best dropout {b.dropout:.4f} (trial {b.trial}): {b.metric} {s.mean:.4f} ± {se:.4f} "
-        f"(SE, {len(s.folds)} splits)" + ("" if b.complete else " (so far)")
-    ]
-    if (r := b.recommended) is not None:
-        lines.append(f"recommended {r.dropout:.4f} ({r.rule}): {r.why}")
-    if (t := b.tied) is not None:
-        span = f"{t.low:.2f}" if t.low == t.high else f"{t.low:.2f}\N{EN DASH}{t.high:.2f}"
-        n = len(t.trials)
-        lines.append(f"tied: {span} ({n} trial{'s' * (n != 1)}, p >= {t.alpha:g})")
-    lines += [f"warning: {w}" for w in b.warnings]
-    if (x := b.test) is not None:
-        rows = "held-out rows" if x.source == "holdout" else "rows of the test data set"
-        lines.append(f"test {x.metric} {_point(x)} on {x.n} {rows} at dropout {x.dropout:.2f}")
-        if x.best is not None:
-            lines.append(f"at the best dropout {x.best.dropout:.2f}: {x.metric} {_point(x.best)}")
-        if x.baseline is not None:
-            lines.append(f"without dropout: {x.metric} {_point(x.baseline)}")
-    return lines
-
-
-def _point(p: TestPoint) -> str:
-    return f"{p.score:.3f} [{p.ci95[0]:.2f}, {p.ci95[1]:.2f}]"
 
 
 @app.command()
@@ -342,7 +306,7 @@ def best(
 ) -> None:
     """The best dropout rate (`--json` prints the /best body)."""
     b = ask(url, lambda c: c.best(study_id, wait=wait))
-    typer.echo(b.model_dump_json(indent=2) if as_json else "\n".join(_answer_lines(b)))
+    typer.echo(b.model_dump_json(indent=2) if as_json else "\n".join(answer_lines(b)))
     if b.dropout is None:  # no answer (yet): a script must not take this for one
         raise typer.Exit(2)
 
@@ -355,16 +319,14 @@ def wait(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a progress bar until the study ends, then print the best rate."""
-    ask(url, lambda c: c.get(study_id))  # an unknown id or a wrong URL fails before any bar
+    first = ask(url, lambda c: c.get(study_id))  # an unknown id or a wrong URL: before any bar
     deadline = time.monotonic() + timeout if timeout else float("inf")
-    with client(url) as c, _progress_bar(quiet=as_json) as bar:
-        s, ended = _follow(c, study_id, bar, deadline)
-        if not ended:
+    with client(url) as c, cli_follow.progress_bar(quiet=as_json) as bar:
+        s, state = cli_follow.follow(c, first, bar, deadline)
+        if s is None:
             bar.stop()
-            state = s.status if s else "running"
             typer.echo(f"study {study_id} still {state} after {timeout:g}s", err=True)
             raise typer.Exit(2)
-        assert s is not None
         try:
             final = c.best(study_id)
         except ClientError as exc:
@@ -375,52 +337,6 @@ def wait(
     )
     if s.status != "succeeded":
         raise typer.Exit(2)
-
-
-def _progress_bar(quiet: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("[bold]study {task.fields[sid]}[/] {task.fields[state]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[best]}"),
-        TimeElapsedColumn(),
-        transient=quiet,
-        disable=not sys.stderr.isatty() and quiet,
-    )
-
-
-def _follow(c: Client, study_id: int, bar: Any, deadline: float) -> tuple[StudyOut | None, bool]:
-    """Poll the study into the bar until it ends or the deadline: (the last record seen,
-    whether the study ended).
-    Once reached, an API that answers 502-504 or not at all is waited out (a restart)."""
-    task = bar.add_task("", total=None, sid=study_id, state="", best="")
-    seen: StudyOut | None = None
-    while True:
-        try:
-            s = c.get(study_id)
-        except ClientError as exc:
-            if seen is None or (exc.status is not None and exc.status not in (502, 503, 504)):
-                fail(str(exc))  # refused, or never reachable: a wrong URL, say
-            why = "unreachable" if exc.status is None else f"answers {exc.status}"
-            bar.update(task, state=f"API {why}, retrying")
-        else:
-            seen = s
-            b = s.best
-            best_txt = (
-                f"best {b.dropout:.3f} ({b.score.mean:.4f})"
-                if b and b.score and b.dropout is not None
-                else ""
-            )
-            p = s.progress
-            done = p.complete + p.pruned
-            bar.update(task, total=p.n_trials, completed=done, state=s.status, best=best_txt)
-            if s.status in ENDED:
-                return s, True
-        if time.monotonic() > deadline:
-            return seen, False
-        time.sleep(1.0)
 
 
 @app.command()

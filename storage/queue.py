@@ -24,7 +24,13 @@ from droptune.storage.tables import leases, retries, studies
 
 ACTIVE = ("queued", "running")
 REFIT = "refit"  # the kind of a refit's lease
-NOTIFY_CHANNEL = "droptune_queue"
+# A study that ends otherwise than by its refit: a refit still to come never runs.
+REFIT_SKIPPED = sa.case(
+    (studies.c.refit_state.in_(("waiting", "ready", "running")), "skipped"),
+    else_=studies.c.refit_state,
+)
+NOTIFY_CHANNEL = "droptune_queue"  # work may have arrived: idle workers listen
+STUDY_CHANNEL = "droptune_study"  # a study changed (payload: its id): the API's event streams
 
 
 @dataclass(frozen=True)
@@ -60,10 +66,17 @@ def _least(a: Any, b: Any) -> Any:
     return sa.case((a < b, a), else_=b)
 
 
-def notify(conn: Connection) -> None:
-    """Wake idle workers (PostgreSQL NOTIFY; SQLite workers poll)."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
+def notify(conn: Connection, study_id: int | None = None, *, work: bool = True) -> None:
+    """PostgreSQL NOTIFY, sent when the transaction commits (SQLite listeners poll): idle
+    workers that work may have arrived (`work`), and the API's event streams that `study_id`
+    changed ('' when the caller does not know which: every watched study is checked)."""
+    if conn.dialect.name != "postgresql":
+        return
+    params = {"s": STUDY_CHANNEL, "id": "" if study_id is None else str(study_id)}
+    if work:
+        params["q"] = NOTIFY_CHANNEL
+    sql = "SELECT pg_notify(:s, :id)" + (", pg_notify(:q, '')" if work else "")
+    conn.execute(sa.text(sql), params)
 
 
 def _for_dataset(conn: Connection, spec: StudySpec, owner: str) -> StudySpec:
@@ -108,11 +121,14 @@ def _check_test_dataset(conn: Connection, spec: StudySpec, owner: str) -> None:
     train = datasets.for_study(conn, spec.dataset.id, owner)
     assert train is not None  # checked by _for_dataset
     columns = [(c.name, c.kind) for c in train.columns]
-    problem = None
-    if test.task != train.task:
+    problem: str | None = None
+    if datasets.same_bytes(conn, test_id, spec.dataset.id):
+        problem = "it is the data set searched (the same file): a test score on it would be a "
+        problem += "score on training rows; upload held-out rows, or use evaluation.holdout"
+    elif test.task != train.task:
         problem = f"it is a {test.task} data set; dataset.id is {train.task}"
-    elif [(c.name, c.kind) for c in test.columns] != columns:
-        problem = "its columns (names, order or kinds) differ from dataset.id's"
+    elif differ := _column_difference(dict(columns), {c.name: c.kind for c in test.columns}):
+        problem = differ
     elif (test.image_shape or None) != (train.image_shape or None) or (
         test.features != train.features
     ):
@@ -122,6 +138,24 @@ def _check_test_dataset(conn: Connection, spec: StudySpec, owner: str) -> None:
         problem = f"it has classes the search never sees: {extra}"
     if problem:
         raise Invalid(f"{field}: data set {test_id} does not fit: {problem}", field=field)
+
+
+def _column_difference(train: dict[str, str], test: dict[str, str]) -> str | None:
+    """How a test data set's columns differ from the searched one's (their order may differ:
+    preprocessing picks columns by name), or None."""
+    missing = [n for n in train if n not in test]
+    extra = [n for n in test if n not in train]
+    kinds = [
+        f"{n!r} is {test[n]}, not {train[n]}" for n in train if n in test and test[n] != train[n]
+    ]
+    parts = []
+    if missing:
+        parts.append(f"it lacks column(s) {missing[:5]}")
+    if extra:
+        parts.append(f"it has column(s) the search never saw {extra[:5]}")
+    if kinds:
+        parts.append("; ".join(kinds[:5]))
+    return "; ".join(parts) or None
 
 
 def enqueue(engine: Engine, spec: StudySpec, owner: str) -> int:
@@ -153,7 +187,7 @@ def enqueue(engine: Engine, spec: StudySpec, owner: str) -> int:
             .where(studies.c.id == study_id)
             .values(optuna_study=optuna_study_name(study_id, spec.name))
         )
-        notify(conn)
+        notify(conn, study_id)
     return int(study_id)
 
 
@@ -210,6 +244,7 @@ def claim(
         ids = conn.execute(
             leases.insert().returning(leases.c.id, sort_by_parameter_order=True), slots
         ).scalars()
+        notify(conn, picked, work=False)  # queued -> running
         claimed = [
             Lease(id=i, study_id=picked, attempt=sl["attempt"], params=sl["params"])
             for i, sl in zip(ids, slots, strict=True)
@@ -234,6 +269,8 @@ def link_trial(
             .where(leases.c.id == lease_id, leases.c.worker_id == worker_id)
             .values(trial_id=trial_id, trial_number=number, params=params, heartbeat_at=db_now())
         ).rowcount
+        if n == 1:
+            notify(conn, work=False)  # a new running trial
     return n == 1
 
 
@@ -285,6 +322,7 @@ def end_lease(engine: Engine, where: Any, outcome: Outcome, reason: str | None) 
             sa.select(studies).where(studies.c.id == row.study_id).with_for_update()
         ).one()
         if study.status not in ACTIVE or outcome is Outcome.DROPPED:
+            notify(conn, study.id, work=False)  # its trial stopped
             return True
         if row.kind == REFIT:
             # Recovery ends a lost refit as RELEASED (no trial): its worker died in it, which
@@ -305,10 +343,10 @@ def _count_done(conn: Connection, study: sa.Row[Any]) -> None:
     values: dict[str, Any] = {"n_done": done}
     if done >= study.n_trials and study.refit_state == "waiting":
         values["refit_state"] = "ready"
-        notify(conn)
     elif done >= study.n_trials and study.refit_state is None:
         values |= {"status": "succeeded", "ended_at": db_now()}
     conn.execute(studies.update().where(studies.c.id == study.id).values(**values))
+    notify(conn, study.id, work="refit_state" in values)  # a ready refit is work
 
 
 def _give_back(
@@ -337,9 +375,10 @@ def _give_back(
                 "ended_at": db_now(),
                 "reason": f"{given_up} trials failed after {study.max_retries} retries each "
                 f"(max_failed={study.max_failed}); last: {reason or 'unknown'}",
+                "refit_state": REFIT_SKIPPED,
             }
     conn.execute(studies.update().where(studies.c.id == study.id).values(**values))
-    notify(conn)
+    notify(conn, study.id)
 
 
 def refit_back(conn: Connection, study: sa.Row[Any], *, attempt: bool, reason: str | None) -> None:
@@ -352,9 +391,10 @@ def refit_back(conn: Connection, study: sa.Row[Any], *, attempt: bool, reason: s
             "status": "failed",
             "ended_at": db_now(),
             "reason": f"the final refit failed {attempts} times; last: {reason or 'unknown'}",
+            "refit_state": "skipped",
         }
     conn.execute(studies.update().where(studies.c.id == study.id).values(**values))
-    notify(conn)
+    notify(conn, study.id)
 
 
 def ended_status(engine: Engine, study_id: int) -> str | None:
@@ -379,6 +419,7 @@ def cancel(engine: Engine, study_id: int, owner: str) -> str:
         if status not in ACTIVE:
             raise Conflict(f"study {study_id} has already ended ({status})")
         _close(conn, study_id, "cancelled", "cancelled by its owner")
+        notify(conn, study_id, work=False)
     return "cancelled"
 
 
@@ -408,7 +449,7 @@ def fail_study(engine: Engine, study_id: int, reason: str) -> bool:
     """End an active study as failed with `reason`; False if it had already ended."""
     with transaction(engine) as conn:
         ended = _close(conn, study_id, "failed", reason)
-        notify(conn)
+        notify(conn, study_id)
     return ended
 
 
@@ -417,7 +458,7 @@ def _close(conn: Connection, study_id: int, status: str, reason: str) -> bool:
     n = conn.execute(
         studies.update()
         .where(studies.c.id == study_id, studies.c.status.in_(ACTIVE))
-        .values(status=status, reason=reason, ended_at=db_now())
+        .values(status=status, reason=reason, ended_at=db_now(), refit_state=REFIT_SKIPPED)
     ).rowcount
     conn.execute(retries.delete().where(retries.c.study_id == study_id))
     return bool(n)

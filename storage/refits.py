@@ -67,6 +67,7 @@ def claim(engine: Engine, worker_id: str) -> RefitClaim | None:
         ).one_or_none()
         if row is None:
             return None
+        notify(conn, row.id, work=False)  # the refit runs
         lease_id = conn.execute(
             leases.insert()
             .values(study_id=row.id, worker_id=worker_id, attempt=row.refit_attempts, kind=REFIT)
@@ -123,7 +124,7 @@ def complete(
             .where(studies.c.id == c.study_id)
             .values(refit_state="done", refit_result=result, status="succeeded", ended_at=db_now())
         )
-        notify(conn)
+        notify(conn, c.study_id)
     return True
 
 
