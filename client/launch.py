@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import socket
 import subprocess
@@ -13,15 +12,11 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from droptune.storage import logs
+
 if TYPE_CHECKING:  # at run time imported where used: the client CLI needs neither package
     from droptune.service.settings import ServiceSettings
     from droptune.worker.settings import WorkerSettings
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-
-
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
 
 
 def serve(settings: ServiceSettings) -> None:
@@ -30,11 +25,16 @@ def serve(settings: ServiceSettings) -> None:
     from droptune.service.app import create_app
     from droptune.storage.migrate import upgrade
 
-    _logging()
+    logs.configure()
     upgrade(settings.database_url)
     app = create_app(settings)
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        log_config=None,  # uvicorn's access and error lines go through logs.configure's handler
+        timeout_graceful_shutdown=5,
     )
 
 
@@ -42,10 +42,12 @@ def worker(settings: WorkerSettings) -> int:
     from droptune.storage.migrate import upgrade
     from droptune.worker.loop import Worker, resolve_device
 
-    _logging()
+    logs.configure()
     resolve_device(settings.device)  # a device this machine lacks: refused before any write
     upgrade(settings.database_url)
-    return Worker(settings).run()
+    work = Worker(settings)
+    logs.bind_process(worker=work.id)  # on every line, the heartbeat thread's too
+    return work.run()
 
 
 def devices() -> list[str]:
@@ -65,6 +67,7 @@ def up(api_settings: ServiceSettings, worker_settings: WorkerSettings, workers: 
     DROPTUNE_HOST, DROPTUNE_PORT and DROPTUNE_DEVICE say."""
     from droptune.storage.migrate import upgrade
 
+    logs.configure()  # its children inherit DROPTUNE_LOG_FORMAT and configure their own
     url, host, port = api_settings.database_url, api_settings.host, api_settings.port
     _check_port_free(host, port)
     upgrade(url)  # once, before the children start, so they never race on it

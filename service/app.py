@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from droptune.service import curve, datasets, docs, errors, model
+from droptune.service import curve, datasets, docs, errors, events, metrics, model
 from droptune.service.dashboard import dashboard_app
 from droptune.service.head import HeadAsGet
 from droptune.service.limits import UploadLimit
@@ -79,7 +79,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         max_bytes=datasets.upload_limit(settings) + datasets.FORM_OVERHEAD,
         max_upload_mb=settings.max_upload_mb,
     )
+    metrics.install(app, settings)  # outermost middleware (times 413s too); GET /metrics
     app.include_router(studies_router)
+    app.include_router(events.router)  # its lifespan runs the study watcher
     app.include_router(curve.router)
     app.include_router(model.router)
     app.include_router(datasets.router)

@@ -15,7 +15,7 @@ from types import FrameType
 
 import torch
 
-from droptune.storage import queue, refits, registry
+from droptune.storage import logs, queue, refits, registry
 from droptune.storage.db import create_engine, is_outage
 from droptune.storage.errors import StorageError
 from droptune.storage.lifecycle import NO_TRIAL, Why, settle
@@ -108,7 +108,7 @@ class Worker:
         signal.signal(signal.SIGINT, self.request_stop)
         registry.register(self.engine, self.id, socket.gethostname(), os.getpid(), str(self.device))
         log.info("worker %s started on %s", self.id, self.device)
-        waiter = QueueWaiter(self.settings.database_url)
+        waiter = QueueWaiter(self.settings.listen_url or self.settings.database_url)
         hb = LeaseHeartbeat(
             self.engine, self.id, self.settings.heartbeat_seconds, lambda: self._current
         )
@@ -168,7 +168,11 @@ class Worker:
             time.sleep(1.0)
             return True
         if refit is not None:
-            self._refitter.run(refit)  # ends its lease whatever happens (or leaves it stale)
+            try:
+                self._refitter.run(refit)  # ends its lease whatever happens (or leaves it stale)
+            except Exception:
+                log.exception("worker %s: refit of study %s broke off", self.id, refit.study_id)
+                time.sleep(1.0)
             return True
         if claim is None:
             if not self.stopping:
@@ -238,3 +242,4 @@ class Worker:
 
     def set_current(self, study_id: int | None, trials: list[int]) -> None:
         self._current = (study_id, trials)
+        logs.bind_process(study=study_id, trial=trials or None)  # on this batch's log lines
