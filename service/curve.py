@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 
 from droptune.service.deps import Owner, ReaderDep
-from droptune.service.studies import StudyId
+from droptune.service.studies import ONE_STUDY, StudyId
 from droptune.storage.curve import Curve, CurvePoint
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ _DRAWING = threading.Lock()
 # Colours that stay apart for colour-blind readers (Okabe-Ito).
 BLUE, VERMILLION, GREEN, GREY = "#0072B2", "#D55E00", "#009E73", "#999999"
 MEAN_LABEL = "trials: mean ± 1 SE"
+APART_LABEL = "told apart from the best (p < 0.05)"
 PRUNED_LABEL = "pruned (fewer epochs)"
 TIED_LABEL = "tied with best (paired test)"
 
@@ -42,7 +43,8 @@ TIED_LABEL = "tied with best (paired test)"
                 MEDIA["svg"]: {"schema": {"type": "string"}},
                 MEDIA["png"]: {"schema": {"type": "string", "format": "binary"}},
             },
-        }
+        },
+        **ONE_STUDY,
     },
 )
 def curve(
@@ -98,8 +100,14 @@ def _plot(ax: Axes, data: Curve) -> None:
     if data.tied_low is not None and data.tied_high is not None:
         ax.axvspan(data.tied_low, data.tied_high, color=GREEN, alpha=0.12, lw=0, label=TIED_LABEL)
     complete = [p for p in data.points if p.state == "COMPLETE"]
-    for i, p in enumerate(complete):
-        _errorbar(ax, p, MEAN_LABEL if i == 0 else "_")
+    shaded = data.tied_low is not None
+    labelled: set[bool] = set()
+    for p in complete:
+        # Inside the shaded range a rate may still differ from the best: drawn hollow.
+        apart = shaded and not p.tied
+        label = "_" if apart in labelled else (APART_LABEL if apart else MEAN_LABEL)
+        _errorbar(ax, p, label, hollow=apart)
+        labelled.add(apart)
     pruned = [p for p in data.points if p.state == "PRUNED"]
     if pruned:
         xs, ys = [p.dropout for p in pruned], [p.mean for p in pruned]
@@ -127,7 +135,7 @@ def _legend(fig: Figure, ax: Axes) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
         return
-    first = (MEAN_LABEL, PRUNED_LABEL, "best", "recommended", TIED_LABEL)
+    first = (MEAN_LABEL, APART_LABEL, PRUNED_LABEL, "best", "recommended", TIED_LABEL)
     rank = {label: next(r for r, f in enumerate(first) if label.startswith(f)) for label in labels}
     order = sorted(range(len(labels)), key=lambda i: rank[labels[i]])
     fig.legend(
@@ -140,7 +148,7 @@ def _legend(fig: Figure, ax: Axes) -> None:
     )
 
 
-def _errorbar(ax: Axes, p: CurvePoint, label: str) -> None:
+def _errorbar(ax: Axes, p: CurvePoint, label: str, *, hollow: bool = False) -> None:
     """One COMPLETE trial, with its artists named after it (`errorbar-<trial>`) in the SVG."""
     container = ax.errorbar(
         [p.dropout],
@@ -148,6 +156,7 @@ def _errorbar(ax: Axes, p: CurvePoint, label: str) -> None:
         yerr=[p.se],
         fmt="o",
         color=BLUE,
+        markerfacecolor="white" if hollow else BLUE,
         ms=5,
         capsize=3,
         zorder=3,

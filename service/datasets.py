@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
 
 from droptune.service.deps import EngineDep, Owner, SettingsDep
+from droptune.service.errors import problems
 from droptune.service.settings import ServiceSettings
 from droptune.storage import datafile, datasets
 from droptune.storage.errors import TooLarge, too_large
@@ -21,6 +22,7 @@ from droptune.storage.schemas import DatasetOut, DatasetPage
 DB_INT = 2**63 - 1
 DatasetId = Annotated[int, Path(ge=1, le=DB_INT, description="the data set's id")]
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields around the file
+ONE_DATASET = problems(404, 422, 503, why={404: "no such data set"})
 
 
 def upload_limit(settings: ServiceSettings) -> int:
@@ -38,8 +40,13 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
     response_model=DatasetOut,
     responses={
         200: {"model": DatasetOut, "description": "the same bytes were uploaded before"},
-        413: {"description": "the file is larger than DROPTUNE_MAX_UPLOAD_MB"},
-        422: {"description": "the file is not a data set droptune can train on"},
+        **problems(
+            400,
+            413,
+            422,
+            503,
+            why={422: "a missing or invalid field, or a file droptune cannot train on"},
+        ),
     },
 )
 def upload(
@@ -95,7 +102,7 @@ def upload(
     return record
 
 
-@router.get("", response_model=DatasetPage)
+@router.get("", response_model=DatasetPage, responses=problems(422, 503))
 def list_datasets(
     owner: Owner,
     engine: EngineDep,
@@ -106,7 +113,7 @@ def list_datasets(
     return datasets.page(engine, owner, offset, limit)
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=ONE_DATASET)
 def get_dataset(dataset_id: DatasetId, owner: Owner, engine: EngineDep) -> DatasetOut:
     """A data set's record, with the studies that train on it."""
     return datasets.get(engine, dataset_id, owner)
@@ -115,7 +122,9 @@ def get_dataset(dataset_id: DatasetId, owner: Owner, engine: EngineDep) -> Datas
 @router.delete(
     "/{dataset_id}",
     status_code=204,
-    responses={409: {"description": "a queued or running study uses it"}},
+    responses=problems(
+        404, 409, 422, 503, why={404: "no such data set", 409: "a queued or running study uses it"}
+    ),
 )
 def delete_dataset(dataset_id: DatasetId, owner: Owner, engine: EngineDep) -> Response:
     """Delete a data set and its bytes (ended studies keep their answers)."""

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from optuna.exceptions import StorageInternalError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import Scope
@@ -21,6 +22,48 @@ from droptune.storage.spec import describe_errors
 PROBLEM = "application/problem+json"
 
 log = logging.getLogger("droptune.api")
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="where, dotted: `cv.folds`, `body`, `study_id`")
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every error droptune answers."""
+
+    type: str = Field(description="`about:blank`: the status and title say what went wrong")
+    title: str
+    status: int
+    detail: str = Field(description="what went wrong with this request, for people")
+    errors: list[FieldProblem] = Field(
+        default_factory=list, description="the fields at fault, when the request named some (422)"
+    )
+
+
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+# What each status means on any route; a route names its own cases where they differ.
+WHY = {
+    400: "the body could not be read (not UTF-8 JSON, a malformed form)",
+    404: "not found",
+    409: "the request conflicts with the resource's state",
+    413: "the upload is larger than DROPTUNE_MAX_UPLOAD_MB",
+    422: "invalid parameters or body: `errors` names each field at fault",
+    503: "the database is unavailable: worth retrying",
+}
+Responses = dict[int | str, dict[str, Any]]
+
+
+def problems(*codes: int, why: Mapping[int, str] | None = None) -> Responses:
+    """FastAPI `responses=` for the errors a route can answer, each a problem+json body;
+    `why` gives the route's own description of a status where it says more than `WHY`."""
+    return {
+        code: {
+            "description": (why or {}).get(code, WHY[code]),
+            "content": {PROBLEM: {"schema": PROBLEM_REF}},
+        }
+        for code in codes
+    }
 
 
 def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> list[str]:
@@ -57,7 +100,12 @@ async def _droptune(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    titles = {404: "Not found", 405: "Method not allowed", 413: "Content too large"}
+    titles = {
+        400: "Bad request",
+        404: "Not found",
+        405: "Method not allowed",
+        413: "Content too large",
+    }
     title = titles.get(exc.status_code, "Error")
     if exc.status_code == 413:  # Starlette's body limit on the upload route
         return problem(413, title, too_large(request.app.state.settings.max_upload_mb))
@@ -101,3 +149,31 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(DroptuneError, _droptune)
     app.add_exception_handler(StorageInternalError, _optuna_storage)
     app.add_exception_handler(StarletteHTTPException, _http)
+    document(app)
+
+
+def document(app: FastAPI) -> None:
+    """The OpenAPI document with `Problem` among its schemas, and FastAPI's own 422
+    (`HTTPValidationError`, JSON) replaced by the problem+json droptune answers, on any route
+    that does not list its errors itself."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = build()
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(problem_schema.pop("$defs", {}))
+        schemas["Problem"] = problem_schema
+        for operations in doc.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                if "HTTPValidationError" in str(responses.get("422", "")):
+                    responses["422"] = problems(422)[422]
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]

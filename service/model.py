@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 
 from droptune.service.deps import EngineDep, Owner, ReaderDep
+from droptune.service.errors import problems
 from droptune.service.studies import StudyId
 from droptune.storage import refits
 from droptune.storage.errors import NotFound
@@ -23,7 +24,10 @@ PT2 = "application/octet-stream"
         200: {
             "content": {PT2: {"schema": {"type": "string", "format": "binary"}}},
             "description": "a torch.export program: `torch.export.load(path, extra_files=...)`",
-        }
+        },
+        **problems(
+            404, 422, 503, why={404: "no such study, or it has no model (`detail` says why)"}
+        ),
     },
 )
 def model(
@@ -53,6 +57,8 @@ def _why_none(engine: EngineDep, study_id: int, status: str, which: str) -> str:
             f"study {study_id} has no model: it held out no rows to refit on (submit with "
             "evaluation.holdout > 0 or evaluation.test_dataset)"
         )
+    if state == "skipped":
+        return f"study {study_id} has no model: it ended ({status}) before its final refit"
     if state != "done":
         return f"study {study_id} has no model yet ({status}): the refit runs after the search"
     if which == "best" and refits.model_file(engine, study_id, "recommended") is not None:

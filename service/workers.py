@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter
 
 from droptune.service.deps import EngineDep, SettingsDep
+from droptune.service.errors import problems
 from droptune.storage import registry
 from droptune.storage.db import transaction
 from droptune.storage.schemas import WorkerOut
@@ -13,7 +14,7 @@ from droptune.storage.schemas import WorkerOut
 router = APIRouter(tags=["workers"])
 
 
-@router.get("/workers", response_model=list[WorkerOut])
+@router.get("/workers", response_model=list[WorkerOut], responses=problems(422, 503))
 def list_workers(
     engine: EngineDep, settings: SettingsDep, include_stopped: bool = False
 ) -> list[WorkerOut]:
@@ -21,7 +22,7 @@ def list_workers(
     return registry.list_workers(engine, settings.lease_grace_seconds, include_stopped)
 
 
-@router.get("/healthz", tags=["health"])
+@router.get("/healthz", tags=["health"], responses=problems(503))
 def healthz(engine: EngineDep) -> dict[str, str]:
     with transaction(engine, read_only=True) as conn:
         conn.execute(sa.text("SELECT 1"))

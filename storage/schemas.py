@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, ValidatorFunctionWrapHandler, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from droptune.storage.spec import StudySpec
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc_from_local(value: datetime) -> datetime:
+    return value.astimezone(UTC)  # a naive value is read as local time by astimezone
+
+
+# Timestamps go out as RFC 3339 with their offset (`...Z`), as OpenAPI's `date-time` asks.
+# droptune's tables store naive UTC (db_now), so a naive value here is UTC.
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+# Optuna shows its trials' times as naive local time (FrozenTrial.datetime_start).
+LocalDatetime = Annotated[datetime, AfterValidator(_utc_from_local)]
 
 StudyStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ENDED: tuple[StudyStatus, ...] = ("succeeded", "failed", "cancelled")
@@ -28,10 +49,11 @@ class Progress(BaseModel):
         0, description="trials stopped by a worker shutdown (retried) or by the study's end"
     )
     running: int
-    refit: Literal["waiting", "ready", "running", "done"] | None = Field(
+    refit: Literal["waiting", "ready", "running", "done", "skipped"] | None = Field(
         None,
         description="the final refit scored on unseen rows: waiting for the search, ready to be "
-        "claimed, running, done (None: the study has no held-out rows)",
+        "claimed, running, done, or skipped (the study ended otherwise: cancelled, failed); "
+        "None: the study has no held-out rows",
     )
 
 
@@ -50,6 +72,24 @@ class Tied(BaseModel):
     high: float
     rates: list[float]
     trials: list[int]
+    not_tied_inside: list[float] = Field(
+        default_factory=list,
+        description="finished rates between low and high that the test does tell apart: the "
+        "tied rates need not be one stretch",
+    )
+
+    def text(self) -> str:
+        """One line for people: the rates, or their range and the exceptions inside it."""
+        n = len(self.rates)
+        head = f"{n} trial{'s' * (n != 1)} tied with the best (paired test, p >= {self.alpha:g})"
+        if n <= 6:
+            return f"{head}: " + ", ".join(f"{r:.3g}" for r in self.rates)
+        out = f"{head}: {self.low:.3g} to {self.high:.3g}"
+        if self.not_tied_inside:
+            shown = ", ".join(f"{r:.3g}" for r in self.not_tied_inside[:6])
+            more = ", …" if len(self.not_tied_inside) > 6 else ""
+            out += f", except {shown}{more}"
+        return out
 
 
 class TestPoint(BaseModel):
@@ -94,9 +134,9 @@ class StudyOut(BaseModel):
     reason: str | None
     priority: int
     owner: str
-    created_at: datetime
-    started_at: datetime | None
-    ended_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    ended_at: UtcDatetime | None
     optuna_study: str
     spec: StudySpec
     progress: Progress
@@ -133,8 +173,8 @@ class TrialOut(BaseModel):
         description="paired corrected resampled t-test (Nadeau & Bengio) against the best "
         "trial on the same splits; None for trials not COMPLETE",
     )
-    started_at: datetime | None
-    ended_at: datetime | None
+    started_at: LocalDatetime | None
+    ended_at: LocalDatetime | None
 
 
 class WorkerOut(BaseModel):
@@ -143,8 +183,8 @@ class WorkerOut(BaseModel):
     pid: int
     device: str
     status: Literal["live", "lost", "stopped"]
-    started_at: datetime
-    heartbeat_at: datetime
+    started_at: UtcDatetime
+    heartbeat_at: UtcDatetime
     study_id: int | None
     trials: list[int]
 
@@ -182,7 +222,7 @@ class DatasetOut(DataSummary):
     owner: str
     sha256: str
     bytes: int
-    created_at: datetime
+    created_at: UtcDatetime
     studies: list[int] = Field(description="studies that train on it, newest first")
 
 
