@@ -13,10 +13,11 @@ from typing import Annotated
 
 import typer
 
+from droptune.client.answer_text import answer_lines
 from droptune.client.api import DEFAULT_URL, Client, ClientError
 from droptune.client.cli_common import UrlOpt, ask, fail
 from droptune.storage.answer import primary_rate
-from droptune.storage.schemas import BestOut, StudyOut, TestPoint, TrialOut
+from droptune.storage.schemas import BestOut, StudyOut, TrialOut
 from droptune.storage.spec import DatasetSpec, StudySpec
 
 STYLE = """
@@ -34,43 +35,22 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _point(p: TestPoint) -> str:
-    ci = f"{p.ci95[0]:.4f}&ndash;{p.ci95[1]:.4f}"
-    return f"{p.score:.4f} (95% CI {ci}) at dropout {p.dropout:.4f}"
-
-
 def _answer(b: BestOut | None) -> list[str]:
-    """The answer as list items (already escaped)."""
-    if b is None or b.score is None or b.dropout is None:
-        if b is not None and b.complete:
-            return [f"no finished trial (the study ended {escape(b.status)})"]
+    """The answer as list items (escaped): the CLI's lines, the recommended rate first."""
+    if b is None:
         return ["no finished trial yet"]
-    se = b.score.std / math.sqrt(len(b.score.folds))
+    lines = answer_lines(b)
+    first = [i for i, line in enumerate(lines) if line.startswith("recommended ")]
+    lines = [lines[i] for i in first] + [x for i, x in enumerate(lines) if i not in first]
     items = []
-    if (r := b.recommended) is not None:
-        items.append(
-            f"<b>recommended dropout {r.dropout:.4f}</b> ({escape(r.rule)}, trial {r.trial}): "
-            f"{escape(r.why)}"
-        )
-    items.append(
-        f"best dropout {b.dropout:.4f} (trial {b.trial}): {escape(b.metric)} "
-        f"{b.score.mean:.4f} ± {se:.4f} (SE over {len(b.score.folds)} splits)"
-    )
-    if b.one_se_dropout is not None and b.recommended is None:
-        items.append(f"within one SE of the best, up to dropout {b.one_se_dropout:.4f}")
-    if (t := b.tied) is not None:
-        items.append(
-            f"tied with the best (paired test, p &ge; {t.alpha:g}): dropout "
-            f"{t.low:.4f}&ndash;{t.high:.4f} ({len(t.trials)} trials)"
-        )
-    items += [f'<span class="warning">warning: {escape(w)}</span>' for w in b.warnings]
-    if (x := b.test) is not None:
-        rows = "held-out rows" if x.source == "holdout" else "rows of the test data set"
-        items.append(f"test {escape(x.metric)} on {x.n} unseen {rows}: {_point(x)}")
-        if x.best is not None:
-            items.append(f"at the best rate: {_point(x.best)}")
-        if x.baseline is not None:
-            items.append(f"without dropout (baseline): {_point(x.baseline)}")
+    for line in lines:
+        text = escape(line)
+        if line.startswith("recommended "):
+            head, _, rest = text.partition(": ")
+            text = f"<b>{head}</b>: {rest}"
+        elif line.startswith("warning: "):
+            text = f'<span class="warning">{text}</span>'
+        items.append(text)
     return items
 
 

@@ -75,7 +75,10 @@ def corrected_t_test(d: Sequence[float], test_train: float) -> float | None:
     mean = statistics.fmean(d)
     var = statistics.variance(d)  # ddof = 1, computed exactly: equal differences give 0
     if var == 0:
-        return 1.0 if mean == 0 else 0.0
+        # Every split moved by the same amount (accuracy is discrete: one row more in each
+        # fold): no spread to test against. The exact sign test says how likely J differences
+        # of one sign are by chance (0.0625 for 5 splits), not the 0 a zero variance would.
+        return 1.0 if mean == 0 else min(1.0, 2 * 0.5**j)
     t = mean / math.sqrt((1 / j + test_train) * var)
     p = float(2 * student_t.sf(abs(t), j - 1))
     return p if math.isfinite(p) else None
@@ -124,8 +127,22 @@ def tied_with_best(trials: Sequence[FrozenTrial], p: dict[int, float | None]) ->
     if not members:
         return None
     rates = [r for r, _ in members]
+    tied = {n for _, n in members}
+    inside = sorted(
+        rate
+        for t in trials
+        if t.number in p
+        and t.number not in tied
+        and (rate := primary_rate(t.params)) is not None
+        and rates[0] <= rate <= rates[-1]
+    )
     return Tied(
-        alpha=ALPHA, low=rates[0], high=rates[-1], rates=rates, trials=[n for _, n in members]
+        alpha=ALPHA,
+        low=rates[0],
+        high=rates[-1],
+        rates=rates,
+        trials=[n for _, n in members],
+        not_tied_inside=inside,
     )
 
 
@@ -141,11 +158,12 @@ def _why(best: FrozenTrial, chosen: FrozenTrial, rule: str, metric: str) -> str:
     if chosen.number == best.number:
         return (
             f"the best mean {metric}, {spread}; no stronger dropout is within one standard "
-            "error of it"
+            "error of it and not worse by the paired test"
         )
     return (
         f"the strongest dropout whose mean {metric} {c.mean:.4f} is within one standard error "
-        f"({se:.4f}) of the best, {b.mean:.4f} at {primary_rate(best.params) or 0.0:.2f}"
+        f"({se:.4f}) of the best, {b.mean:.4f} at {primary_rate(best.params) or 0.0:.3g}, "
+        "and not worse by the paired test"
     )
 
 
@@ -185,6 +203,27 @@ def edge_warnings(best: FrozenTrial, recommended: FrozenTrial, search: SearchSpe
     return out
 
 
+def _one_se_not_worse(
+    trials: Sequence[FrozenTrial], best: FrozenTrial, p: dict[int, float | None], maximize: bool
+) -> FrozenTrial:
+    """The one-SE rule for `recommended`: the strongest dropout within one standard error of the
+    best that the paired test does not call worse (p >= ALPHA). The unpaired SE alone would let
+    a rate through that, split by split, loses to the best every time."""
+    b = score_of(best)
+    assert b is not None
+    sign = 1.0 if maximize else -1.0
+    threshold = sign * b.mean - standard_error(b) - 1e-12
+    ok = [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE
+        and (s := score_of(t)) is not None
+        and sign * s.mean >= threshold
+        and (p.get(t.number) is None or (p.get(t.number) or 0.0) >= ALPHA)
+    ]
+    return max(ok or [best], key=lambda t: (primary_rate(t.params) or 0.0, -t.number))
+
+
 @dataclass(frozen=True)
 class Answer:
     """Everything the answer says about a study's trials, computed from one load of them."""
@@ -217,6 +256,14 @@ def answer(trials: Sequence[FrozenTrial], spec: StudySpec) -> Answer:
         else None
     )
     p = p_values(trials, best, spec.cv.folds)
+    if rule == "one_se":
+        chosen = _one_se_not_worse(trials, best, p, spec.cv.direction == "maximize")
+        recommended = Recommended(
+            dropout=primary_rate(chosen.params) or 0.0,
+            rule=rule,
+            trial=chosen.number,
+            why=_why(best, chosen, rule, spec.cv.metric or "accuracy"),
+        )
     return Answer(
         best=best,
         one_se=one_se,

@@ -150,10 +150,7 @@ def note_markdown(curve: Curve, best: BestOut) -> str:
     else:
         lines.append("- No trial has finished yet.")
     if best.tied is not None:
-        lines.append(
-            f"- **Tied with the best** (paired test, p ≥ {best.tied.alpha:g}): "
-            f"{best.tied.low:.2f}{DASH}{best.tied.high:.2f} ({len(best.tied.trials)} trials)"
-        )
+        lines.append(f"- **Tied:** {best.tied.text()}")
     lines += _test_lines(best)
     lines += [f"- ⚠️ {w}" for w in best.warnings]
     lines += [

@@ -238,6 +238,14 @@ def for_study(conn: Connection, dataset_id: int, owner: str) -> DataSummary | No
     return None if row is None else DataSummary.model_validate(row.summary)
 
 
+def same_bytes(conn: Connection, a: int, b: int) -> bool:
+    """Whether two data sets are one file (the same id, or the same sha256)."""
+    shas = (
+        conn.execute(sa.select(datasets.c.sha256).where(datasets.c.id.in_([a, b]))).scalars().all()
+    )
+    return a == b or (len(shas) == 2 and shas[0] == shas[1])
+
+
 def record(engine: Engine, dataset_id: int) -> tuple[str, int, DataSummary]:
     """(sha256, bytes, summary) of a data set, for a worker (workers act for every owner)."""
     with transaction(engine, read_only=True) as conn:

@@ -15,6 +15,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from droptune.storage.errors import Invalid, StorageError
+from droptune.storage.settings import StorageSettings
 
 log = logging.getLogger("droptune.storage")
 
@@ -41,10 +42,19 @@ def normalise_url(url: str) -> str:
 
 
 def engine_kwargs(url: str) -> dict[str, Any]:
-    """Keyword arguments for create_engine, shared with Optuna's RDBStorage."""
+    """Keyword arguments for create_engine, shared with Optuna's RDBStorage.
+    DROPTUNE_PG_PREPARED_STATEMENTS=false turns psycopg's prepared statements off (PgBouncer)."""
     if is_sqlite(url):
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-    return {"pool_pre_ping": True, "pool_size": 4, "max_overflow": 4, "pool_recycle": 1800}
+    kw: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_size": 4,
+        "max_overflow": 4,
+        "pool_recycle": 1800,
+    }
+    if not StorageSettings().pg_prepared_statements:
+        kw["connect_args"] = {"prepare_threshold": None}
+    return kw
 
 
 def create_engine(url: str) -> Engine:

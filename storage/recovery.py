@@ -129,7 +129,8 @@ def fail_orphans(engine: Engine, storage: RDBStorage) -> int:
         live = live_lease_ids(engine, [t.user_attrs["lease"] for t in running])
         for t in running:
             if t.user_attrs["lease"] not in live:
-                fail_trial(storage, t._trial_id, ORPHANED)
+                if fail_trial(storage, t._trial_id, ORPHANED) != TrialState.FAIL:
+                    continue  # told between the two reads: not an orphan
                 log.warning("failed orphaned trial %s of %s (lease gone)", t.number, name)
                 n += 1
     return n

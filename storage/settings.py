@@ -25,6 +25,12 @@ class StorageSettings(BaseSettings):
     lease_grace_seconds: float = 30.0
     # Both the API (in the background) and every worker recover stale leases, this often.
     recover_every_seconds: float = 5.0
+    # psycopg's server-side prepared statements; off behind PgBouncer older than 1.21 in
+    # transaction pooling, which cannot carry them (docs/scale-out.md).
+    pg_prepared_statements: bool = True
+    # Where a worker LISTENs for new work: the database directly when database_url goes through
+    # PgBouncer's transaction pooling, which accepts LISTEN but delivers nothing.
+    listen_url: str | None = None
 
     @classmethod
     def from_flags(cls, **flags: Any) -> Self:

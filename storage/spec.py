@@ -12,6 +12,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -94,6 +95,19 @@ def _stored(info: ValidationInfo) -> bool:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _booleans_are_not_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """JSON's true/false is no number, and 0/1 is no flag: pydantic's lax mode would store
+        `"epochs": true` as 1 epoch and `"per_layer": 0` as false."""
+        field = cls.model_fields.get(info.field_name or "")
+        is_flag = field is not None and field.annotation is bool
+        if isinstance(value, bool) and not is_flag:
+            raise ValueError("must be a number or a string, not true/false")
+        if is_flag and not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
 
 
 class DatasetSpec(_Strict):

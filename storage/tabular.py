@@ -111,22 +111,30 @@ def _csv_batches(f: BinaryIO, names: list[str], bad: list[Any], block_size: int)
         raise _csv_error(e, bad) from None
 
 
+def _first_line_bytes(f: BinaryIO, limit: int) -> int:
+    """The length of the file's first line with its newline (at most about `limit`)."""
+    f.seek(0)
+    n = 0
+    while n <= limit and (chunk := f.read(1 << 20)):
+        if (i := chunk.find(b"\n")) >= 0:
+            return n + i + 1
+        n += len(chunk)
+    return n
+
+
 def _open_csv(f: BinaryIO, block_size: int) -> _Source:
     bad: list[Any] = []
-    f.seek(0, 2)
-    size = f.tell()
-    # A header longer than a block (thousands of long names) reads as "empty": again with a
-    # larger block. Not larger from the start: pyarrow reads ahead several blocks, and on a
-    # narrow file that would cost the API ~100 MB for nothing.
-    for scale in (1, 8, 64):
-        try:
-            names = [str(n) for n in _csv_reader(f, None, bad, block_size, scale).schema.names]
-            break
-        except pa.ArrowInvalid as e:
-            if "Empty CSV" not in str(e) or size <= block_size * scale or scale == 64:
-                raise _csv_error(e, bad) from None
-        except (pa.ArrowException, UnicodeDecodeError) as e:
-            raise _csv_error(e, bad) from None
+    # A header longer than a block (thousands of long names) would read as "empty": the block
+    # must hold the whole first line. Sized once, before pyarrow opens the file: a reader given
+    # up on keeps reading ahead from the same file in the background, so a second attempt could
+    # see its bytes interleaved (a header cut short, seen under load). Not larger than needed:
+    # pyarrow reads ahead several blocks, and on a narrow file that would cost the API ~100 MB.
+    header = _first_line_bytes(f, block_size * 64)
+    scale = next((s for s in (1, 8, 64) if block_size * s > header), 64)
+    try:
+        names = [str(n) for n in _csv_reader(f, None, bad, block_size, scale).schema.names]
+    except (pa.ArrowException, UnicodeDecodeError) as e:
+        raise _csv_error(e, bad) from None
     for sep, what in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
         if len(names) == 1 and sep in names[0]:
             raise DataError(

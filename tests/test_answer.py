@@ -125,7 +125,9 @@ def test_the_degrees_of_freedom_count_splits_not_rows() -> None:
 
 def test_equal_differences_and_too_few_splits() -> None:
     assert corrected_t_test([0.0, 0.0, 0.0], 0.25) == 1.0
-    assert corrected_t_test([0.01, 0.01, 0.01], 0.25) == 0.0  # no spread, always better
+    # no spread, one sign every time: the exact sign test (2 * 0.5 ** J), not p = 0
+    assert corrected_t_test([0.01, 0.01, 0.01], 0.25) == 0.25
+    assert corrected_t_test([-0.01] * 5, 0.25) == 0.0625
     assert corrected_t_test([0.01], 0.25) is None
     assert corrected_t_test([], 0.25) is None
 
@@ -164,7 +166,7 @@ def test_tied_and_recommended_under_both_rules(rule: str) -> None:
         assert (r.dropout, r.trial) == (0.45, 1)
         assert r.why == (
             "the strongest dropout whose mean accuracy 0.9730 is within one standard error "
-            "(0.0019) of the best, 0.9740 at 0.30"
+            "(0.0019) of the best, 0.9740 at 0.3, and not worse by the paired test"
         )
     else:
         assert (r.dropout, r.trial) == (0.30, 0)
@@ -180,9 +182,23 @@ def test_one_se_says_so_when_it_is_the_best() -> None:
     assert a.recommended is not None and a.recommended.trial == 0
     assert a.recommended.why == (
         "the best mean accuracy, 0.9740 ± 0.0019 (SE over 5 splits); no stronger dropout is "
-        "within one standard error of it"
+        "within one standard error of it and not worse by the paired test"
     )
     assert a.tied is not None and a.tied.trials == [0]
+
+
+def test_one_se_never_recommends_a_rate_the_paired_test_calls_worse() -> None:
+    """Within one (unpaired) SE of the best, yet worse on every split: the paired test tells
+    them apart, so the recommendation stays with a rate it cannot tell from the best."""
+    study = optuna.create_study(direction="maximize")
+    best = [0.95, 0.97, 0.96, 0.98, 0.94]
+    study.add_trial(trial(0.2, best))
+    study.add_trial(trial(0.5, [x - 0.004 + 0.0005 * i for i, x in enumerate(best)]))
+    a = answer(study.trials, spec())
+    assert a.one_se is not None and a.one_se.number == 1  # the plain one-SE rule's pick
+    p1 = a.p[1]
+    assert p1 is not None and p1 < 0.05
+    assert a.recommended is not None and a.recommended.trial == 0
 
 
 def test_no_answer_without_a_complete_trial() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from droptune.client.cli import _answer_lines
+from droptune.client.answer_text import answer_lines
 from droptune.storage import schemas
 from droptune.storage.migrate import upgrade
 from tests import procs
@@ -71,8 +71,9 @@ def test_best_wait_and_list_print_the_labelled_answer(tmp_path: Path) -> None:
     answer = [
         "best dropout 0.3000 (trial 0): accuracy 0.9740 ± 0.0019 (SE, 5 splits)",
         "recommended 0.4500 (one_se): the strongest dropout whose mean accuracy 0.9730 is "
-        "within one standard error (0.0019) of the best, 0.9740 at 0.30",
-        "tied: 0.30\N{EN DASH}0.45 (2 trials, p >= 0.05)",
+        "within one standard error (0.0019) of the best, 0.9740 at 0.3, and not worse by the "
+        "paired test",
+        "2 trials tied with the best (paired test, p >= 0.05): 0.3, 0.45",
         "warning: the best rate 0.30 sits at search.dropout_low 0.3: widen the range "
         "(lower search.dropout_low)",
     ]
@@ -114,7 +115,7 @@ def test_the_test_score_lines() -> None:
             baseline=schemas.TestPoint(dropout=0.0, score=0.951, ci95=[0.927, 0.9702]),
         ),
     )
-    assert _answer_lines(b) == [
+    assert answer_lines(b) == [
         "best dropout 0.3000 (trial 2): accuracy 0.9700 ± 0.0050 (SE, 4 splits) (so far)",
         "test accuracy 0.962 [0.94, 0.98] on 360 held-out rows at dropout 0.45",
         "without dropout: accuracy 0.951 [0.93, 0.97]",

@@ -138,7 +138,7 @@ def test_report_page(study: tuple[str, int, int], tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     page = out.read_text()
     assert "<b>&</b>" not in page and "curve &lt;b&gt;&amp;&lt;/b&gt; $\\frac{$" in page
-    assert f"study {done} on iris, succeeded" in page and "recommended dropout" in page
+    assert f"study {done} on iris, succeeded" in page and "<b>recommended 0." in page
     svg = page[page.index("<svg") : page.index("</svg>") + 6]
     assert svg.count('id="errorbar-') >= 1
     ET.fromstring(svg)

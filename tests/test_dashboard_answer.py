@@ -180,7 +180,7 @@ def test_publish_replaces_the_note_and_the_graph(db_url: str) -> None:
     publish_answer(storage, NAME, *answer(TRIALS, test=True))
     note = get_note(study)
     assert "Recommended dropout: 0.50" in note and "Recommended dropout: 0.30" not in note
-    assert "Tied with the best" in note and "0.30\u20130.50" in note
+    assert "tied with the best (paired test, p >= 0.05): 0.3, 0.5" in note
     assert "Test score" in note and "without dropout (baseline): 0.9" in note
     assert "Pruned trials trained fewer epochs" in note
     assert "near the top of the searched range" in note

@@ -27,9 +27,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 # The README's snippet runs as a user runs it, then says which droptune modules it imported.
 RUN_SNIPPET = """
 import runpy, sys
+sys.modules["droptune"] = None  # any import of droptune fails: the file must not need it
 sys.argv = ["predict.py", *sys.argv[1:]]
 runpy.run_path("predict.py", run_name="__main__")
-print(sorted(m for m in sys.modules if m.split(".")[0] == "droptune"))
+print(sorted(m for m in sys.modules if m.split(".")[0] == "droptune" and sys.modules[m]))
 """
 
 
@@ -40,14 +41,19 @@ def readme_snippet() -> str:
 
 
 def _noisy_digits(path: Path) -> Path:
-    """700 digits, 40% of their labels replaced by random ones: a wide net memorises them."""
+    """700 digits, 40% of their labels replaced by random ones: a wide net memorises them. A
+    column of noise categories and a few missing pixels make the preprocessing a scikit-learn
+    transformer (imputers, one-hot, missing indicators) that travels inside the model file."""
     rng = np.random.default_rng(0)
     X, y = load_digits(return_X_y=True)
     idx = rng.permutation(len(y))[:700]
     X, y = X[idx], y[idx]
     flip = rng.random(len(y)) < 0.4
     y[flip] = rng.integers(0, 10, int(flip.sum()))
-    df = pd.DataFrame(X, columns=[f"p{i}" for i in range(64)]).assign(label=y)
+    df = pd.DataFrame(X, columns=[f"p{i}" for i in range(64)])
+    df.loc[rng.random(len(y)) < 0.05, "p20"] = np.nan
+    df.insert(0, "pen", rng.choice(["blue", "black", "red"], len(y)))
+    df = df.assign(label=y)
     df.to_csv(path, index=False)
     return path
 
@@ -117,11 +123,13 @@ def test_a_test_data_set_is_scored_once_and_must_match_the_search_data(
             "cv": {"folds": 3},
             "search": {"n_trials": 2, "pruner": "none"},
         }
-        refusals = {
-            "evaluation.test_dataset": {"test_dataset": other.id},
-            "evaluation.holdout": {"test_dataset": test.id, "holdout": 0.2},
-        }
-        for field, evaluation in refusals.items():
+        again = c.upload_dataset(tmp_path / "train.csv", target="label")  # deduplicated
+        refusals = [
+            ("evaluation.test_dataset", {"test_dataset": other.id}),  # a column fewer
+            ("evaluation.test_dataset", {"test_dataset": again.id}),  # the searched file
+            ("evaluation.holdout", {"test_dataset": test.id, "holdout": 0.2}),
+        ]
+        for field, evaluation in refusals:
             r = httpx.post(f"{api}/studies", json={**base, "evaluation": evaluation})
             assert r.status_code == 422, r.text
             assert field in {e["field"] for e in r.json()["errors"]}, r.text

@@ -73,7 +73,7 @@ def test_failed_refits_are_retried_then_fail_the_study(db_url: str) -> None:
         assert c is not None and c.attempt == attempt - 1
         assert refits.give_back(engine, c, "w", failed=True, reason="ValueError: boom")
     row = study_row(engine, sid)
-    assert row.status == "failed"
+    assert (row.status, row.refit_state) == ("failed", "skipped")
     assert "the final refit failed 2 times; last: ValueError: boom" in row.reason
     assert refits.claim(engine, "w") is None
 
@@ -114,10 +114,20 @@ def test_a_cancel_during_the_refit_stores_nothing(db_url: str) -> None:
     files = [refits.ModelFile("recommended", 0.3, {}, b"x")]
     assert not refits.complete(engine, c, "w", {"score": 1.0}, files)
     row = study_row(engine, sid)
-    assert (row.status, row.refit_result) == ("cancelled", None)
+    assert (row.status, row.refit_state, row.refit_result) == ("cancelled", "skipped", None)
     with transaction(engine) as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(models)).scalar() == 0
         assert conn.execute(sa.select(sa.func.count()).select_from(leases)).scalar() == 0
+
+
+def test_a_study_cancelled_during_its_search_never_refits(db_url: str) -> None:
+    engine = create_engine(db_url)
+    sid = queue.enqueue(engine, _spec(2, 0.2), "a")
+    queue.cancel(engine, sid, "a")
+    assert study_row(engine, sid).refit_state == "skipped"
+    none = queue.enqueue(engine, _spec(2, 0.0), "a")
+    queue.cancel(engine, none, "a")
+    assert study_row(engine, none).refit_state is None  # it never had one
 
 
 def test_the_optuna_study_carries_the_studys_name(db_url: str) -> None:
@@ -126,3 +136,12 @@ def test_the_optuna_study_carries_the_studys_name(db_url: str) -> None:
     sid = queue.enqueue(engine, spec, "a")
     # the dashboard lists Optuna studies by this name
     assert study_row(engine, sid).optuna_study == f"wine dropout (droptune-{sid})"
+
+
+def test_a_test_data_sets_columns_are_compared_by_name_and_kind() -> None:
+    diff = queue._column_difference
+    train = {"a": "numeric", "b": "categorical"}
+    assert diff(train, {"b": "categorical", "a": "numeric"}) is None  # another order is fine
+    assert diff(train, {"a": "numeric"}) == "it lacks column(s) ['b']"
+    got = diff(train, {"a": "categorical", "b": "categorical", "c": "numeric"})
+    assert got == "it has column(s) the search never saw ['c']; 'a' is categorical, not numeric"

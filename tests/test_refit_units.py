@@ -148,3 +148,35 @@ def test_pruning_spares_a_trial_level_with_the_finished_ones() -> None:
     assert level_with(far, 0.96, maximize=False)  # a loss: lower is better
     assert not level_with(close, None, maximize=True)  # nothing finished yet: the pruner decides
     assert not level_with(np.array([0.9]), 0.96, maximize=True)  # one split: no standard error
+
+
+def test_a_table_subset_by_the_holdout_preprocesses() -> None:
+    """pandas 3 hands out read-only arrays for row subsets: converting them must copy."""
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame(
+        {"pen": pd.Series(rng.choice(["a", "b"], 50), dtype=object), "x": rng.normal(size=50)}
+    )
+    df.loc[3, "x"] = np.nan
+    part = df.iloc[np.arange(40)]
+    t = tabular_preprocessor(["x"], ["pen"], ["x"]).fit(part.iloc[np.arange(30)])
+    assert t.transform(part).shape == (40, 4)
+
+
+def test_a_baseline_that_beats_the_recommended_rate_is_a_warning() -> None:
+    from droptune.storage.reads import baseline_warning
+    from droptune.storage.schemas import TestPoint, TestScore
+    from droptune.storage.spec import StudySpec
+
+    spec = StudySpec.model_validate({"dataset": {"builtin": "wine"}})
+    test = TestScore(
+        dropout=0.6, score=0.84, ci95=[0.78, 0.89], n=200, source="holdout", metric="accuracy"
+    )
+    assert baseline_warning(test, spec) is None  # no baseline
+    worse = TestPoint(dropout=0.0, score=0.80, ci95=[0.74, 0.85])
+    assert baseline_warning(test.model_copy(update={"baseline": worse}), spec) is None
+    close = TestPoint(dropout=0.0, score=0.86, ci95=[0.80, 0.90])
+    got = baseline_warning(test.model_copy(update={"baseline": close}), spec)
+    assert got is not None and "did not help" in got
+    far = TestPoint(dropout=0.0, score=0.95, ci95=[0.91, 0.97])
+    got = baseline_warning(test.model_copy(update={"baseline": far}), spec)
+    assert got is not None and "dropout hurts here" in got

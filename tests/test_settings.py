@@ -39,6 +39,8 @@ def test_no_field_is_declared_twice() -> None:
         "database_url",
         "lease_grace_seconds",
         "recover_every_seconds",
+        "pg_prepared_statements",
+        "listen_url",
     }
     for cls in (ServiceSettings, WorkerSettings):
         assert issubclass(cls, StorageSettings)
@@ -185,3 +187,15 @@ def test_a_bad_variable_is_one_line_before_anything_starts(
         "error: DROPTUNE_LEASE_GRACE_SECONDS='abc': "
         "Input should be a valid number, unable to parse string as a number"
     ]
+
+
+def test_prepared_statements_can_be_turned_off_for_pgbouncer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from droptune.storage.db import engine_kwargs
+
+    url = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    assert "connect_args" not in engine_kwargs(url)
+    monkeypatch.setenv("DROPTUNE_PG_PREPARED_STATEMENTS", "false")
+    assert engine_kwargs(url)["connect_args"] == {"prepare_threshold": None}
+    assert "prepare_threshold" not in engine_kwargs("sqlite:///x.db")["connect_args"]

@@ -17,15 +17,18 @@ program: it takes raw features. Regression outputs are on the data's own scale.
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 from typing import Any
 
+import numpy as np
 import torch
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from torch import nn
 
 from droptune.worker.models import StackedCNN, StackedMLP
+from droptune.worker.preprocess import _as_float, _as_object
 
 META = "droptune.json"
 PREPROCESS = "preprocess.skops"
@@ -50,9 +53,9 @@ class TakeHome(nn.Module):
         self.y_shift, self.y_scale = y_shift, y_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.standardise:
+        if self.standardise:  # in float64, as the training data was standardised
             mean, scale = self.get_buffer("mean"), self.get_buffer("scale")
-            x = (x - mean) / scale
+            x = ((x.double() - mean) / scale).float()
         out: torch.Tensor = self.net(x)
         if self.y_scale != 1.0 or self.y_shift != 0.0:
             out = out * self.y_scale + self.y_shift
@@ -67,9 +70,25 @@ def take_home_module(
     plain = net.export_member(member).to("cpu").eval()
     mean = scale = None
     if isinstance(transformer, StandardScaler):
-        mean = torch.tensor(transformer.mean_, dtype=torch.float32)
-        scale = torch.tensor(transformer.scale_, dtype=torch.float32)
+        mean = torch.tensor(transformer.mean_, dtype=torch.float64)
+        scale = torch.tensor(transformer.scale_, dtype=torch.float64)
     return TakeHome(plain, mean, scale, y_shift, y_scale).eval()
+
+
+def portable(transformer: Any) -> Any:
+    """A copy of a fitted table transformer that needs scikit-learn and numpy only: droptune's
+    own column conversions (which also accept pandas' nullable dtypes while training) become
+    `numpy.asarray` with the same dtype. The copy expects missing values as NaN, as
+    pandas.read_csv gives them."""
+    out = copy.deepcopy(transformer)
+    swaps = {_as_object: "object", _as_float: "float64"}
+    blocks = [*getattr(out, "transformers", []), *getattr(out, "transformers_", [])]
+    for _, block, _ in blocks:  # the fitted blocks, and the unfitted ones they were cloned from
+        for _, step in getattr(block, "steps", []):
+            if isinstance(step, FunctionTransformer) and step.func in swaps:
+                step.kw_args = {"dtype": swaps[step.func]}
+                step.func = np.asarray
+    return out
 
 
 def export_program(
@@ -84,7 +103,8 @@ def export_program(
     if not module.standardise:
         import skops.io  # lazily: importing it takes seconds
 
-        extra[PREPROCESS] = base64.b64encode(skops.io.dumps(transformer)).decode("ascii")
+        blob = skops.io.dumps(portable(transformer))
+        extra[PREPROCESS] = base64.b64encode(blob).decode("ascii")
     buf = io.BytesIO()
     torch.export.save(program, buf, extra_files=extra)
     return buf.getvalue()

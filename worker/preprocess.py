@@ -25,7 +25,7 @@ def _as_object(X: Any) -> np.ndarray:
     missing; object and pandas 3 `str` columns already use NaN and pass through unchanged.
     """
     if hasattr(X, "to_numpy"):  # a DataFrame: any dtype, any missing marker
-        return np.asarray(X.to_numpy(dtype=object, na_value=np.nan))
+        return np.asarray(X.to_numpy(dtype=object, na_value=np.nan, copy=True))
     return np.asarray(X, dtype=object)
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 import torch
 from optuna.trial import FrozenTrial
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from droptune.storage import queue, refits
 from droptune.storage.answer import answer, primary_rate
@@ -41,6 +43,7 @@ class RefitData:
     transformer: Any  # fitted on the training rows
     y_test: np.ndarray  # the unseen rows' targets (labels, or values on the data's scale)
     source: str  # "holdout" | "test_dataset"
+    held: list[int]  # the held-out rows' numbers in the uploaded file ([] for a test data set)
     classes: list[str] | None
     columns: list[str] | None
 
@@ -68,11 +71,12 @@ def refit_data(files: FileCache, spec: StudySpec, device: torch.device) -> Refit
             ds.preprocess,
         )
         train, held, source = np.arange(n), np.arange(n, n + m), "test_dataset"
+        rows: list[int] = []
     else:
         train, held = search_rows(ds, spec)
-        source = "holdout"
+        source, rows = "holdout", held.tolist()
     data, fitted = fold_data(ds, [(train, held)], device)
-    return RefitData(data, fitted[0], ds.y[held], source, classes, columns)
+    return RefitData(data, fitted[0], ds.y[held], source, rows, classes, columns)
 
 
 def _stack(a: Any, b: Any) -> Any:
@@ -145,6 +149,23 @@ def predictions(run: StackedRun, d: FoldData, rows: int = 8192) -> np.ndarray:
     return arr
 
 
+def _retrying(end: Callable[[], bool]) -> bool:
+    """End the refit's lease, retrying while the database is away; False when it could not
+    (the lease then goes stale and recovery gives the refit back, counting an attempt)."""
+    try:
+        return bool(
+            Retrying(
+                retry=retry_if_exception_type(StorageError),
+                stop=stop_after_attempt(5),
+                wait=wait_exponential(multiplier=0.5, max=5),
+                reraise=True,
+            )(end)
+        )
+    except StorageError as exc:
+        log.warning("could not end the refit's lease (%s); left to recovery", exc)
+        return False
+
+
 class RefitRunner:
     def __init__(self, ctx: BatchContext, hb: LeaseHeartbeat, files: FileCache) -> None:
         self.ctx, self.hb, self.files = ctx, hb, files
@@ -155,19 +176,26 @@ class RefitRunner:
         self.hb.hold({claim.lease_id})
         ctx.on_current(claim.study_id, [])
         log.info("worker %s: refit of study %s", ctx.worker_id, claim.study_id)
+        engine, me = ctx.engine, ctx.worker_id
         try:
             result, models = self._refit(claim)
-            if not refits.complete(ctx.engine, claim, ctx.worker_id, result, models):
-                log.warning("refit of study %s: lease lost or study ended", claim.study_id)
         except Interrupted as stop:
             if stop.why is not Why.LOST:  # a lost lease is recovery's to end
-                refits.give_back(ctx.engine, claim, ctx.worker_id, failed=False, reason=stop.reason)
+                _retrying(lambda: refits.give_back(engine, claim, me, failed=False, reason=None))
         except Exception as exc:
-            log.exception("worker %s: refit of study %s failed", ctx.worker_id, claim.study_id)
-            reason = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, StorageError):
-                return  # the database is away: the lease goes stale and is recovered
-            refits.give_back(ctx.engine, claim, ctx.worker_id, failed=True, reason=reason)
+            log.exception("worker %s: refit of study %s failed", me, claim.study_id)
+            reason = f"{type(exc).__name__}: " + (
+                "a database error (see the worker's log)"
+                if isinstance(exc, StorageError | sa.exc.SQLAlchemyError)
+                else str(exc)
+            )
+            _retrying(lambda: refits.give_back(engine, claim, me, failed=True, reason=reason))
+        else:
+            # Hours of training end here: a database blip must not throw them away.
+            if not _retrying(lambda: refits.complete(engine, claim, me, result, models)):
+                log.warning(
+                    "refit of study %s: not stored (lease lost or study ended)", claim.study_id
+                )
         finally:
             self.hb.hold(set())
             ctx.on_current(None, [])
@@ -262,7 +290,11 @@ class RefitRunner:
             "input": "raw features" if module.standardise else "preprocess.skops output",
             "output": "class logits" if d.task == "classification" else "predictions",
             "test": {**point, "n": len(rd.y_test), "source": rd.source},
-            "holdout": {"fraction": spec.evaluation.holdout or 0.0, "seed": spec.cv.seed},
+            "holdout": {
+                "fraction": spec.evaluation.holdout or 0.0,
+                "seed": spec.cv.seed,
+                "rows": rd.held,  # row numbers in the data set's file, from 0
+            },
         }
         data = export_program(module, d.n_features, meta, rd.transformer)
         return ModelFile(m.role, m.dropout, params, data)
