@@ -189,7 +189,8 @@ def test_cancel_stops_running_trials_at_the_next_epoch(tmp_path: Path) -> None:
         assert ended.status == "cancelled"
         # stopped by the cancel, not failures of their own
         assert (ended.progress.failed, ended.progress.interrupted) == (0, 2)
-        assert [w.trials for w in c.workers()] == [[]]
+        # the worker says it is idle once its batch has ended (right after the trials)
+        procs.wait_until(lambda: [w.trials for w in c.workers()] == [[]], 10, "an idle worker")
 
 
 def _assert_port_refused(url: str, host: str, port: int) -> None:

@@ -39,6 +39,7 @@ class LeaseHeartbeat:
         self.lost: set[int] = set()  # lease ids another process has recovered
         self.ended: dict[int, str] = {}  # studies that have ended (cancelled, failed): id -> status
         self._held: set[int] = set()
+        self._beating = threading.Lock()
 
     def hold(self, lease_ids: set[int]) -> None:
         """Start watching a new batch's leases (an empty set when idle)."""
@@ -47,13 +48,16 @@ class LeaseHeartbeat:
         self._held = set(lease_ids)
 
     def beat(self) -> Beat | None:
-        study_id, trials = self._current()
-        try:
-            held = self._held
-            b = registry.heartbeat(self._engine, self._worker_id, study_id, trials, held)
-        except StorageError as exc:
-            log.warning("heartbeat failed (will retry): %s", exc)
-            return None
+        # One beat at a time: the thread's beat must not read the batch it is on, be overtaken
+        # by the batch's last beat (which says the worker is idle), and land after it.
+        with self._beating:
+            study_id, trials = self._current()
+            try:
+                held = self._held
+                b = registry.heartbeat(self._engine, self._worker_id, study_id, trials, held)
+            except StorageError as exc:
+                log.warning("heartbeat failed (will retry): %s", exc)
+                return None
         self.lost |= held - b.live_leases
         self.ended |= b.ended_studies
         return b
