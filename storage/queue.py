@@ -103,68 +103,13 @@ def _for_dataset(conn: Connection, spec: StudySpec, owner: str) -> StudySpec:
         raise Invalid(f"{exc.field}: {exc.message}", field=exc.field) from exc
 
 
-def _check_test_dataset(conn: Connection, spec: StudySpec, owner: str) -> None:
-    """evaluation.test_dataset must be the owner's, of the same task and the same columns (or
-    image shape) as the data set searched, with no class the search never saw."""
-    field = "evaluation.test_dataset"
-    test_id = spec.evaluation.test_dataset
-    assert test_id is not None
-    test = datasets.for_study(conn, test_id, owner)
-    if test is None:
-        raise Invalid(f"{field}: data set {test_id} not found", field=field)
-    if spec.dataset.id is None:
-        raise Invalid(
-            f"{field}: a test data set needs an uploaded dataset.id with the same columns; "
-            "for a built-in data set use evaluation.holdout",
-            field=field,
-        )
-    train = datasets.for_study(conn, spec.dataset.id, owner)
-    assert train is not None  # checked by _for_dataset
-    columns = [(c.name, c.kind) for c in train.columns]
-    problem: str | None = None
-    if datasets.same_bytes(conn, test_id, spec.dataset.id):
-        problem = "it is the data set searched (the same file): a test score on it would be a "
-        problem += "score on training rows; upload held-out rows, or use evaluation.holdout"
-    elif test.task != train.task:
-        problem = f"it is a {test.task} data set; dataset.id is {train.task}"
-    elif differ := _column_difference(dict(columns), {c.name: c.kind for c in test.columns}):
-        problem = differ
-    elif (test.image_shape or None) != (train.image_shape or None) or (
-        test.features != train.features
-    ):
-        problem = "its feature shape differs from dataset.id's"
-    elif train.classes is not None and not set(test.classes or []) <= set(train.classes):
-        extra = sorted(set(test.classes or []) - set(train.classes))[:5]
-        problem = f"it has classes the search never sees: {extra}"
-    if problem:
-        raise Invalid(f"{field}: data set {test_id} does not fit: {problem}", field=field)
-
-
-def _column_difference(train: dict[str, str], test: dict[str, str]) -> str | None:
-    """How a test data set's columns differ from the searched one's (their order may differ:
-    preprocessing picks columns by name), or None."""
-    missing = [n for n in train if n not in test]
-    extra = [n for n in test if n not in train]
-    kinds = [
-        f"{n!r} is {test[n]}, not {train[n]}" for n in train if n in test and test[n] != train[n]
-    ]
-    parts = []
-    if missing:
-        parts.append(f"it lacks column(s) {missing[:5]}")
-    if extra:
-        parts.append(f"it has column(s) the search never saw {extra[:5]}")
-    if kinds:
-        parts.append("; ".join(kinds[:5]))
-    return "; ".join(parts) or None
-
-
 def enqueue(engine: Engine, spec: StudySpec, owner: str) -> int:
     """Store a new study as `queued` and return its id."""
     with transaction(engine) as conn:
         if spec.dataset.id is not None:
             spec = _for_dataset(conn, spec, owner)
         if spec.evaluation.test_dataset is not None:
-            _check_test_dataset(conn, spec, owner)
+            datasets.check_test_dataset(conn, spec, owner)
         study_id = conn.execute(
             studies.insert()
             .values(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from droptune.storage import queue, refits
+from droptune.storage import datasets, queue, refits
 from droptune.storage.db import create_engine, transaction
 from droptune.storage.optuna_bridge import optuna_storage
 from droptune.storage.recovery import recover_stale
@@ -139,7 +139,7 @@ def test_the_optuna_study_carries_the_studys_name(db_url: str) -> None:
 
 
 def test_a_test_data_sets_columns_are_compared_by_name_and_kind() -> None:
-    diff = queue._column_difference
+    diff = datasets._column_difference
     train = {"a": "numeric", "b": "categorical"}
     assert diff(train, {"b": "categorical", "a": "numeric"}) is None  # another order is fine
     assert diff(train, {"a": "numeric"}) == "it lacks column(s) ['b']"

@@ -143,6 +143,28 @@ class Worker:
         """
         if not runner.hb.alive:  # cannot happen (it catches everything); never claim blind
             raise RuntimeError("the heartbeat thread has died: leases would go stale")
+        found = self._find_work()
+        if isinstance(found, bool):
+            return found
+        refit, claim = found
+        if refit is not None:
+            try:
+                self._refitter.run(refit)  # ends its lease whatever happens (or leaves it stale)
+            except Exception:
+                log.exception("worker %s: refit of study %s broke off", self.id, refit.study_id)
+                time.sleep(1.0)
+        elif claim is None:
+            if not self.stopping:
+                time.sleep(0.02)  # another claim took or held the slots (SKIP LOCKED): again
+        elif self.stopping:  # a signal came while claiming: give the slots straight back
+            self._release(claim)
+        else:
+            self._run_batch(runner, claim)
+        return True
+
+    def _find_work(self) -> bool | tuple[refits.RefitClaim | None, queue.Claim | None]:
+        """Recover stale work, then claim a ready refit or a batch: (refit, claim), or what
+        `_step` returns at once (False: nothing to do; True: try again)."""
         try:
             self._maybe_recover()
             if self.stopping:  # a signal came during recovery: claim nothing more
@@ -152,7 +174,7 @@ class Worker:
             self._bugs = 0  # recovery and the peek went through
             if refit is None and nxt is None:
                 return False  # nothing to do: idle
-            claim = None if nxt is None else self._claim(*nxt)
+            return refit, None if nxt is None else self._claim(*nxt)
         except Exception as exc:
             if is_outage(exc):
                 log.warning("database unavailable (%s); retrying", exc)
@@ -167,34 +189,21 @@ class Worker:
             log.exception("worker %s: recovery or claim failed; retrying", self.id)
             time.sleep(1.0)
             return True
-        if refit is not None:
-            try:
-                self._refitter.run(refit)  # ends its lease whatever happens (or leaves it stale)
-            except Exception:
-                log.exception("worker %s: refit of study %s broke off", self.id, refit.study_id)
-                time.sleep(1.0)
-            return True
-        if claim is None:
-            if not self.stopping:
-                time.sleep(0.02)  # another claim took or held the slots (SKIP LOCKED): again
-            return True
-        if self.stopping:  # a signal came while claiming: give the slots straight back
-            self._release(claim)
-            return True
+
+    def _run_batch(self, runner: BatchRunner, claim: queue.Claim) -> None:
         try:
             ensure_study(self.optuna, claim.optuna_study, claim.spec, claim.study_id)
         except Exception:
             log.exception("worker %s: cannot open study %s; releasing", self.id, claim.study_id)
             self._release(claim)
             time.sleep(1.0)
-            return True
+            return
         try:
             runner.run(claim, lambda: self._cache.get(claim.spec, self.device))
         except Exception:
             # The database went away mid-batch, say: the leases go stale and are retried.
             log.exception("worker %s: batch of study %s broke off", self.id, claim.study_id)
             time.sleep(1.0)
-        return True
 
     def _release(self, claim: queue.Claim) -> None:
         """Give back the slots of a claim no trial was created for (leases that cannot be
