@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import math
 
+from droptune.client.cli_common import safe
 from droptune.storage.schemas import BestOut, TestPoint
 
 
 def answer_lines(b: BestOut) -> list[str]:
     """The answer, labelled: the best with its standard error, the recommended rate and why,
-    the rates tied with the best, warnings, and the score on unseen rows once there is one."""
+    the rates tied with the best, warnings, and the score on unseen rows once there is one.
+    Each line escaped (`safe`): a warning or a reason can quote a name or a column."""
+    return [safe(line) for line in _lines(b)]
+
+
+def _lines(b: BestOut) -> list[str]:
     if b.score is None or b.dropout is None:
         return [
             f"no finished trial (the study ended {b.status})"

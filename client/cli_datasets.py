@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from droptune.client.api import DEFAULT_URL, Client, ClientError
-from droptune.client.cli_common import JsonOpt, UrlOpt, ask, client, fail
+from droptune.client.cli_common import JsonOpt, UrlOpt, ask, client, fail, safe
 from droptune.storage.schemas import DatasetOut
 
 dataset_app = typer.Typer(
@@ -17,6 +17,8 @@ dataset_app = typer.Typer(
 
 
 def dataset_line(d: DatasetOut) -> str:
+    """The data set on one line, escaped (`safe`): its name, target and class labels are the
+    uploader's, and could hold a terminal's escape sequences."""
     shape = f"images CxHxW {'x'.join(map(str, d.image_shape))}" if d.image_shape else None
     cols = f"{d.features} column{'s' if d.features != 1 else ''}"
     what = shape or cols + (f", target {d.target!r}" if d.target else "")
@@ -27,7 +29,7 @@ def dataset_line(d: DatasetOut) -> str:
         task += f", {len(pairs)} classes ({shown})"
     elif d.target_mean is not None and d.target_std is not None:
         task += f", target mean {d.target_mean:.4g}, std {d.target_std:.4g}"
-    return f"{d.name} [{d.format}] {d.rows} rows, {what}; {task}"
+    return safe(f"{d.name} [{d.format}] {d.rows} rows, {what}; {task}")
 
 
 @dataset_app.command("upload")
@@ -96,7 +98,7 @@ def dataset_show(dataset_id: int, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = 
     for col in d.columns:
         extra = f", {col.categories} categories" if col.categories is not None else ""
         missing = f", {col.missing} missing" if col.missing else ""
-        lines.append(f"  {col.name}: {col.kind}{extra}{missing}")
+        lines.append("  " + safe(f"{col.name}: {col.kind}{extra}{missing}"))
     lines.append(f"  studies: {', '.join(map(str, d.studies)) or 'none'}")
     typer.echo("\n".join(lines))
 

@@ -14,7 +14,7 @@ import httpx
 from pydantic import ValidationError
 
 from droptune.client.api import Client, ClientError, StudyEvent
-from droptune.client.cli_common import fail
+from droptune.client.cli_common import fail, safe
 from droptune.storage.schemas import ENDED, BestOut, Progress, StudyOut
 
 OUTAGE = (502, 503, 504)  # an API restarting behind a proxy: waited out, like no answer
@@ -54,7 +54,11 @@ class Bar:
             else ""
         )
         done = p.complete + p.pruned
-        self._bar.update(self._task, total=p.n_trials, completed=done, state=status, best=best)
+        from rich.markup import escape  # rich loads only when a bar is shown
+
+        # The status is the server's word, shown through rich's markup: escaped for both.
+        state = escape(safe(status))
+        self._bar.update(self._task, total=p.n_trials, completed=done, state=state, best=best)
 
     def show_event(self, data: dict[str, Any]) -> None:
         try:

@@ -15,7 +15,7 @@ import typer
 
 from droptune.client.answer_text import answer_lines
 from droptune.client.api import DEFAULT_URL, Client, ClientError
-from droptune.client.cli_common import UrlOpt, ask, fail
+from droptune.client.cli_common import UrlOpt, ask, fail, safe
 from droptune.storage.answer import primary_rate
 from droptune.storage.schemas import BestOut, StudyOut, TrialOut
 from droptune.storage.spec import DatasetSpec, StudySpec
@@ -92,10 +92,12 @@ def _setup(spec: StudySpec) -> str:
 def render(
     study: StudyOut, best: BestOut | None, trials: list[TrialOut], svg: bytes, data_name: str
 ) -> str:
-    """The page (every string from the study escaped)."""
-    name = study.name or f"study {study.id}"
+    """The page (every string from the study escaped: for HTML, and its control characters
+    spelled out, which HTML does not allow)."""
+    name = safe(study.name or f"study {study.id}")
     p = study.progress
-    status = f"{study.status}" + (f": {study.reason}" if study.reason else "")
+    status = safe(f"{study.status}" + (f": {study.reason}" if study.reason else ""))
+    data_name = safe(data_name)
     answer = "".join(f"<li>{item}</li>" for item in _answer(best))
     head = ["trial", "state", "dropout", "mean ± SE", "p vs best", "epochs"]
     rows = "\n".join(_trial_row(t) for t in trials)

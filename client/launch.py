@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ def serve(settings: ServiceSettings) -> None:
 
     logs.configure()
     upgrade(settings.database_url)
+    check_exposure(settings)
     app = create_app(settings)
     uvicorn.run(
         app,
@@ -35,6 +37,36 @@ def serve(settings: ServiceSettings) -> None:
         log_level="info",
         log_config=None,  # uvicorn's access and error lines go through logs.configure's handler
         timeout_graceful_shutdown=5,
+    )
+
+
+def check_exposure(settings: ServiceSettings) -> None:
+    """Refuse to serve a public address while no token exists (anyone reaching the port could
+    submit, cancel and delete anything), unless --insecure says that is meant."""
+    from droptune.service.auth import is_loopback
+    from droptune.storage import tokens
+    from droptune.storage.db import create_engine
+
+    if is_loopback(settings.host):
+        return
+    engine = create_engine(settings.database_url)
+    try:
+        exists = tokens.any_exist(engine)
+    finally:
+        engine.dispose()
+    if exists:
+        return
+    if not settings.insecure:
+        raise ValueError(
+            f"refusing to serve on {settings.host!r} with no token: anyone who can reach the "
+            "port could submit, cancel and delete every study. Create an admin token first "
+            "(droptune token create --name NAME --admin), or pass --insecure to serve open"
+        )
+    logging.getLogger("droptune.api").warning(
+        "serving %s with no token (--insecure): anyone who can reach port %d can submit, "
+        "cancel and delete every study",
+        settings.host,
+        settings.port,
     )
 
 
@@ -71,6 +103,7 @@ def up(api_settings: ServiceSettings, worker_settings: WorkerSettings, workers: 
     url, host, port = api_settings.database_url, api_settings.host, api_settings.port
     _check_port_free(host, port)
     upgrade(url)  # once, before the children start, so they never race on it
+    check_exposure(api_settings)  # before any child starts
     stop = False
 
     def _stop(_sig: int, _frame: object) -> None:
@@ -101,7 +134,7 @@ def up(api_settings: ServiceSettings, worker_settings: WorkerSettings, workers: 
         _stop_all(children)
         return 1
     # The banner says "up" once the workers are too (they load torch and register).
-    started = _wait_workers(base, len(devs), children[1:], lambda: stop)
+    started = _wait_workers(url, api_settings, len(devs), children[1:], lambda: stop)
     typer.echo(
         f"droptune is up on {url}\n"
         f"  API        {base}   (OpenAPI docs: {base}/docs)\n"
@@ -162,26 +195,33 @@ def _wait_healthy(
 
 
 def _wait_workers(
-    base: str,
+    url: str,
+    settings: ServiceSettings,
     n: int,
     workers: list[subprocess.Popen[bytes]],
     stopped: Callable[[], bool],
     timeout: float = 60.0,
 ) -> bool:
-    """Wait until `n` live workers are registered; False if one exits, time runs out or Ctrl-C."""
-    import httpx
+    """Wait until `n` live workers are registered (read from the database: the API may need a
+    token); False if one exits, time runs out or Ctrl-C."""
+    from droptune.storage import registry
+    from droptune.storage.db import create_engine
+    from droptune.storage.errors import StorageError
 
+    engine = create_engine(url)
     deadline = time.monotonic() + timeout
-    while n and time.monotonic() < deadline and not stopped():
-        if any(w.poll() is not None for w in workers):
-            return False
-        try:
-            live = httpx.get(f"{base}/workers", timeout=1.0).json()
-            if isinstance(live, list) and len(live) >= n:
-                return True
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.2)
+    try:
+        while n and time.monotonic() < deadline and not stopped():
+            if any(w.poll() is not None for w in workers):
+                return False
+            try:
+                if registry.count_live(engine, settings.lease_grace_seconds) >= n:
+                    return True
+            except StorageError:
+                pass
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
     return n == 0
 
 

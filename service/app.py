@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from droptune.service import curve, datasets, docs, errors, events, metrics, model
+from droptune.service import auth, curve, datasets, docs, errors, events, metrics, model
 from droptune.service.dashboard import dashboard_app
 from droptune.service.head import HeadAsGet
-from droptune.service.limits import UploadLimit
+from droptune.service.limits import BodyLimit
 from droptune.service.settings import ServiceSettings
 from droptune.service.studies import router as studies_router
 from droptune.service.workers import router as workers_router
@@ -72,14 +74,28 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.optuna_read = optuna_storage(settings.database_url, writes=False)
     app.state.reader = Reader(app.state.engine, app.state.optuna_read)
     errors.install(app)
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = build_openapi()
+        auth.document(doc)
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(HeadAsGet)
-    app.add_middleware(
-        UploadLimit,
-        path="/datasets",
-        max_bytes=datasets.upload_limit(settings) + datasets.FORM_OVERHEAD,
-        max_upload_mb=settings.max_upload_mb,
-    )
-    metrics.install(app, settings)  # outermost middleware (times 413s too); GET /metrics
+    app.add_middleware(BodyLimit, settings=settings, upload_path="/datasets")
+    # Outside the limit: a request without a token is refused before its body is read.
+    app.add_middleware(auth.Access, settings=settings, engine=app.state.engine)
+    origins = auth.cors_origins(settings)
+    if origins:  # off unless configured: no page on another site may call the API
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            max_age=600,
+        )
+    metrics.install(app, settings)  # outermost middleware (times 401s and 413s too)
     app.include_router(studies_router)
     app.include_router(events.router)  # its lifespan runs the study watcher
     app.include_router(curve.router)

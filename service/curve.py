@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from droptune.service.deps import Owner, ReaderDep
+from droptune.service.deps import CallerDep, ReaderDep
 from droptune.service.studies import ONE_STUDY, StudyId
 from droptune.storage.curve import Curve, CurvePoint
 
@@ -49,13 +49,13 @@ TIED_LABEL = "tied with best (paired test)"
 )
 def curve(
     study_id: StudyId,
-    owner: Owner,
+    caller: CallerDep,
     reader: ReaderDep,
     format: Annotated[Format, Query(description="json, svg or png")] = "json",
 ) -> Curve | Response:
     """Every COMPLETE trial's mean score ± 1 standard error against its rate, PRUNED trials
     apart (they trained fewer epochs), the best and recommended rates and the tied range."""
-    data = reader.curve(study_id, owner)  # one load of the trials
+    data = reader.curve(study_id, caller.scope)  # one load of the trials
     if format == "json":
         return data
     name = data.name or ""

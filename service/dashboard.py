@@ -3,7 +3,10 @@
 optuna-dashboard's page hard-codes `/dashboard`, `/static/*` and `/api/*`, so it cannot live under
 a sub-path: its WSGI app is mounted last, as the catch-all, and droptune's routes stay off `/api`.
 Its write routes (delete a study, tell a trial, notes) have no authentication and would corrupt the
-queue, so every method but GET and HEAD is refused with 403 before it reaches the dashboard.
+queue, so every method but GET and HEAD is refused with 403 before it reaches the dashboard. Once
+tokens exist, only admins reach it at all (service/auth.py: a bearer token or the login cookie),
+and it shows every owner's studies: optuna-dashboard reads Optuna's storage whole and has no
+notion of an owner, so a per-owner view would need a filtering storage wrapper (not built).
 """
 
 from __future__ import annotations

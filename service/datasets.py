@@ -12,11 +12,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
 
-from droptune.service.deps import EngineDep, Owner, SettingsDep
+from droptune.service.deps import CallerDep, EngineDep, SettingsDep
 from droptune.service.errors import problems
 from droptune.service.settings import ServiceSettings
 from droptune.storage import datafile, datasets
-from droptune.storage.errors import TooLarge, too_large
+from droptune.storage.errors import Invalid, TooLarge, too_large
+from droptune.storage.names import check_text, printable
+from droptune.storage.quotas import Quotas
 from droptune.storage.schemas import DatasetOut, DatasetPage
 
 DB_INT = 2**63 - 1
@@ -29,8 +31,25 @@ def upload_limit(settings: ServiceSettings) -> int:
     return int(settings.max_upload_mb * 2**20)
 
 
-# The body limit is service.limits.UploadLimit, set up by create_app with
-# upload_limit(settings) + FORM_OVERHEAD.
+def form_text(value: str | None, field: str) -> str | None:
+    """A form field naming something (`name`, `target`), refused (422 naming the field) when
+    it holds a NUL or a control character: PostgreSQL refuses a NUL (a 500), SQLite stores it."""
+    if value is None:
+        return None
+    try:
+        return check_text(value, field)
+    except ValueError as exc:
+        raise Invalid(str(exc), field=field) from None
+
+
+def default_name(filename: str | None, fmt: str) -> str:
+    """The file's own name, without its folders and control characters (the client chose no
+    name, so nothing is refused for it)."""
+    return printable(PurePath(filename or "").name)[:200] or f"upload.{fmt}"
+
+
+# The body limit is service.limits.BodyLimit, set up by create_app: upload_limit(settings) +
+# FORM_OVERHEAD for this route.
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 
@@ -42,16 +61,20 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
         200: {"model": DatasetOut, "description": "the same bytes were uploaded before"},
         **problems(
             400,
+            403,
             413,
             422,
             503,
-            why={422: "a missing or invalid field, or a file droptune cannot train on"},
+            why={
+                403: "DROPTUNE_QUOTA_DATASET_MB: the owner's stored data sets would exceed it",
+                422: "a missing or invalid field, or a file droptune cannot train on",
+            },
         ),
     },
 )
 def upload(
     response: Response,
-    owner: Owner,
+    caller: CallerDep,
     engine: EngineDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="CSV with a header row, NPZ (X, y), Parquet")],
@@ -69,11 +92,12 @@ def upload(
 ) -> DatasetOut:
     """Upload a data set; the same bytes (read the same way) again answer 200 with the
     record stored before."""
+    name, target = form_text(name, "name"), form_text(target, "target")
     f = file.file
     sha, size = datasets.sha256_of(f)
     if size > upload_limit(settings):  # within the form's overhead allowance
         raise TooLarge(too_large(settings.max_upload_mb))
-    existing = datasets.find(engine, owner, sha, target, task)
+    existing = datasets.find(engine, caller.name, sha, target, task)
     if existing is not None:
         response.status_code = 200
         return existing
@@ -87,14 +111,15 @@ def upload(
     summary = datafile.inspect(f, fmt, target=target, task=task, limits=limits)
     record, created = datasets.create(
         engine,
-        owner=owner,
-        name=name or PurePath(file.filename or f"upload.{fmt}").name[:200],
+        owner=caller.name,
+        name=name or default_name(file.filename, fmt),
         sha256=sha,
         size=size,
         summary=summary,
         f=f,
         asked_target=target,
         asked_task=task,
+        quotas=Quotas.of(settings),
     )
     if not created:
         response.status_code = 200
@@ -104,19 +129,19 @@ def upload(
 
 @router.get("", response_model=DatasetPage, responses=problems(422, 503))
 def list_datasets(
-    owner: Owner,
+    caller: CallerDep,
     engine: EngineDep,
     offset: Annotated[int, Query(ge=0, le=DB_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> DatasetPage:
     """Your data sets, newest first."""
-    return datasets.page(engine, owner, offset, limit)
+    return datasets.page(engine, caller.scope, offset, limit)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=ONE_DATASET)
-def get_dataset(dataset_id: DatasetId, owner: Owner, engine: EngineDep) -> DatasetOut:
+def get_dataset(dataset_id: DatasetId, caller: CallerDep, engine: EngineDep) -> DatasetOut:
     """A data set's record, with the studies that train on it."""
-    return datasets.get(engine, dataset_id, owner)
+    return datasets.get(engine, dataset_id, caller.scope)
 
 
 @router.delete(
@@ -126,7 +151,7 @@ def get_dataset(dataset_id: DatasetId, owner: Owner, engine: EngineDep) -> Datas
         404, 409, 422, 503, why={404: "no such data set", 409: "a queued or running study uses it"}
     ),
 )
-def delete_dataset(dataset_id: DatasetId, owner: Owner, engine: EngineDep) -> Response:
+def delete_dataset(dataset_id: DatasetId, caller: CallerDep, engine: EngineDep) -> Response:
     """Delete a data set and its bytes (ended studies keep their answers)."""
-    datasets.delete(engine, dataset_id, owner)
+    datasets.delete(engine, dataset_id, caller.scope)
     return Response(status_code=204)

@@ -1,9 +1,10 @@
-"""Dependencies: the caller's owner, the database, the reader — one place each.
+"""Dependencies: the caller, the database, the reader — one place each.
 
 Async: a plain `def` dependency costs a thread-pool hop per request (they only read app state)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -15,9 +16,30 @@ from droptune.storage.reads import Reader
 LOCAL_OWNER = "local"
 
 
-async def get_owner() -> str:
-    """The caller. Today every caller is the anonymous local owner; bearer tokens replace this."""
-    return LOCAL_OWNER
+@dataclass(frozen=True)
+class Caller:
+    """Who sent the request (service/auth.py sets it): `name` owns what they create; an admin
+    sees and acts on every owner's studies and data sets. In open mode (no token was ever
+    created, loopback bind) every caller is the admin `local`."""
+
+    name: str
+    admin: bool
+    # The bearer token or cookie it came with (None in open mode): an event stream checks it
+    # again while it runs, so a revoked token ends it.
+    token: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def scope(self) -> str | None:
+        """The owner whose rows a read or action may touch: None (any owner) for an admin."""
+        return None if self.admin else self.name
+
+
+OPEN = Caller(LOCAL_OWNER, admin=True)
+
+
+async def get_caller(request: Request) -> Caller:
+    caller: Caller = getattr(request.state, "caller", OPEN)
+    return caller
 
 
 async def get_engine(request: Request) -> Engine:
@@ -35,7 +57,7 @@ async def get_settings(request: Request) -> ServiceSettings:
     return settings
 
 
-Owner = Annotated[str, Depends(get_owner)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 ReaderDep = Annotated[Reader, Depends(get_reader)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]

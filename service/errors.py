@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -13,13 +14,18 @@ from optuna.exceptions import StorageInternalError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Mount
-from starlette.types import Scope
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from droptune.storage.db import UNREACHABLE, driver_message, outage
 from droptune.storage.errors import DroptuneError, StorageError, too_large
 from droptune.storage.spec import describe_errors
 
 PROBLEM = "application/problem+json"
+MAX_JSON_DEPTH = 64  # arrays and objects inside each other; a study spec needs 3
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# A JSON string (escapes included), and the brackets that nest, for counting the depth.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
 
 log = logging.getLogger("droptune.api")
 
@@ -44,10 +50,14 @@ class Problem(BaseModel):
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 # What each status means on any route; a route names its own cases where they differ.
 WHY = {
-    400: "the body could not be read (not UTF-8 JSON, a malformed form)",
+    400: "the body could not be read (not UTF-8 JSON, a malformed form), or the Host header "
+    "is not one this server answers to (DROPTUNE_ALLOWED_HOSTS)",
+    401: "no token, or one that is not valid (revoked, mistyped): send `Authorization: Bearer`",
+    403: "the token's owner may not do this (an admin route, a write on the dashboard)",
     404: "not found",
     409: "the request conflicts with the resource's state",
-    413: "the upload is larger than DROPTUNE_MAX_UPLOAD_MB",
+    413: "the body is larger than the server takes (DROPTUNE_MAX_BODY_MB; uploads: _UPLOAD_MB)",
+    429: "a quota of the owner's is used up (DROPTUNE_QUOTA_*): `detail` names it",
     422: "invalid parameters or body: `errors` names each field at fault",
     503: "the database is unavailable: worth retrying",
 }
@@ -84,6 +94,88 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+def json_depth(text: str, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deep arrays and objects nest in JSON `text` (brackets inside strings do not count),
+    up to just past `limit`: counted, not parsed, so 100 000 levels cost no recursion."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub('""', text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                break
+    return deepest
+
+
+def body_problem(body: bytes) -> str | None:
+    """Why a JSON body cannot be read as droptune reads JSON, or None: it is not UTF-8 (RFC
+    8259; Python's json would guess UTF-16 or -32), or it nests beyond MAX_JSON_DEPTH (deeper,
+    the parser or the validation runs out of stack: a RecursionError, a 500)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (
+            f"the body is not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start}): "
+            "send JSON encoded as UTF-8"
+        )
+    if "\x00" in text:  # never in JSON as such; what UTF-16 or -32 looks like read as UTF-8
+        return "the body is not UTF-8: it holds NUL bytes (UTF-16 or UTF-32 text?)"
+    if json_depth(text) > MAX_JSON_DEPTH:
+        return (
+            f"the body is nested too deep: more than {MAX_JSON_DEPTH} levels of arrays and "
+            "objects inside each other"
+        )
+    return None
+
+
+def _is_json(scope: Scope) -> bool:
+    """Whether FastAPI would parse this request's body as JSON: no Content-Type, or
+    application/json or application/*+json."""
+    value: bytes | None = dict(scope["headers"]).get(b"content-type")
+    if value is None:
+        return True
+    kind = value.decode("latin-1").split(";")[0].strip().lower()
+    main, _, sub = kind.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+class JsonBodyCheck:
+    """ASGI middleware: a JSON body that is not UTF-8 or nests too deep is a 400 problem that
+    says so, before any route parses it (FastAPI answered "There was an error parsing the
+    body" for both). Inside the body-size limit, so the body it holds is a bounded one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before sending its body: nobody to answer
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        why = body_problem(body) if body else None
+        if why is not None:
+            await problem(400, "Bad request", why)(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = describe_errors(exc.errors())
@@ -109,6 +201,11 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     title = titles.get(exc.status_code, "Error")
     if exc.status_code == 413:  # Starlette's body limit on the upload route
         return problem(413, title, too_large(request.app.state.settings.max_upload_mb))
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError | RecursionError):
+        # FastAPI's "error parsing the body", where JsonBodyCheck did not look (a route's own)
+        if isinstance(exc.__cause__, UnicodeDecodeError):
+            return problem(400, title, "the body is not UTF-8: send JSON encoded as UTF-8")
+        return problem(400, title, "the body is nested too deep to read")
     if exc.status_code == 405:  # without the dashboard's catch-all, Starlette answers these
         allow = ", ".join(allowed_methods(request.app.routes, request.scope))
         detail = f"{request.method} is not allowed on {request.url.path}; allowed: {allow}"
@@ -149,6 +246,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(DroptuneError, _droptune)
     app.add_exception_handler(StorageInternalError, _optuna_storage)
     app.add_exception_handler(StarletteHTTPException, _http)
+    # Innermost of the middleware create_app adds after this: the body limits run first.
+    app.add_middleware(JsonBodyCheck)
     document(app)
 
 

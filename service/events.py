@@ -14,6 +14,7 @@ which repeats the id. `end` carries the last progress id + 1.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -25,9 +26,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from droptune.service.deps import Owner, ReaderDep
+from droptune.service.deps import Caller, CallerDep, ReaderDep
 from droptune.service.errors import problems
 from droptune.service.studies import StudyId
+from droptune.storage import tokens
 from droptune.storage.errors import NotFound, StorageError
 from droptune.storage.notify import StudyWatcher
 from droptune.storage.reads import Reader
@@ -50,6 +52,8 @@ class EventSettings(BaseSettings):
     poll_seconds: float = Field(0.5, gt=0)  # SQLite: how often watched studies are checked
     # PostgreSQL: a check without a notification, for a change nobody announced.
     check_seconds: float = Field(5.0, gt=0)
+    # How often a stream checks that its token has not been revoked since it opened.
+    revalidate_seconds: float = Field(15.0, gt=0)
 
 
 @contextlib.asynccontextmanager
@@ -142,7 +146,7 @@ def _parse_id(value: str | None) -> int | None:
 @router.get("/{study_id}/events", response_class=EventSourceResponse, responses=RESPONSES)
 async def events(
     study_id: StudyId,
-    owner: Owner,
+    caller: CallerDep,
     reader: ReaderDep,
     request: Request,
     last_event_id: Annotated[
@@ -153,14 +157,14 @@ async def events(
     """The study's progress as server-sent events, until it ends. A client that reconnects with
     `Last-Event-ID` gets only what came after that event (nothing until the next change, when
     nothing has changed since)."""
-    status = await run_in_threadpool(reader.status, study_id, owner)  # 404 before streaming
+    status = await run_in_threadpool(reader.status, study_id, caller.scope)  # 404 before streaming
     last = _parse_id(last_event_id)
     if last is not None and status in ENDED:
-        study = await run_in_threadpool(reader.study, study_id, owner)
+        study = await run_in_threadpool(reader.study, study_id, caller.scope)
         if last > event_id(study):  # it had the `end` event (EventSource stops on a 204)
             return Response(status_code=204)
     settings: EventSettings = request.app.state.event_settings
-    stream = _stream(request.app.state.watcher, reader, study_id, owner, last, settings.retry_ms)
+    stream = _stream(request.app.state.watcher, reader, study_id, caller, last, settings)
     return EventSourceResponse(stream, ping=settings.ping_seconds, send_timeout=SEND_TIMEOUT_S)
 
 
@@ -168,17 +172,25 @@ async def _stream(
     watcher: StudyWatcher,
     reader: Reader,
     study_id: int,
-    owner: str,
+    caller: Caller,
     last: int | None,
-    retry_ms: int,
+    settings: EventSettings,
 ) -> AsyncIterator[ServerSentEvent]:
     """`progress` whenever the study shows something the client has not had, `end` when it has
-    ended. An outage ends the stream: the client reconnects and resumes from its last id."""
+    ended. An outage ends the stream: the client reconnects and resumes from its last id. The
+    caller's token is checked again every `revalidate_seconds`: a revoked one ends the stream."""
+    owner = caller.scope
 
     async def read() -> StudyOut:
         return await run_in_threadpool(reader.study, study_id, owner)
 
-    yield ServerSentEvent(retry=retry_ms)  # first, so a resumed client learns it too
+    async def revoked() -> bool:
+        if caller.token is None:  # open mode
+            return False
+        who = await run_in_threadpool(tokens.identify, reader.engine, caller.token)
+        return who is None
+
+    yield ServerSentEvent(retry=settings.retry_ms)  # first, so a resumed client learns it too
     sent = ""  # the last body sent on this connection
     async with watcher.watch(study_id) as watched:
         while True:
@@ -198,4 +210,10 @@ async def _stream(
                     end = json.dumps({"status": study.status})
                     yield ServerSentEvent(end, event="end", id=str(key + 1))
                 return
-            await watched.wait(version)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watched.wait(version), settings.revalidate_seconds)
+            try:
+                if await revoked():
+                    return
+            except StorageError:
+                return

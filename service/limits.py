@@ -1,8 +1,10 @@
-"""The upload size limit as problem+json, before the body is read where its length is declared.
+"""Body size limits as problem+json, before the body is read where its length is declared.
 
-Starlette's own body limit answers 413 in plain text; this one speaks droptune's errors. A body
-without a declared length (chunked) is counted as it arrives and cut off at the limit, whatever
-the route then makes of the missing rest: the client gets the 413.
+Uploads (`POST /datasets`) may be DROPTUNE_MAX_UPLOAD_MB (plus the form's overhead); every other
+body (JSON) DROPTUNE_MAX_BODY_MB. Starlette's own body limit answers 413 in plain text; this one
+speaks droptune's errors. A body without a declared length (chunked) is counted as it arrives
+and cut off at the limit, whatever the route then makes of the missing rest: the client gets
+the 413.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from droptune.service.datasets import FORM_OVERHEAD, upload_limit
+from droptune.service.settings import ServiceSettings
 from droptune.storage.errors import too_large
 
 PROBLEM = b"application/problem+json"
@@ -20,39 +24,46 @@ class _TooLarge(Exception):
     pass
 
 
-class UploadLimit:
-    def __init__(self, app: ASGIApp, path: str, max_bytes: int, max_upload_mb: float) -> None:
-        self.app = app
-        self.path = path
-        self.max_bytes = max_bytes
-        self.body = json.dumps(
-            {
-                "type": "about:blank",
-                "title": "Content too large",
-                "status": 413,
-                "detail": too_large(max_upload_mb),
-            }
-        ).encode()
+def _problem(detail: str) -> bytes:
+    body = {"type": "about:blank", "title": "Content too large", "status": 413, "detail": detail}
+    return json.dumps(body).encode()
 
-    async def _refuse(self, send: Send) -> None:
-        headers = [(b"content-type", PROBLEM), (b"content-length", str(len(self.body)).encode())]
+
+class BodyLimit:
+    def __init__(self, app: ASGIApp, settings: ServiceSettings, upload_path: str) -> None:
+        self.app = app
+        self.upload_path = upload_path
+        self.upload = (
+            upload_limit(settings) + FORM_OVERHEAD,
+            _problem(too_large(settings.max_upload_mb)),
+        )
+        detail = (
+            "the body is larger than the largest this server takes "
+            f"(DROPTUNE_MAX_BODY_MB={settings.max_body_mb:g})"
+        )
+        self.other = (int(settings.max_body_mb * 2**20), _problem(detail))
+
+    async def _refuse(self, send: Send, body: bytes) -> None:
+        headers = [(b"content-type", PROBLEM), (b"content-length", str(len(body)).encode())]
         # The rest of the body is never read: the client must not keep the connection.
         headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": self.body})
+        await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        upload = scope["method"] == "POST" and scope["path"] == self.upload_path
+        max_bytes, body = self.upload if upload else self.other
         declared = dict(scope["headers"]).get(b"content-length")
         if (
             declared is not None
             and declared.isascii()
             and declared.isdigit()
-            and int(declared) > self.max_bytes
+            and int(declared) > max_bytes
         ):
-            await self._refuse(send)
+            await self._refuse(send, body)
             return
         seen = 0
         tripped = False
@@ -62,7 +73,7 @@ class UploadLimit:
             nonlocal seen, tripped
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > max_bytes:
                 tripped = True
                 raise _TooLarge
             return message
@@ -72,7 +83,7 @@ class UploadLimit:
             if tripped:  # whatever the route answered to a cut-off body: the 413 instead
                 if message["type"] == "http.response.start" and not started:
                     started = True
-                    await self._refuse(send)
+                    await self._refuse(send, body)
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -82,4 +93,4 @@ class UploadLimit:
         except _TooLarge:
             if not started:
                 started = True
-                await self._refuse(send)
+                await self._refuse(send, body)

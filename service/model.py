@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from droptune.service.deps import EngineDep, Owner, ReaderDep
+from droptune.service.deps import CallerDep, EngineDep, ReaderDep
 from droptune.service.errors import problems
 from droptune.service.studies import StudyId
 from droptune.storage import refits
@@ -32,7 +32,7 @@ PT2 = "application/octet-stream"
 )
 def model(
     study_id: StudyId,
-    owner: Owner,
+    caller: CallerDep,
     engine: EngineDep,
     reader: ReaderDep,
     which: Annotated[
@@ -40,7 +40,7 @@ def model(
         Query(description="the recommended rate's model, or the best rate's when it differs"),
     ] = "recommended",
 ) -> Response:
-    status = reader.status(study_id, owner)  # 404 for a study that is not the caller's
+    status = reader.status(study_id, caller.scope)  # 404 for a study that is not the caller's
     f = refits.model_file(engine, study_id, which)
     if f is None:
         raise NotFound(_why_none(engine, study_id, status, which))
@@ -63,4 +63,4 @@ def _why_none(engine: EngineDep, study_id: int, status: str, which: str) -> str:
         return f"study {study_id} has no model yet ({status}): the refit runs after the search"
     if which == "best" and refits.model_file(engine, study_id, "recommended") is not None:
         return f"study {study_id}: the best rate is the recommended one; download that model"
-    return f"study {study_id} has no stored model (no trial completed, or it was too large)"
+    return f"study {study_id} has no stored model (no trial completed, it was too large, or its custom model could not be exported)"

@@ -18,3 +18,17 @@ class ServiceSettings(StorageSettings):
     max_columns: int = 10_000
     max_cells: int = 500_000_000
     max_categories: int = 256
+    # The largest body of any other request (JSON): 413 beyond it.
+    max_body_mb: float = 1.0
+    # Access (service/auth.py). Host names the API answers to besides the loopback names and the
+    # bind address (comma-separated; `*` for any); origins a browser page may call it from
+    # (CORS, comma-separated; none by default); `insecure` lets `serve` bind a public address
+    # with no token created (everyone who can reach the port can do everything).
+    allowed_hosts: str = ""
+    cors_origins: str = ""
+    insecure: bool = False
+    # Per-owner quotas: active (queued or running) studies, trial-epochs still to run over them
+    # (trials x epochs x repeats), and bytes of stored data sets.
+    quota_active_studies: int = 100
+    quota_trial_epochs: int = 1_000_000
+    quota_dataset_mb: float = 20_480.0

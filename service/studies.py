@@ -1,4 +1,4 @@
-"""/studies: submit, list, inspect, wait for the answer, cancel, follow progress."""
+"""/studies: submit, list, inspect, wait for the answer, cancel, delete, follow progress."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ import random
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from droptune.service.deps import EngineDep, Owner, ReaderDep, SettingsDep
+from droptune.service.deps import CallerDep, EngineDep, ReaderDep, SettingsDep
 from droptune.service.errors import problems
 from droptune.storage import queue
+from droptune.storage.admission import MemoryLimit
+from droptune.storage.errors import Forbidden
+from droptune.storage.lifecycle import delete_study
+from droptune.storage.quotas import Quotas
 from droptune.storage.schemas import ENDED, BestOut, StudyOut, StudyPage, StudyStatus, TrialOut
 from droptune.storage.spec import StudySpec
 
@@ -31,43 +35,89 @@ ONE_STUDY = problems(404, 422, 503, why={404: "no such study"})
     "",
     status_code=201,
     response_model=StudyOut,
-    responses=problems(
-        400,
-        422,
-        503,
-        why={422: "an invalid spec, or a data set it names is missing or does not fit"},
-    ),
+    responses={
+        200: {"description": "the study an earlier request with this Idempotency-Key made"},
+        **problems(
+            400,
+            422,
+            429,
+            503,
+            why={
+                422: "an invalid spec, a data set it names is missing or does not fit, or an "
+                "Idempotency-Key sent before with another body",
+                429: "DROPTUNE_QUOTA_ACTIVE_STUDIES or DROPTUNE_QUOTA_TRIAL_EPOCHS: `detail` "
+                "names the limit and your use",
+            },
+        ),
+    },
 )
 def submit(
-    spec: StudySpec, owner: Owner, engine: EngineDep, reader: ReaderDep, response: Response
+    spec: StudySpec,
+    caller: CallerDep,
+    engine: EngineDep,
+    reader: ReaderDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            description="a fresh value per study (a UUID): the same key and body within a day "
+            "answer the first study (200) instead of queueing another",
+        ),
+    ] = None,
 ) -> StudyOut:
-    study_id = queue.enqueue(engine, spec, owner)
-    response.headers["Location"] = f"/studies/{study_id}"
-    return reader.study(study_id, owner)
+    """Queue a study (201). Retried with the same Idempotency-Key, it answers the study the
+    first request made (200): a submit whose answer was lost is never queued twice."""
+    memory = MemoryLimit(settings.worker_memory_gb, settings.lease_grace_seconds)
+    done = queue.submit(
+        engine,
+        spec,
+        caller.name,
+        quotas=Quotas.of(settings),
+        key=idempotency_key,
+        memory=memory,
+    )
+    if not done.created:
+        response.status_code = 200
+    response.headers["Location"] = f"/studies/{done.study_id}"
+    return reader.study(done.study_id, caller.name)
 
 
 # The GET routes are `async def` around one `run_in_threadpool`: FastAPI runs a plain `def`
 # route in the thread pool and then validates its answer there again, two hops per request.
-@router.get("", response_model=StudyPage, responses=problems(422, 503))
+@router.get(
+    "",
+    response_model=StudyPage,
+    responses=problems(403, 422, 503, why={403: "owner= from a caller who is not an admin"}),
+)
 async def list_studies(
-    owner: Owner,
+    caller: CallerDep,
     reader: ReaderDep,
     status: StudyStatus | None = None,
     offset: Annotated[int, Query(ge=0, le=DB_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    owner: Annotated[
+        str | None, Query(max_length=200, description="admins: only this owner's studies")
+    ] = None,
 ) -> StudyPage:
-    return await run_in_threadpool(reader.page, owner, status, offset, limit)
+    """Your studies, newest first; an admin sees every owner's (`owner=` narrows it)."""
+    if owner is not None and not caller.admin and owner != caller.name:
+        raise Forbidden(f"only an admin may list another owner's studies (owner={owner!r})")
+    scope = owner if owner is not None else caller.scope
+    return await run_in_threadpool(reader.page, scope, status, offset, limit)
 
 
 @router.get("/{study_id}", response_model=StudyOut, responses=ONE_STUDY)
-async def get_study(study_id: StudyId, owner: Owner, reader: ReaderDep) -> StudyOut:
-    return await run_in_threadpool(reader.study, study_id, owner)
+async def get_study(study_id: StudyId, caller: CallerDep, reader: ReaderDep) -> StudyOut:
+    return await run_in_threadpool(reader.study, study_id, caller.scope)
 
 
 @router.get("/{study_id}/best", response_model=BestOut, responses=ONE_STUDY)
 async def best(
     study_id: StudyId,
-    owner: Owner,
+    caller: CallerDep,
     reader: ReaderDep,
     settings: SettingsDep,
     wait: Annotated[float, Query(ge=0, description="hold up to this many seconds")] = 0,
@@ -76,23 +126,23 @@ async def best(
     deadline = time.monotonic() + min(wait, settings.max_wait_seconds)
     pause = random.uniform(0, POLL_S)  # a phase of its own: held requests never look at once
     while time.monotonic() < deadline:
-        if await run_in_threadpool(reader.status, study_id, owner) in ENDED:
+        if await run_in_threadpool(reader.status, study_id, caller.scope) in ENDED:
             break
         await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         pause = POLL_S
-    return await run_in_threadpool(reader.best, study_id, owner)
+    return await run_in_threadpool(reader.best, study_id, caller.scope)
 
 
 @router.get("/{study_id}/trials", response_model=list[TrialOut], responses=ONE_STUDY)
 async def trials(
     study_id: StudyId,
-    owner: Owner,
+    caller: CallerDep,
     reader: ReaderDep,
     offset: Annotated[int, Query(ge=0, le=DB_INT, description="trials to skip, by number")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_TRIALS_PAGE)] = TRIALS_PAGE,
 ) -> list[TrialOut]:
     """The study's trials by number, a page at a time: a page shorter than `limit` is the last."""
-    return await run_in_threadpool(reader.trials, study_id, owner, offset, limit)
+    return await run_in_threadpool(reader.trials, study_id, caller.scope, offset, limit)
 
 
 @router.post(
@@ -102,6 +152,30 @@ async def trials(
         404, 409, 422, 503, why={404: "no such study", 409: "the study has already ended"}
     ),
 )
-def cancel(study_id: StudyId, owner: Owner, engine: EngineDep, reader: ReaderDep) -> StudyOut:
-    queue.cancel(engine, study_id, owner)
-    return reader.study(study_id, owner)
+def cancel(study_id: StudyId, caller: CallerDep, engine: EngineDep, reader: ReaderDep) -> StudyOut:
+    by = "its owner" if caller.scope is not None else f"{caller.name} (an admin)"
+    queue.cancel(engine, study_id, caller.scope, by=by)
+    return reader.study(study_id, caller.scope)
+
+
+@router.delete(
+    "/{study_id}",
+    status_code=204,
+    response_class=Response,
+    responses=problems(
+        404,
+        409,
+        422,
+        503,
+        why={
+            404: "no such study (or another owner's)",
+            409: "the study is queued or running (cancel it first), or its workers are still "
+            "stopping its trials (try again in a few seconds)",
+        },
+    ),
+)
+def delete(study_id: StudyId, caller: CallerDep, engine: EngineDep, request: Request) -> Response:
+    """Delete an ended study: its trials (its Optuna study), stored models and answer. A queued
+    or running study is refused (409): cancel it first, so no worker is still training it."""
+    delete_study(engine, request.app.state.optuna, study_id, caller.scope)
+    return Response(status_code=204)

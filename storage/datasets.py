@@ -15,8 +15,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from droptune.storage.db import transaction
 from droptune.storage.errors import Conflict, Invalid, NotFound, StorageError
+from droptune.storage.quotas import DATASETS, Quotas, check_dataset_bytes, lock_owner
 from droptune.storage.schemas import DatasetOut, DatasetPage, DataSummary
-from droptune.storage.spec import StudySpec
+from droptune.storage.spec import FieldError, StudySpec
 from droptune.storage.tables import dataset_chunks, datasets, studies
 
 CHUNK_BYTES = 4 << 20
@@ -109,11 +110,14 @@ def create(
     f: BinaryIO,
     asked_target: str | None,
     asked_task: str | None,
+    quotas: Quotas | None = None,
 ) -> tuple[DatasetOut, bool]:
     """Store the record and the bytes of `f` in one transaction: (record, True), or the record
-    already stored for the same content (record, False). Nothing is stored on any error."""
+    already stored for the same content (record, False). Nothing is stored on any error, nor
+    when the owner's stored bytes would pass `quotas.dataset_mb` (403)."""
     try:
         with transaction(engine) as conn:
+            lock_owner(conn, owner, DATASETS)  # two uploads cannot both slip under the quota
             # As asked, or as read: `--target label` and no --target that defaults to `label`
             # are the same data set.
             existing = _matching(conn, owner, sha256, asked_target, asked_task) or _matching(
@@ -121,6 +125,8 @@ def create(
             )
             if existing is not None:
                 return _out(existing, _used_by(conn, [existing.id])[existing.id]), False
+            if quotas is not None:
+                check_dataset_bytes(conn, owner, size, quotas)
             dataset_id = conn.execute(
                 datasets.insert()
                 .values(
@@ -165,24 +171,29 @@ def _lost_race(exc: sa.exc.IntegrityError) -> bool:
     return f"UNIQUE constraint failed: {datasets.name}." in str(exc.orig)
 
 
-def get(engine: Engine, dataset_id: int, owner: str) -> DatasetOut:
+def _owned(owner: str | None) -> list[sa.ColumnElement[bool]]:
+    """The WHERE clause scoping data sets to an owner (None: an admin's, any owner)."""
+    return [] if owner is None else [datasets.c.owner == owner]
+
+
+def get(engine: Engine, dataset_id: int, owner: str | None) -> DatasetOut:
     with transaction(engine, read_only=True) as conn:
         row = conn.execute(
-            sa.select(datasets).where(datasets.c.id == dataset_id, datasets.c.owner == owner)
+            sa.select(datasets).where(datasets.c.id == dataset_id, *_owned(owner))
         ).one_or_none()
         if row is None:
             raise NotFound(f"data set {dataset_id} not found")
         return _out(row, _used_by(conn, [row.id])[row.id])
 
 
-def page(engine: Engine, owner: str, offset: int, limit: int) -> DatasetPage:
+def page(engine: Engine, owner: str | None, offset: int, limit: int) -> DatasetPage:
     with transaction(engine, read_only=True) as conn:
         total = conn.execute(
-            sa.select(sa.func.count()).select_from(datasets).where(datasets.c.owner == owner)
+            sa.select(sa.func.count()).select_from(datasets).where(*_owned(owner))
         ).scalar_one()
         rows = conn.execute(
             sa.select(datasets)
-            .where(datasets.c.owner == owner)
+            .where(*_owned(owner))
             .order_by(datasets.c.id.desc())
             .offset(offset)
             .limit(limit)
@@ -193,13 +204,13 @@ def page(engine: Engine, owner: str, offset: int, limit: int) -> DatasetPage:
     )
 
 
-def delete(engine: Engine, dataset_id: int, owner: str) -> None:
+def delete(engine: Engine, dataset_id: int, owner: str | None) -> None:
     """Remove a data set and its bytes; 409 while a queued or running study trains on it.
     Ended studies keep their answers (they never read the data set again)."""
     with transaction(engine) as conn:
         found = conn.execute(
             sa.select(datasets.c.id)
-            .where(datasets.c.id == dataset_id, datasets.c.owner == owner)
+            .where(datasets.c.id == dataset_id, *_owned(owner))
             .with_for_update()  # a submit naming it waits for this (it takes FOR SHARE)
         ).one_or_none()
         if found is None:
@@ -226,6 +237,30 @@ def delete(engine: Engine, dataset_id: int, owner: str) -> None:
             )
         conn.execute(dataset_chunks.delete().where(dataset_chunks.c.dataset_id == dataset_id))
         conn.execute(datasets.delete().where(datasets.c.id == dataset_id))
+
+
+def fit_spec(conn: Connection, spec: StudySpec, owner: str) -> StudySpec:
+    """The spec checked against the uploaded data set it names (metric resolved), or a 422
+    naming the field; the data set stays locked until the study is stored."""
+    dataset_id = spec.dataset.id
+    assert dataset_id is not None
+    summary = for_study(conn, dataset_id, owner)
+    if summary is None:
+        raise Invalid(
+            f"dataset.id: data set {dataset_id} not found; upload one with `droptune dataset "
+            "upload FILE` (POST /datasets), and list yours with GET /datasets",
+            field="dataset.id",
+        )
+    try:
+        return spec.for_data(
+            summary.task,
+            summary.image_shape,
+            summary.rows,
+            summary.encoded_features,
+            min(summary.class_counts) if summary.class_counts else None,
+        )
+    except FieldError as exc:
+        raise Invalid(f"{exc.field}: {exc.message}", field=exc.field) from exc
 
 
 def for_study(conn: Connection, dataset_id: int, owner: str) -> DataSummary | None:

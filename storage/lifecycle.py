@@ -26,16 +26,18 @@ no attempt counted; DROPPED gives nothing back (the study has ended).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
+import sqlalchemy as sa
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from tenacity import (
     RetryError,
     Retrying,
@@ -46,9 +48,12 @@ from tenacity import (
 )
 
 from droptune.storage import queue
-from droptune.storage.db import is_outage
-from droptune.storage.errors import StorageError
+from droptune.storage.db import is_outage, transaction
+from droptune.storage.errors import Conflict, NotFound, StorageError
+from droptune.storage.idempotency import forget_study
+from droptune.storage.optuna_bridge import study_id_of
 from droptune.storage.queue import Outcome
+from droptune.storage.tables import leases, models, retries, studies
 
 log = logging.getLogger("droptune.lifecycle")
 
@@ -209,3 +214,60 @@ def settle(
         )
         return None
     return outcome
+
+
+def delete_study(engine: Engine, storage: RDBStorage, study_id: int, owner: str | None) -> None:
+    """Remove an ended study: its Optuna study (trials and all), then in one transaction its
+    row, waiting retries, stored models and Idempotency-Keys. `owner` None: an admin's.
+
+    Refused (409) while the study is queued or running (cancel it first), and while any lease
+    of it is still held: a worker stops a cancelled study's trials at its next epoch, and a dead
+    worker's leases are recovered after the lease grace, so the refusal passes by itself.
+    Deleting only once no lease exists means no worker still trains on the study or writes to
+    its Optuna study (no new lease is ever claimed for an ended study).
+
+    Optuna's study goes first, in its own transaction (Optuna's storage runs its own): should
+    the second step fail, the row is still there and the DELETE can be sent again; the other
+    order could leave an Optuna study no row points at.
+    """
+    with transaction(engine) as conn:
+        name = _deletable(conn, study_id, owner)
+    optuna_id = None if name is None else study_id_of(storage, name)
+    if optuna_id is not None:
+        with contextlib.suppress(KeyError):  # a concurrent DELETE removed it first
+            storage.delete_study(optuna_id)
+    with transaction(engine) as conn:
+        _deletable(conn, study_id, owner)  # again, locked: ended states never change back
+        for table in (retries, models):
+            conn.execute(table.delete().where(table.c.study_id == study_id))
+        forget_study(conn, study_id)
+        conn.execute(studies.delete().where(studies.c.id == study_id))
+        queue.notify(conn, study_id, work=False)  # a watcher of it sees it gone
+    log.info("study %s deleted (Optuna study %r)", study_id, name)
+
+
+def _deletable(conn: Connection, study_id: int, owner: str | None) -> str | None:
+    """The Optuna study name of a study that may be deleted now (locked), else 404 or 409."""
+    owned = [] if owner is None else [studies.c.owner == owner]
+    row = conn.execute(
+        sa.select(studies.c.status, studies.c.optuna_study)
+        .where(studies.c.id == study_id, *owned)
+        .with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"study {study_id} not found")
+    if row.status in queue.ACTIVE:
+        raise Conflict(
+            f"study {study_id} is {row.status}: cancel it first (`droptune cancel {study_id}`, "
+            f"POST /studies/{study_id}/cancel), then delete it"
+        )
+    held = conn.execute(
+        sa.select(sa.func.count()).where(leases.c.study_id == study_id)
+    ).scalar_one()
+    if held:
+        raise Conflict(
+            f"study {study_id} has ended, but {held} of its trials are still stopping on their "
+            "workers; try again in a few seconds (a dead worker's are recovered after "
+            "DROPTUNE_LEASE_GRACE_SECONDS)"
+        )
+    return None if row.optuna_study is None else str(row.optuna_study)

@@ -31,6 +31,9 @@ class StorageSettings(BaseSettings):
     # Where a worker LISTENs for new work: the database directly when database_url goes through
     # PgBouncer's transaction pooling, which accepts LISTEN but delivers nothing.
     listen_url: str | None = None
+    # The memory one worker's batch may use, in GiB. The API refuses a study whose smallest batch
+    # would need more (admission control); a worker advertises it (else its device's memory).
+    worker_memory_gb: float | None = None
 
     @classmethod
     def from_flags(cls, **flags: Any) -> Self:

@@ -21,7 +21,9 @@ OK = {"dataset": {"builtin": "digits"}, "search": {"n_trials": 4}}
 @pytest.fixture
 def api(sqlite_url: str) -> Iterator[TestClient]:
     app = create_app(ServiceSettings(database_url=sqlite_url))
-    with TestClient(app, headers={"Accept-Encoding": "gzip"}) as client:
+    with TestClient(
+        app, base_url="http://localhost", headers={"Accept-Encoding": "gzip"}
+    ) as client:
         yield client
 
 
@@ -250,7 +252,7 @@ def test_dashboard_is_served_read_only(api: TestClient) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
-        ("DELETE", "/studies/1", "GET"),
+        ("PUT", "/studies/1", "DELETE, GET"),
         ("POST", "/healthz", "GET"),
         ("PUT", "/studies", "GET, POST"),
         ("GET", "/studies/1/cancel", "POST"),
@@ -261,7 +263,7 @@ def test_a_method_a_route_does_not_take_is_405(
     sqlite_url: str, method: str, path: str, allow: str, dashboard: bool
 ) -> None:
     app = create_app(ServiceSettings(database_url=sqlite_url, dashboard=dashboard))
-    with TestClient(app) as api:
+    with TestClient(app, base_url="http://localhost") as api:
         r = api.request(method, path)
     assert r.status_code == 405 and r.headers["content-type"] == PROBLEM, r.text
     assert r.headers["allow"] == allow and allow in r.json()["detail"]
@@ -277,7 +279,7 @@ def test_health_workers_and_docs(api: TestClient) -> None:
 def test_client_names_an_answer_that_is_not_droptune(api: TestClient) -> None:
     from droptune.client.api import Client, ClientError
 
-    with Client("http://testserver", transport=InProcess(api)) as c:
+    with Client("http://localhost", transport=InProcess(api)) as c:
         with pytest.raises(ClientError, match="without JSON: is it droptune"):
             c._call("GET", "/dashboard")  # an HTML page: 200, but no JSON
         with pytest.raises(ClientError, match=r"^404: study 12345 not found"):
@@ -307,7 +309,7 @@ def test_a_study_stored_before_a_submit_check_still_reads(api: TestClient, sqlit
     assert api.get("/studies").json()["items"][0]["id"] == sid
     schema = api.get("/openapi.json").json()["components"]["schemas"]["StudyOut"]
     assert schema["properties"]["spec"] == {"$ref": "#/components/schemas/StudySpec"}
-    with Client("http://testserver", transport=InProcess(api)) as c:
+    with Client("http://localhost", transport=InProcess(api)) as c:
         assert c.get(sid).spec.model.kind == "cnn"
 
 
@@ -348,7 +350,7 @@ def test_an_unforeseen_error_is_a_500_problem(sqlite_url: str) -> None:
 
     app.add_api_route("/boom", boom)
     app.router.routes.insert(0, app.router.routes.pop())  # before the dashboard's catch-all
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, base_url="http://localhost", raise_server_exceptions=False) as client:
         r = client.get("/boom")
     assert r.status_code == 500 and r.headers["content-type"] == PROBLEM
     assert "ZeroDivisionError" in r.json()["detail"]

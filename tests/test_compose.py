@@ -30,22 +30,28 @@ def settings_env() -> set[str]:
 
 def test_services_and_health_checks() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", "api", "worker"}
+    assert set(services) == {"postgres", "init", "api", "worker"}
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert services["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     worker = services["worker"]
     assert worker["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "replicas" in worker["deploy"]
-    assert all("healthcheck" in s for s in services.values())
+    assert all("healthcheck" in s for n, s in services.items() if n != "init")
+    # The API listens on every interface: the stack cannot start without an admin token, and
+    # the API waits for it to be stored.
+    assert services["api"]["depends_on"]["init"]["condition"] == "service_completed_successfully"
+    assert ":?" in services["init"]["environment"]["DROPTUNE_ADMIN_TOKEN"]
 
 
 def test_every_command_and_flag_exists_in_the_cli() -> None:
     root = typer.main.get_command(app)
     commands = root.commands  # type: ignore[attr-defined]
-    for name in ("api", "worker"):
+    for name in ("init", "api", "worker"):
         argv = compose()["services"][name]["command"]
         assert argv[0] == "droptune"
         sub = commands[argv[1]]
+        if name == "init":  # droptune token create ...
+            sub, argv = sub.commands[argv[2]], argv[1:]
         flags = {opt for p in sub.params for opt in getattr(p, "opts", [])}
         used = {a for a in argv[2:] if a.startswith("--")}
         assert used <= flags, f"{name}: unknown flags {used - flags}"
@@ -58,6 +64,6 @@ def test_every_environment_variable_is_a_setting() -> None:
     for name, service in compose()["services"].items():
         if name == "postgres":
             continue
-        env = set(service["environment"])
+        env = set(service["environment"]) - {"DROPTUNE_ADMIN_TOKEN"}  # read by `init`'s flag
         assert env and env <= known, f"{name}: unknown settings {env - known}"
         assert "DROPTUNE_DATABASE_URL" in env

@@ -265,7 +265,9 @@ def test_the_mounted_dashboard_serves_the_answer(db_url: str) -> None:
     study = ensure_study(storage, NAME, SPEC, 7)
     add_trials(study, TRIALS)
     publish_answer(storage, NAME, *answer(TRIALS, test=True))
-    with TestClient(create_app(ServiceSettings(database_url=db_url))) as api:
+    with TestClient(
+        create_app(ServiceSettings(database_url=db_url)), base_url="http://localhost"
+    ) as api:
         page = api.get(f"/api/studies/{study._study_id}")
         listing = api.get("/api/studies")
     assert page.status_code == 200, page.text

@@ -33,7 +33,7 @@ def api(db_url: str) -> Iterator[TestClient]:
         database_url=db_url, max_upload_mb=2, max_categories=20, max_columns=40, max_cells=60_000
     )
     app = create_app(settings)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         yield client
 
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from droptune.service.app import create_app
 from droptune.service.settings import ServiceSettings
 
-ORIGIN = "http://testserver"
+ORIGIN = "http://localhost"
 
 
 @pytest.fixture

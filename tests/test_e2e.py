@@ -247,7 +247,11 @@ def test_up_on_the_ipv6_wildcard_checks_and_reaches_its_port(tmp_path: Path) -> 
     url = f"sqlite:///{tmp_path / 'droptune.db'}"
     port = procs.free_port()
     log = tmp_path / "up.log"
-    up = procs.droptune(["up", "--host", "::", "--port", str(port), "--workers", "0"], url, log)
+    # A wildcard is a public address: refused without a token, served open with --insecure.
+    argv = ["up", "--host", "::", "--port", str(port), "--workers", "0"]
+    refused = procs.cli(*argv, env=procs._env(url, None), timeout=120)
+    assert refused.returncode == 1 and "droptune token create" in refused.stderr
+    up = procs.droptune([*argv, "--insecure"], url, log)
     try:
         procs.wait_until(lambda: "droptune is up" in log.read_text(), 90, f"the banner ({log})")
         assert f"API        http://[::1]:{port}" in log.read_text()

@@ -109,7 +109,7 @@ def test_the_readme_steps_and_a_huge_declared_upload(tmp_path: Path) -> None:
         # A body declared far over the limit is refused before it is sent.
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(
-                b"POST /datasets HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n"
+                b"POST /datasets HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000000\r\n"
                 b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
             )
             answer = b""

@@ -177,7 +177,7 @@ def test_a_lost_upload_race_answers_the_stored_data_set(
     committed, on PostgreSQL), so its insert breaks the unique constraint; it answers that one."""
     csv = datafiles.cancer_csv(tmp_path / "cancer.csv")
     app = create_app(ServiceSettings(database_url=db_url))
-    with TestClient(app) as api:
+    with TestClient(app, base_url="http://localhost") as api:
 
         def upload() -> Any:
             with csv.open("rb") as f:
@@ -211,7 +211,7 @@ def test_a_lost_upload_race_answers_the_stored_data_set(
 @pytest.fixture
 def api(sqlite_url: str) -> Iterator[TestClient]:
     app = create_app(ServiceSettings(database_url=sqlite_url))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, base_url="http://localhost", raise_server_exceptions=False) as client:
         yield client
 
 
@@ -240,7 +240,7 @@ def test_a_bug_in_a_storage_read_is_a_500_problem_without_internals(
     app = create_app(ServiceSettings(database_url=db_url))
     with (
         caplog.at_level(logging.ERROR, "droptune.api"),
-        TestClient(app, raise_server_exceptions=False) as client,
+        TestClient(app, base_url="http://localhost", raise_server_exceptions=False) as client,
     ):
         r = client.get("/studies")
     assert r.status_code == 500 and r.headers["content-type"] == PROBLEM, r.text

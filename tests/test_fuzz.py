@@ -34,7 +34,8 @@ from schemathesis.schemas import BaseSchema
 from droptune.service.app import create_app
 from droptune.service.errors import PROBLEM
 from droptune.service.settings import ServiceSettings
-from droptune.storage import registry
+from droptune.storage import registry, tokens
+from droptune.storage.db import create_engine
 from droptune.storage.migrate import upgrade
 from droptune.storage.optuna_bridge import ensure_study
 from droptune.storage.schemas import StudyOut, TrialOut
@@ -57,20 +58,30 @@ CONFIG = schemathesis.config.SchemathesisConfig.from_dict(
         ],
     }
 )
-EXAMPLES = 100
+EXAMPLES = 50  # per operation and mode: both modes in about a minute
 
 
-def seeded_app(tmp_path: Path) -> FastAPI:
+def seeded_app(tmp_path: Path, token: str | None = None) -> FastAPI:
     """The app on a fresh SQLite file holding a data set (id 1), a study on it with three
-    finished trials (id 1), a cancelled study (id 2) and a live worker."""
+    finished trials (id 1), a cancelled study (id 2) and a live worker; with `token`, in token
+    mode, the rows belonging to that token's (non-admin) owner."""
     url = f"sqlite:///{tmp_path / 'fuzz.db'}"
     upgrade(url)
+    headers = {}
+    if token is not None:
+        engine = create_engine(url)
+        tokens.create(engine, "fuzzer", token=token)
+        engine.dispose()
+        headers = {"Authorization": f"Bearer {token}"}
     # Held requests (`/best?wait=`) answer within the transport's timeout.
-    settings = ServiceSettings(database_url=url, max_upload_mb=1, max_wait_seconds=0.2)
+    # schemathesis calls the app as `testserver`, a name the Host check must be told of.
+    settings = ServiceSettings(
+        database_url=url, max_upload_mb=1, max_wait_seconds=0.2, allowed_hosts="testserver"
+    )
     app = create_app(settings)
     csv = datafiles.cancer_csv(tmp_path / "cancer.csv")
     spec = {"dataset": {"id": 1}, "search": {"n_trials": 4}}
-    with TestClient(app) as api:
+    with TestClient(app, base_url="http://localhost", headers=headers) as api:
         with csv.open("rb") as f:
             assert api.post("/datasets", files={"file": (csv.name, f)}).status_code == 201
         first = api.post("/studies", json=spec)
@@ -93,16 +104,27 @@ def seeded_app(tmp_path: Path) -> FastAPI:
     return app
 
 
-@pytest.fixture
-def fuzz_schema(tmp_path: Path) -> Iterator[BaseSchema]:
-    schema = schemathesis.openapi.from_asgi("/openapi.json", seeded_app(tmp_path), config=CONFIG)
+TOKEN = "dt_fuzz-" + "x" * 40
+
+
+@pytest.fixture(params=["open", "token"])
+def fuzz_schema(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[BaseSchema, dict[str, str]]]:
+    """The app in open mode, or in token mode with every request sent as a non-admin owner."""
+    token = TOKEN if request.param == "token" else None
+    app = seeded_app(tmp_path, token)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG, headers=headers)
     try:
-        yield schema
+        yield schema, headers  # every case sends the headers
     finally:
         asgi.shutdown_lifespans()  # the app's recovery task and watcher stop with the test
 
 
-def fuzz(operation: APIOperation[Any, Any, Any, Any], statuses: set[int]) -> None:
+def fuzz(
+    operation: APIOperation[Any, Any, Any, Any], statuses: set[int], headers: dict[str, str]
+) -> None:
     """Requests to one operation as the CLI makes them (the schema's examples, the coverage
     phase's boundary and missing values, then `EXAMPLES` valid and invalid generated ones),
     every check on each answer; the statuses answered are added to `statuses`.
@@ -111,7 +133,7 @@ def fuzz(operation: APIOperation[Any, Any, Any, Any], statuses: set[int]) -> Non
     (`schemathesis.pytest.from_fixture`), which needs a pytest attribute pytest 9.2 removed."""
 
     def run(case: Case[Any]) -> None:
-        statuses.add(case.call_and_validate().status_code)
+        statuses.add(case.call_and_validate(headers=headers).status_code)
 
     config = HypothesisTestConfig(
         project=operation.schema.config,
@@ -127,22 +149,23 @@ def fuzz(operation: APIOperation[Any, Any, Any, Any], statuses: set[int]) -> Non
 
 
 @pytest.mark.slow
-def test_api_conforms_to_its_openapi(fuzz_schema: BaseSchema) -> None:
+def test_api_conforms_to_its_openapi(
+    fuzz_schema: tuple[BaseSchema, dict[str, str]],
+) -> None:
+    schema, headers = fuzz_schema
     failures = []
     answered: dict[str, set[int]] = {}
-    for result in fuzz_schema.get_all_operations():
+    for result in schema.get_all_operations():
         if isinstance(result, Err):  # an operation the document describes wrongly
             raise result.err()
         operation = result.ok()
         statuses = answered.setdefault(operation.label, set())
         try:
-            fuzz(operation, statuses)
+            fuzz(operation, statuses, headers)
         except (Exception, FailureGroup) as exc:  # every operation's, not the first only
             failures.append(f"{operation.label}: {exc}")
     assert not failures, "\n\n".join(failures)
-    documented = {
-        f"{m.upper()} {p}" for p, ops in fuzz_schema.raw_schema["paths"].items() for m in ops
-    }
+    documented = {f"{m.upper()} {p}" for p, ops in schema.raw_schema["paths"].items() for m in ops}
     assert set(answered) == documented and all(answered.values()), answered
     # The seeded rows were reached, and so were ids that name nothing.
     for label in (
@@ -193,7 +216,7 @@ def test_timestamps_are_rfc3339_with_their_offset(tmp_path: Path) -> None:
     assert dt.datetime.now().astimezone().utcoffset() == dt.timedelta(hours=9)
     before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)  # SQLite keeps milliseconds
     app = seeded_app(tmp_path)
-    with TestClient(app) as api:
+    with TestClient(app, base_url="http://localhost") as api:
         study = StudyOut.model_validate(api.get("/studies/1").json())
         trials = api.get("/studies/1/trials").json()
         stamps = [

@@ -156,7 +156,7 @@ def test_reads_are_cached_and_an_unreachable_database_says_so(sqlite_url: str) -
 
 def test_requests_are_labelled_by_route_template(sqlite_url: str) -> None:
     app = create_app(ServiceSettings(database_url=sqlite_url))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         for path in ("/studies/123456", "/studies/777"):
             assert c.get(path).status_code == 404
         assert c.head("/studies").status_code == 200  # answered as GET by HeadAsGet

@@ -332,12 +332,12 @@ def test_trials_come_in_pages(world: World, monkeypatch: pytest.MonkeyPatch) -> 
         assert (t.params, t.value, [t.started_at, t.ended_at]) == (r.params, r.value, times)
         assert t.started_at is not None and t.started_at.tzinfo is dt.UTC
     app = create_app(ServiceSettings(database_url=world.url, dashboard=False))
-    with TestClient(app) as api:
+    with TestClient(app, base_url="http://localhost") as api:
         assert api.get(f"/studies/{sid}/trials", params={"limit": 1001}).status_code == 422
         r = api.get(f"/studies/{sid}/trials", params={"offset": 2, "limit": 5})
         assert [t["number"] for t in r.json()] == [2, 3, 4, 5, 6]
         assert len(api.get(f"/studies/{sid}/trials").json()) == 10  # default limit 100
         monkeypatch.setattr(droptune.client.api, "TRIALS_PAGE", 4)
-        with Client("http://testserver", transport=InProcess(api)) as c:
+        with Client("http://localhost", transport=InProcess(api)) as c:
             assert [t.number for t in c.trials(sid)] == list(range(10))  # three pages
             assert [t.number for t in c.trials(sid, offset=5, limit=2)] == [5, 6]

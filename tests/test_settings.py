@@ -41,6 +41,7 @@ def test_no_field_is_declared_twice() -> None:
         "recover_every_seconds",
         "pg_prepared_statements",
         "listen_url",
+        "worker_memory_gb",
     }
     for cls in (ServiceSettings, WorkerSettings):
         assert issubclass(cls, StorageSettings)
