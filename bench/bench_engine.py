@@ -3,7 +3,11 @@
     .venv/bin/python bench/bench_engine.py [--device cpu|cuda] [--quick] [--json out.json]
 
 Both run in this process, alternating round by round, so machine noise hits both alike; every
-number printed is a median. Needs only torch, numpy and scikit-learn (no optuna / service deps).
+number printed is a median. The custom cases ("bring your own model", worker.custom) train a
+user's nn.Module factory: droptune stacks it with torch.vmap, the baseline loops over folds with
+the same module; "reference-generic" is the reference MLP through that generic path, to set
+beside the built-in StackedMLP's "reference". Needs only torch, numpy and scikit-learn (no
+optuna / service deps).
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from droptune.worker.data import Dataset, load_dataset, make_folds, prepare_folds
+from droptune.worker.custom import CustomModel, train_custom_trials
+from droptune.worker.data import Dataset, FoldData, load_dataset, make_folds, prepare_folds
 from droptune.worker.engine import TrainConfig, TrialRates, train_trials
 from droptune.worker.models import CNNConfig, MLPConfig, pools
 from droptune.worker.sizing import flops_per_trial
@@ -47,6 +52,61 @@ class Case:
     max_b_cpu: int = 32  # a CPU round at B=32 would take minutes for the big case
 
 
+class _ResBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
+        self.drop = nn.Dropout2d(0.0)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.conv2(self.drop(torch.relu(self.conv1(x)))))
+
+
+def small_resnet(
+    n_in: tuple[int, int, int], n_out: int, width: int = 16, blocks: int = 2
+) -> nn.Module:
+    """A user's own model ("bring your own model"): conv stem with BatchNorm, residual blocks
+    with Dropout2d, global average pooling, Dropout, linear head."""
+    return nn.Sequential(
+        nn.Conv2d(n_in[0], width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        *[_ResBlock(width) for _ in range(blocks)],
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.0),
+        nn.Linear(width, n_out),
+    )
+
+
+def generic_mlp(
+    n_in: int | tuple[int, ...], n_out: int, hidden: tuple[int, ...] = (256, 256)
+) -> nn.Module:
+    """The reference case's MLP as a user would write it, for the generic (custom) path."""
+    d = int(np.prod(n_in))
+    layers: list[nn.Module] = [nn.Flatten()]
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.ReLU(), nn.Dropout(0.0)]
+        d = h
+    return nn.Sequential(*layers, nn.Linear(d, n_out))
+
+
+@dataclass(frozen=True)
+class CustomCase:
+    """A user's module through worker.custom (torch.vmap over the stacked members)."""
+
+    name: str
+    dataset: str
+    factory: Callable[..., nn.Module]
+    epochs: int
+    max_b_cpu: int = 32
+
+    @property
+    def model(self) -> dict[str, str]:
+        return {"factory": self.factory.__name__}
+
+
 CASES = (
     Case("reference", "digits", MLPConfig((256, 256)), 20),
     Case("cnn", "digits", CNNConfig((32, 64), 128), 10),
@@ -59,12 +119,29 @@ CASES = (
         max_b_cpu=8,
     ),
 )
+CUSTOM_CASES = (
+    CustomCase("resnet", "digits", small_resnet, 5, max_b_cpu=8),
+    # the reference case's MLP through the generic path: compare with "reference" (built-in)
+    CustomCase("reference-generic", "digits", generic_mlp, 20),
+)
 
 
 # --- the baseline: what a user writes by hand -------------------------------------------------
 
 
-def _baseline_net(model: MLPConfig | CNNConfig, ds: Dataset, p: float) -> nn.Module:
+def _custom_net(case: CustomCase, ds: Dataset, p: float) -> nn.Module:
+    """The user's module with every dropout at p, fed flat rows like the built-ins."""
+    n_in = ds.image_shape if ds.image_shape is not None else int(ds.X.shape[1])
+    net = case.factory(n_in, ds.n_classes)
+    for mod in net.modules():
+        if isinstance(mod, nn.modules.dropout._DropoutNd):
+            mod.p = p
+    return nn.Sequential(nn.Unflatten(1, ds.image_shape), net) if ds.image_shape else net
+
+
+def _baseline_net(model: MLPConfig | CNNConfig | CustomCase, ds: Dataset, p: float) -> nn.Module:
+    if isinstance(model, CustomCase):
+        return _custom_net(model, ds, p)
     if isinstance(model, MLPConfig):
         layers: list[nn.Module] = []
         d = ds.X.shape[1]
@@ -92,7 +169,11 @@ def _baseline_net(model: MLPConfig | CNNConfig, ds: Dataset, p: float) -> nn.Mod
 
 
 def baseline_trial(
-    ds: Dataset, model: MLPConfig | CNNConfig, cfg: TrainConfig, p: float, device: torch.device
+    ds: Dataset,
+    model: MLPConfig | CNNConfig | CustomCase,
+    cfg: TrainConfig,
+    p: float,
+    device: torch.device,
 ) -> float:
     """Mean K-fold validation accuracy, one fold and one small model at a time."""
     torch.manual_seed(cfg.seed)
@@ -151,23 +232,47 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def custom_flops_per_trial(
+    case: CustomCase, ds: Dataset, data: FoldData, cfg: TrainConfig
+) -> float:
+    """FLOPs of one trial, as flops_per_trial counts them (training steps 3x a forward, one
+    validation forward per epoch), with the forward counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = _custom_net(case, ds, 0.0).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net(torch.zeros(64, data.n_features))
+    per_sample = counter.get_total_flops() / 64
+    n = data.X_std.shape[1]
+    return float(per_sample * cfg.epochs * (3 * sum(data.train_len_host) + n))
+
+
 def run_case(
-    case: Case,
+    case: Case | CustomCase,
     device: torch.device,
     batches: tuple[int, ...],
     rates: tuple[float, ...],
     peak: float,
 ) -> dict[str, Any]:
-    ds = load_dataset(case.dataset, case.options or None)
+    ds = load_dataset(case.dataset, getattr(case, "options", None) or None)
     cfg = TrainConfig(epochs=case.epochs, batch_size=64, lr=1e-3)
     data = prepare_folds(ds, K, cfg.seed, device)
-    flops = flops_per_trial(case.model, data, cfg)
+    if isinstance(case, CustomCase):
+        flops = custom_flops_per_trial(case, ds, data, cfg)
+    else:
+        flops = flops_per_trial(case.model, data, cfg)
     if device.type == "cpu":
         batches = tuple(b for b in batches if b <= case.max_b_cpu)
+    notes: set[str] = set()
 
     def droptune(b: int, first_rate: float) -> list[float]:
         i0 = rates.index(first_rate)
         trials = [TrialRates((rates[(i0 + j) % len(rates)],)) for j in range(b)]
+        if isinstance(case, CustomCase):
+            res, note = train_custom_trials(data, CustomModel(case.factory), cfg, trials, device)
+            notes.update([note] if note else [])
+            return [r.mean for r in res]
         return [r.mean for r in train_trials(data, case.model, cfg, trials, device)]
 
     # warm-up: first calls pay one-off allocator / BLAS / cuDNN set-up costs
@@ -178,7 +283,8 @@ def run_case(
     tune_acc: dict[float, list[float]] = {r: [] for r in rates}
     mem: dict[int, float] = {}
     for rate in rates:  # one round per rate: baseline, then droptune at every B
-        dt, acc = timed(partial(baseline_trial, ds, case.model, cfg, rate, device), device)
+        model = case if isinstance(case, CustomCase) else case.model
+        dt, acc = timed(partial(baseline_trial, ds, model, cfg, rate, device), device)
         base_s.append(dt)
         base_acc[rate] = acc
         for b in batches:
@@ -203,7 +309,8 @@ def run_case(
     return {
         "case": case.name,
         "dataset": case.dataset,
-        "model": asdict(case.model),
+        "model": case.model if isinstance(case, CustomCase) else asdict(case.model),
+        "notes": sorted(notes),
         "epochs": case.epochs,
         "n_samples": int(ds.X.shape[0]),
         "n_features": int(ds.X.shape[1]),
@@ -230,6 +337,8 @@ def print_case(res: dict[str, Any], peak: float) -> None:
             f"   droptune B={b:<4d} {r['s_per_trial']:8.3f} s/trial  {r['gflops']:7.1f} GFLOP/s"
             f" ({r['pct_peak']:4.1f}% of peak)  x{r['speedup']:6.1f}  mem {r['peak_mem_mb']:.0f} MB"
         )
+    for note in res.get("notes", []):
+        print(f"   note: {note}")
     for rate, a in res["accuracy"].items():
         print(
             f"   dropout {rate}: CV accuracy baseline {a['baseline']:.4f}"
@@ -242,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="fewer rounds (2 rates instead of 3)")
     ap.add_argument("--json", type=Path, help="write results here")
-    ap.add_argument("--cases", default=",".join(c.name for c in CASES))
+    ap.add_argument("--cases", default=",".join(c.name for c in (*CASES, *CUSTOM_CASES)))
     ap.add_argument(
         "--batches", help="comma-separated B values (default cpu 1,8,32; cuda 1,32,256)"
     )
@@ -264,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = []
     wanted = set(args.cases.split(","))
-    for case in CASES:
+    for case in (*CASES, *CUSTOM_CASES):
         if case.name in wanted:
             res = run_case(case, device, batches, rates, peak)
             print_case(res, peak)

@@ -6,6 +6,8 @@ import builtins
 import json
 import os
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from droptune.storage.schemas import (
     BestOut,
     DatasetOut,
     DatasetPage,
+    ModelOut,
     StudyOut,
     StudyPage,
     TrialOut,
@@ -28,6 +31,9 @@ from droptune.storage.spec import StudySpec
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TRIALS_PAGE = 1000  # the largest page GET /studies/{id}/trials serves: fewest round trips
+# A submit is sent again this many times after a connection error (with the same key), after
+# RETRY_PAUSE_S, doubling: 0.5 + 1 + 2 s, long enough for an API that restarts at once.
+SUBMIT_RETRIES, RETRY_PAUSE_S = 3, 0.5
 
 
 class ClientError(Exception):
@@ -76,12 +82,22 @@ def _problem(r: httpx.Response) -> tuple[str, list[dict[str, str]]]:
 class Client:
     def __init__(
         self,
-        base_url: str = DEFAULT_URL,
+        base_url: str | None = None,
         token: str | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        """`transport` replaces the network (None: real HTTP), e.g. to call an app in-process."""
+        """`base_url` and `token` default to DROPTUNE_URL (else http://127.0.0.1:8000) and
+        DROPTUNE_TOKEN, as for the CLI. `transport` replaces the network (None: real HTTP),
+        e.g. to call an app in-process."""
+        base_url = base_url or os.environ.get("DROPTUNE_URL") or DEFAULT_URL
+        token = (os.environ.get("DROPTUNE_TOKEN") if token is None else token) or None
+        if token is not None:
+            token = token.strip()  # a newline pasted with it
+            if not token.isascii() or not token.isprintable() or " " in token:
+                raise ClientError(
+                    "the token (DROPTUNE_TOKEN) holds spaces or characters a token cannot have"
+                )
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         try:
@@ -104,22 +120,45 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _send(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> Any:
-        """One request; a refusal (>= 400) or an unreachable API raises ClientError."""
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float | None = None,
+        retries: int = 0,
+        **kw: Any,
+    ) -> Any:
+        """One request; a refusal (>= 400) or an unreachable API raises ClientError. With
+        `retries`, the same request is sent again after a connection error (only for a request
+        that is safe to repeat: an idempotent one, or one carrying an Idempotency-Key)."""
         if timeout is not None:
             kw["timeout"] = timeout
-        try:
-            r = self._http.request(method, path, **kw)
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise ClientError(
-                f"cannot reach droptune at {self.base_url}: {exc} (start it with `droptune up`, "
-                "or point --url / DROPTUNE_URL at a running one)"
-            ) from exc
+        r = self._request(method, path, retries, **kw)
         self.last_status = r.status_code
         if r.status_code >= 400:
             detail, errors = _problem(r)
             raise ClientError(f"{r.status_code}: {detail}", r.status_code, detail, errors)
         return r
+
+    def _request(self, method: str, path: str, retries: int, **kw: Any) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                return self._http.request(method, path, **kw)
+            except httpx.TransportError as exc:  # refused, reset, timed out: maybe never sent
+                if attempt >= retries:
+                    raise self._unreachable(exc) from exc
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                raise self._unreachable(exc) from exc
+            time.sleep(RETRY_PAUSE_S * 2**attempt)
+            attempt += 1
+
+    def _unreachable(self, exc: Exception) -> ClientError:
+        return ClientError(
+            f"cannot reach droptune at {self.base_url}: {exc} (start it with `droptune up`, "
+            "or point --url / DROPTUNE_URL at a running one)"
+        )
 
     def _call(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> Any:
         r = self._send(method, path, timeout=timeout, **kw)
@@ -133,18 +172,33 @@ class Client:
             ) from exc
 
     def submit(self, spec: StudySpec | dict[str, Any]) -> StudyOut:
+        """Queue a study. The request carries a fresh Idempotency-Key and is sent again, with
+        that key, when the connection fails: a submit whose answer was lost (the API died
+        after storing it, say) is answered the study it made, never queued twice. `last_status`
+        is 201, or 200 when a retry found the study stored."""
         body = (
             spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, StudySpec) else spec
         )
-        return StudyOut.model_validate(self._call("POST", "/studies", json=body))
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        out = self._call("POST", "/studies", json=body, headers=headers, retries=SUBMIT_RETRIES)
+        return StudyOut.model_validate(out)
 
     def get(self, study_id: int) -> StudyOut:
         return StudyOut.model_validate(self._call("GET", f"/studies/{study_id}"))
 
-    def list(self, status: str | None = None, offset: int = 0, limit: int = 50) -> StudyPage:
+    def list(
+        self,
+        status: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+        owner: str | None = None,
+    ) -> StudyPage:
+        """A page of your studies, newest first (an admin's: everyone's, or `owner`'s)."""
         params: dict[str, Any] = {"offset": offset, "limit": limit}
         if status:
             params["status"] = status
+        if owner is not None:
+            params["owner"] = owner
         return StudyPage.model_validate(self._call("GET", "/studies", params=params))
 
     def best(self, study_id: int, wait: float = 0.0) -> BestOut:
@@ -242,9 +296,18 @@ class Client:
     def cancel(self, study_id: int) -> StudyOut:
         return StudyOut.model_validate(self._call("POST", f"/studies/{study_id}/cancel"))
 
+    def delete_study(self, study_id: int) -> None:
+        """Delete an ended study with its trials and models (409 while it is queued or
+        running: `cancel` it first)."""
+        self._call("DELETE", f"/studies/{study_id}")
+
     def workers(self, include_stopped: bool = False) -> builtins.list[WorkerOut]:
         data = self._call("GET", "/workers", params={"include_stopped": include_stopped})
         return [WorkerOut.model_validate(w) for w in data]
+
+    def models(self) -> builtins.list[ModelOut]:
+        """The custom models the workers can build (`model.kind: custom`)."""
+        return [ModelOut.model_validate(m) for m in self._call("GET", "/models")]
 
     def upload_dataset(
         self,

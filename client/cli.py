@@ -15,8 +15,18 @@ from pydantic import ValidationError
 from droptune.client import cli_follow, cli_model, cli_report, launch
 from droptune.client.answer_text import answer_lines
 from droptune.client.api import DEFAULT_URL, ClientError
-from droptune.client.cli_common import DbOpt, JsonOpt, UrlOpt, ask, client, fail, one_line_errors
+from droptune.client.cli_common import (
+    DbOpt,
+    JsonOpt,
+    UrlOpt,
+    ask,
+    client,
+    fail,
+    one_line_errors,
+    safe,
+)
 from droptune.client.cli_datasets import dataset_app, dataset_line, reused
+from droptune.client.cli_tokens import token_app
 from droptune.storage.schemas import StudyOut
 
 app = typer.Typer(
@@ -27,8 +37,16 @@ app = typer.Typer(
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
 app.add_typer(dataset_app, name="dataset")
+app.add_typer(token_app, name="token")
 cli_model.register(app)
 cli_report.register(app)
+
+InsecureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--insecure", help="serve a non-loopback address with no token (anyone may do anything)"
+    ),
+]
 
 
 @app.command()
@@ -36,12 +54,16 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="port", min=1, max=65535)] = None,
     database_url: DbOpt = None,
+    insecure: InsecureOpt = False,
 ) -> None:
     """Run the API and the dashboard (migrates the database first)."""
     from droptune.service.settings import ServiceSettings
 
     with one_line_errors():
-        launch.serve(ServiceSettings.from_flags(host=host, port=port, database_url=database_url))
+        settings = ServiceSettings.from_flags(
+            host=host, port=port, database_url=database_url, insecure=insecure or None
+        )
+        launch.serve(settings)
 
 
 @app.command()
@@ -75,6 +97,7 @@ def up(
         int | None,
         typer.Option(help="workers (default: one per device; 0: none, they run elsewhere)", min=0),
     ] = None,
+    insecure: InsecureOpt = False,
 ) -> None:
     """Start everything on one machine: API, dashboard, one worker per device."""
     from droptune.service.settings import ServiceSettings
@@ -82,7 +105,9 @@ def up(
 
     with one_line_errors():
         # --host and --port always have a value, so DROPTUNE_HOST and DROPTUNE_PORT never count
-        api = ServiceSettings.from_flags(host=host, port=port, database_url=database_url)
+        api = ServiceSettings.from_flags(
+            host=host, port=port, database_url=database_url, insecure=insecure or None
+        )
         code = launch.up(api, WorkerSettings.from_flags(database_url=database_url), workers)
     raise typer.Exit(code)
 
@@ -252,13 +277,13 @@ def _send(
 def _show(study: StudyOut) -> str:
     p = study.progress
     line = (
-        f"study {study.id}{f' {study.name}' if study.name else ''} [{study.status}] "
+        f"study {study.id}{f' {safe(study.name)}' if study.name else ''} [{safe(study.status)}] "
         f"{p.complete + p.pruned}/{p.n_trials} finished "
         f"(complete {p.complete}, pruned {p.pruned}, failed {p.failed}, running {p.running}"
         + (f", interrupted {p.interrupted})" if p.interrupted else ")")
     )
     if study.reason:
-        line += f"\n  reason: {study.reason}"
+        line += f"\n  reason: {safe(study.reason)}"
     if study.best and study.best.score:
         line += "".join(f"\n  {text}" for text in answer_lines(study.best))
     return line
@@ -273,10 +298,14 @@ def status(study_id: int, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -
 
 @app.command(name="list")
 def list_(
-    url: UrlOpt = DEFAULT_URL, state: Annotated[str | None, typer.Option("--status")] = None
+    url: UrlOpt = DEFAULT_URL,
+    state: Annotated[str | None, typer.Option("--status")] = None,
+    owner: Annotated[str | None, typer.Option(help="admins: only this owner's studies")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many", min=1, max=500)] = 50,
 ) -> None:
-    """List studies, newest first."""
-    page = ask(url, lambda c: c.list(status=state))
+    """List studies, newest first (an admin sees every owner's, each marked with its owner)."""
+    page = ask(url, lambda c: c.list(status=state, limit=limit, owner=owner))
+    owners = {s.owner for s in page.items}
     if not page.items:
         what = f"no {state} studies" if state else "no studies yet"
         typer.echo(f"{what} (droptune submit … to start one)" if not state else what)
@@ -292,7 +321,8 @@ def list_(
         )
         if b and b.recommended:
             best_txt += f", recommended {b.recommended.dropout:.4f} ({b.recommended.rule})"
-        typer.echo(f"{_show(s).splitlines()[0]} on {on}{best_txt}")
+        by = f" by {safe(s.owner)}" if len(owners) > 1 or owner is not None else ""
+        typer.echo(f"{_show(s).splitlines()[0]}{by} on {on}{best_txt}")
     if page.total > len(page.items):
         typer.echo(f"… {page.total - len(page.items)} more (newest shown first)", err=True)
 
@@ -361,9 +391,35 @@ def workers(
         return
     for w in ws:
         typer.echo(
-            f"{w.id} [{w.status}] {w.device} study={w.study_id} trials={w.trials} "
+            f"{safe(w.id)} [{w.status}] {safe(w.device)} study={w.study_id} trials={w.trials} "
             f"heartbeat={w.heartbeat_at:%H:%M:%S}"
         )
+
+
+@app.command()
+def models(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """The custom models workers can build (model.kind custom), with the workers that have each."""
+    found = ask(url, lambda c: c.models())
+    if as_json:
+        typer.echo(json.dumps([m.model_dump(mode="json") for m in found], indent=2))
+        return
+    if not found:
+        typer.echo(
+            "no custom models: install a package with droptune.models entry points on a "
+            "worker, or set DROPTUNE_MODELS (README: Your own models)"
+        )
+        return
+    for m in found:
+        live = f"{len(m.workers)} live worker(s)" if m.workers else "no live worker"
+        recent = f", {len(m.recent_workers)} seen this week" if m.recent_workers else ""
+        typer.echo(f"{safe(m.name)}\t{live}{recent}")
+
+
+@app.command("rm")
+def rm(study_id: int, url: UrlOpt = DEFAULT_URL) -> None:
+    """Delete an ended study with its trials and models (cancel a queued or running one first)."""
+    ask(url, lambda c: c.delete_study(study_id))
+    typer.echo(f"study {study_id} deleted")
 
 
 def main() -> None:

@@ -5,21 +5,51 @@ from __future__ import annotations
 import sqlalchemy as sa
 from fastapi import APIRouter
 
-from droptune.service.deps import EngineDep, SettingsDep
+from droptune.service.deps import CallerDep, EngineDep, SettingsDep
 from droptune.service.errors import problems
-from droptune.storage import registry
+from droptune.storage import custom_models, registry
 from droptune.storage.db import transaction
-from droptune.storage.schemas import WorkerOut
+from droptune.storage.schemas import ModelOut, WorkerOut
+from droptune.storage.tables import studies
 
 router = APIRouter(tags=["workers"])
 
 
 @router.get("/workers", response_model=list[WorkerOut], responses=problems(422, 503))
 def list_workers(
-    engine: EngineDep, settings: SettingsDep, include_stopped: bool = False
+    caller: CallerDep, engine: EngineDep, settings: SettingsDep, include_stopped: bool = False
 ) -> list[WorkerOut]:
-    """Live and lost workers (a lost one stopped heartbeating); stopped ones on request."""
-    return registry.list_workers(engine, settings.lease_grace_seconds, include_stopped)
+    """Live and lost workers (a lost one stopped heartbeating); stopped ones on request. A
+    worker busy with another owner's study shows no study or trials to a caller who is not
+    an admin."""
+    found = registry.list_workers(engine, settings.lease_grace_seconds, include_stopped)
+    if caller.scope is None:
+        return found
+    busy = {w.study_id for w in found if w.study_id is not None}
+    with transaction(engine, read_only=True) as conn:
+        own = set(
+            conn.execute(
+                sa.select(studies.c.id).where(
+                    studies.c.id.in_(busy), studies.c.owner == caller.scope
+                )
+            ).scalars()
+        )
+    return [
+        w if w.study_id in own else w.model_copy(update={"study_id": None, "trials": []})
+        for w in found
+    ]
+
+
+@router.get("/models", response_model=list[ModelOut], responses=problems(503))
+def list_models(engine: EngineDep, settings: SettingsDep) -> list[ModelOut]:
+    """The custom models (`model.kind: custom`) workers can build, with the workers that have
+    each: installed on the workers (entry points `droptune.models`) or named in their
+    DROPTUNE_MODELS; a spec may name any of them."""
+    found = custom_models.advertised(engine, settings.lease_grace_seconds)
+    return [
+        ModelOut(name=name, workers=w["live"], recent_workers=w["recent"])
+        for name, w in found.items()
+    ]
 
 
 @router.get("/healthz", tags=["health"], responses=problems(503))

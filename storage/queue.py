@@ -9,17 +9,18 @@ FOR UPDATE) the same statement runs inside BEGIN IMMEDIATE, which serialises wri
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from droptune.storage import datasets
+from droptune.storage import admission, custom_models, datasets, idempotency
 from droptune.storage.db import db_now, transaction
-from droptune.storage.errors import Conflict, Invalid, NotFound
-from droptune.storage.spec import FieldError, StudySpec
+from droptune.storage.errors import Conflict, NotFound
+from droptune.storage.quotas import STUDIES, Quotas, check_studies, lock_owner
+from droptune.storage.spec import StudySpec
 from droptune.storage.tables import leases, retries, studies
 
 ACTIVE = ("queued", "running")
@@ -79,70 +80,111 @@ def notify(conn: Connection, study_id: int | None = None, *, work: bool = True) 
     conn.execute(sa.text(sql), params)
 
 
-def _for_dataset(conn: Connection, spec: StudySpec, owner: str) -> StudySpec:
-    """The spec checked against the uploaded data set it names (metric resolved), or a 422
-    naming the field; the data set stays locked until the study is stored."""
-    dataset_id = spec.dataset.id
-    assert dataset_id is not None
-    summary = datasets.for_study(conn, dataset_id, owner)
-    if summary is None:
-        raise Invalid(
-            f"dataset.id: data set {dataset_id} not found; upload one with `droptune dataset "
-            "upload FILE` (POST /datasets), and list yours with GET /datasets",
-            field="dataset.id",
-        )
-    try:
-        return spec.for_data(
-            summary.task,
-            summary.image_shape,
-            summary.rows,
-            summary.encoded_features,
-            min(summary.class_counts) if summary.class_counts else None,
-        )
-    except FieldError as exc:
-        raise Invalid(f"{exc.field}: {exc.message}", field=exc.field) from exc
+@dataclass(frozen=True)
+class Submitted:
+    study_id: int
+    created: bool  # False: the study an Idempotency-Key made before, answered again
 
 
 def enqueue(engine: Engine, spec: StudySpec, owner: str) -> int:
-    """Store a new study as `queued` and return its id."""
-    with transaction(engine) as conn:
-        if spec.dataset.id is not None:
-            spec = _for_dataset(conn, spec, owner)
-        if spec.evaluation.test_dataset is not None:
-            datasets.check_test_dataset(conn, spec, owner)
-        study_id = conn.execute(
-            studies.insert()
-            .values(
-                owner=owner,
-                name=spec.name,
-                spec=spec.model_dump(mode="json"),
-                status="queued",
-                priority=spec.priority,
-                n_trials=spec.search.n_trials,
-                max_retries=spec.search.max_retries,
-                max_failed=spec.search.max_failed,
-                dataset_id=spec.dataset.id,
-                refit_state="waiting" if spec.evaluation.refits else None,
-                test_dataset_id=spec.evaluation.test_dataset,
-            )
-            .returning(studies.c.id)
-        ).scalar_one()
-        conn.execute(
-            studies.update()
-            .where(studies.c.id == study_id)
-            .values(optuna_study=optuna_study_name(study_id, spec.name))
+    """Store a new study as `queued` and return its id (no quotas, no key: see `submit`)."""
+    return submit(engine, spec, owner).study_id
+
+
+def submit(
+    engine: Engine,
+    spec: StudySpec,
+    owner: str,
+    *,
+    quotas: Quotas | None = None,
+    key: str | None = None,
+    memory: admission.MemoryLimit | None = None,
+) -> Submitted:
+    """Store a new study as `queued`, the owner's quotas checked (when given) and its
+    Idempotency-Key recorded (storage/idempotency.py), in one transaction: the key's first
+    study instead when it was sent before with the same body. Nothing is stored on a refusal."""
+    body = idempotency.digest(spec)
+    try:
+        with transaction(engine) as conn:
+            lock_owner(conn, owner, STUDIES)  # quota and key checks of one owner take turns
+            first = None if key is None else idempotency.first_study(conn, owner, key, body)
+            if first is not None:
+                return Submitted(first, created=False)
+            study_id = _store(conn, spec, owner, quotas, memory)
+            if key is not None:
+                idempotency.remember(conn, owner, key, body, study_id)
+            notify(conn, study_id)
+            return Submitted(study_id, created=True)
+    except sa.exc.IntegrityError as exc:
+        if key is None or not idempotency.lost_race(exc):
+            raise
+    return Submitted(idempotency.after_race(engine, owner, key, body), created=False)
+
+
+def _store(
+    conn: Connection,
+    spec: StudySpec,
+    owner: str,
+    quotas: Quotas | None,
+    memory: admission.MemoryLimit | None = None,
+) -> int:
+    """Check the spec against its data sets, the owner's quotas and a worker's memory, then
+    insert the study."""
+    summary = None
+    if (dataset_id := spec.dataset.id) is not None:
+        spec = datasets.fit_spec(conn, spec, owner)
+        summary = datasets.for_study(conn, dataset_id, owner)
+    if spec.evaluation.test_dataset is not None:
+        datasets.check_test_dataset(conn, spec, owner)
+    if quotas is not None:
+        check_studies(conn, owner, spec, quotas)
+    if spec.model.kind == "custom":
+        custom_models.check_advertised(conn, spec.model.name or "")
+    elif memory is not None:  # a custom model's size is known only once a worker builds it
+        admission.admit(conn, spec, summary, memory.configured_gb, memory.grace_seconds)
+    study_id = conn.execute(
+        studies.insert()
+        .values(
+            owner=owner,
+            name=spec.name,
+            spec=spec.model_dump(mode="json"),
+            status="queued",
+            priority=spec.priority,
+            n_trials=spec.search.n_trials,
+            max_retries=spec.search.max_retries,
+            max_failed=spec.search.max_failed,
+            dataset_id=spec.dataset.id,
+            refit_state="waiting" if spec.evaluation.refits else None,
+            test_dataset_id=spec.evaluation.test_dataset,
+            custom_model=spec.model.name if spec.model.kind == "custom" else None,
         )
-        notify(conn, study_id)
+        .returning(studies.c.id)
+    ).scalar_one()
+    conn.execute(
+        studies.update()
+        .where(studies.c.id == study_id)
+        .values(optuna_study=optuna_study_name(study_id, spec.name))
+    )
     return int(study_id)
 
 
+def runnable(models: Collection[str]) -> sa.ColumnElement[bool]:
+    """Studies a worker with these custom models can run: the built-in models', and those whose
+    registered model it loaded."""
+    return sa.or_(studies.c.custom_model.is_(None), studies.c.custom_model.in_(list(models)))
+
+
 def claim(
-    engine: Engine, worker_id: str, max_slots: int, study_id: int | None = None
+    engine: Engine,
+    worker_id: str,
+    max_slots: int,
+    study_id: int | None = None,
+    models: Collection[str] = (),
 ) -> Claim | None:
     """Reserve up to `max_slots` trial slots of the most urgent study (or of `study_id`, the one
-    the batch was sized for); None when none is open."""
+    the batch was sized for) that a worker with `models` can run; None when none is open."""
     s = studies.c
-    open_ = [s.status.in_(ACTIVE), s.slots_claimed < s.n_trials]
+    open_ = [s.status.in_(ACTIVE), s.slots_claimed < s.n_trials, runnable(models)]
     if study_id is not None:
         open_.append(s.id == study_id)
     pick = (
@@ -343,32 +385,33 @@ def refit_back(conn: Connection, study: sa.Row[Any], *, attempt: bool, reason: s
 
 
 def ended_status(engine: Engine, study_id: int) -> str | None:
-    """The status of a study that has ended (succeeded, failed, cancelled), else None."""
+    """The status of a study that has ended (succeeded, failed, cancelled; `deleted` when its
+    row is gone), else None."""
     with transaction(engine, read_only=True) as conn:
         status = conn.execute(
             sa.select(studies.c.status).where(studies.c.id == study_id)
         ).scalar_one_or_none()
-    return None if status is None or status in ACTIVE else str(status)
+    return "deleted" if status is None else None if status in ACTIVE else str(status)
 
 
-def cancel(engine: Engine, study_id: int, owner: str) -> str:
-    """Stop new claims at once; running trials see the status at the end of their epoch."""
+def cancel(engine: Engine, study_id: int, owner: str | None, by: str = "its owner") -> str:
+    """Stop new claims at once; running trials see the status at the end of their epoch.
+    `owner` None: an admin's cancel, of any owner's study."""
+    owned = [] if owner is None else [studies.c.owner == owner]
     with transaction(engine) as conn:
         status = conn.execute(
-            sa.select(studies.c.status)
-            .where(studies.c.id == study_id, studies.c.owner == owner)
-            .with_for_update()
+            sa.select(studies.c.status).where(studies.c.id == study_id, *owned).with_for_update()
         ).scalar_one_or_none()
         if status is None:
             raise NotFound(f"study {study_id} not found")
         if status not in ACTIVE:
             raise Conflict(f"study {study_id} has already ended ({status})")
-        _close(conn, study_id, "cancelled", "cancelled by its owner")
+        _close(conn, study_id, "cancelled", f"cancelled by {by}")
         notify(conn, study_id, work=False)
     return "cancelled"
 
 
-def peek(engine: Engine) -> tuple[int, StudySpec, int] | None:
+def peek(engine: Engine, models: Collection[str] = ()) -> tuple[int, StudySpec, int] | None:
     """The study the next claim would pick: (id, spec, open slots); a hint for sizing a batch.
 
     A study whose stored spec this version cannot run (stored before a check was added) is
@@ -378,7 +421,7 @@ def peek(engine: Engine) -> tuple[int, StudySpec, int] | None:
         with transaction(engine, read_only=True) as conn:
             row = conn.execute(
                 sa.select(s.id, s.spec, s.n_trials - s.slots_claimed)
-                .where(s.status.in_(ACTIVE), s.slots_claimed < s.n_trials)
+                .where(s.status.in_(ACTIVE), s.slots_claimed < s.n_trials, runnable(models))
                 .order_by(s.priority.desc(), s.id)
                 .limit(1)
             ).one_or_none()

@@ -57,7 +57,7 @@ from droptune.storage.tables import studies
 REFIT_SHOWN = {s: s for s in ("waiting", "ready", "running", "done", "skipped")}
 # The user attributes a TrialOut or the answer reads (a trial has others: lease, ...).
 ATTR_KEYS = (
-    *("epochs", "train_seconds", "device", "worker", "attempt", "reason"),
+    *("epochs", "train_seconds", "device", "worker", "attempt", "reason", "warning"),
     *("fold_scores", "score_mean", "score_std", "split_sizes"),
 )
 ROW = [c for c in studies.c if c.name != "answer_p"]  # the per-trial p only where it is shown
@@ -86,32 +86,32 @@ class Reader:
         finished: bool = False,
     ) -> sa.Row[Any]:
         """The study's row (with `answer_p`, and its `finished` trials counted, when asked);
-        `owner` None only for workers, which act for every owner."""
+        `owner` None for workers and admins, which act for every owner."""
         q = _row_statement(owner is not None, p, finished)
         row = conn.execute(q, {"id": study_id, "owner": owner}).one_or_none()
         if row is None:
             raise NotFound(f"study {study_id} not found")
         return row
 
-    def status(self, study_id: int, owner: str) -> str:
+    def status(self, study_id: int, owner: str | None) -> str:
         with transaction(self.engine, read_only=True) as conn:
             return str(self._select_row(conn, study_id, owner).status)
 
-    def study(self, study_id: int, owner: str) -> StudyOut:
+    def study(self, study_id: int, owner: str | None) -> StudyOut:
         """Two statements: the row, and its trials counted by state."""
         with transaction(self.engine, read_only=True) as conn:
             row = self._select_row(conn, study_id, owner)
             counts = _counts_of(conn, row)
         return self._study_out(row, counts)
 
-    def best(self, study_id: int, owner: str) -> BestOut:
+    def best(self, study_id: int, owner: str | None) -> BestOut:
         """One statement: the row with its finished trials counted, to check its answer."""
         with transaction(self.engine, read_only=True) as conn:
             row = self._select_row(conn, study_id, owner, finished=True)
         return _best_out(row, self._answer(row, row.finished)[0])
 
     def trials(
-        self, study_id: int, owner: str, offset: int = 0, limit: int | None = None
+        self, study_id: int, owner: str | None, offset: int = 0, limit: int | None = None
     ) -> list[TrialOut]:
         """The study's trials by number, `limit` of them from `offset` (None: all), each COMPLETE
         one with its p against the best from the cached answer."""
@@ -121,7 +121,7 @@ class Reader:
         p = self._answer(row, row.finished)[1]
         return [_trial_out(t, p.get(str(t.number))) for t in page]
 
-    def curve(self, study_id: int, owner: str) -> Curve:
+    def curve(self, study_id: int, owner: str | None) -> Curve:
         return self._curve(study_id, owner)[0]
 
     def for_dashboard(self, study_id: int) -> tuple[str, Curve, BestOut]:
@@ -144,10 +144,11 @@ class Reader:
         outs = [_trial_out(t, p.get(str(t.number))) for t in drawn]
         return build_curve(row.id, StudySpec.stored(row.spec), best, outs), best, row.optuna_study
 
-    def page(self, owner: str, status: str | None, offset: int, limit: int) -> StudyPage:
-        """A page of studies, newest first: three statements (the total, the rows, one
-        aggregate of their trials), plus a recompute for each study whose answer is stale."""
-        where = [studies.c.owner == owner]
+    def page(self, owner: str | None, status: str | None, offset: int, limit: int) -> StudyPage:
+        """A page of the owner's studies (every owner's for None), newest first: three
+        statements (the total, the rows, one aggregate of their trials), plus a recompute for
+        each study whose answer is stale."""
+        where = [] if owner is None else [studies.c.owner == owner]
         if status is not None:
             where.append(studies.c.status == status)
         with transaction(self.engine, read_only=True) as conn:
@@ -380,6 +381,7 @@ def _trial_out(t: FrozenTrial, p_vs_best: float | None) -> TrialOut:
         # Why it failed. Recovery writes the reason just before the FAIL state, so a trial its
         # worker completed in between may carry one: it is not shown then.
         reason=u.get("reason") if t.state == TrialState.FAIL else None,
+        warning=u.get("warning"),
         p_vs_best=p_vs_best,
         started_at=t.datetime_start,
         ended_at=t.datetime_complete,

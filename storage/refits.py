@@ -16,6 +16,7 @@ recovered like any lease. Its end goes through one of three doors:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,12 +48,14 @@ class ModelFile:
     data: bytes
 
 
-def claim(engine: Engine, worker_id: str) -> RefitClaim | None:
-    """Lease the most urgent study's refit that is ready, or None."""
+def claim(engine: Engine, worker_id: str, models: Collection[str] = ()) -> RefitClaim | None:
+    """Lease the most urgent study's refit that is ready (and that a worker with these custom
+    `models` can run), or None."""
     s = studies.c
+    runnable = sa.or_(s.custom_model.is_(None), s.custom_model.in_(list(models)))
     pick = (
         sa.select(s.id)
-        .where(s.status == "running", s.refit_state == "ready")
+        .where(s.status == "running", s.refit_state == "ready", runnable)
         .order_by(s.priority.desc(), s.id)
         .limit(1)
         .with_for_update(skip_locked=True)

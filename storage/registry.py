@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from droptune.storage.db import db_now, transaction
 from droptune.storage.queue import Beat, heartbeat_leases
@@ -14,10 +14,29 @@ from droptune.storage.schemas import WorkerOut
 from droptune.storage.tables import workers
 
 
-def register(engine: Engine, worker_id: str, host: str, pid: int, device: str) -> None:
+def register(
+    engine: Engine,
+    worker_id: str,
+    host: str,
+    pid: int,
+    device: str,
+    memory_bytes: int | None = None,
+    models: list[str] | None = None,
+) -> None:
+    """Add a live worker; `memory_bytes` is what one batch of it may use (the submit refuses a
+    study no live worker has the memory for: storage.admission), `models` the custom models it
+    loaded (storage.custom_models)."""
     with transaction(engine) as conn:
         conn.execute(
-            workers.insert().values(id=worker_id, host=host, pid=pid, device=device, status="live")
+            workers.insert().values(
+                id=worker_id,
+                host=host,
+                pid=pid,
+                device=device,
+                status="live",
+                memory_bytes=memory_bytes,
+                models=models or [],
+            )
         )
 
 
@@ -64,16 +83,31 @@ def list_workers(engine: Engine, grace_seconds: float, include_stopped: bool) ->
         m: dict[str, Any] = dict(r._mapping)
         m["status"] = m.pop("derived")
         m["trials"] = m["trials"] or []
+        m["models"] = m["models"] or []
         out.append(WorkerOut.model_validate(m))
     return out
 
 
+def _live(grace_seconds: float) -> list[sa.ColumnElement[bool]]:
+    """A worker is live when it has not stopped and its heartbeat is within the grace."""
+    return [workers.c.status == "live", workers.c.heartbeat_at >= db_now(-grace_seconds)]
+
+
+def largest_live_memory(conn_or_engine: Connection | Engine, grace_seconds: float) -> int | None:
+    """The most memory a live worker advertises for a batch, in bytes; None when no live worker
+    advertises any."""
+    query = sa.select(sa.func.max(workers.c.memory_bytes)).where(*_live(grace_seconds))
+    if isinstance(conn_or_engine, Engine):
+        with transaction(conn_or_engine, read_only=True) as conn:
+            found = conn.execute(query).scalar_one_or_none()
+    else:
+        found = conn_or_engine.execute(query).scalar_one_or_none()
+    return None if found is None else int(found)
+
+
 def count_live(engine: Engine, grace_seconds: float) -> int:
-    w = workers.c
     with transaction(engine, read_only=True) as conn:
         n = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(workers)
-            .where(w.status == "live", w.heartbeat_at >= db_now(-grace_seconds))
+            sa.select(sa.func.count()).select_from(workers).where(*_live(grace_seconds))
         ).scalar_one()
     return int(n)

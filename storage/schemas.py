@@ -168,6 +168,11 @@ class TrialOut(BaseModel):
     worker: str | None
     attempt: int
     reason: str | None
+    warning: str | None = Field(
+        None,
+        description="how it was trained, when not as usual: a custom model trained member by "
+        "member (it cannot be vmapped), dropout the model keeps at its own rate",
+    )
     p_vs_best: float | None = Field(
         None,
         description="paired corrected resampled t-test (Nadeau & Bengio) against the best "
@@ -187,6 +192,21 @@ class WorkerOut(BaseModel):
     heartbeat_at: UtcDatetime
     study_id: int | None
     trials: list[int]
+    memory_bytes: int | None = Field(
+        None, description="the memory one batch may use (DROPTUNE_WORKER_MEMORY_GB or the device's)"
+    )
+    models: list[str] = Field(
+        default_factory=list, description="the custom models it can build (GET /models)"
+    )
+
+
+class ModelOut(BaseModel):
+    name: str
+    workers: list[str] = Field(description="live workers that have it")
+    recent_workers: list[str] = Field(
+        description="workers seen this week, not live now, that had it: a study naming it "
+        "is accepted and waits for one of them"
+    )
 
 
 class ColumnInfo(BaseModel):

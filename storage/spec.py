@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -16,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from droptune.storage import catalogue
+from droptune.storage import catalogue, names
 
 DEFAULT_DROPOUT_HIGH = 0.9  # re-measured: bench/results/range.md
 DEFAULT_SAMPLER: Literal["tpe", "gp", "random", "grid"] = "tpe"
@@ -24,6 +25,7 @@ HOLDOUT_MIN_ROWS = 500  # data sets this large hold out DEFAULT_HOLDOUT of their
 DEFAULT_HOLDOUT = 0.2
 MAX_FOLD_CELLS = 2**28  # folds x samples x features a worker holds (float32: 1 GiB)
 STORED = "stored"  # validation context key: the spec comes from the database, not a user
+RUNNABLE = "runnable"  # context key: a stored spec checked for running (StudySpec.runnable)
 SYNTHETIC_OPTIONS = tuple(catalogue.SYNTHETIC_DEFAULTS)
 CLASSIFICATION_METRICS = catalogue.METRICS["classification"]
 REGRESSION_METRICS = catalogue.METRICS["regression"]
@@ -93,20 +95,45 @@ def _stored(info: ValidationInfo) -> bool:
     return bool((info.context or {}).get(STORED))
 
 
+def _not_a_number(annotation: Any, value: Any) -> str | None:
+    """What `value` holds where `annotation` wants a number: "true/false", "a string", or None
+    (nothing wrong), looking into lists and mappings of numbers (`model.hidden`, options)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _not_a_number(args[0], value)
+    if origin in (Union, types.UnionType):
+        return next((w for a in args if (w := _not_a_number(a, value)) is not None), None)
+    if origin is list and isinstance(value, list):
+        return next((w for v in value if (w := _not_a_number(args[0], v)) is not None), None)
+    if origin is dict and isinstance(value, dict):
+        items = value.values()
+        return next((w for v in items if (w := _not_a_number(args[1], v)) is not None), None)
+    if annotation in (int, float) and isinstance(value, bool | str):
+        return "true/false" if isinstance(value, bool) else "a string"
+    return None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     @field_validator("*", mode="before")
     @classmethod
-    def _booleans_are_not_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """JSON's true/false is no number, and 0/1 is no flag: pydantic's lax mode would store
-        `"epochs": true` as 1 epoch and `"per_layer": 0` as false."""
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """JSON's true/false and strings are no numbers, and 0/1 is no flag: pydantic's lax mode
+        would store `"epochs": true` as 1 epoch, `"epochs": "5"` as 5 and `"per_layer": 0` as
+        false, so a client's mistake (a form's string, a flag for a count) would pass unseen."""
         field = cls.model_fields.get(info.field_name or "")
-        is_flag = field is not None and field.annotation is bool
-        if isinstance(value, bool) and not is_flag:
-            raise ValueError("must be a number or a string, not true/false")
-        if is_flag and not isinstance(value, bool):
-            raise ValueError("must be true or false")
+        if field is None:
+            return value
+        if field.annotation is bool:
+            if not isinstance(value, bool):
+                raise ValueError("must be true or false")
+            return value
+        wrong = _not_a_number(field.annotation, value)
+        if wrong is not None:
+            if isinstance(value, list | dict):
+                raise ValueError(f"must hold numbers only, not {wrong}")
+            raise ValueError(f"must be a number, not {wrong}")
         return value
 
 
@@ -188,9 +215,15 @@ class DatasetSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    kind: Literal["mlp", "cnn"] = "mlp"
+    kind: Literal["mlp", "cnn", "custom"] = Field(
+        "mlp", description="the built-in MLP or CNN, or `custom`: a model registered on workers"
+    )
     hidden: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
-        default_factory=lambda: [256, 256], min_length=1, max_length=8
+        default_factory=lambda: [256, 256],
+        min_length=1,
+        max_length=8,
+        description="hidden layer sizes (mlp; the cnn's fully connected layer is the first)",
+        exclude_if=lambda v: not v,  # emptied for a custom model, which has its own
     )
     channels: list[Annotated[int, Field(ge=1, le=1024)]] | None = Field(
         None,
@@ -199,16 +232,64 @@ class ModelSpec(_Strict):
         description="conv channels per block (cnn only; default [32, 64])",
         exclude_if=lambda v: v is None,  # an MLP's spec does not show the CNN's channels
     )
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
+        description="custom only: the registered model's name (GET /models lists them)",
+        exclude_if=lambda v: v is None,
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="custom only: keyword arguments for the model's factory (JSON scalars "
+        "and lists of them)",
+        exclude_if=lambda v: not v,
+    )
+    dropout_layers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="custom with search.per_layer: how many dropout modules the model has "
+        "(one rate each; the worker checks)",
+        exclude_if=lambda v: v is None,
+    )
 
     @model_validator(mode="after")
-    def _default_channels(self) -> ModelSpec:
+    def _by_kind(self) -> ModelSpec:
         if self.kind == "cnn" and self.channels is None:
             self.channels = list(DEFAULT_CHANNELS)
+        if self.kind == "custom":
+            if self.name is None:
+                raise FieldError("name", "a custom model needs model.name (GET /models)")
+            _check_options(self.options)
+            self.hidden, self.channels = [], None  # the built-in models' sizes: unused
+        elif self.name is not None or self.options or self.dropout_layers is not None:
+            raise FieldError(
+                "kind", "model.name, options and dropout_layers are for kind 'custom' only"
+            )
         return self
 
     @property
     def conv_channels(self) -> list[int]:
         return list(self.channels or DEFAULT_CHANNELS)
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    """A factory's keyword arguments: identifiers to JSON scalars or flat lists of them."""
+    if len(options) > 32:
+        raise FieldError("options", "at most 32 options")
+    for key, value in options.items():
+        if not key.isidentifier():
+            raise FieldError("options", f"{key!r} is not a keyword argument name")
+        items = value if isinstance(value, list) else [value]
+        if len(items) > 64 or not all(
+            isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= 200)
+            for v in items
+        ):
+            raise FieldError(
+                f"options.{key}",
+                "must be a number, true/false, a string (up to 200 characters) or a list of "
+                "up to 64 of them",
+            )
 
 
 class TrainingSpec(_Strict):
@@ -340,6 +421,19 @@ class StudySpec(_Strict):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     priority: int = Field(0, ge=-1000, le=1000)
 
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """No NUL (PostgreSQL refuses it, SQLite stores it) and no control character (an escape
+        sequence would drive the terminal of whoever lists studies). Submit-only, and not for
+        running either: a name stored before this check stays readable (the CLI escapes it)."""
+        if value is None or _stored(info) or (info.context or {}).get(RUNNABLE):
+            return value
+        problem = names.text_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
     @classmethod
     def stored(cls, raw: Any) -> StudySpec:
         """A spec read back from the database. Checks added since it was submitted (marked
@@ -351,7 +445,7 @@ class StudySpec(_Strict):
     def runnable(cls, raw: Any) -> StudySpec | str:
         """A stored spec under this version's checks: the spec, or why it cannot run."""
         try:
-            return cls.model_validate(raw)
+            return cls.model_validate(raw, context={RUNNABLE: True})
         except ValidationError as e:
             return "; ".join(f"{d['field']}: {d['message']}" for d in describe_errors(e.errors()))
 
@@ -380,9 +474,20 @@ class StudySpec(_Strict):
                     "data set whose X is (N, H, W) or (N, C, H, W)",
                 )
         # Submit-only: earlier versions stored such specs (their trials fail in the engine).
-        if submitted and self.model.kind == "cnn" and self.search.searches_input_dropout:
+        if submitted and self.model.kind != "mlp" and self.search.searches_input_dropout:
             raise FieldError(
                 "search.input_dropout_high", "input dropout is only supported for MLP models"
+            )
+        if (
+            submitted
+            and self.model.kind == "custom"
+            and self.search.per_layer
+            and self.model.dropout_layers is None
+        ):
+            raise FieldError(
+                "model.dropout_layers",
+                "search.per_layer on a custom model needs model.dropout_layers: how many "
+                "dropout modules it has (one rate each)",
             )
         if submitted and self.dataset.builtin == "synthetic":
             # A worker keeps K standardised copies of the data, [K, n_samples, n_features].
@@ -468,11 +573,12 @@ class StudySpec(_Strict):
 
     def param_names(self) -> list[str]:
         """The Optuna parameters this study searches, in order."""
-        n_layers = (
-            len(self.model.conv_channels) + 1
-            if self.model.kind == "cnn"
-            else len(self.model.hidden)
-        )
+        if self.model.kind == "custom":
+            n_layers = self.model.dropout_layers or 1
+        elif self.model.kind == "cnn":
+            n_layers = len(self.model.conv_channels) + 1
+        else:
+            n_layers = len(self.model.hidden)
         names = [f"dropout_{i}" for i in range(n_layers)] if self.search.per_layer else ["dropout"]
         if self.search.searches_input_dropout:
             names.append("input_dropout")

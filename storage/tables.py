@@ -49,6 +49,9 @@ studies = sa.Table(
     sa.Column("answer", sa.JSON, nullable=True),
     sa.Column("answer_p", sa.JSON, nullable=True),
     sa.Column("answer_trials", sa.Integer, nullable=True),
+    # The registered model (`model.kind: custom`) a worker must have to claim it; NULL for the
+    # built-in MLP and CNN, which every worker has.
+    sa.Column("custom_model", sa.String(64), nullable=True),
     sa.Index("ix_droptune_studies_queue", "status", "priority", "id"),
     sqlite_autoincrement=True,
 )
@@ -101,6 +104,10 @@ workers = sa.Table(
     sa.Column("heartbeat_at", sa.DateTime, nullable=False, server_default=db_now()),
     sa.Column("study_id", sa.Integer, nullable=True),
     sa.Column("trials", sa.JSON, nullable=True),
+    # What the worker can take: the memory one batch may use (DROPTUNE_WORKER_MEMORY_GB, else
+    # the device's), and the custom models it can load (entry points, DROPTUNE_MODELS).
+    sa.Column("memory_bytes", sa.BigInteger, nullable=True),
+    sa.Column("models", sa.JSON, nullable=True),
 )
 
 # An uploaded data set: its record here, its bytes in `dataset_chunks`. The same bytes with the
@@ -156,5 +163,33 @@ models = sa.Table(
     sa.Column("dropout", sa.Float, nullable=False),
     sa.Column("params", sa.JSON, nullable=False),
     sa.Column("file", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
+)
+
+# API tokens (storage/tokens.py): only the SHA-256 of a token is stored, with its first
+# characters (`prefix`) so a person can tell tokens apart in `droptune token list`. A token is
+# never deleted, only revoked: once one has existed, the API needs one on every route.
+tokens = sa.Table(
+    "droptune_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("owner", sa.String(200), nullable=False, index=True),
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
+    sa.Column("revoked_at", sa.DateTime, nullable=True),
+    sqlite_autoincrement=True,
+)
+
+# `POST /studies` with an `Idempotency-Key`: the study the first request with that key made,
+# and the hash of its body (the same key with another body is refused). Kept for a day.
+idempotency = sa.Table(
+    "droptune_idempotency",
+    metadata,
+    sa.Column("owner", sa.String(200), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("body_sha256", sa.String(64), nullable=False),
+    sa.Column("study_id", sa.Integer, nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
 )

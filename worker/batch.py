@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,18 +21,20 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import Engine
 
-from droptune.storage import queue
+from droptune.storage import admission, queue
 from droptune.storage.dashboard_answer import publish_answer
 from droptune.storage.errors import StorageError
 from droptune.storage.lifecycle import NO_TRIAL, Why, fail_trial, settle
 from droptune.storage.queue import Claim, Lease
 from droptune.storage.reads import Reader
 from droptune.storage.spec import StudySpec
+from droptune.worker.custom import CustomModel, FactoryError, train_custom_trials
 from droptune.worker.data import FoldData
-from droptune.worker.engine import TrainConfig, TrialResult, train_trials
+from droptune.worker.engine import OnEpoch, TrainConfig, TrialRates, TrialResult, train_trials
 from droptune.worker.heartbeat import LeaseHeartbeat
 from droptune.worker.models import CNNConfig, MLPConfig
 from droptune.worker.objective import new_trial, open_study, suggest
+from droptune.worker.sizing import free_memory, is_oom, oom_reason
 
 
 def model_config(spec: StudySpec) -> MLPConfig | CNNConfig:
@@ -54,6 +56,7 @@ class BatchContext:
     worker_id: str
     stop: threading.Event  # set: the worker is stopping (a signal)
     on_current: Callable[[int | None, list[int]], None] = lambda _s, _t: None
+    models: Mapping[str, Callable[..., Any]] = field(default_factory=dict)  # custom, by name
 
 
 def publish(ctx: BatchContext, study_id: int) -> None:
@@ -113,6 +116,8 @@ class BatchRunner:
 
         The data set is loaded after the trials exist, so a data set that cannot be loaded fails
         trials (retried, then counted against max_failed) instead of a worker looping on it.
+        A batch that runs out of memory is trained again one trial at a time; a trial that runs
+        out alone is failed with the reason and not retried.
         """
         ctx = self.ctx
         members: list[_Member] = []
@@ -128,20 +133,27 @@ class BatchRunner:
                 [m.trial.number for m in members],
                 ctx.device,
             )
-            results = self._train(claim, members, load_data())
-            for m, r in zip(members, results, strict=True):
-                self._tell(m, r)
+            self._train_batch(claim, members, load_data())
         except Interrupted as stop:
             self._end_all(members, stop.why, stop.reason)
         except Exception as exc:
-            log.exception("worker %s: batch of study %s failed", ctx.worker_id, claim.study_id)
-            # The reason is shown to users: a database error's text (SQL, host) stays in the log.
-            reason = f"{type(exc).__name__}: " + (
-                "a database error (see the worker's log)"
-                if isinstance(exc, sa.exc.SQLAlchemyError)
-                else str(exc)
-            )
-            self._end_all(members, Why.ERROR, reason)
+            # Out of memory alone (or loading the data): failed with the reason and not retried,
+            # since its parameters would run out again; the study fails past max_failed.
+            oom = is_oom(exc)
+            if oom:
+                reason = oom_reason(exc)
+                log.warning("worker %s: study %s: %s", ctx.worker_id, claim.study_id, reason)
+            else:
+                log.exception("worker %s: batch of study %s failed", ctx.worker_id, claim.study_id)
+                # Shown to users: a database error's text (SQL, host) stays in the log.
+                reason = f"{type(exc).__name__}: " + (
+                    "a database error (see the worker's log)"
+                    if isinstance(exc, sa.exc.SQLAlchemyError)
+                    else str(exc)
+                )
+            # A model that cannot be built would fail the same way again: not retried either.
+            retry = not oom and not isinstance(exc, FactoryError)
+            self._end_all(members, Why.ERROR, reason, retry=retry)
             opened = {m.lease.id for m in members}
             for lease in claim.leases:
                 if lease.id not in opened:
@@ -154,6 +166,46 @@ class BatchRunner:
             self.hb.beat()  # /workers shows the worker idle now, not at the next beat
             publish(ctx, claim.study_id)
 
+    def _train_batch(self, claim: Claim, members: list[_Member], data: FoldData) -> None:
+        """Train the batch and tell its trials; out of memory with more than one trial, train
+        them again one at a time (the engine's scores do not depend on the batch: same folds,
+        weights, sample order and masks), telling each as it ends."""
+        try:
+            results = self._train(claim, members, data)
+        except Exception as exc:
+            if not is_oom(exc) or sum(not (m.ended or m.pruned) for m in members) < 2:
+                raise
+            reason = oom_reason(exc)
+        else:
+            for m, r in zip(members, results, strict=True):
+                self._tell(m, r)
+            return
+        # Out of the except clause: the error's traceback, and the batch's tensors, are gone.
+        free_memory(self.ctx.device)
+        log.warning(
+            "worker %s: study %s: a batch of %d trials ran out of memory (%s); one at a time",
+            self.ctx.worker_id,
+            claim.study_id,
+            len(members),
+            reason,
+        )
+        for m in members:
+            if m.ended or m.pruned:
+                self._end_all([m], Why.ERROR, reason)  # told PRUNED, or nothing to do
+                continue
+            alone: str | None = None
+            try:
+                (result,) = self._train(claim, [m], data)
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                alone = oom_reason(exc)
+            if alone is None:
+                self._tell(m, result)
+            else:
+                free_memory(self.ctx.device)
+                self._end_all([m], Why.ERROR, alone, retry=False)
+
     def _settle(
         self,
         lease: Lease,
@@ -161,17 +213,30 @@ class BatchRunner:
         why: Why,
         *,
         linked: bool = True,
+        retry: bool = True,
         **kw: Any,
     ) -> None:
         """End one lease through the lifecycle; a trial created but never linked gives its
-        slot straight back (RELEASED), as an unlinked lease does."""
-        end = None
-        if not linked:
+        slot straight back (RELEASED), as an unlinked lease does. retry=False: a FAILED end
+        gives the trial up instead of retrying its parameters (admission.no_retry)."""
 
-            def end(_outcome: object, reason: str | None) -> bool:
-                return queue.finish(self.ctx.engine, lease.id, queue.Outcome.RELEASED, reason)
+        def end(outcome: queue.Outcome, reason: str | None) -> bool:
+            if not linked:
+                outcome = queue.Outcome.RELEASED
+            elif outcome is queue.Outcome.FAILED and not retry:
+                admission.no_retry(self.ctx.engine, lease.id)
+            return queue.finish(self.ctx.engine, lease.id, outcome, reason)
 
-        settle(self.ctx.engine, self.ctx.optuna, lease.id, trial_id, why, end=end, **kw)
+        custom = not linked or not retry
+        settle(
+            self.ctx.engine,
+            self.ctx.optuna,
+            lease.id,
+            trial_id,
+            why,
+            end=end if custom else None,
+            **kw,
+        )
 
     def _train(self, claim: Claim, members: list[_Member], data: FoldData) -> list[TrialResult]:
         spec = claim.spec
@@ -195,7 +260,31 @@ class BatchRunner:
             round(float(np.mean(data.train_len_host)), 1),
             round(float(np.mean(data.val_len_host)), 1),
         ]
+        if spec.model.kind == "custom":
+            return self._train_custom(spec, data, cfg, rates, members, on_epoch)
         return train_trials(data, model_config(spec), cfg, rates, self.ctx.device, on_epoch)
+
+    def _train_custom(
+        self,
+        spec: StudySpec,
+        data: FoldData,
+        cfg: TrainConfig,
+        rates: list[TrialRates],
+        members: list[_Member],
+        on_epoch: OnEpoch,
+    ) -> list[TrialResult]:
+        """A registered model, stacked by worker.custom; its warning (trained member by member,
+        dropout it keeps) goes on every trial of the batch."""
+        name = spec.model.name or ""
+        factory = self.ctx.models.get(name)
+        if factory is None:  # claims are filtered by model: only a worker restarted without it
+            raise FactoryError(f"this worker has no model {name!r} (DROPTUNE_MODELS)")
+        model = CustomModel(factory, spec.model.options)
+        results, note = train_custom_trials(data, model, cfg, rates, self.ctx.device, on_epoch)
+        if note:
+            for m in members:
+                m.trial.set_user_attr("warning", note)
+        return results
 
     def _open(self, claim: Claim, members: list[_Member], created: dict[int, int]) -> None:
         """Create one Optuna trial per lease and link them; a lease lost meanwhile is dropped
@@ -315,8 +404,11 @@ class BatchRunner:
         self._settle(m.lease, m.trial._trial_id, why, trial=m.trial, value=value, attrs=attrs)
         m.ended = True  # after: a member whose settle raised is ended by the batch's except
 
-    def _end_all(self, members: list[_Member], why: Why, reason: str) -> None:
-        """Interrupted: a member already pruned is told so; the others end with `why`.
+    def _end_all(
+        self, members: list[_Member], why: Why, reason: str, *, retry: bool = True
+    ) -> None:
+        """Interrupted: a member already pruned is told so; the others end with `why`
+        (retry=False: their parameters are not retried).
 
         Members already ended are skipped, and one member's error never stops the others: a
         lease this cannot end goes stale and is recovered.
@@ -329,6 +421,6 @@ class BatchRunner:
                 if m.pruned:
                     self._settle(m.lease, m.trial._trial_id, Why.PRUNED, trial=m.trial)
                 else:
-                    self._settle(m.lease, m.trial._trial_id, why, reason=reason)
+                    self._settle(m.lease, m.trial._trial_id, why, reason=reason, retry=retry)
             except Exception:
                 log.exception("trial %s: could not end it; left to recovery", m.trial.number)

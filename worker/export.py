@@ -27,6 +27,7 @@ import torch
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from torch import nn
 
+from droptune.worker.custom_stack import StackedModule
 from droptune.worker.models import StackedCNN, StackedMLP
 from droptune.worker.preprocess import _as_float, _as_object
 
@@ -63,11 +64,19 @@ class TakeHome(nn.Module):
 
 
 def take_home_module(
-    net: StackedMLP | StackedCNN, member: int, transformer: Any, y_shift: float, y_scale: float
+    net: StackedMLP | StackedCNN | StackedModule,
+    member: int,
+    transformer: Any,
+    y_shift: float,
+    y_scale: float,
 ) -> TakeHome:
     """Member `member` of a trained stacked net as a plain eval-mode module on the CPU, with a
     StandardScaler's statistics folded in front of it."""
     plain = net.export_member(member).to("cpu").eval()
+    if isinstance(net, StackedModule) and len(net.input_shape) > 1:
+        # A user's image model takes (N, C, H, W); the download takes flat rows, as the
+        # built-in CNN's does (the data set's image shape is in droptune.json).
+        plain = nn.Sequential(nn.Unflatten(1, net.input_shape), plain)
     mean = scale = None
     if isinstance(transformer, StandardScaler):
         mean = torch.tensor(transformer.mean_, dtype=torch.float64)

@@ -23,6 +23,7 @@ from droptune.storage.notify import QueueWaiter
 from droptune.storage.optuna_bridge import ensure_study, optuna_storage
 from droptune.storage.recovery import recover_stale
 from droptune.storage.spec import StudySpec
+from droptune.worker import plugins
 from droptune.worker.batch import BatchContext, BatchRunner, model_config
 from droptune.worker.data import FoldData, prepare_folds
 from droptune.worker.datasets import FileCache, load_for_search
@@ -30,6 +31,8 @@ from droptune.worker.heartbeat import LeaseHeartbeat
 from droptune.worker.refit import RefitRunner
 from droptune.worker.settings import WorkerSettings
 from droptune.worker.sizing import auto_batch_trials
+
+CUSTOM_BATCH_TRIALS = 4  # trials a custom model trains together unless search.batch_trials
 
 log = logging.getLogger("droptune.worker")
 
@@ -51,6 +54,17 @@ def resolve_device(name: str) -> torch.device:
             f"device {name!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible"
         )
     return device
+
+
+def device_memory(device: torch.device) -> int | None:
+    """The device's total memory: the GPU's, or the machine's physical RAM on a CPU (None where
+    the platform does not say)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 @dataclass
@@ -91,6 +105,10 @@ class Worker:
         self._current: tuple[int | None, list[int]] = (None, [])
         self._last_recovery = 0.0
         self._bugs = 0  # errors in a row in recovery or claiming that were not outages
+        # The custom models this worker can build, by name (a bad DROPTUNE_MODELS stops it).
+        self.models = plugins.load_models(settings.models)
+        if self.models:
+            log.info("custom models: %s", ", ".join(sorted(self.models)))
 
     @property
     def stopping(self) -> bool:
@@ -106,14 +124,28 @@ class Worker:
         """Loop until stopped (or idle, with exit_when_idle); return the exit status."""
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        registry.register(self.engine, self.id, socket.gethostname(), os.getpid(), str(self.device))
+        registry.register(
+            self.engine,
+            self.id,
+            socket.gethostname(),
+            os.getpid(),
+            str(self.device),
+            memory_bytes=self.memory_bytes,
+            models=sorted(self.models),
+        )
         log.info("worker %s started on %s", self.id, self.device)
         waiter = QueueWaiter(self.settings.listen_url or self.settings.database_url)
         hb = LeaseHeartbeat(
             self.engine, self.id, self.settings.heartbeat_seconds, lambda: self._current
         )
         ctx = BatchContext(
-            self.engine, self.optuna, self.device, self.id, self._stop, self.set_current
+            self.engine,
+            self.optuna,
+            self.device,
+            self.id,
+            self._stop,
+            self.set_current,
+            self.models,
         )
         runner = BatchRunner(ctx, hb)
         self._refitter = RefitRunner(ctx, hb, self._cache.files)
@@ -169,8 +201,9 @@ class Worker:
             self._maybe_recover()
             if self.stopping:  # a signal came during recovery: claim nothing more
                 return True
-            refit = refits.claim(self.engine, self.id)  # a study's last step goes first
-            nxt = None if refit else queue.peek(self.engine)
+            # A study's last step goes first; only studies whose model this worker has.
+            refit = refits.claim(self.engine, self.id, self.models)
+            nxt = None if refit else queue.peek(self.engine, self.models)
             self._bugs = 0  # recovery and the peek went through
             if refit is None and nxt is None:
                 return False  # nothing to do: idle
@@ -224,7 +257,7 @@ class Worker:
         if self.stopping:
             return None
         # That study only: the batch was sized for its model and open slots.
-        return queue.claim(self.engine, self.id, size, study_id)
+        return queue.claim(self.engine, self.id, size, study_id, self.models)
 
     def batch_size(self, spec: StudySpec, open_slots: int) -> int:
         """How many trials to train together.
@@ -235,6 +268,9 @@ class Worker:
         """
         if spec.search.batch_trials:
             return spec.search.batch_trials
+        if spec.model.kind == "custom":
+            # Its size is unknown until it is built: a few trials (search.batch_trials for more).
+            return self._share(spec, open_slots, CUSTOM_BATCH_TRIALS)
         try:
             data = self._cache.get(spec, self.device)
         except Exception:
@@ -242,12 +278,36 @@ class Worker:
             # reason, which retries and max_failed turn into a failed study.
             log.exception("worker %s: cannot load the data set of the next study", self.id)
             return 1
-        fits = auto_batch_trials(model_config(spec), data, open_slots, self.device)
+        fits = auto_batch_trials(
+            model_config(spec),
+            data,
+            open_slots,
+            self.device,
+            spec.training.batch_size,
+            self.memory_limit,
+        )
+        return self._share(spec, open_slots, fits)
+
+    def _share(self, spec: StudySpec, open_slots: int, fits: int) -> int:
+        """At most `fits` (and DROPTUNE_MAX_BATCH_TRIALS), a quarter of the study, and this
+        worker's share of the open slots."""
         if self.settings.max_batch_trials:
             fits = min(fits, self.settings.max_batch_trials)
         live = max(1, registry.count_live(self.engine, self.settings.lease_grace_seconds))
         quarter = max(1, math.ceil(spec.search.n_trials / 4))
         return max(1, min(fits, quarter, math.ceil(open_slots / live)))
+
+    @property
+    def memory_limit(self) -> int | None:
+        """DROPTUNE_WORKER_MEMORY_GB in bytes, when it is set."""
+        gb = self.settings.worker_memory_gb
+        return None if gb is None else int(gb * 2**30)
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """What this worker advertises for a batch: the configured memory, else its device's."""
+        limit = self.memory_limit
+        return limit if limit is not None else device_memory(self.device)
 
     def set_current(self, study_id: int | None, trials: list[int]) -> None:
         self._current = (study_id, trials)

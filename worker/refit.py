@@ -28,6 +28,7 @@ from droptune.storage.refits import ModelFile, RefitClaim
 from droptune.storage.spec import StudySpec
 from droptune.worker import heldout
 from droptune.worker.batch import BatchContext, Interrupted, model_config, publish
+from droptune.worker.custom import CustomModel, FactoryError, fit_custom
 from droptune.worker.data import Dataset, FoldData, fold_data
 from droptune.worker.datasets import FileCache, load_named, load_uploaded, search_rows
 from droptune.worker.engine import StackedRun, TrainConfig, TrialRates, fit
@@ -225,7 +226,15 @@ class RefitRunner:
             return ()
 
         rates = [m.rates for m in members]
-        _, run = fit(rd.data, model_config(spec), cfg, rates, ctx.device, on_epoch)
+        run: StackedRun
+        if spec.model.kind == "custom":
+            factory = ctx.models.get(spec.model.name or "")
+            if factory is None:
+                raise FactoryError(f"this worker has no model {spec.model.name!r}")
+            model = CustomModel(factory, spec.model.options)
+            _, run = fit_custom(rd.data, model, cfg, rates, ctx.device, on_epoch)
+        else:
+            _, run = fit(rd.data, model_config(spec), cfg, rates, ctx.device, on_epoch)
         out = predictions(run, rd.data)
         points = [self._point(cfg.metric, m, out[i], rd.y_test) for i, m in enumerate(members)]
         seconds = time.perf_counter() - t0
@@ -240,11 +249,24 @@ class RefitRunner:
             "baseline": by_role.get("baseline"),
             "refit_seconds": round(seconds, 3),
         }
-        files = [
-            self._export(claim, run, i, m, rd, points[i])
-            for i, m in enumerate(members)
-            if m.role != "baseline"
-        ]
+        files = []
+        for i, m in enumerate(members):
+            if m.role == "baseline":
+                continue
+            try:
+                files.append(self._export(claim, run, i, m, rd, points[i]))
+            except Exception as exc:
+                if spec.model.kind != "custom":
+                    raise
+                # A user's module torch.export cannot trace: the study keeps its test score
+                # and has no file to download.
+                log.warning(
+                    "study %s: the %s model cannot be exported (%s: %s); no file stored",
+                    claim.study_id,
+                    m.role,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                )
         return result, files
 
     @staticmethod

@@ -19,3 +19,6 @@ class WorkerSettings(StorageSettings):
     # Uploaded data sets, fetched from the database once per machine (least recently used out).
     cache_dir: Path = Path.home() / ".cache" / "droptune" / "datasets"
     cache_mb: float = 4096.0
+    # Custom models for development, besides the installed entry points `droptune.models`:
+    # "name=package.module:function,..." (worker/plugins.py).
+    models: str = ""
