@@ -173,7 +173,10 @@ def submit(
         int | None, typer.Option(help="evaluation.test_dataset: an uploaded data set's id", min=1)
     ] = None,
     hidden: Annotated[str | None, typer.Option(help="hidden sizes, e.g. 256,256")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="mlp | cnn")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="mlp | cnn, or a custom model's name (droptune models)"),
+    ] = None,
     dropout_range: Annotated[
         str | None, typer.Option(help="the rates searched, LOW,HIGH, e.g. 0.1,0.9")
     ] = None,
@@ -195,10 +198,13 @@ def submit(
         fail("give one of --dataset, --data and --dataset-id")
     if (target or task) and data is None:
         fail("--target and --task go with --data (an upload)")
+    # A name that is not a built-in kind is a registered (custom) model.
+    custom = model is not None and model not in ("mlp", "cnn", "custom")
     flags = {
         "dataset.builtin": dataset,
         "dataset.id": dataset_id,
-        "model.kind": model,
+        "model.kind": "custom" if custom else model,
+        "model.name": model if custom else None,
         "search.dropout_low": bounds[0] if bounds else None,
         "search.dropout_high": bounds[1] if bounds else None,
         "training.lr": lr,

@@ -79,7 +79,9 @@ def _setup(spec: StudySpec) -> str:
     """What was searched, in one line."""
     m, s = spec.model, spec.search
     layers = f"{m.kind.upper()}, hidden {m.hidden}"
-    if m.kind == "cnn":
+    if m.kind == "custom":
+        layers = f"custom model {safe(m.name or '')}" + (f" {m.options}" if m.options else "")
+    elif m.kind == "cnn":
         layers += f", channels {m.conv_channels}"
     folds = f"{spec.cv.folds}-fold CV" + (f" x {spec.cv.repeats}" if spec.cv.repeats > 1 else "")
     per_layer = ", one rate per layer" if s.per_layer else ""

@@ -63,4 +63,7 @@ def _why_none(engine: EngineDep, study_id: int, status: str, which: str) -> str:
         return f"study {study_id} has no model yet ({status}): the refit runs after the search"
     if which == "best" and refits.model_file(engine, study_id, "recommended") is not None:
         return f"study {study_id}: the best rate is the recommended one; download that model"
-    return f"study {study_id} has no stored model (no trial completed, it was too large, or its custom model could not be exported)"
+    return (
+        f"study {study_id} has no stored model (no trial completed, it was too large, or its "
+        "custom model could not be exported: the worker's log says why)"
+    )

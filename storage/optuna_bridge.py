@@ -60,6 +60,8 @@ def readable_attrs(spec: StudySpec) -> dict[str, str | int]:
     model = spec.model
     if model.kind == "cnn":
         shape = f"cnn {model.conv_channels} + fc {model.hidden[0]}"
+    elif model.kind == "custom":
+        shape = f"custom {model.name}" + (f" {model.options}" if model.options else "")
     else:
         shape = f"mlp {model.hidden}"
     search = spec.search

@@ -261,6 +261,10 @@ class ModelSpec(_Strict):
             if self.name is None:
                 raise FieldError("name", "a custom model needs model.name (GET /models)")
             _check_options(self.options)
+            if self.model_fields_set & {"hidden", "channels"}:
+                raise FieldError(
+                    "hidden", "a custom model takes its sizes in model.options, not hidden/channels"
+                )
             self.hidden, self.channels = [], None  # the built-in models' sizes: unused
         elif self.name is not None or self.options or self.dropout_layers is not None:
             raise FieldError(
@@ -477,6 +481,10 @@ class StudySpec(_Strict):
         if submitted and self.model.kind != "mlp" and self.search.searches_input_dropout:
             raise FieldError(
                 "search.input_dropout_high", "input dropout is only supported for MLP models"
+            )
+        if submitted and self.model.dropout_layers is not None and not self.search.per_layer:
+            raise FieldError(
+                "model.dropout_layers", "is only used with search.per_layer (one rate each)"
             )
         if (
             submitted

@@ -359,7 +359,7 @@ def test_a_trials_scores_do_not_depend_on_its_batch_mates(
 def test_bad_models_are_rejected(cancer3: FoldData) -> None:
     cfg = TrainConfig(epochs=1)
     no_dropout = CustomModel(lambda n_in, n_out: nn.Linear(n_in, n_out))
-    with pytest.raises(ValueError, match=r"no nn\.Dropout"):
+    with pytest.raises(ValueError, match="no dropout modules to tune"):
         train_custom_trials(cancer3, no_dropout, cfg, [TrialRates((0.1,))])
     wrong_width = CustomModel(lambda n_in, n_out: mlp(n_in, n_out + 1))
     with pytest.raises(ValueError, match="expected"):
@@ -369,3 +369,16 @@ def test_bad_models_are_rejected(cancer3: FoldData) -> None:
     with pytest.raises(ValueError, match="dropout_layers says 2"):
         train_custom_trials(cancer3, CustomModel(mlp), cfg, [TrialRates((0.1, 0.2))])
     assert train_custom_trials(cancer3, CustomModel(mlp), cfg, []) == ([], None)
+
+
+def test_dropout_subclasses_are_tuned_and_alpha_dropout_is_not() -> None:
+    """A team's own nn.Dropout2d subclass is tuned, with its kind from the class hierarchy;
+    alpha dropout (another rescaling) is left at its rate and named."""
+    from droptune.worker.custom_stack import find_dropouts, untuned_dropout
+
+    class MyDrop(nn.Dropout2d):
+        pass
+
+    net = nn.Sequential(nn.Linear(4, 4), MyDrop(0.2), nn.AlphaDropout(0.1), nn.Dropout(0.3))
+    assert [n for n, _ in find_dropouts(net)] == ["1", "3"]
+    assert untuned_dropout(net) == ["2 (AlphaDropout p=0.1)"]

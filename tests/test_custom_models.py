@@ -82,6 +82,8 @@ def test_registered_models_run_only_on_workers_that_have_them(
 
             failing = c.submit(spec("broken"))
             assert c.best(failing.id, wait=180).status == "failed"
+            # Every trial would fail the same way: the study ends at the first batch.
+            assert "broken on purpose" in (c.get(failing.id).reason or "")
             failed = [t for t in c.trials(failing.id) if t.state == "FAIL"]
             assert failed and all("broken on purpose" in (t.reason or "") for t in failed)
             assert custom.poll() is None and plain.poll() is None  # both workers still run
@@ -92,6 +94,27 @@ def test_registered_models_run_only_on_workers_that_have_them(
             if proc is not None:
                 assert procs.stop(proc) == 0
         procs.stop(api)
+
+
+def test_a_custom_spec_takes_its_sizes_in_options() -> None:
+    from pydantic import ValidationError
+
+    from droptune.storage.spec import StudySpec
+
+    ok = StudySpec(**spec("res_mlp", options={"width": 8}))
+    assert "hidden" not in ok.model_dump(mode="json")["model"]
+    for bad, field in (
+        ({"hidden": [8]}, "hidden"),
+        ({"dropout_layers": 2}, "dropout_layers"),  # without search.per_layer
+        ({"options": {"width": {"nested": 1}}}, "options.width"),
+    ):
+        with pytest.raises(ValidationError, match=field):
+            StudySpec(**spec("res_mlp", **bad))
+    per_layer = {**spec("res_mlp"), "search": {"per_layer": True}}
+    with pytest.raises(ValidationError, match="dropout_layers"):
+        StudySpec(**per_layer)
+    names = StudySpec(**{**per_layer, "model": {**per_layer["model"], "dropout_layers": 2}})  # type: ignore[dict-item]
+    assert names.param_names() == ["dropout_0", "dropout_1"]
 
 
 def test_an_installed_package_registers_its_models(sqlite_url: str, tmp_path: Path) -> None:

@@ -140,8 +140,8 @@ class BatchRunner:
             # Out of memory alone (or loading the data): failed with the reason and not retried,
             # since its parameters would run out again; the study fails past max_failed.
             oom = is_oom(exc)
-            if oom:
-                reason = oom_reason(exc)
+            if oom or isinstance(exc, FactoryError):  # one line: not droptune's bug
+                reason = oom_reason(exc) if oom else f"{type(exc).__name__}: {exc}"
                 log.warning("worker %s: study %s: %s", ctx.worker_id, claim.study_id, reason)
             else:
                 log.exception("worker %s: batch of study %s failed", ctx.worker_id, claim.study_id)
@@ -154,6 +154,8 @@ class BatchRunner:
             # A model that cannot be built would fail the same way again: not retried either.
             retry = not oom and not isinstance(exc, FactoryError)
             self._end_all(members, Why.ERROR, reason, retry=retry)
+            if isinstance(exc, FactoryError):  # every trial would: the study fails at once
+                queue.fail_study(ctx.engine, claim.study_id, reason)
             opened = {m.lease.id for m in members}
             for lease in claim.leases:
                 if lease.id not in opened:
@@ -279,7 +281,8 @@ class BatchRunner:
         factory = self.ctx.models.get(name)
         if factory is None:  # claims are filtered by model: only a worker restarted without it
             raise FactoryError(f"this worker has no model {name!r} (DROPTUNE_MODELS)")
-        model = CustomModel(factory, spec.model.options)
+        per_layer = spec.model.dropout_layers if spec.search.per_layer else None
+        model = CustomModel(factory, spec.model.options, per_layer)
         results, note = train_custom_trials(data, model, cfg, rates, self.ctx.device, on_epoch)
         if note:
             for m in members:

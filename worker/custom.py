@@ -52,6 +52,7 @@ from droptune.worker.engine import (
     setup_device,
 )
 from droptune.worker.scoring import check_metric
+from droptune.worker.sizing import is_oom
 
 __all__ = [
     "CustomModel",
@@ -74,6 +75,8 @@ class CustomModel:
 
     factory: Callable[..., nn.Module]
     options: Mapping[str, Any] = field(default_factory=dict)
+    # With search.per_layer: the dropout modules the spec says it has (model.dropout_layers).
+    dropout_layers: int | None = None
 
     @property
     def name(self) -> str:
@@ -94,11 +97,17 @@ def init_module(spec: CustomModel, n_inputs: Any, n_outputs: int, seed: int) -> 
     """factory(...) with torch's CPU generator seeded `seed` (restored afterwards), on the CPU,
     so every device starts from identical weights. A standalone copy of member m is
     init_module(spec, ..., fold_seed(cfg.seed, fold of m))."""
-    with torch.random.fork_rng(devices=[]):
+    # torch.manual_seed seeds every device: fork the CUDA ones too, or building a model would
+    # reset a GPU worker's own random stream.
+    initialized = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    cuda = list(range(torch.cuda.device_count())) if initialized else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         try:
             module = spec.factory(n_inputs, n_outputs, **dict(spec.options))
         except Exception as exc:  # the user's code: its message is the trial's reason
+            if is_oom(exc):
+                raise
             raise FactoryError(f"model {spec.name!r} could not be built: {_reason(exc)}") from exc
     if not isinstance(module, nn.Module):
         raise FactoryError(
@@ -194,6 +203,8 @@ def probe(
         try:
             ref[train], _ = _run_probe(net, x, vmapped=False, train=train)
         except Exception as e:
+            if is_oom(e):  # the worker's out-of-memory handling, not the model's fault
+                raise
             raise ValueError(f"model {name} failed on a batch of the data: {_reason(e)}") from e
         want = (x.shape[0], x.shape[1], n_outputs)
         if tuple(ref[train].shape) != want:
@@ -206,6 +217,8 @@ def probe(
         try:
             out, warned = _run_probe(net, x, vmapped=True, train=train)
         except Exception as e:
+            if is_oom(e):
+                raise
             why = _reason(e)
             return f"module {name} cannot be vmapped ({why}); members trained one by one", True
         perf += warned
@@ -246,11 +259,13 @@ class CustomRun(StackedRun):
             if isinstance(exc, FactoryError):
                 raise
             raise FactoryError(f"model {model.name!r}: {_reason(exc)}") from exc
-        per_layer = {len(t.hidden) for t in trials if len(t.hidden) > 1}
-        if per_layer - {net.n_layers}:
+        said = {len(t.hidden) for t in trials if len(t.hidden) > 1}
+        if model.dropout_layers is not None:
+            said.add(model.dropout_layers)
+        if said - {net.n_layers}:
             raise FactoryError(
                 f"model {model.name!r} has {net.n_layers} dropout modules (nn.Dropout, "
-                f"Dropout1d/2d/3d); model.dropout_layers says {min(per_layer)}"
+                f"Dropout1d/2d/3d); model.dropout_layers says {min(said)}"
             )
         rows, inputs = _trial_rate_rows(trials, net.n_layers)
         k = self.k

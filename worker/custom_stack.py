@@ -104,7 +104,13 @@ class MemberDropout(nn.Module):
 def find_dropouts(module: nn.Module) -> list[tuple[str, nn.Module]]:
     """The module's nn.DropoutNd submodules in named_modules order: the order of per-layer
     rates."""
-    return [(n, m) for n, m in module.named_modules() if type(m) in DROPOUT_KINDS]
+    return [(n, m) for n, m in module.named_modules() if dropout_kind(m) is not None]
+
+
+def dropout_kind(module: nn.Module) -> int | None:
+    """0 for nn.Dropout, 1-3 for Dropout1d/2d/3d (and their subclasses), else None (alpha
+    dropout, whose rescaling differs, is not one of them)."""
+    return next((DROPOUT_KINDS[c] for c in type(module).__mro__ if c in DROPOUT_KINDS), None)
 
 
 def untuned_dropout(module: nn.Module) -> list[str]:
@@ -177,13 +183,16 @@ class StackedModule(_Stacked):
         base = copy.deepcopy(template)
         drops = find_dropouts(base)
         if not drops:
-            raise ValueError(f"module {type(template).__name__} has no nn.Dropout layers to tune")
+            raise ValueError(
+                f"module {type(template).__name__} has no dropout modules to tune "
+                "(nn.Dropout, Dropout1d/2d/3d)"
+            )
         self.drop_paths = [path for path, _ in drops]
         members: list[MemberDropout] = []
         for i, (path, mod) in enumerate(drops):
             gen = torch.Generator(device=dev)
             gen.manual_seed((mask_seed * 1_000_003 + (i + 1) * 104_729) % 2**63)
-            members.append(MemberDropout(DROPOUT_KINDS[type(mod)], self.n_folds, gen))
+            members.append(MemberDropout(dropout_kind(mod) or 0, self.n_folds, gen))
             _replace(base, path, members[-1])
         # plain attributes (object.__setattr__): not submodules, so .parameters() is the stack
         object.__setattr__(self, "template", template)

@@ -231,7 +231,8 @@ class RefitRunner:
             factory = ctx.models.get(spec.model.name or "")
             if factory is None:
                 raise FactoryError(f"this worker has no model {spec.model.name!r}")
-            model = CustomModel(factory, spec.model.options)
+            per_layer = spec.model.dropout_layers if spec.search.per_layer else None
+            model = CustomModel(factory, spec.model.options, per_layer)
             _, run = fit_custom(rd.data, model, cfg, rates, ctx.device, on_epoch)
         else:
             _, run = fit(rd.data, model_config(spec), cfg, rates, ctx.device, on_epoch)
