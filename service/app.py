@@ -82,6 +82,23 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
+    _middleware(app, settings)
+    metrics.install(app, settings)  # outermost middleware (times 401s and 413s too)
+    app.include_router(studies_router)
+    app.include_router(events.router)  # its lifespan runs the study watcher
+    app.include_router(curve.router)
+    app.include_router(model.router)
+    app.include_router(datasets.router)
+    app.include_router(workers_router)
+    docs.install(app)  # /docs, /redoc and /docs/static: before the dashboard's catch-all
+    if settings.dashboard:
+        # Last: the catch-all for /dashboard, /static and /api (see service/dashboard.py).
+        app.mount("/", dashboard_app(app.state.optuna_read, lambda: app.routes))
+    return app
+
+
+def _middleware(app: FastAPI, settings: ServiceSettings) -> None:
+    """Inside out: HEAD as GET, the body limits, access (service/auth.py), CORS when configured."""
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimit, settings=settings, upload_path="/datasets")
     # Outside the limit: a request without a token is refused before its body is read.
@@ -95,15 +112,3 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
             max_age=600,
         )
-    metrics.install(app, settings)  # outermost middleware (times 401s and 413s too)
-    app.include_router(studies_router)
-    app.include_router(events.router)  # its lifespan runs the study watcher
-    app.include_router(curve.router)
-    app.include_router(model.router)
-    app.include_router(datasets.router)
-    app.include_router(workers_router)
-    docs.install(app)  # /docs, /redoc and /docs/static: before the dashboard's catch-all
-    if settings.dashboard:
-        # Last: the catch-all for /dashboard, /static and /api (see service/dashboard.py).
-        app.mount("/", dashboard_app(app.state.optuna_read, lambda: app.routes))
-    return app

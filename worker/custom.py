@@ -17,13 +17,11 @@ Imports only torch, numpy and the stdlib (plus the engine's modules): bench/ run
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -42,15 +40,13 @@ from droptune.worker.engine import (
     TrainConfig,
     TrialRates,
     TrialResult,
-    _check_device,
-    _generator,
     _seed,
     _trial_rate_rows,
-    epoch_order,
+    fit,
     make_optimizer,
     member_folds,
-    setup_device,
 )
+from droptune.worker.models import MLPConfig
 from droptune.worker.scoring import check_metric
 from droptune.worker.sizing import is_oom
 
@@ -290,32 +286,17 @@ def fit_custom(
 ) -> tuple[list[TrialResult], CustomRun]:
     """engine.fit for a user's module (same loop, same on_epoch contract); the run's `note`
     is the warning to record on the trials."""
-    check_metric(cfg.metric, data.task)
-    if not trials:
-        raise ValueError("fit needs at least one trial")
-    _check_device(data, device)
-    setup_device(data.device)
-    t0 = time.perf_counter()
-    run = CustomRun(data, model, cfg, trials)
-    order_gen = _generator(data.device, _seed(cfg.seed, 3))
-    results: list[TrialResult | None] = [None] * len(trials)
-    last = np.zeros((len(trials), data.k))
-    for epoch in range(1, cfg.epochs + 1):
-        run.train_epoch(epoch_order(data, order_gen), cfg.batch_size)
-        scores = run.scores(cfg.metric)
-        last[run.active] = scores
-        stop = set(on_epoch(epoch, list(run.active), scores) or ()) if on_epoch else set()
-        stop &= set(run.active)
-        now = time.perf_counter() - t0
-        for t in stop:
-            results[t] = TrialResult(last[t].tolist(), epoch, True, now)
-        run.stop(stop)
-        if not run.active:
-            break
-    now = time.perf_counter() - t0
-    for t in run.active:
-        results[t] = TrialResult(last[t].tolist(), cfg.epochs, False, now)
-    return [r for r in results if r is not None], run
+    results, run = fit(
+        data,
+        MLPConfig(),  # unused: make_run builds the run
+        cfg,
+        trials,
+        device,
+        on_epoch,
+        make_run=lambda: CustomRun(data, model, cfg, trials),
+    )
+    assert isinstance(run, CustomRun)
+    return results, run
 
 
 def train_custom_trials(

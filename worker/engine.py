@@ -317,15 +317,20 @@ def fit(
     on_epoch: OnEpoch | None = None,
     *,
     compile_model: bool = False,
+    make_run: Callable[[], StackedRun] | None = None,
 ) -> tuple[list[TrialResult], StackedRun]:
-    """train_trials, returning the trained run too (the refit exports its members)."""
+    """train_trials, returning the trained run too (the refit exports its members).
+    `make_run` builds another StackedRun (worker.custom's, around a user's module)."""
     check_metric(cfg.metric, data.task)
     if not trials:
         raise ValueError("fit needs at least one trial")
     _check_device(data, device)
     setup_device(data.device)
     t0 = time.perf_counter()
-    run = StackedRun(data, model, cfg, trials, compile_model=compile_model)
+    if make_run is not None:
+        run = make_run()
+    else:
+        run = StackedRun(data, model, cfg, trials, compile_model=compile_model)
     order_gen = _generator(data.device, _seed(cfg.seed, 3))
 
     results: list[TrialResult | None] = [None] * len(trials)

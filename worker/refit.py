@@ -31,7 +31,7 @@ from droptune.worker.batch import BatchContext, Interrupted, model_config, publi
 from droptune.worker.custom import CustomModel, FactoryError, fit_custom
 from droptune.worker.data import Dataset, FoldData, fold_data
 from droptune.worker.datasets import FileCache, load_named, load_uploaded, search_rows
-from droptune.worker.engine import StackedRun, TrainConfig, TrialRates, fit
+from droptune.worker.engine import OnEpoch, StackedRun, TrainConfig, TrialRates, fit
 from droptune.worker.export import export_program, take_home_module
 from droptune.worker.heartbeat import LeaseHeartbeat
 
@@ -225,17 +225,7 @@ class RefitRunner:
             self._check(claim)
             return ()
 
-        rates = [m.rates for m in members]
-        run: StackedRun
-        if spec.model.kind == "custom":
-            factory = ctx.models.get(spec.model.name or "")
-            if factory is None:
-                raise FactoryError(f"this worker has no model {spec.model.name!r}")
-            per_layer = spec.model.dropout_layers if spec.search.per_layer else None
-            model = CustomModel(factory, spec.model.options, per_layer)
-            _, run = fit_custom(rd.data, model, cfg, rates, ctx.device, on_epoch)
-        else:
-            _, run = fit(rd.data, model_config(spec), cfg, rates, ctx.device, on_epoch)
+        run = self._fit(spec, rd.data, cfg, [m.rates for m in members], on_epoch)
         out = predictions(run, rd.data)
         points = [self._point(cfg.metric, m, out[i], rd.y_test) for i, m in enumerate(members)]
         seconds = time.perf_counter() - t0
@@ -269,6 +259,24 @@ class RefitRunner:
                     str(exc).splitlines()[0] if str(exc) else "",
                 )
         return result, files
+
+    def _fit(
+        self,
+        spec: StudySpec,
+        data: FoldData,
+        cfg: TrainConfig,
+        rates: list[TrialRates],
+        on_epoch: OnEpoch,
+    ) -> StackedRun:
+        """The refit's members trained together: the built-in model, or the registered one."""
+        if spec.model.kind != "custom":
+            return fit(data, model_config(spec), cfg, rates, self.ctx.device, on_epoch)[1]
+        factory = self.ctx.models.get(spec.model.name or "")
+        if factory is None:
+            raise FactoryError(f"this worker has no model {spec.model.name!r}")
+        per_layer = spec.model.dropout_layers if spec.search.per_layer else None
+        model = CustomModel(factory, spec.model.options, per_layer)
+        return fit_custom(data, model, cfg, rates, self.ctx.device, on_epoch)[1]
 
     @staticmethod
     def _point(metric: str, m: Member, out: np.ndarray, y: np.ndarray) -> dict[str, Any]:
