@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
-from scipy.stats import t as student_t
 
 from droptune.storage.schemas import Recommended, Score, Tied
 from droptune.storage.spec import SearchSpec, StudySpec
@@ -80,6 +79,8 @@ def corrected_t_test(d: Sequence[float], test_train: float) -> float | None:
         # of one sign are by chance (0.0625 for 5 splits), not the 0 a zero variance would.
         return 1.0 if mean == 0 else min(1.0, 2 * 0.5**j)
     t = mean / math.sqrt((1 / j + test_train) * var)
+    from scipy.stats import t as student_t  # here: half a second the CLI need not pay
+
     p = float(2 * student_t.sf(abs(t), j - 1))
     return p if math.isfinite(p) else None
 
