@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from droptune.storage import tables, tokens
 from droptune.storage.db import create_engine
 from droptune.storage.errors import Invalid, NotFound
+from droptune.storage.optuna_bridge import ensure_study, optuna_storage
+from droptune.storage.spec import StudySpec
 from tests import datafiles, procs
 
 TINY = {
@@ -166,8 +168,16 @@ def test_dashboard_needs_an_admin_cookie_and_stays_read_only(
     base = f"http://127.0.0.1:{port}"
     try:
         user, root = token(sqlite_url, "carol"), token(sqlite_url, "root", "--admin")
+        # carol's study as a worker would have opened it in Optuna (what the dashboard lists).
+        made = httpx.post(f"{base}/studies", json=TINY, headers=bearer(user)).json()
+        storage = optuna_storage(sqlite_url)
+        ensure_study(storage, made["optuna_study"], StudySpec(**TINY), made["id"])
+        storage.engine.dispose()
         time.sleep(1.1)  # open mode looks for a new token at most once a second
         assert httpx.get(f"{base}/dashboard").status_code == 401
+        # A browser (it asks for HTML) without the cookie is sent to the sign-in page.
+        to_login = httpx.get(f"{base}/dashboard", headers={"Accept": "text/html"})
+        assert to_login.status_code == 303 and to_login.headers["location"] == "/login"
         assert httpx.get(f"{base}/api/studies").status_code == 401
         assert httpx.get(f"{base}/dashboard", headers=bearer(user)).status_code == 403
         page = httpx.get(f"{base}/login")
@@ -182,7 +192,10 @@ def test_dashboard_needs_an_admin_cookie_and_stays_read_only(
         assert "httponly" in cookie and "samesite=strict" in cookie
         with httpx.Client(base_url=base, cookies=ok.cookies) as browser:
             assert browser.get("/dashboard").status_code == 200
-            assert browser.get("/api/studies").status_code == 200
+            listed = browser.get("/api/studies")
+            assert listed.status_code == 200
+            names = [x["study_name"] for x in listed.json()["study_summaries"]]
+            assert names == [made["optuna_study"]]
             assert browser.get("/docs").status_code == 200
             # The cookie never authenticates a write; a bearer admin meets the read-only wall.
             assert browser.post("/api/studies", json={"study_name": "x"}).status_code == 401
