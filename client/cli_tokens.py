@@ -84,6 +84,7 @@ def list_(
         engine = _engine(database_url)
         try:
             rows = tokens.list_tokens(engine, include_revoked=all_)
+            ever = bool(rows) or tokens.any_exist(engine)
         finally:
             engine.dispose()
     if as_json:
@@ -103,7 +104,7 @@ def list_(
     if not rows:
         typer.echo(
             "no tokens yet: the API is open on loopback (droptune token create --name NAME)"
-            if not all_ and not _any(database_url)
+            if not ever
             else "no live tokens: every request to the API is refused until one is created "
             "(droptune token create --name NAME)"
         )
@@ -114,16 +115,6 @@ def list_(
         role = "admin" if r.admin else "user"
         line = f"{r.id:>4}  {r.prefix}…  {safe(r.owner)}  {role}  {r.created_at:%Y-%m-%d}  {state}"
         typer.echo(line)
-
-
-def _any(database_url: str | None) -> bool:
-    from droptune.storage import tokens
-
-    engine = _engine(database_url)
-    try:
-        return tokens.any_exist(engine)
-    finally:
-        engine.dispose()
 
 
 @token_app.command("revoke")

@@ -135,14 +135,7 @@ def up(api_settings: ServiceSettings, worker_settings: WorkerSettings, workers: 
         return 1
     # The banner says "up" once the workers are too (they load torch and register).
     started = _wait_workers(url, api_settings, len(devs), children[1:], lambda: stop)
-    typer.echo(
-        f"droptune is up on {url}\n"
-        f"  API        {base}   (OpenAPI docs: {base}/docs)\n"
-        f"  dashboard  {base}/dashboard\n"
-        f"  workers    {len(devs)} ({', '.join(devs) or 'none: run droptune worker elsewhere'})"
-        f"{'' if started else ' (still starting)'}\n"
-        "Press Ctrl-C to stop."
-    )
+    typer.echo(_banner(url, base, devs, started))
     while not stop and all(c.poll() is None for c in children):
         time.sleep(0.5)
     if not stop:
@@ -152,6 +145,17 @@ def up(api_settings: ServiceSettings, worker_settings: WorkerSettings, workers: 
     _stop_all(children)
     typer.echo("droptune stopped.")
     return 0 if stop else 1
+
+
+def _banner(url: str, base: str, devs: list[str], started: bool) -> str:
+    return (
+        f"droptune is up on {url}\n"
+        f"  API        {base}   (OpenAPI docs: {base}/docs)\n"
+        f"  dashboard  {base}/dashboard\n"
+        f"  workers    {len(devs)} ({', '.join(devs) or 'none: run droptune worker elsewhere'})"
+        f"{'' if started else ' (still starting)'}\n"
+        "Press Ctrl-C to stop."
+    )
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -99,6 +99,15 @@ def find(
         return None if row is None else _out(row, _used_by(conn, [row.id])[row.id])
 
 
+def _store_chunks(conn: Connection, dataset_id: int, f: BinaryIO) -> None:
+    """The file's bytes, CHUNK_BYTES a row, in order."""
+    f.seek(0)
+    seq = 0
+    while block := f.read(CHUNK_BYTES):
+        conn.execute(dataset_chunks.insert().values(dataset_id=dataset_id, seq=seq, data=block))
+        seq += 1
+
+
 def create(
     engine: Engine,
     *,
@@ -144,13 +153,7 @@ def create(
                 )
                 .returning(datasets.c.id)
             ).scalar_one()
-            f.seek(0)
-            seq = 0
-            while block := f.read(CHUNK_BYTES):
-                conn.execute(
-                    dataset_chunks.insert().values(dataset_id=dataset_id, seq=seq, data=block)
-                )
-                seq += 1
+            _store_chunks(conn, dataset_id, f)
             row = conn.execute(sa.select(datasets).where(datasets.c.id == dataset_id)).one()
             return _out(row, []), True
     except sa.exc.IntegrityError as exc:

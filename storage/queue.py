@@ -212,31 +212,37 @@ def claim(
         if row is None:
             return None
         picked, n, spec, optuna_study = row
-        waiting = conn.execute(
-            sa.select(retries.c.id, retries.c.params, retries.c.attempt)
-            .where(retries.c.study_id == picked)
-            .order_by(retries.c.id)
-            .limit(n)
-        ).all()
-        if waiting:
-            conn.execute(retries.delete().where(retries.c.id.in_([w.id for w in waiting])))
-        slots: list[dict[str, Any]] = [
-            {"study_id": picked, "worker_id": worker_id, "attempt": w.attempt, "params": w.params}
-            for w in waiting
-        ]
-        slots += [
-            {"study_id": picked, "worker_id": worker_id, "attempt": 0, "params": None}
-            for _ in range(n - len(waiting))
-        ]
-        ids = conn.execute(
-            leases.insert().returning(leases.c.id, sort_by_parameter_order=True), slots
-        ).scalars()
+        claimed = _lease_slots(conn, picked, n, worker_id)
         notify(conn, picked, work=False)  # queued -> running
-        claimed = [
-            Lease(id=i, study_id=picked, attempt=sl["attempt"], params=sl["params"])
-            for i, sl in zip(ids, slots, strict=True)
-        ]
     return Claim(picked, optuna_study, StudySpec.stored(spec), claimed)
+
+
+def _lease_slots(conn: Connection, study_id: int, n: int, worker_id: str) -> list[Lease]:
+    """One lease per reserved slot: waiting retries first (their parameters and attempt),
+    fresh slots for the rest."""
+    waiting = conn.execute(
+        sa.select(retries.c.id, retries.c.params, retries.c.attempt)
+        .where(retries.c.study_id == study_id)
+        .order_by(retries.c.id)
+        .limit(n)
+    ).all()
+    if waiting:
+        conn.execute(retries.delete().where(retries.c.id.in_([w.id for w in waiting])))
+    slots: list[dict[str, Any]] = [
+        {"study_id": study_id, "worker_id": worker_id, "attempt": w.attempt, "params": w.params}
+        for w in waiting
+    ]
+    slots += [
+        {"study_id": study_id, "worker_id": worker_id, "attempt": 0, "params": None}
+        for _ in range(n - len(waiting))
+    ]
+    ids = conn.execute(
+        leases.insert().returning(leases.c.id, sort_by_parameter_order=True), slots
+    ).scalars()
+    return [
+        Lease(id=i, study_id=study_id, attempt=sl["attempt"], params=sl["params"])
+        for i, sl in zip(ids, slots, strict=True)
+    ]
 
 
 def link_trial(

@@ -28,7 +28,8 @@ from droptune.storage.lifecycle import NO_TRIAL, Why, fail_trial, settle
 from droptune.storage.queue import Claim, Lease
 from droptune.storage.reads import Reader
 from droptune.storage.spec import StudySpec
-from droptune.worker.custom import CustomModel, FactoryError, train_custom_trials
+from droptune.worker import plugins
+from droptune.worker.custom import FactoryError, train_custom_trials
 from droptune.worker.data import FoldData
 from droptune.worker.engine import OnEpoch, TrainConfig, TrialRates, TrialResult, train_trials
 from droptune.worker.heartbeat import LeaseHeartbeat
@@ -277,12 +278,7 @@ class BatchRunner:
     ) -> list[TrialResult]:
         """A registered model, stacked by worker.custom; its warning (trained member by member,
         dropout it keeps) goes on every trial of the batch."""
-        name = spec.model.name or ""
-        factory = self.ctx.models.get(name)
-        if factory is None:  # claims are filtered by model: only a worker restarted without it
-            raise FactoryError(f"this worker has no model {name!r} (DROPTUNE_MODELS)")
-        per_layer = spec.model.dropout_layers if spec.search.per_layer else None
-        model = CustomModel(factory, spec.model.options, per_layer)
+        model = plugins.custom_model(spec, self.ctx.models)
         results, note = train_custom_trials(data, model, cfg, rates, self.ctx.device, on_epoch)
         if note:
             for m in members:

@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from droptune.storage.spec import StudySpec
+    from droptune.worker.custom import CustomModel
 
 log = logging.getLogger("droptune.worker")
 
@@ -76,3 +80,16 @@ def _callable(ep: EntryPoint) -> Factory:
     if not callable(target):
         raise TypeError(f"{ep.value} is not callable")
     return target  # type: ignore[no-any-return]
+
+
+def custom_model(spec: StudySpec, models: Mapping[str, Factory]) -> CustomModel:
+    """The registered model a spec names, as this worker loaded it (claims are filtered by
+    model: only a worker restarted without it can miss it)."""
+    from droptune.worker.custom import CustomModel, FactoryError  # torch: only when training
+
+    name = spec.model.name or ""
+    factory = models.get(name)
+    if factory is None:
+        raise FactoryError(f"this worker has no model {name!r} (DROPTUNE_MODELS)")
+    per_layer = spec.model.dropout_layers if spec.search.per_layer else None
+    return CustomModel(factory, spec.model.options, per_layer)

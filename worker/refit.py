@@ -28,12 +28,13 @@ from droptune.storage.refits import ModelFile, RefitClaim
 from droptune.storage.spec import StudySpec
 from droptune.worker import heldout
 from droptune.worker.batch import BatchContext, Interrupted, model_config, publish
-from droptune.worker.custom import CustomModel, FactoryError, fit_custom
+from droptune.worker.custom import fit_custom
 from droptune.worker.data import Dataset, FoldData, fold_data
 from droptune.worker.datasets import FileCache, load_named, load_uploaded, search_rows
 from droptune.worker.engine import OnEpoch, StackedRun, TrainConfig, TrialRates, fit
 from droptune.worker.export import export_program, take_home_module
 from droptune.worker.heartbeat import LeaseHeartbeat
+from droptune.worker.plugins import custom_model
 
 log = logging.getLogger("droptune.worker")
 
@@ -271,11 +272,7 @@ class RefitRunner:
         """The refit's members trained together: the built-in model, or the registered one."""
         if spec.model.kind != "custom":
             return fit(data, model_config(spec), cfg, rates, self.ctx.device, on_epoch)[1]
-        factory = self.ctx.models.get(spec.model.name or "")
-        if factory is None:
-            raise FactoryError(f"this worker has no model {spec.model.name!r}")
-        per_layer = spec.model.dropout_layers if spec.search.per_layer else None
-        model = CustomModel(factory, spec.model.options, per_layer)
+        model = custom_model(spec, self.ctx.models)
         return fit_custom(data, model, cfg, rates, self.ctx.device, on_epoch)[1]
 
     @staticmethod
