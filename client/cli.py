@@ -327,7 +327,8 @@ def list_(
         )
         if b and b.recommended:
             best_txt += f", recommended {b.recommended.dropout:.4f} ({b.recommended.rule})"
-        by = f" by {safe(s.owner)}" if len(owners) > 1 or owner is not None else ""
+        # Once there are accounts (owners other than open mode's `local`), say whose it is.
+        by = f" by {safe(s.owner)}" if owners != {"local"} else ""
         typer.echo(f"{_show(s).splitlines()[0]}{by} on {on}{best_txt}")
     if page.total > len(page.items):
         typer.echo(f"… {page.total - len(page.items)} more (newest shown first)", err=True)

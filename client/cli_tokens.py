@@ -109,11 +109,16 @@ def list_(
             "(droptune token create --name NAME)"
         )
         return
-    typer.echo("  id  token        owner  role  created  state")
+    width = max(5, *(len(safe(r.owner)) for r in rows))
+    typer.echo(f"{'id':>4}  {'token':<11}  {'owner':<{width}}  {'role':<5}  created     state")
     for r in rows:
         state = f"revoked {r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "live"
         role = "admin" if r.admin else "user"
-        line = f"{r.id:>4}  {r.prefix}…  {safe(r.owner)}  {role}  {r.created_at:%Y-%m-%d}  {state}"
+        shown = f"{r.prefix}…"
+        line = (
+            f"{r.id:>4}  {shown:<11}  {safe(r.owner):<{width}}  {role:<5}  "
+            f"{r.created_at:%Y-%m-%d}  {state}"
+        )
         typer.echo(line)
 
 
