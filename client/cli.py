@@ -246,7 +246,8 @@ def _numbers(
 
 def _check_spec(spec: dict[str, Any], *, upload: bool) -> None:
     """The spec as the server will check it, so a mistake names its field before any upload."""
-    from droptune.storage.spec import StudySpec, describe_errors
+    from droptune.storage.spec import StudySpec
+    from droptune.storage.strict import describe_errors
 
     if upload:
         spec = {**spec, "dataset": {"id": 1}}  # the real id comes from the upload

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from droptune.storage.db import UNREACHABLE, driver_message, outage
 from droptune.storage.errors import DroptuneError, StorageError, too_large
-from droptune.storage.spec import describe_errors
+from droptune.storage.strict import describe_errors
 
 PROBLEM = "application/problem+json"
 MAX_JSON_DEPTH = 64  # arrays and objects inside each other; a study spec needs 3

@@ -17,7 +17,8 @@ from droptune.storage.db import transaction
 from droptune.storage.errors import Conflict, Invalid, NotFound, StorageError
 from droptune.storage.quotas import DATASETS, Quotas, check_dataset_bytes, lock_owner
 from droptune.storage.schemas import DatasetOut, DatasetPage, DataSummary
-from droptune.storage.spec import FieldError, StudySpec
+from droptune.storage.spec import StudySpec
+from droptune.storage.strict import FieldError
 from droptune.storage.tables import dataset_chunks, datasets, studies
 
 CHUNK_BYTES = 4 << 20

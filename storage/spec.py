@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import math
-import types
-from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -18,66 +14,20 @@ from pydantic import (
 )
 
 from droptune.storage import catalogue, names
+from droptune.storage.spec_model import ModelSpec
+from droptune.storage.strict import STORED, FieldError, Strict, describe_errors, stored
 
 DEFAULT_DROPOUT_HIGH = 0.9  # re-measured: bench/results/range.md
 DEFAULT_SAMPLER: Literal["tpe", "gp", "random", "grid"] = "tpe"
 HOLDOUT_MIN_ROWS = 500  # data sets this large hold out DEFAULT_HOLDOUT of their rows by default
 DEFAULT_HOLDOUT = 0.2
 MAX_FOLD_CELLS = 2**28  # folds x samples x features a worker holds (float32: 1 GiB)
-STORED = "stored"  # validation context key: the spec comes from the database, not a user
 RUNNABLE = "runnable"  # context key: a stored spec checked for running (StudySpec.runnable)
 SYNTHETIC_OPTIONS = tuple(catalogue.SYNTHETIC_DEFAULTS)
 CLASSIFICATION_METRICS = catalogue.METRICS["classification"]
 REGRESSION_METRICS = catalogue.METRICS["regression"]
 DEFAULT_METRIC = catalogue.DEFAULT_METRIC
-DEFAULT_CHANNELS = (32, 64)
 Metric = Literal["accuracy", "log_loss", "rmse", "mae", "r2"]
-# Fields someone with their own data tries first; the spec never reads files or URLs.
-FILE_FIELDS = ("path", "url", "file", "csv", "uri")
-UPLOAD_HINT = (
-    "unknown field: droptune does not read files or URLs named in a spec; upload the file "
-    "(`droptune dataset upload FILE` or POST /datasets) and pass its id as dataset.id"
-)
-
-
-class FieldError(ValueError):
-    """A check across fields that names the field at fault (relative to the model raising it)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-def describe_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """Pydantic's errors as `{"field": "search.dropout_low", "message": ...}`, one per error,
-    with the field a cross-field check blames and without pydantic's internal wording."""
-    out = []
-    for e in errors:
-        loc = [str(p) for p in e.get("loc", ())]
-        if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
-            loc = loc[1:]  # FastAPI's leading location marker only: `dataset.path` is a field
-        err = (e.get("ctx") or {}).get("error")
-        kind = e.get("type", "")
-        message = str(e.get("msg", "invalid")).removeprefix("Value error, ")
-        if isinstance(err, FieldError):
-            loc += err.field.split(".")
-            message = err.message
-        elif kind == "json_invalid":
-            loc = []
-            message = f"the body is not valid JSON ({(e.get('ctx') or {}).get('error', '?')})"
-        elif kind in ("model_type", "model_attributes_type", "dict_type"):
-            message = "must be a JSON object (a mapping of fields)"
-            if not loc:
-                message = (
-                    "the body must be a JSON object (sent with Content-Type: application/json)"
-                )
-        elif kind == "extra_forbidden":
-            message = "unknown field"
-            if loc[-2:-1] == ["dataset"] and loc[-1] in FILE_FIELDS:
-                message = UPLOAD_HINT
-        out.append({"field": ".".join(loc) or "body", "message": message})
-    return out
 
 
 def _check_fold_memory(field: str, folds: int, shape: str, cells: int, cure: str) -> None:
@@ -91,53 +41,7 @@ def _check_fold_memory(field: str, folds: int, shape: str, cells: int, cure: str
         )
 
 
-def _stored(info: ValidationInfo) -> bool:
-    return bool((info.context or {}).get(STORED))
-
-
-def _not_a_number(annotation: Any, value: Any) -> str | None:
-    """What `value` holds where `annotation` wants a number: "true/false", "a string", or None
-    (nothing wrong), looking into lists and mappings of numbers (`model.hidden`, options)."""
-    origin, args = get_origin(annotation), get_args(annotation)
-    if origin is Annotated:
-        return _not_a_number(args[0], value)
-    if origin in (Union, types.UnionType):
-        return next((w for a in args if (w := _not_a_number(a, value)) is not None), None)
-    if origin is list and isinstance(value, list):
-        return next((w for v in value if (w := _not_a_number(args[0], v)) is not None), None)
-    if origin is dict and isinstance(value, dict):
-        items = value.values()
-        return next((w for v in items if (w := _not_a_number(args[1], v)) is not None), None)
-    if annotation in (int, float) and isinstance(value, bool | str):
-        return "true/false" if isinstance(value, bool) else "a string"
-    return None
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """JSON's true/false and strings are no numbers, and 0/1 is no flag: pydantic's lax mode
-        would store `"epochs": true` as 1 epoch, `"epochs": "5"` as 5 and `"per_layer": 0` as
-        false, so a client's mistake (a form's string, a flag for a count) would pass unseen."""
-        field = cls.model_fields.get(info.field_name or "")
-        if field is None:
-            return value
-        if field.annotation is bool:
-            if not isinstance(value, bool):
-                raise ValueError("must be true or false")
-            return value
-        wrong = _not_a_number(field.annotation, value)
-        if wrong is not None:
-            if isinstance(value, list | dict):
-                raise ValueError(f"must hold numbers only, not {wrong}")
-            raise ValueError(f"must be a number, not {wrong}")
-        return value
-
-
-class DatasetSpec(_Strict):
+class DatasetSpec(Strict):
     builtin: Literal["digits", "breast_cancer", "wine", "iris", "synthetic"] | None = Field(
         None,
         description="a data set bundled with scikit-learn, or `synthetic` (make_classification)",
@@ -186,7 +90,7 @@ class DatasetSpec(_Strict):
         if o["n_classes"] * 2 > 2 ** o["n_informative"]:
             raise FieldError("options.n_classes", "n_classes * 2 must be <= 2 ** n_informative")
         # Submit-only (see StudySpec.stored): added after studies were stored without it.
-        if not _stored(info) and not 0 <= o["seed"] <= 2**32 - 1:
+        if not stored(info) and not 0 <= o["seed"] <= 2**32 - 1:
             raise FieldError("options.seed", "must be between 0 and 4294967295")
         return self
 
@@ -214,96 +118,14 @@ class DatasetSpec(_Strict):
         return self.builtin if self.builtin is not None else f"upload:{self.id}"
 
 
-class ModelSpec(_Strict):
-    kind: Literal["mlp", "cnn", "custom"] = Field(
-        "mlp", description="the built-in MLP or CNN, or `custom`: a model registered on workers"
-    )
-    hidden: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
-        default_factory=lambda: [256, 256],
-        min_length=1,
-        max_length=8,
-        description="hidden layer sizes (mlp; the cnn's fully connected layer is the first)",
-        exclude_if=lambda v: not v,  # emptied for a custom model, which has its own
-    )
-    channels: list[Annotated[int, Field(ge=1, le=1024)]] | None = Field(
-        None,
-        min_length=1,
-        max_length=4,
-        description="conv channels per block (cnn only; default [32, 64])",
-        exclude_if=lambda v: v is None,  # an MLP's spec does not show the CNN's channels
-    )
-    name: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
-        description="custom only: the registered model's name (GET /models lists them)",
-        exclude_if=lambda v: v is None,
-    )
-    options: dict[str, Any] = Field(
-        default_factory=dict,
-        description="custom only: keyword arguments for the model's factory (JSON scalars "
-        "and lists of them)",
-        exclude_if=lambda v: not v,
-    )
-    dropout_layers: int | None = Field(
-        None,
-        ge=1,
-        le=64,
-        description="custom with search.per_layer: how many dropout modules the model has "
-        "(one rate each; the worker checks)",
-        exclude_if=lambda v: v is None,
-    )
-
-    @model_validator(mode="after")
-    def _by_kind(self) -> ModelSpec:
-        if self.kind == "cnn" and self.channels is None:
-            self.channels = list(DEFAULT_CHANNELS)
-        if self.kind == "custom":
-            if self.name is None:
-                raise FieldError("name", "a custom model needs model.name (GET /models)")
-            _check_options(self.options)
-            if self.model_fields_set & {"hidden", "channels"}:
-                raise FieldError(
-                    "hidden", "a custom model takes its sizes in model.options, not hidden/channels"
-                )
-            self.hidden, self.channels = [], None  # the built-in models' sizes: unused
-        elif self.name is not None or self.options or self.dropout_layers is not None:
-            raise FieldError(
-                "kind", "model.name, options and dropout_layers are for kind 'custom' only"
-            )
-        return self
-
-    @property
-    def conv_channels(self) -> list[int]:
-        return list(self.channels or DEFAULT_CHANNELS)
-
-
-def _check_options(options: dict[str, Any]) -> None:
-    """A factory's keyword arguments: identifiers to JSON scalars or flat lists of them."""
-    if len(options) > 32:
-        raise FieldError("options", "at most 32 options")
-    for key, value in options.items():
-        if not key.isidentifier():
-            raise FieldError("options", f"{key!r} is not a keyword argument name")
-        items = value if isinstance(value, list) else [value]
-        if len(items) > 64 or not all(
-            isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= 200)
-            for v in items
-        ):
-            raise FieldError(
-                f"options.{key}",
-                "must be a number, true/false, a string (up to 200 characters) or a list of "
-                "up to 64 of them",
-            )
-
-
-class TrainingSpec(_Strict):
+class TrainingSpec(Strict):
     epochs: int = Field(20, ge=1, le=1000)
     batch_size: int = Field(64, ge=1, le=65536)
     lr: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0, le=1)
 
 
-class CVSpec(_Strict):
+class CVSpec(Strict):
     folds: int = Field(5, ge=2, description="2 up to the smallest class count")
     metric: Metric | None = Field(
         None,
@@ -329,7 +151,7 @@ class CVSpec(_Strict):
         return catalogue.metric_direction(self.metric or "accuracy")
 
 
-class SearchSpec(_Strict):
+class SearchSpec(Strict):
     dropout_low: float = Field(0.0, ge=0, lt=1)
     dropout_high: float = Field(DEFAULT_DROPOUT_HIGH, gt=0, lt=1)
     n_trials: int = Field(20, ge=1, le=10000)
@@ -356,7 +178,7 @@ class SearchSpec(_Strict):
     def _check_bounds(self, info: ValidationInfo) -> SearchSpec:
         if not self.dropout_low < self.dropout_high:
             raise FieldError("dropout_low", "search.dropout_low must be below search.dropout_high")
-        if self.input_dropout_low and not self.input_dropout_high and not _stored(info):
+        if self.input_dropout_low and not self.input_dropout_high and not stored(info):
             raise FieldError(  # submit-only: once stored, input dropout is just not searched
                 "input_dropout_high",
                 "set search.input_dropout_high too: input dropout is searched only when it is > 0",
@@ -373,7 +195,7 @@ class SearchSpec(_Strict):
         return self.input_dropout_high > 0
 
 
-class AnswerSpec(_Strict):
+class AnswerSpec(Strict):
     rule: Literal["one_se", "best"] = Field(
         "one_se",
         description="which rate `recommended` names: the strongest regularisation within one "
@@ -381,7 +203,7 @@ class AnswerSpec(_Strict):
     )
 
 
-class EvaluationSpec(_Strict):
+class EvaluationSpec(Strict):
     holdout: float | None = Field(
         None,
         ge=0,
@@ -414,7 +236,7 @@ class EvaluationSpec(_Strict):
         return bool(self.holdout) or self.test_dataset is not None
 
 
-class StudySpec(_Strict):
+class StudySpec(Strict):
     name: str | None = Field(None, max_length=200)
     dataset: DatasetSpec
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -431,7 +253,7 @@ class StudySpec(_Strict):
         """No NUL (PostgreSQL refuses it, SQLite stores it) and no control character (an escape
         sequence would drive the terminal of whoever lists studies). Submit-only, and not for
         running either: a name stored before this check stays readable (the CLI escapes it)."""
-        if value is None or _stored(info) or (info.context or {}).get(RUNNABLE):
+        if value is None or stored(info) or (info.context or {}).get(RUNNABLE):
             return value
         problem = names.text_problem(value)
         if problem is not None:
@@ -455,7 +277,7 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _check_cross_fields(self, info: ValidationInfo) -> StudySpec:
-        submitted = not _stored(info)
+        submitted = not stored(info)
         if submitted and self.dataset.builtin is not None:
             self._resolve_holdout(self.dataset.rows())
         smallest = self.dataset.min_class_count()
