@@ -47,6 +47,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from droptune.storage import submits
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -136,7 +138,7 @@ def run_once(url: str, n_workers: int, n_trials: int, tmp: Path) -> dict[str, fl
     time.sleep(2)  # past their first (empty) claim, idle and listening
     spec = StudySpec.model_validate({**TINY, "search": {**TINY["search"], "n_trials": n_trials}})
     submitted = dt.datetime.now()
-    sid = queue.enqueue(engine, spec, "bench")
+    sid = submits.enqueue(engine, spec, "bench")
     name = queue.optuna_study_name(sid)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -489,12 +491,11 @@ def stop_all(procs: list[Any]) -> None:
 
 
 def submit(engine: Any, o: Light) -> float:
-    from droptune.storage import queue
     from droptune.storage.spec import StudySpec
 
     search = {"sampler": "random", "pruner": "none", "n_trials": 10000, "batch_trials": o.batch}
     spec = {**TINY, "model": {"hidden": [8]}, "training": {"epochs": o.epochs}, "search": search}
-    queue.enqueue(engine, StudySpec.model_validate(spec), "bench")
+    submits.enqueue(engine, StudySpec.model_validate(spec), "bench")
     return time.time()
 
 

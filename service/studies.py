@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from droptune.service.deps import CallerDep, EngineDep, ReaderDep, SettingsDep
 from droptune.service.errors import problems
-from droptune.storage import queue
+from droptune.storage import queue, submits
 from droptune.storage.admission import MemoryLimit
 from droptune.storage.errors import Forbidden
 from droptune.storage.lifecycle import delete_study
@@ -71,7 +71,7 @@ def submit(
     """Queue a study (201). Retried with the same Idempotency-Key, it answers the study the
     first request made (200): a submit whose answer was lost is never queued twice."""
     memory = MemoryLimit(settings.worker_memory_gb, settings.lease_grace_seconds)
-    done = queue.submit(
+    done = submits.submit(
         engine,
         spec,
         caller.name,

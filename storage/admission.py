@@ -258,7 +258,7 @@ def admit(
     configured_gb: float | None,
     grace_seconds: float,
 ) -> None:
-    """The submit's check (queue.enqueue calls it in its transaction, once the data set is
+    """The submit's check (submits.submit calls it in its transaction, once the data set is
     resolved): raise Invalid (422) naming the field to shrink when the study's smallest batch
     needs more memory than a worker has; no check when no limit is known (see limit_bytes)."""
     limit = limit_bytes(conn, configured_gb, grace_seconds)

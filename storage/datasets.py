@@ -243,9 +243,10 @@ def delete(engine: Engine, dataset_id: int, owner: str | None) -> None:
         conn.execute(datasets.delete().where(datasets.c.id == dataset_id))
 
 
-def fit_spec(conn: Connection, spec: StudySpec, owner: str) -> StudySpec:
-    """The spec checked against the uploaded data set it names (metric resolved), or a 422
-    naming the field; the data set stays locked until the study is stored."""
+def fit_spec(conn: Connection, spec: StudySpec, owner: str) -> tuple[StudySpec, DataSummary]:
+    """The spec checked against the uploaded data set it names (metric resolved), with that
+    data set's summary, or a 422 naming the field; the data set stays locked until the study
+    is stored."""
     dataset_id = spec.dataset.id
     assert dataset_id is not None
     summary = for_study(conn, dataset_id, owner)
@@ -256,13 +257,14 @@ def fit_spec(conn: Connection, spec: StudySpec, owner: str) -> StudySpec:
             field="dataset.id",
         )
     try:
-        return spec.for_data(
+        fitted = spec.for_data(
             summary.task,
             summary.image_shape,
             summary.rows,
             summary.encoded_features,
             min(summary.class_counts) if summary.class_counts else None,
         )
+        return fitted, summary
     except FieldError as exc:
         raise Invalid(f"{exc.field}: {exc.message}", field=exc.field) from exc
 

@@ -7,7 +7,7 @@ from typing import Any
 import optuna
 import sqlalchemy as sa
 
-from droptune.storage import queue
+from droptune.storage import queue, submits
 from droptune.storage.db import create_engine, db_now, transaction
 from droptune.storage.optuna_bridge import ensure_study, optuna_storage
 from droptune.storage.spec import StudySpec
@@ -38,7 +38,7 @@ def claimed(
     engine = create_engine(db_url)
     storage = optuna_storage(db_url)
     sp = spec(n)
-    sid = queue.enqueue(engine, sp, "a")
+    sid = submits.enqueue(engine, sp, "a")
     claim = queue.claim(engine, worker, n)
     assert claim is not None
     study = ensure_study(storage, claim.optuna_study, sp, sid)

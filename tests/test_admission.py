@@ -18,7 +18,7 @@ import sqlalchemy as sa
 import torch
 from optuna.trial import TrialState
 
-from droptune.storage import admission, queue, registry
+from droptune.storage import admission, queue, registry, submits
 from droptune.storage.db import create_engine, transaction
 from droptune.storage.errors import Invalid
 from droptune.storage.schemas import DataSummary
@@ -328,7 +328,7 @@ def test_what_counts_as_out_of_memory() -> None:
 
 def test_no_retry_gives_a_failed_trial_up(db_url: str) -> None:
     engine = create_engine(db_url)
-    sid = queue.enqueue(engine, spec({"dataset": {"builtin": "iris"}}), "a")
+    sid = submits.enqueue(engine, spec({"dataset": {"builtin": "iris"}}), "a")
     claim = queue.claim(engine, "w", 2)
     assert claim is not None
     for lease in claim.leases:
@@ -369,8 +369,8 @@ def test_out_of_memory_fails_the_trial_without_retry(sqlite_url: str, tmp_path: 
     both = {"n_trials": 2, "batch_trials": 2, "pruner": "none"}
     two = {"dataset": {"builtin": "iris"}, "model": {"hidden": [2048] * 4}, "cv": {"folds": 2}}
     two |= {"search": both, "training": short["training"]}
-    first = queue.enqueue(engine, spec(alone), "a")  # priority 1: runs first
-    second = queue.enqueue(engine, spec(two), "a")
+    first = submits.enqueue(engine, spec(alone), "a")  # priority 1: runs first
+    second = submits.enqueue(engine, spec(two), "a")
     log = tmp_path / "worker.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPTUNE_")}
     env |= {"DROPTUNE_DATABASE_URL": sqlite_url, "MALLOC_ARENA_MAX": "1"}

@@ -17,7 +17,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from scipy import stats
 
-from droptune.storage import queue
+from droptune.storage import submits
 from droptune.storage.answer import (
     answer,
     corrected_t_test,
@@ -252,7 +252,7 @@ def stored_study(url: str, sp: StudySpec, status: str) -> int:
     """A study row owned by `local` with TRIALS in its Optuna study, ended as `status`."""
     engine = create_engine(url)
     try:
-        sid = queue.enqueue(engine, sp, "local")
+        sid = submits.enqueue(engine, sp, "local")
         with transaction(engine) as conn:
             row = conn.execute(sa.select(studies).where(studies.c.id == sid)).one()
             conn.execute(studies.update().where(studies.c.id == sid).values(status=status))

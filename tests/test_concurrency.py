@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from droptune.storage import queue
+from droptune.storage import queue, submits
 from droptune.storage.db import create_engine, transaction
 from droptune.storage.queue import Outcome
 from droptune.storage.spec import StudySpec
@@ -48,7 +48,7 @@ def test_parallel_claims_never_overlap(backend: str, request: pytest.FixtureRequ
     spec = StudySpec.model_validate(
         {"dataset": {"builtin": "iris"}, "search": {"n_trials": N_TRIALS}}
     )
-    sid = queue.enqueue(engine, spec, "a")
+    sid = submits.enqueue(engine, spec, "a")
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(N_PROCS)
     out: Any = ctx.Queue()

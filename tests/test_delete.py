@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from droptune.client.api import Client, ClientError
-from droptune.storage import idempotency, queue, refits
+from droptune.storage import idempotency, queue, refits, submits
 from droptune.storage.db import create_engine, transaction
 from droptune.storage.errors import Conflict, NotFound
 from droptune.storage.lifecycle import Why, delete_study, settle
@@ -86,7 +86,7 @@ def queue_trial(engine: sa.Engine, lease_id: int) -> int:
 
 def test_delete_removes_the_study_and_everything_of_it(db_url: str) -> None:
     engine, storage, sid, name = _ended_with_everything(db_url)
-    other = queue.enqueue(engine, spec(2), "a")  # untouched
+    other = submits.enqueue(engine, spec(2), "a")  # untouched
     assert rows(engine, sid) == {
         "droptune_leases": 0,
         "droptune_retries": 1,
@@ -115,7 +115,7 @@ def test_an_admin_deletes_any_owners_study(db_url: str) -> None:
 
 def test_queued_running_or_still_leased_studies_are_refused(db_url: str) -> None:
     engine, storage, sid, claim, _study = claimed(db_url, 2, worker="w")
-    queued = queue.enqueue(engine, spec(2), "a")
+    queued = submits.enqueue(engine, spec(2), "a")
     for study_id, status in ((queued, "queued"), (sid, "running")):
         with pytest.raises(Conflict, match=f"is {status}: cancel it first"):
             delete_study(engine, storage, study_id, "a")

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from droptune.client import Client
 from droptune.client.api import ClientError
-from droptune.storage import queue
+from droptune.storage import queue, submits
 from droptune.storage.db import create_engine
 from droptune.storage.notify import StudyWatcher
 from droptune.storage.optuna_bridge import ensure_study, optuna_storage
@@ -167,7 +167,7 @@ def test_a_study_streams_to_its_end_and_wait_follows_it(
 def test_the_watcher_wakes_a_stream_only_on_a_change(db_url: str) -> None:
     engine = create_engine(db_url)
     try:
-        sid = queue.enqueue(engine, StudySpec.model_validate(QUICK), "local")
+        sid = submits.enqueue(engine, StudySpec.model_validate(QUICK), "local")
         asyncio.run(_watch(engine, db_url, sid))
     finally:
         engine.dispose()

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from droptune.client.api import Client
-from droptune.storage import idempotency, queue
+from droptune.storage import idempotency, queue, submits
 from droptune.storage.db import create_engine, db_now, transaction
 from droptune.storage.errors import Invalid
 from droptune.storage.lifecycle import delete_study
@@ -38,15 +38,15 @@ def count(engine: sa.Engine, table: sa.Table = studies) -> int:
 
 def test_the_same_key_answers_the_first_study(db_url: str) -> None:
     engine = create_engine(db_url)
-    first = queue.submit(engine, spec(4), "a", key="k1")
-    again = queue.submit(engine, spec(4), "a", key="k1")
+    first = submits.submit(engine, spec(4), "a", key="k1")
+    again = submits.submit(engine, spec(4), "a", key="k1")
     assert (first.created, again.created, again.study_id) == (True, False, first.study_id)
-    assert queue.submit(engine, spec(4), "b", key="k1").created  # keys are per owner
-    assert queue.submit(engine, spec(4), "a", key="k2").created
-    assert queue.submit(engine, spec(4), "a").created  # no key: always a new study
+    assert submits.submit(engine, spec(4), "b", key="k1").created  # keys are per owner
+    assert submits.submit(engine, spec(4), "a", key="k2").created
+    assert submits.submit(engine, spec(4), "a").created  # no key: always a new study
     assert (count(engine), count(engine, keys)) == (4, 3)
     with pytest.raises(Invalid, match="Idempotency-Key: this key was sent") as exc:
-        queue.submit(engine, spec(5), "a", key="k1")  # another body
+        submits.submit(engine, spec(5), "a", key="k1")  # another body
     assert exc.value.errors[0]["field"] == "Idempotency-Key"
     assert (count(engine), count(engine, keys)) == (4, 3)
 
@@ -55,18 +55,18 @@ def test_a_refused_submit_stores_no_key(db_url: str) -> None:
     engine = create_engine(db_url)
     bad = StudySpec.model_validate({"dataset": {"id": 99}, "search": {"n_trials": 4}})
     with pytest.raises(Invalid, match=r"dataset\.id"):
-        queue.submit(engine, bad, "a", key="k1")
+        submits.submit(engine, bad, "a", key="k1")
     assert (count(engine), count(engine, keys)) == (0, 0)
-    assert queue.submit(engine, spec(4), "a", key="k1").created  # the key is still free
+    assert submits.submit(engine, spec(4), "a", key="k1").created  # the key is still free
 
 
 def test_keys_older_than_a_day_are_ignored_and_deleted(db_url: str) -> None:
     engine = create_engine(db_url)
-    first = queue.submit(engine, spec(4), "a", key="old")
-    queue.submit(engine, spec(4), "a", key="other")
+    first = submits.submit(engine, spec(4), "a", key="old")
+    submits.submit(engine, spec(4), "a", key="other")
     with transaction(engine) as conn:
         conn.execute(keys.update().values(created_at=db_now(-idempotency.KEEP_SECONDS - 60)))
-    again = queue.submit(engine, spec(5), "a", key="old")  # a new study, even another body
+    again = submits.submit(engine, spec(5), "a", key="old")  # a new study, even another body
     assert again.created and again.study_id != first.study_id
     with transaction(engine, read_only=True) as conn:
         left = conn.execute(sa.select(keys.c.key, keys.c.study_id)).all()
@@ -75,18 +75,18 @@ def test_keys_older_than_a_day_are_ignored_and_deleted(db_url: str) -> None:
 
 def test_deleting_the_study_frees_its_key(db_url: str) -> None:
     engine = create_engine(db_url)
-    first = queue.submit(engine, spec(4), "a", key="k")
+    first = submits.submit(engine, spec(4), "a", key="k")
     queue.cancel(engine, first.study_id, "a")
     delete_study(engine, optuna_storage(db_url), first.study_id, "a")
     assert count(engine, keys) == 0
-    again = queue.submit(engine, spec(4), "a", key="k")
+    again = submits.submit(engine, spec(4), "a", key="k")
     assert again.created and again.study_id != first.study_id
 
 
 def test_concurrent_submits_with_one_key_store_one_study(db_url: str) -> None:
     engine = create_engine(db_url)
     with ThreadPoolExecutor(8) as pool:
-        done = list(pool.map(lambda _: queue.submit(engine, spec(4), "a", key="k"), range(8)))
+        done = list(pool.map(lambda _: submits.submit(engine, spec(4), "a", key="k"), range(8)))
     assert len({d.study_id for d in done}) == 1
     assert sorted(d.created for d in done) == [False] * 7 + [True]
     assert (count(engine), count(engine, keys)) == (1, 1)
@@ -100,10 +100,10 @@ def test_a_duplicate_that_breaks_the_primary_key_answers_the_first(pg_url: str) 
     digest = idempotency.digest(spec(4))
     with engine.connect() as other:
         tx = other.begin()
-        winner = queue._store(other, spec(4), "a", None)
+        winner = submits._store(other, spec(4), "a", None)
         idempotency.remember(other, "a", "k", digest, winner)
         with ThreadPoolExecutor(1) as pool:
-            late = pool.submit(queue.submit, engine, spec(4), "a", key="k")
+            late = pool.submit(submits.submit, engine, spec(4), "a", key="k")
             procs.wait_until(lambda: _waiting_on_a_lock(engine), 10, "the insert to wait")
             tx.commit()
             answer = late.result(timeout=10)

@@ -20,7 +20,7 @@ from droptune.client import Client
 from droptune.service.app import create_app
 from droptune.service.metrics import DatabaseCollector
 from droptune.service.settings import ServiceSettings
-from droptune.storage import queue, registry
+from droptune.storage import queue, registry, submits
 from droptune.storage.db import create_engine
 from droptune.storage.lifecycle import Why, settle
 from droptune.storage.metrics_sql import DURATION_BUCKETS, snapshot
@@ -96,12 +96,12 @@ def test_the_counts_come_from_the_database(db_url: str) -> None:
     holdout = StudySpec.model_validate(
         {"dataset": {"builtin": "iris"}, "search": {"n_trials": 1}, "evaluation": {"holdout": 0.2}}
     )
-    refit = queue.enqueue(engine, holdout, "a")
+    refit = submits.enqueue(engine, holdout, "a")
     claim = queue.claim(engine, "w2", 1, refit)
     assert claim is not None
     queue.finish(engine, claim.leases[0].id, queue.Outcome.DONE)
-    queue.enqueue(engine, spec(4), "a")
-    queue.cancel(engine, queue.enqueue(engine, spec(2), "a"), "a")
+    submits.enqueue(engine, spec(4), "a")
+    queue.cancel(engine, submits.enqueue(engine, spec(2), "a"), "a")
     # Another program's Optuna study in the same database counts for nothing.
     other = optuna.create_study(storage=storage, study_name="not droptune's")
     other.enqueue_trial({"x": 1.0}, user_attrs={"attempt": 2, "train_seconds": 1.0})
@@ -141,7 +141,7 @@ def test_reads_are_cached_and_an_unreachable_database_says_so(sqlite_url: str) -
     cached = DatabaseCollector(engine, 30.0, ttl=3600)
     before = scrape(_render(cached))
     assert value(before["droptune_studies"], "droptune_studies", status="queued") == 0
-    queue.enqueue(engine, spec(2), "a")
+    submits.enqueue(engine, spec(2), "a")
     # Within the cache's lifetime the collector does not read again; a fresh one does.
     assert scrape(_render(cached)) == before
     fresh = scrape(_render(DatabaseCollector(engine, 30.0, ttl=0)))

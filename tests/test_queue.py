@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from droptune.storage import queue, registry, stale
+from droptune.storage import queue, registry, stale, submits
 from droptune.storage.db import create_engine, transaction
 from droptune.storage.errors import Conflict, NotFound
 from droptune.storage.optuna_bridge import optuna_storage
@@ -19,7 +19,7 @@ from tests.queueing import spec, study_row
 
 def test_claim_reserves_slots_and_never_more_than_n_trials(db_url: str) -> None:
     engine = create_engine(db_url)
-    sid = queue.enqueue(engine, spec(5), "alice")
+    sid = submits.enqueue(engine, spec(5), "alice")
     assert study_row(engine, sid).status == "queued"
     first = queue.claim(engine, "w1", 3)
     assert first is not None and first.study_id == sid and len(first.leases) == 3
@@ -34,22 +34,22 @@ def test_claim_reserves_slots_and_never_more_than_n_trials(db_url: str) -> None:
 
 def test_claim_picks_by_priority_then_age(db_url: str) -> None:
     engine = create_engine(db_url)
-    old = queue.enqueue(engine, spec(1), "a")
-    urgent = queue.enqueue(
+    old = submits.enqueue(engine, spec(1), "a")
+    urgent = submits.enqueue(
         engine,
         spec(
             1,
         ).model_copy(update={"priority": 5}),
         "a",
     )
-    young = queue.enqueue(engine, spec(1), "a")
+    young = submits.enqueue(engine, spec(1), "a")
     order = [queue.claim(engine, "w", 1) for _ in range(3)]
     assert [c.study_id for c in order if c] == [urgent, old, young]
 
 
 def test_done_trials_complete_the_study(db_url: str) -> None:
     engine = create_engine(db_url)
-    sid = queue.enqueue(engine, spec(3), "a")
+    sid = submits.enqueue(engine, spec(3), "a")
     claim = queue.claim(engine, "w", 3)
     assert claim is not None
     for lease in claim.leases:
@@ -60,14 +60,14 @@ def test_done_trials_complete_the_study(db_url: str) -> None:
     # A lease can end once only, and its id is never handed out again (a lost worker that
     # comes back must not end somebody else's lease).
     assert not queue.finish(engine, claim.leases[0].id, Outcome.DONE)
-    queue.enqueue(engine, spec(1), "a")
+    submits.enqueue(engine, spec(1), "a")
     later = queue.claim(engine, "w", 1)
     assert later is not None and later.leases[0].id > max(x.id for x in claim.leases)
 
 
 def test_failed_trial_retries_its_params_then_gives_up(db_url: str) -> None:
     engine = create_engine(db_url)
-    sid = queue.enqueue(engine, spec(1, max_retries=2, max_failed=0), "a")
+    sid = submits.enqueue(engine, spec(1, max_retries=2, max_failed=0), "a")
     params = {"dropout": 0.25}
     for attempt in range(3):
         claim = queue.claim(engine, "w", 4)
@@ -85,7 +85,7 @@ def test_failed_trial_retries_its_params_then_gives_up(db_url: str) -> None:
 
 def test_given_up_slot_comes_back_with_fresh_params(db_url: str) -> None:
     engine = create_engine(db_url)
-    sid = queue.enqueue(engine, spec(1, max_retries=0, max_failed=5), "a")
+    sid = submits.enqueue(engine, spec(1, max_retries=0, max_failed=5), "a")
     claim = queue.claim(engine, "w", 1)
     assert claim is not None
     queue.link_trial(engine, claim.leases[0].id, 1, 0, {"dropout": 0.5}, "w")
@@ -97,7 +97,7 @@ def test_given_up_slot_comes_back_with_fresh_params(db_url: str) -> None:
 
 def test_released_slot_is_retried_without_counting_an_attempt(db_url: str) -> None:
     engine = create_engine(db_url)
-    queue.enqueue(engine, spec(2), "a")
+    submits.enqueue(engine, spec(2), "a")
     claim = queue.claim(engine, "w", 2)
     assert claim is not None
     queue.link_trial(engine, claim.leases[0].id, 7, 0, {"dropout": 0.1}, "w")
@@ -109,7 +109,7 @@ def test_released_slot_is_retried_without_counting_an_attempt(db_url: str) -> No
 
 def test_cancel_stops_claims_and_is_scoped_to_the_owner(db_url: str) -> None:
     engine = create_engine(db_url)
-    sid = queue.enqueue(engine, spec(4), "alice")
+    sid = submits.enqueue(engine, spec(4), "alice")
     claim = queue.claim(engine, "w", 1)
     assert claim is not None
     with pytest.raises(NotFound):
@@ -128,7 +128,7 @@ def test_cancel_stops_claims_and_is_scoped_to_the_owner(db_url: str) -> None:
 def test_heartbeat_renews_leases_and_reports_ended_studies(db_url: str) -> None:
     engine = create_engine(db_url)
     registry.register(engine, "w", "host", 1, "cpu")
-    sid = queue.enqueue(engine, spec(2), "a")
+    sid = submits.enqueue(engine, spec(2), "a")
     claim = queue.claim(engine, "w", 2)
     assert claim is not None
     time.sleep(0.05)
@@ -152,8 +152,8 @@ def test_heartbeat_renews_leases_and_reports_ended_studies(db_url: str) -> None:
 
 def test_claim_of_a_named_study_takes_no_other(db_url: str) -> None:
     engine = create_engine(db_url)
-    full = queue.enqueue(engine, spec(1), "a")
-    other = queue.enqueue(engine, spec(3), "a")
+    full = submits.enqueue(engine, spec(1), "a")
+    other = submits.enqueue(engine, spec(3), "a")
     assert queue.claim(engine, "w1", 1, full) is not None
     # Sized for `full`, which filled up meanwhile: nothing, rather than slots of `other`.
     assert queue.claim(engine, "w2", 1, full) is None
@@ -164,8 +164,8 @@ def test_claim_of_a_named_study_takes_no_other(db_url: str) -> None:
 def test_a_stored_spec_this_version_refuses_is_failed_not_handed_out(db_url: str) -> None:
     """A study stored before a submit check existed stays readable, and no worker takes it."""
     engine = create_engine(db_url)
-    legacy = queue.enqueue(engine, spec(3), "a")
-    good = queue.enqueue(engine, spec(2), "a")
+    legacy = submits.enqueue(engine, spec(3), "a")
+    good = submits.enqueue(engine, spec(2), "a")
     raw = {
         "dataset": {"builtin": "digits"},
         "model": {"kind": "cnn"},

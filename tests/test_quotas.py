@@ -13,7 +13,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from droptune.storage import datafile, queue
+from droptune.storage import datafile, queue, submits
 from droptune.storage import datasets as store
 from droptune.storage.db import create_engine, transaction
 from droptune.storage.errors import DroptuneError, Forbidden
@@ -42,48 +42,48 @@ def count(engine: sa.Engine, table: sa.Table) -> int:
 def test_active_studies_quota(db_url: str) -> None:
     engine = create_engine(db_url)
     quotas = Quotas(active_studies=2)
-    first = queue.submit(engine, study(), "a", quotas=quotas).study_id
-    queue.submit(engine, study(), "a", quotas=quotas)
-    queue.submit(engine, study(), "b", quotas=quotas)  # another owner's count is theirs
+    first = submits.submit(engine, study(), "a", quotas=quotas).study_id
+    submits.submit(engine, study(), "a", quotas=quotas)
+    submits.submit(engine, study(), "b", quotas=quotas)  # another owner's count is theirs
     with pytest.raises(QuotaExceeded) as exc:
-        queue.submit(engine, study(), "a", quotas=quotas, key="k")
+        submits.submit(engine, study(), "a", quotas=quotas, key="k")
     assert exc.value.status == 429
     assert exc.value.detail.startswith(
         "quota DROPTUNE_QUOTA_ACTIVE_STUDIES=2 reached: you have 2 queued or running studies"
     )
     assert (count(engine, studies), count(engine, idempotency)) == (3, 0)  # nothing stored
     queue.cancel(engine, first, "a")  # an ended study no longer counts
-    assert queue.submit(engine, study(), "a", quotas=quotas).created
+    assert submits.submit(engine, study(), "a", quotas=quotas).created
 
 
 def test_trial_epochs_quota_counts_what_is_still_to_run(db_url: str) -> None:
     engine = create_engine(db_url)
     quotas = Quotas(trial_epochs=100)
-    first = queue.submit(engine, study(4, epochs=5, repeats=2), "a", quotas=quotas).study_id
-    queue.submit(engine, study(4, epochs=5, repeats=2), "a", quotas=quotas)  # 40 + 40
+    first = submits.submit(engine, study(4, epochs=5, repeats=2), "a", quotas=quotas).study_id
+    submits.submit(engine, study(4, epochs=5, repeats=2), "a", quotas=quotas)  # 40 + 40
     with pytest.raises(QuotaExceeded) as exc:
-        queue.submit(engine, study(3, epochs=5, repeats=2), "a", quotas=quotas)  # + 30
+        submits.submit(engine, study(3, epochs=5, repeats=2), "a", quotas=quotas)  # + 30
     assert exc.value.detail == (
         "quota DROPTUNE_QUOTA_TRIAL_EPOCHS=100 exceeded: your queued or running studies have "
         "80 trial-epochs still to run, and this one adds 30 "
         "(search.n_trials x training.epochs x cv.repeats)"
     )
     assert count(engine, studies) == 2
-    queue.submit(engine, study(2, epochs=5, repeats=2), "a", quotas=quotas)  # exactly 100
+    submits.submit(engine, study(2, epochs=5, repeats=2), "a", quotas=quotas)  # exactly 100
     with transaction(engine) as conn:  # three of the first study's trials have finished
         conn.execute(studies.update().where(studies.c.id == first).values(n_done=3))
-    assert queue.submit(engine, study(3, epochs=5, repeats=2), "a", quotas=quotas).created
+    assert submits.submit(engine, study(3, epochs=5, repeats=2), "a", quotas=quotas).created
     with pytest.raises(QuotaExceeded, match="have 100 trial-epochs"):
-        queue.submit(engine, study(1, epochs=1), "a", quotas=quotas)
-    assert queue.submit(engine, study(1, epochs=1), "b", quotas=quotas).created
+        submits.submit(engine, study(1, epochs=1), "a", quotas=quotas)
+    assert submits.submit(engine, study(1, epochs=1), "b", quotas=quotas).created
 
 
 def test_a_replayed_key_is_answered_even_past_the_quota(db_url: str) -> None:
     """A retry of a submit that was stored is its answer, not a new study the quota refuses."""
     engine = create_engine(db_url)
     quotas = Quotas(active_studies=1)
-    first = queue.submit(engine, study(), "a", quotas=quotas, key="k")
-    again = queue.submit(engine, study(), "a", quotas=quotas, key="k")
+    first = submits.submit(engine, study(), "a", quotas=quotas, key="k")
+    again = submits.submit(engine, study(), "a", quotas=quotas, key="k")
     assert (again.study_id, again.created) == (first.study_id, False)
 
 
@@ -103,7 +103,7 @@ def _race(n: int, call: Callable[[int], Any]) -> list[Any]:
 def test_concurrent_submits_cannot_both_slip_under_the_limit(db_url: str) -> None:
     engine = create_engine(db_url)
     quotas = Quotas(active_studies=3)
-    out = _race(10, lambda _: queue.submit(engine, study(), "a", quotas=quotas))
+    out = _race(10, lambda _: submits.submit(engine, study(), "a", quotas=quotas))
     assert sum(isinstance(o, QuotaExceeded) for o in out) == 7
     assert count(engine, studies) == 3
 

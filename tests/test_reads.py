@@ -25,7 +25,7 @@ import droptune.client.api
 from droptune.client import Client
 from droptune.service.app import create_app
 from droptune.service.settings import ServiceSettings
-from droptune.storage import answer_cache, queue
+from droptune.storage import answer_cache, submits
 from droptune.storage.answer import Answer, answer
 from droptune.storage.answer_cache import CachedAnswer
 from droptune.storage.db import create_engine, transaction
@@ -145,7 +145,7 @@ class World:
 
     def study(self, owner: str, trials: list[FrozenTrial]) -> tuple[int, int]:
         """A running study of `owner` with these trials: (droptune id, Optuna study id)."""
-        sid = queue.enqueue(self.engine, SPEC, owner)
+        sid = submits.enqueue(self.engine, SPEC, owner)
         with transaction(self.engine) as conn:
             name = conn.execute(
                 sa.select(studies.c.optuna_study).where(studies.c.id == sid)

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from droptune.storage import queue, registry, stale
+from droptune.storage import queue, registry, stale, submits
 from droptune.storage.db import create_engine, transaction
 from droptune.storage.queue import Outcome
 from droptune.storage.recovery import recover_stale
@@ -20,7 +20,7 @@ from tests.queueing import age_leases, claimed, spec, started_trial, study_row
 
 def test_leases_compare_against_the_database_clock(db_url: str) -> None:
     engine = create_engine(db_url)
-    queue.enqueue(engine, spec(1), "a")
+    submits.enqueue(engine, spec(1), "a")
     claim = queue.claim(engine, "w", 1)
     assert claim is not None
     # Put the heartbeat 60 s in the database's past: stale for a 30 s grace, fresh for 90 s.
@@ -131,7 +131,7 @@ def test_recovery_leaves_a_lease_that_heartbeat_after_the_stale_read(
 
 def test_recovery_leaves_an_unlinked_lease_that_heartbeat_meanwhile(db_url: str) -> None:
     engine = create_engine(db_url)
-    sid = queue.enqueue(engine, spec(1), "a")
+    sid = submits.enqueue(engine, spec(1), "a")
     claim = queue.claim(engine, "slow", 1)
     assert claim is not None
     age_leases(engine, 120)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from droptune.storage import datasets, queue, refits
+from droptune.storage import datasets, queue, refits, submits
 from droptune.storage.db import create_engine, transaction
 from droptune.storage.optuna_bridge import optuna_storage
 from droptune.storage.recovery import recover_stale
@@ -26,7 +26,7 @@ def _spec(n: int, holdout: float, retries: int = 1) -> StudySpec:
 
 def _search_done(engine: sa.Engine, n: int, holdout: float = 0.2, retries: int = 1) -> int:
     """A study whose n trials have all been told: its search is over."""
-    sid = queue.enqueue(engine, _spec(n, holdout, retries), "a")
+    sid = submits.enqueue(engine, _spec(n, holdout, retries), "a")
     claim = queue.claim(engine, "w", n)
     assert claim is not None
     for lease in claim.leases:
@@ -122,10 +122,10 @@ def test_a_cancel_during_the_refit_stores_nothing(db_url: str) -> None:
 
 def test_a_study_cancelled_during_its_search_never_refits(db_url: str) -> None:
     engine = create_engine(db_url)
-    sid = queue.enqueue(engine, _spec(2, 0.2), "a")
+    sid = submits.enqueue(engine, _spec(2, 0.2), "a")
     queue.cancel(engine, sid, "a")
     assert study_row(engine, sid).refit_state == "skipped"
-    none = queue.enqueue(engine, _spec(2, 0.0), "a")
+    none = submits.enqueue(engine, _spec(2, 0.0), "a")
     queue.cancel(engine, none, "a")
     assert study_row(engine, none).refit_state is None  # it never had one
 
@@ -133,7 +133,7 @@ def test_a_study_cancelled_during_its_search_never_refits(db_url: str) -> None:
 def test_the_optuna_study_carries_the_studys_name(db_url: str) -> None:
     engine = create_engine(db_url)
     spec = _spec(1, 0.0).model_copy(update={"name": "wine dropout"})
-    sid = queue.enqueue(engine, spec, "a")
+    sid = submits.enqueue(engine, spec, "a")
     # the dashboard lists Optuna studies by this name
     assert study_row(engine, sid).optuna_study == f"wine dropout (droptune-{sid})"
 

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from droptune.storage import queue, registry
+from droptune.storage import queue, registry, submits
 from droptune.storage.db import create_engine
 from droptune.storage.migrate import upgrade
 from droptune.storage.optuna_bridge import ensure_study, optuna_storage
@@ -147,7 +147,7 @@ def test_the_search_seed_defaults_to_the_cv_seed(tmp_path: Path) -> None:
 
 def run_worker(url: str, spec: StudySpec) -> list[optuna.trial.FrozenTrial]:
     """One study run to the end by one in-process worker (the real claim loop)."""
-    sid = queue.enqueue(create_engine(url), spec, "local")
+    sid = submits.enqueue(create_engine(url), spec, "local")
     w = Worker(WorkerSettings(database_url=url, device="cpu", threads=1, exit_when_idle=True))
     assert w.run() == 0
     assert study_row(url, sid).status == "succeeded"
@@ -173,7 +173,7 @@ def test_two_worker_processes_draw_the_same_random_rates(tmp_path: Path) -> None
     pair = [procs.worker(url, tmp_path / f"w{i}.log") for i in range(2)]
     try:
         procs.wait_until(lambda: registry.count_live(engine, 30) == 2, 90, "two live workers")
-        sid = queue.enqueue(engine, spec, "local")
+        sid = submits.enqueue(engine, spec, "local")
         procs.wait_until(lambda: study_row(engine, sid).status == "succeeded", 90, "the study")
     finally:
         codes = [procs.stop(p) for p in pair]

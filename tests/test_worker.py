@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 import droptune.worker.batch
 import droptune.worker.loop
-from droptune.storage import queue
+from droptune.storage import queue, submits
 from droptune.storage.db import create_engine, transaction
 from droptune.storage.optuna_bridge import optuna_storage
 from droptune.storage.reads import Reader
@@ -34,7 +34,7 @@ def run_study(url: str, patch: dict[str, Any]) -> tuple[int, list[optuna.trial.F
     body = {**TINY, **patch}
     spec = StudySpec.model_validate(body)
     engine = create_engine(url)
-    sid = queue.enqueue(engine, spec, "local")
+    sid = submits.enqueue(engine, spec, "local")
     w = Worker(WorkerSettings(database_url=url, device="cpu", threads=1, exit_when_idle=True))
     assert w.run() == 0
     trials = optuna.load_study(study_name=queue.optuna_study_name(sid), storage=url).trials
@@ -270,7 +270,7 @@ def test_a_signal_during_recovery_claims_nothing(
         self.request_stop()  # SIGTERM arrives while recovery runs
 
     monkeypatch.setattr(Worker, "_maybe_recover", signalled)
-    sid = queue.enqueue(create_engine(sqlite_url), StudySpec.model_validate(TINY), "local")
+    sid = submits.enqueue(create_engine(sqlite_url), StudySpec.model_validate(TINY), "local")
     w = Worker(WorkerSettings(database_url=sqlite_url, device="cpu", threads=1))
     assert w.run() == 0  # exits although the queue is not empty
     storage = optuna_storage(sqlite_url)
@@ -353,7 +353,7 @@ def test_a_batch_runs_without_a_worker(sqlite_url: str) -> None:
     engine = create_engine(sqlite_url)
     storage = optuna_storage(sqlite_url)
     spec = StudySpec.model_validate({**TINY, "search": {"n_trials": 3}})
-    sid = queue.enqueue(engine, spec, "local")
+    sid = submits.enqueue(engine, spec, "local")
     claim = queue.claim(engine, "solo", 3)
     assert claim is not None
     ensure_study(storage, claim.optuna_study, spec, sid)
