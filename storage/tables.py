@@ -128,6 +128,9 @@ datasets = sa.Table(
     sa.Column("asked_task", sa.String(16), nullable=False, server_default=""),
     sa.Column("summary", sa.JSON, nullable=False),  # columns, classes and counts, image shape
     sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
+    # What the workers hold once it is decompressed and read (NPZ members, Parquet column
+    # chunks): the dataset quota counts this, never less than `bytes` (NULL before 0006).
+    sa.Column("held_bytes", sa.BigInteger, nullable=True),
     sa.UniqueConstraint(
         "owner", "sha256", "asked_target", "asked_task", name="uq_droptune_dataset"
     ),
@@ -192,4 +195,17 @@ idempotency = sa.Table(
     sa.Column("body_sha256", sa.String(64), nullable=False),
     sa.Column("study_id", sa.Integer, nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
+)
+
+# Dashboard sessions (service/auth.py): the browser's cookie holds a random id; only its SHA-256
+# is stored, with the token it was opened with. A session ends when it expires, at /logout, or
+# when that token is revoked; the cookie never holds the API token itself.
+sessions = sa.Table(
+    "droptune_sessions",
+    metadata,
+    sa.Column("hash", sa.String(64), primary_key=True),
+    sa.Column("token_id", sa.Integer, nullable=False, index=True),
+    sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
+    sa.Column("expires_at", sa.DateTime, nullable=False),
+    sa.Column("revoked_at", sa.DateTime, nullable=True),
 )
