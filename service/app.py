@@ -19,6 +19,7 @@ from droptune.service.limits import BodyLimit
 from droptune.service.settings import ServiceSettings
 from droptune.service.studies import router as studies_router
 from droptune.service.workers import router as workers_router
+from droptune.storage.admission import MemoryLimit, host_memory_bytes
 from droptune.storage.db import create_engine
 from droptune.storage.errors import StorageError
 from droptune.storage.optuna_bridge import optuna_storage
@@ -73,6 +74,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     # Answers and the dashboard only read: on SQLite they need not queue for the write lock.
     app.state.optuna_read = optuna_storage(settings.database_url, writes=False)
     app.state.reader = Reader(app.state.engine, app.state.optuna_read)
+    app.state.memory = memory_limit(settings)
     errors.install(app)
     build_openapi = app.openapi
 
@@ -95,6 +97,23 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         # Last: the catch-all for /dashboard, /static and /api (see service/dashboard.py).
         app.mount("/", dashboard_app(app.state.optuna_read, lambda: app.routes))
     return app
+
+
+def memory_limit(settings: ServiceSettings) -> MemoryLimit:
+    """What submits are admitted against (storage.admission.MemoryLimit). Serving a public
+    address without DROPTUNE_WORKER_MEMORY_GB, a study submitted while no worker is live is
+    checked against this host's memory rather than not at all (said once in the log)."""
+    fallback = None
+    if settings.worker_memory_gb is None and not auth.is_loopback(settings.host):
+        fallback = host_memory_bytes()
+        if fallback is not None:
+            log.warning(
+                "DROPTUNE_WORKER_MEMORY_GB is unset: while no worker is live, a study is admitted "
+                "only if one batch fits this host's memory (%.1f GiB); set "
+                "DROPTUNE_WORKER_MEMORY_GB to what a worker may use",
+                fallback / 2**30,
+            )
+    return MemoryLimit(settings.worker_memory_gb, settings.lease_grace_seconds, fallback)
 
 
 def _middleware(app: FastAPI, settings: ServiceSettings) -> None:

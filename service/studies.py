@@ -57,6 +57,7 @@ def submit(
     engine: EngineDep,
     reader: ReaderDep,
     settings: SettingsDep,
+    request: Request,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -70,7 +71,7 @@ def submit(
 ) -> StudyOut:
     """Queue a study (201). Retried with the same Idempotency-Key, it answers the study the
     first request made (200): a submit whose answer was lost is never queued twice."""
-    memory = MemoryLimit(settings.worker_memory_gb, settings.lease_grace_seconds)
+    memory: MemoryLimit = request.app.state.memory
     done = submits.submit(
         engine,
         spec,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -231,45 +232,51 @@ def check(
         )
 
 
-def limit_bytes(conn: Connection, configured_gb: float | None, grace_seconds: float) -> int | None:
-    """The memory a batch may use: the configured DROPTUNE_WORKER_MEMORY_GB, else the largest
-    that a live worker (a heartbeat within `grace_seconds`) advertises, else None: nothing is
-    known about the workers (none has started yet), so no study is refused for its size."""
-    if configured_gb is not None:
-        return int(configured_gb * GIB)
-    from droptune.storage import registry  # here: registry imports queue, which imports this
-
-    return registry.largest_live_memory(conn, grace_seconds)
+def host_memory_bytes() -> int | None:
+    """This machine's physical memory (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)
 class MemoryLimit:
-    """What a submit's memory is checked against: DROPTUNE_WORKER_MEMORY_GB, else (None) the
-    largest a worker alive within `grace_seconds` advertises."""
+    """What a submit's memory is checked against: DROPTUNE_WORKER_MEMORY_GB; else the largest
+    memory a worker alive within `grace_seconds` advertises; else `fallback_bytes` (the API
+    host's memory, used when the API serves a public address: issue 19 found a 355 GiB batch
+    accepted there while no worker was up), else nothing."""
 
     configured_gb: float | None
     grace_seconds: float
+    fallback_bytes: int | None = None
+
+    def limit(self, conn: Connection) -> tuple[int, str] | None:
+        """The limit in bytes and where it comes from (for the message), or None."""
+        if self.configured_gb is not None:
+            gb = self.configured_gb
+            return int(gb * GIB), f"a worker may use (DROPTUNE_WORKER_MEMORY_GB={gb:g})"
+        from droptune.storage import registry  # here: registry imports queue, which imports this
+
+        live = registry.largest_live_memory(conn, self.grace_seconds)
+        if live is not None:
+            return live, "the largest live worker has"
+        if self.fallback_bytes is not None:
+            return self.fallback_bytes, (
+                "the API host has (no worker is live and DROPTUNE_WORKER_MEMORY_GB is unset)"
+            )
+        return None
 
 
 def admit(
-    conn: Connection,
-    spec: StudySpec,
-    summary: DataSummary | None,
-    configured_gb: float | None,
-    grace_seconds: float,
+    conn: Connection, spec: StudySpec, summary: DataSummary | None, memory: MemoryLimit
 ) -> None:
     """The submit's check (submits.submit calls it in its transaction, once the data set is
     resolved): raise Invalid (422) naming the field to shrink when the study's smallest batch
-    needs more memory than a worker has; no check when no limit is known (see limit_bytes)."""
-    limit = limit_bytes(conn, configured_gb, grace_seconds)
-    if limit is None:
-        return
-    source = (
-        f"a worker may use (DROPTUNE_WORKER_MEMORY_GB={configured_gb:g})"
-        if configured_gb is not None
-        else "the largest live worker has"
-    )
-    check(spec, summary, limit, source)
+    needs more memory than a worker has; no check when no limit is known (see MemoryLimit)."""
+    found = memory.limit(conn)
+    if found is not None:
+        check(spec, summary, *found)
 
 
 def no_retry(engine: Engine, lease_id: int) -> None:

@@ -24,6 +24,25 @@ log = logging.getLogger("droptune.storage")
 SQLITE_BUSY_TIMEOUT_S = 12.0
 
 
+# The largest id an INTEGER column holds on PostgreSQL (SQLite's are 64-bit).
+MAX_ID = 2**31 - 1
+
+
+class Id(sa.types.TypeDecorator[int]):
+    """An id column (INTEGER). An id past what the column holds names no row: bound as -1
+    (ids start at 1), a lookup finds nothing and answers "not found", where PostgreSQL would
+    refuse the statement (`integer out of range`, a 500). Ids come from the database, so no
+    row is ever written with one out of range."""
+
+    impl = sa.Integer
+    cache_ok = True
+
+    def process_bind_param(self, value: int | None, dialect: sa.Dialect) -> int | None:
+        if value is not None and not -MAX_ID <= value <= MAX_ID:
+            return -1
+        return value
+
+
 def is_sqlite(url: str | sa.URL) -> bool:
     return sa.make_url(url).get_backend_name() == "sqlite"
 

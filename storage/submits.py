@@ -76,7 +76,7 @@ def _store(
     if spec.model.kind == "custom":
         custom_models.check_advertised(conn, spec.model.name or "")
     elif memory is not None:  # a custom model's size is known only once a worker builds it
-        admission.admit(conn, spec, summary, memory.configured_gb, memory.grace_seconds)
+        admission.admit(conn, spec, summary, memory)
     study_id = conn.execute(
         studies.insert()
         .values(

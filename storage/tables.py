@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from droptune.storage.db import db_now
+from droptune.storage.db import Id, db_now
 
 metadata = sa.MetaData()
 
@@ -14,7 +14,7 @@ metadata = sa.MetaData()
 studies = sa.Table(
     "droptune_studies",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column("owner", sa.String(200), nullable=False, index=True),
     sa.Column("name", sa.String(200), nullable=True),
     sa.Column("spec", sa.JSON, nullable=False),
@@ -33,14 +33,14 @@ studies = sa.Table(
     sa.Column("started_at", sa.DateTime, nullable=True),
     sa.Column("ended_at", sa.DateTime, nullable=True),
     # The uploaded data set it trains on (no foreign key: an ended study's answer outlives it).
-    sa.Column("dataset_id", sa.Integer, nullable=True, index=True),
+    sa.Column("dataset_id", Id, nullable=True, index=True),
     # The final refit (evaluation.holdout / test_dataset): NULL when the study has none, else
     # waiting (the search runs) -> ready (claimable) -> running (leased) -> done. The study
     # succeeds only when it is done; `refit_result` is the test score (schemas.TestScore).
     sa.Column("refit_state", sa.String(16), nullable=True),
     sa.Column("refit_attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("refit_result", sa.JSON, nullable=True),
-    sa.Column("test_dataset_id", sa.Integer, nullable=True, index=True),  # evaluation's
+    sa.Column("test_dataset_id", Id, nullable=True, index=True),  # evaluation's
     # The answer computed from the trials (storage/answer_cache.py): `answer` is BestOut's
     # trial-dependent part, `answer_p` each COMPLETE trial's p_vs_best by number, and
     # `answer_trials` how many finished trials they were computed from (NULL: never computed).
@@ -62,9 +62,7 @@ leases = sa.Table(
     "droptune_leases",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column(
-        "study_id", sa.Integer, sa.ForeignKey("droptune_studies.id"), nullable=False, index=True
-    ),
+    sa.Column("study_id", Id, sa.ForeignKey("droptune_studies.id"), nullable=False, index=True),
     sa.Column("worker_id", sa.String(64), nullable=False, index=True),
     sa.Column("trial_id", sa.Integer, nullable=True),
     sa.Column("trial_number", sa.Integer, nullable=True),
@@ -82,9 +80,7 @@ retries = sa.Table(
     "droptune_retries",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column(
-        "study_id", sa.Integer, sa.ForeignKey("droptune_studies.id"), nullable=False, index=True
-    ),
+    sa.Column("study_id", Id, sa.ForeignKey("droptune_studies.id"), nullable=False, index=True),
     sa.Column("params", sa.JSON, nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("origin_trial", sa.Integer, nullable=True),
@@ -102,7 +98,7 @@ workers = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("started_at", sa.DateTime, nullable=False, server_default=db_now()),
     sa.Column("heartbeat_at", sa.DateTime, nullable=False, server_default=db_now()),
-    sa.Column("study_id", sa.Integer, nullable=True),
+    sa.Column("study_id", Id, nullable=True),
     sa.Column("trials", sa.JSON, nullable=True),
     # What the worker can take: the memory one batch may use (DROPTUNE_WORKER_MEMORY_GB, else
     # the device's), and the custom models it can load (entry points, DROPTUNE_MODELS).
@@ -115,7 +111,7 @@ workers = sa.Table(
 datasets = sa.Table(
     "droptune_datasets",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column("owner", sa.String(200), nullable=False, index=True),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
@@ -143,7 +139,7 @@ dataset_chunks = sa.Table(
     metadata,
     sa.Column(
         "dataset_id",
-        sa.Integer,
+        Id,
         sa.ForeignKey("droptune_datasets.id", ondelete="CASCADE"),
         primary_key=True,
     ),
@@ -158,7 +154,7 @@ models = sa.Table(
     metadata,
     sa.Column(
         "study_id",
-        sa.Integer,
+        Id,
         sa.ForeignKey("droptune_studies.id", ondelete="CASCADE"),
         primary_key=True,
     ),
@@ -193,7 +189,7 @@ idempotency = sa.Table(
     sa.Column("owner", sa.String(200), primary_key=True),
     sa.Column("key", sa.String(255), primary_key=True),
     sa.Column("body_sha256", sa.String(64), nullable=False),
-    sa.Column("study_id", sa.Integer, nullable=False),
+    sa.Column("study_id", Id, nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
 )
 

@@ -52,7 +52,7 @@ def cnn(channels: list[int], batch_size: int = 64, hidden: int = 128) -> dict[st
 def admit(url: str, raw: dict[str, Any], gb: float | None) -> None:
     engine = create_engine(url)
     with transaction(engine) as conn:  # as enqueue calls it: inside its transaction
-        admission.admit(conn, spec(raw), None, gb, 30.0)
+        admission.admit(conn, spec(raw), None, admission.MemoryLimit(gb, 30.0))
     engine.dispose()
 
 
@@ -121,7 +121,7 @@ def test_the_largest_live_worker_sets_the_limit(db_url: str) -> None:
     refusal(db_url, ISSUE, None)
     _age(engine, "small")
     with transaction(engine) as conn:
-        assert admission.limit_bytes(conn, None, 30.0) is None
+        assert admission.MemoryLimit(None, 30.0).limit(conn) is None
     admit(db_url, ISSUE, None)  # no live worker left: nothing known, nothing refused
 
 
@@ -397,3 +397,37 @@ def test_out_of_memory_fails_the_trial_without_retry(sqlite_url: str, tmp_path: 
 
 def _trials(url: str, study_id: int) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=queue.optuna_study_name(study_id), storage=url).trials
+
+
+# --- a public bind with nothing known about the workers (issue 19, item 7) -----------------
+
+
+def test_the_api_hosts_memory_bounds_a_public_server_with_no_worker(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Served on a public address with no DROPTUNE_WORKER_MEMORY_GB and no live worker, a
+    355 GiB-per-batch study was accepted: now the API host's memory bounds it (said in the log).
+    On loopback nothing changes: no limit is known, nothing is refused."""
+    from fastapi.testclient import TestClient
+
+    from droptune.service.app import create_app
+    from droptune.service.settings import ServiceSettings
+
+    huge = {**ISSUE, "cv": {"folds": 10, "repeats": 10}}  # ~700 GiB in one batch
+    with caplog.at_level("WARNING", logger="droptune.api"):
+        app = create_app(ServiceSettings(database_url=sqlite_url, host="0.0.0.0", insecure=True))
+    assert "DROPTUNE_WORKER_MEMORY_GB is unset" in caplog.text
+    ram = admission.host_memory_bytes()
+    assert ram is not None and app.state.memory.fallback_bytes == ram
+    with TestClient(app, base_url="http://localhost") as api:
+        r = api.post("/studies", json=huge)
+        assert r.status_code == 422, r.text
+        assert "the API host has (no worker is live" in r.json()["detail"]
+        assert r.json()["errors"][0]["field"] == "model.hidden"
+        assert api.get("/studies").json()["total"] == 0
+        assert api.post("/studies", json={"dataset": {"builtin": "iris"}}).status_code == 201
+        # a live worker's advertised memory wins over the host's
+        registry.register(app.state.engine, "big", "h", 1, "cuda:0", memory_bytes=2**50)
+        assert api.post("/studies", json=huge).status_code == 201
+    local = create_app(ServiceSettings(database_url=sqlite_url))
+    assert local.state.memory.fallback_bytes is None

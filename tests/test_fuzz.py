@@ -61,12 +61,14 @@ CONFIG = schemathesis.config.SchemathesisConfig.from_dict(
 EXAMPLES = 50  # per operation and mode: both modes in about a minute
 
 
-def seeded_app(tmp_path: Path, token: str | None = None) -> FastAPI:
-    """The app on a fresh SQLite file holding a data set (id 1), a study on it with three
-    finished trials (id 1), a cancelled study (id 2) and a live worker; with `token`, in token
-    mode, the rows belonging to that token's (non-admin) owner."""
-    url = f"sqlite:///{tmp_path / 'fuzz.db'}"
-    upgrade(url)
+def seeded_app(tmp_path: Path, token: str | None = None, url: str | None = None) -> FastAPI:
+    """The app on a fresh database (a SQLite file unless `url` names a migrated one) holding a
+    data set (id 1), a study on it with three finished trials (id 1), a cancelled study (id 2)
+    and a live worker; with `token`, in token mode, the rows belonging to that token's
+    (non-admin) owner."""
+    if url is None:
+        url = f"sqlite:///{tmp_path / 'fuzz.db'}"
+        upgrade(url)
     headers = {}
     if token is not None:
         engine = create_engine(url)
@@ -107,13 +109,15 @@ def seeded_app(tmp_path: Path, token: str | None = None) -> FastAPI:
 TOKEN = "dt_fuzz-" + "x" * 40
 
 
-@pytest.fixture(params=["open", "token"])
+@pytest.fixture(params=["open-sqlite", "token-postgres"])
 def fuzz_schema(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[BaseSchema, dict[str, str]]]:
-    """The app in open mode, or in token mode with every request sent as a non-admin owner."""
-    token = TOKEN if request.param == "token" else None
-    app = seeded_app(tmp_path, token)
+    """The app in open mode on SQLite, or in token mode on PostgreSQL with every request sent
+    as a non-admin owner (PostgreSQL refuses what SQLite stores: ids past 32 bits, NULs)."""
+    token = TOKEN if request.param.startswith("token") else None
+    url = str(request.getfixturevalue("pg_url")) if request.param.endswith("postgres") else None
+    app = seeded_app(tmp_path, token, url)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG, headers=headers)
     try:
