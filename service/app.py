@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from droptune.service import auth, curve, datasets, docs, errors, events, metrics, model
 from droptune.service.dashboard import dashboard_app
 from droptune.service.head import HeadAsGet
+from droptune.service.held import HeldSlots
 from droptune.service.limits import BodyLimit
 from droptune.service.settings import ServiceSettings
 from droptune.service.studies import router as studies_router
@@ -75,6 +76,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.optuna_read = optuna_storage(settings.database_url, writes=False)
     app.state.reader = Reader(app.state.engine, app.state.optuna_read)
     app.state.memory = memory_limit(settings)
+    app.state.held = HeldSlots(settings.max_held_per_owner)
     errors.install(app)
     build_openapi = app.openapi
 

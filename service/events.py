@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, get_args
 
@@ -28,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from droptune.service.deps import Caller, CallerDep, ReaderDep
 from droptune.service.errors import problems
+from droptune.service.held import HeldSlots, Slot
 from droptune.service.studies import StudyId
 from droptune.storage import tokens
 from droptune.storage.errors import NotFound, StorageError
@@ -126,7 +128,17 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"text/event-stream": {"schema": EVENT, "example": EXAMPLE}},
     },
     204: {"description": "`Last-Event-ID` is past the `end` event: nothing more will come"},
-    **problems(404, 422, 503, why={404: "no such study"}),
+    **problems(
+        404,
+        422,
+        429,
+        503,
+        why={
+            404: "no such study",
+            429: "the owner already holds DROPTUNE_MAX_HELD_PER_OWNER event streams and waiting "
+            "requests",
+        },
+    ),
 }
 
 
@@ -164,7 +176,11 @@ async def events(
         if last > event_id(study):  # it had the `end` event (EventSource stops on a 204)
             return Response(status_code=204)
     settings: EventSettings = request.app.state.event_settings
-    stream = _stream(request.app.state.watcher, reader, study_id, caller, last, settings)
+    slots: HeldSlots = request.app.state.held
+    slot = slots.acquire(caller.name)  # 429 past the owner's cap, before the stream starts
+    stream = _stream(request.app.state.watcher, reader, study_id, caller, last, settings, slot)
+    # A stream dropped before its first event never runs its `finally`: released when collected.
+    weakref.finalize(stream, slot.release)
     return EventSourceResponse(stream, ping=settings.ping_seconds, send_timeout=SEND_TIMEOUT_S)
 
 
@@ -175,10 +191,25 @@ async def _stream(
     caller: Caller,
     last: int | None,
     settings: EventSettings,
+    slot: Slot,
 ) -> AsyncIterator[ServerSentEvent]:
     """`progress` whenever the study shows something the client has not had, `end` when it has
     ended. An outage ends the stream: the client reconnects and resumes from its last id. The
     caller's token is checked again every `revalidate_seconds`: a revoked one ends the stream."""
+    with slot:  # the owner's place among held requests, given back however the stream ends
+        async for event in _events(watcher, reader, study_id, caller, last, settings):
+            yield event
+
+
+async def _events(
+    watcher: StudyWatcher,
+    reader: Reader,
+    study_id: int,
+    caller: Caller,
+    last: int | None,
+    settings: EventSettings,
+) -> AsyncIterator[ServerSentEvent]:
+    """The events of `_stream`."""
     owner = caller.scope
 
     async def read() -> StudyOut:

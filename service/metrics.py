@@ -79,6 +79,7 @@ def install(app: FastAPI, settings: ServiceSettings) -> None:
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)  # memory, CPU, open files of the API process
     registry.register(DatabaseCollector(app.state.engine, settings.lease_grace_seconds))
+    registry.register(HeldCollector(app))
     requests = Histogram(
         "droptune_http_request_duration_seconds",
         "API requests by method, route template and status class, until the response ended "
@@ -90,6 +91,20 @@ def install(app: FastAPI, settings: ServiceSettings) -> None:
     app.state.metrics = registry
     app.add_middleware(RequestMetrics, histogram=requests, table=RouteTable(app))
     app.include_router(router)
+
+
+class HeldCollector(Collector):
+    """The requests this API process holds open (`?wait=` and event streams, service/held.py)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self._app = app
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "droptune_api_held_requests",
+            "Held `?wait=` requests and event streams open in this API process.",
+            self._app.state.held.total,
+        )
 
 
 class DatabaseCollector(Collector):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from droptune.storage.settings import StorageSettings
 
 
@@ -12,6 +14,8 @@ class ServiceSettings(StorageSettings):
     port: int = 8000
     dashboard: bool = True
     max_wait_seconds: float = 600.0  # longest `?wait=` a request may hold
+    # Held `?wait=` requests and event streams one owner may have open at once (service/held.py)
+    max_held_per_owner: int = Field(64, ge=1)
     # Uploads: the largest file (413 beyond it, before the body is read where its length is
     # declared) and the shape a data set may have.
     max_upload_mb: float = 256.0

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import random
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -12,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from droptune.service.deps import CallerDep, EngineDep, ReaderDep, SettingsDep
 from droptune.service.errors import problems
+from droptune.service.held import HeldSlots, hold
 from droptune.storage import queue, submits
 from droptune.storage.admission import MemoryLimit
 from droptune.storage.errors import Forbidden
@@ -25,7 +23,6 @@ router = APIRouter(prefix="/studies", tags=["studies"])
 DB_INT = 2**63 - 1  # the largest id or offset the databases take (BIGINT)
 StudyId = Annotated[int, Path(ge=1, le=DB_INT, description="the study's id")]
 
-POLL_S = 0.5  # how often a held request (`?wait=`) looks at the study again
 TRIALS_PAGE, MAX_TRIALS_PAGE = 100, 1000  # /trials: the default and the largest page
 # The errors of a route on one study.
 ONE_STUDY = problems(404, 422, 503, why={404: "no such study"})
@@ -115,22 +112,40 @@ async def get_study(study_id: StudyId, caller: CallerDep, reader: ReaderDep) -> 
     return await run_in_threadpool(reader.study, study_id, caller.scope)
 
 
-@router.get("/{study_id}/best", response_model=BestOut, responses=ONE_STUDY)
+@router.get(
+    "/{study_id}/best",
+    response_model=BestOut,
+    responses=problems(
+        404,
+        422,
+        429,
+        503,
+        why={
+            404: "no such study",
+            429: "with `wait`: the owner already holds DROPTUNE_MAX_HELD_PER_OWNER waiting "
+            "requests and event streams",
+        },
+    ),
+)
 async def best(
     study_id: StudyId,
     caller: CallerDep,
     reader: ReaderDep,
     settings: SettingsDep,
+    request: Request,
     wait: Annotated[float, Query(ge=0, description="hold up to this many seconds")] = 0,
-) -> BestOut:
-    """The best rate so far; with `wait`, held until the study ends or the time passes."""
-    deadline = time.monotonic() + min(wait, settings.max_wait_seconds)
-    pause = random.uniform(0, POLL_S)  # a phase of its own: held requests never look at once
-    while time.monotonic() < deadline:
-        if await run_in_threadpool(reader.status, study_id, caller.scope) in ENDED:
-            break
-        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = POLL_S
+) -> BestOut | Response:
+    """The best rate so far; with `wait`, held until the study ends or the time passes (or the
+    client goes: see service/held.py)."""
+    seconds = min(wait, settings.max_wait_seconds)
+    if seconds > 0:
+        slots: HeldSlots = request.app.state.held
+        with slots.acquire(caller.name):
+            status = await run_in_threadpool(reader.status, study_id, caller.scope)  # 404 first
+            if status not in ENDED and not await hold(
+                request, request.app.state.watcher, study_id, seconds
+            ):
+                return Response(status_code=204)  # nobody is there to read it
     return await run_in_threadpool(reader.best, study_id, caller.scope)
 
 

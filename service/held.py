@@ -1,0 +1,116 @@
+"""Held requests: `GET /studies/{id}/best?wait=` and the event streams.
+
+A held request costs the API nothing while it waits: it waits on the process's one
+`StudyWatcher` (storage/notify.py), as the event streams do, which checks every watched study in
+one query per change (PostgreSQL) or per half second (SQLite), not one query per request. It ends
+as soon as its client goes: issue 19 found 300 `?wait=600` requests whose sockets closed after
+half a second keeping the API at 40% CPU for the next minute, each polling the database until
+its wait ran out.
+
+Each owner may hold at most `DROPTUNE_MAX_HELD_PER_OWNER` of them at once in one API process
+(held `?wait=` requests and event streams together); one more is answered 429 at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import Counter
+
+from starlette.requests import Request
+
+from droptune.storage.errors import DroptuneError
+from droptune.storage.notify import StudyWatcher
+from droptune.storage.schemas import ENDED
+
+
+class TooManyHeld(DroptuneError):
+    """429: the owner already holds as many waiting requests and event streams as allowed."""
+
+    status = 429
+    title = "Too many requests"
+
+
+class HeldSlots:
+    """How many requests each owner holds open in this process, capped per owner."""
+
+    def __init__(self, per_owner: int) -> None:
+        self.per_owner = per_owner
+        self._held: Counter[str] = Counter()
+        self._lock = threading.Lock()  # released from generator finalisers, maybe off the loop
+
+    @property
+    def total(self) -> int:
+        return sum(self._held.values())
+
+    def acquire(self, owner: str) -> Slot:
+        with self._lock:
+            if self._held[owner] >= self.per_owner:
+                raise TooManyHeld(
+                    f"{owner!r} already holds {self._held[owner]} waiting requests and event "
+                    f"streams on this server, the most allowed "
+                    f"(DROPTUNE_MAX_HELD_PER_OWNER={self.per_owner}): close one, or poll "
+                    "without `wait`"
+                )
+            self._held[owner] += 1
+        return Slot(self, owner)
+
+    def _release(self, owner: str) -> None:
+        with self._lock:
+            self._held[owner] -= 1
+            if self._held[owner] <= 0:
+                del self._held[owner]
+
+
+class Slot:
+    """One held request's place; `release()` may be called any number of times."""
+
+    def __init__(self, slots: HeldSlots, owner: str) -> None:
+        self._slots, self._owner, self._held = slots, owner, True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots._release(self._owner)
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client has gone (the server's `http.disconnect`). A GET's body, already
+    complete, is read past first."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def hold(request: Request, watcher: StudyWatcher, study_id: int, seconds: float) -> bool:
+    """Wait until the study has ended or `seconds` have passed (True), or until the client has
+    gone (False)."""
+    deadline = time.monotonic() + seconds
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        async with watcher.watch(study_id) as watched:
+            while True:
+                version = watched.version  # before looking: a change after it wakes the wait
+                if watched.seen is not None and watched.seen[0] in ENDED:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return True
+                change = asyncio.ensure_future(watched.wait(version))
+                done, _ = await asyncio.wait(
+                    {change, gone}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                change.cancel()
+                if gone in done:
+                    return False
+    finally:
+        gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
