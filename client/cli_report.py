@@ -1,7 +1,10 @@
 """`droptune report ID -o report.html`: a study on one self-contained page.
 
 The page holds the answer, the curve (the API's SVG, inlined) and the trials, with no script and
-no external address, so it can be mailed or archived as one file.
+no external address, so it can be mailed or archived as one file. Every string in it came from
+a user (names, options, warnings, reasons) or from the server: each is escaped, the SVG is
+rewritten from an allowlist (report_svg), and the page's Content-Security-Policy forbids
+scripts and fetches anyway, should something slip through.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import typer
 from droptune.client.answer_text import answer_lines
 from droptune.client.api import DEFAULT_URL, Client, ClientError
 from droptune.client.cli_common import UrlOpt, ask, fail, safe
+from droptune.client.report_svg import clean_svg
 from droptune.storage.answer import primary_rate
 from droptune.storage.schemas import BestOut, StudyOut, TrialOut
 from droptune.storage.spec import DatasetSpec, StudySpec
@@ -29,6 +33,8 @@ th { background: #f4f4f4; } td.state { text-align: left; }
 .warning { color: #a33; } .muted { color: #777; }
 svg { max-width: 100%; height: auto; }
 """
+# Inline styles only (STYLE and the SVG's): no script, no fetch, no form, no frame.
+POLICY = "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; base-uri 'none'"
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -60,7 +66,7 @@ def _trial_row(t: TrialOut) -> str:
     if t.score is not None and t.score.folds:
         se = t.score.std / math.sqrt(len(t.score.folds))
         score = f"{t.score.mean:.4f} ± {se:.4f}"
-    cells = [str(t.number), escape(t.state), _fmt(rate), score, _fmt(t.p_vs_best, 3)]
+    cells = [str(t.number), escape(safe(t.state)), _fmt(rate), score, _fmt(t.p_vs_best, 3)]
     cells.append("—" if t.epochs is None else str(t.epochs))
     tds = "".join(
         f'<td class="state">{c}</td>' if i == 1 else f"<td>{c}</td>" for i, c in enumerate(cells)
@@ -68,21 +74,16 @@ def _trial_row(t: TrialOut) -> str:
     return f"<tr>{tds}</tr>"
 
 
-def _svg(svg: bytes) -> str:
-    """Matplotlib's SVG without its XML prolog and DOCTYPE, which HTML does not take inline."""
-    text = svg.decode("utf-8")
-    start = text.find("<svg")
-    return text[start:] if start >= 0 else ""
-
-
 def _setup(spec: StudySpec) -> str:
-    """What was searched, in one line."""
+    """What was searched, in one line (HTML, escaped)."""
     m, s = spec.model, spec.search
     layers = f"{m.kind.upper()}, hidden {m.hidden}"
     if m.kind == "custom":
-        layers = f"custom model {safe(m.name or '')}" + (f" {m.options}" if m.options else "")
+        # The options' strings are the user's (up to 200 characters each): escaped like the rest.
+        layers = f"custom model {m.name or ''}" + (f" {m.options}" if m.options else "")
     elif m.kind == "cnn":
         layers += f", channels {m.conv_channels}"
+    layers = escape(safe(layers))
     folds = f"{spec.cv.folds}-fold CV" + (f" x {spec.cv.repeats}" if spec.cv.repeats > 1 else "")
     per_layer = ", one rate per layer" if s.per_layer else ""
     return (
@@ -105,6 +106,7 @@ def render(
     rows = "\n".join(_trial_row(t) for t in trials)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{POLICY}">
 <title>droptune: {escape(name)}</title><style>{STYLE}</style></head>
 <body>
 <h1>{escape(name)}</h1>
@@ -114,7 +116,7 @@ def render(
 <h2>The answer</h2>
 <ul>{answer}</ul>
 <h2>The curve</h2>
-{_svg(svg)}
+{clean_svg(svg)}
 <h2>Trials</h2>
 <table><thead><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr></thead>
 <tbody>

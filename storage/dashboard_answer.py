@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from html import escape
 from typing import Any
 
 import optuna
@@ -35,6 +37,11 @@ RANK_KEY = "droptune:answer_rank"  # system attribute: [points, has test score] 
 LOCK_CLASS = 0x64547044  # first key of the PostgreSQL advisory lock; the second is the study id
 AXIS = {"gridcolor": "#e5ecf6", "zeroline": False, "automargin": True}
 RULES = {"one_se": "one-SE rule", "best": "best-score rule"}
+# Every ASCII punctuation mark, which markdown may read as syntax (links, images, emphasis, code,
+# headings, tables); and the characters that end a line or could start a new block.
+MD_PUNCTUATION = re.compile(r"[!-/:-@\[-`{-~]")
+MD_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+HTML_IN_MD = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 PRUNED_NOTE = (
     "_Pruned trials trained fewer epochs, so their low points in the slice plot are not "
     "comparable with finished trials; the curve graph draws them faint, without error bars._"
@@ -127,23 +134,34 @@ def _ci(p: TestPoint) -> str:
     return f"{_num(p.score)} (95% CI {_num(p.ci95[0])}{DASH}{_num(p.ci95[1])})"
 
 
+def md_text(text: str) -> str:
+    """`text` as literal markdown text, whatever it holds: the note is rendered as markdown
+    (with raw HTML too, were the dashboard started with allow_unsafe), and a warning or a
+    reason can quote a name a user chose. Punctuation is backslash-escaped, so no link, image
+    or emphasis; < > & are character references, so no HTML; line breaks become spaces, so no
+    new block. Rendered, it reads as written."""
+    text = MD_BREAKS.sub(" ", text)
+    return MD_PUNCTUATION.sub(lambda m: HTML_IN_MD.get(m[0], "\\" + m[0]), text)
+
+
 def note_markdown(curve: Curve, best: BestOut) -> str:
-    """The study's note: the answer as a person reads it, in a few lines of markdown."""
+    """The study's note: the answer as a person reads it, in a few lines of markdown (the
+    strings it did not write itself escaped)."""
     done = sum(p.state == "COMPLETE" for p in curve.points)
     pruned = len(curve.points) - done
-    lines = [f"## droptune answer: {best.metric} ({best.direction})", ""]
+    lines = [f"## droptune answer: {md_text(best.metric)} ({md_text(best.direction)})", ""]
     rec = best.recommended
     if rec is not None:
         lines += [
             f"**Recommended dropout: {rec.dropout:.2f}** ({RULES.get(rec.rule, rec.rule)}, "
-            f"trial {rec.trial}): {rec.why}",
+            f"trial {rec.trial}): {md_text(rec.why)}",
             "",
         ]
     if best.score is not None and best.dropout is not None:
         splits = len(best.score.folds)
         se = best.score.std / math.sqrt(splits) if splits else 0.0
         lines.append(
-            f"- **Best mean score**: dropout {best.dropout:.2f}, {best.metric} "
+            f"- **Best mean score**: dropout {best.dropout:.2f}, {md_text(best.metric)} "
             f"{_num(best.score.mean)} ± {se:.2g} (± 1 SE over {splits} splits; "
             f"trial {best.trial})"
         )
@@ -152,7 +170,7 @@ def note_markdown(curve: Curve, best: BestOut) -> str:
     if best.tied is not None:
         lines.append(f"- **Tied:** {best.tied.text()}")
     lines += _test_lines(best)
-    lines += [f"- ⚠️ {w}" for w in best.warnings]
+    lines += [f"- ⚠️ {md_text(w)}" for w in best.warnings]
     lines += [
         f"- Status: {best.status}; {done} finished and {pruned} pruned trials on the curve.",
         "",
@@ -167,7 +185,7 @@ def _test_lines(best: BestOut) -> list[str]:
         return []
     where = "held-out rows" if test.source == "holdout" else "rows of the test data set"
     lines = [
-        f"- **Test score** at dropout {test.dropout:.2f}: {test.metric} {_ci(test)}, "
+        f"- **Test score** at dropout {test.dropout:.2f}: {md_text(test.metric)} {_ci(test)}, "
         f"scored once on {test.n} {where}"
     ]
     if test.best is not None:
@@ -221,12 +239,15 @@ def curve_figure(curve: Curve) -> Any:
         )
     )
     _mark_rates(fig, curve)
-    title = f"{curve.metric} by dropout rate (mean over folds, ±1 SE)"
+    # plotly.js reads a few HTML tags and character references in its texts: the metric is
+    # escaped (it is a name from a fixed list today, but the figure does not rely on that).
+    metric = escape(curve.metric)
+    title = f"{metric} by dropout rate (mean over folds, ±1 SE)"
     fig.update_layout(
         # Left and low enough to stay clear of the dashboard's toolbar at the top right.
         title={"text": title, "x": 0.01, "xanchor": "left", "y": 0.93, "font": {"size": 15}},
         xaxis={**AXIS, "title": "dropout", "range": [curve.dropout_low, curve.dropout_high]},
-        yaxis={**AXIS, "title": f"{curve.metric} ({curve.direction})", "range": shown},
+        yaxis={**AXIS, "title": f"{metric} ({escape(curve.direction)})", "range": shown},
         legend={"orientation": "h", "y": -0.2},
         margin={"l": 60, "r": 20, "t": 70, "b": 40},
         # plotly.js's own defaults plus light grid lines: a named template would store ~6 KB

@@ -81,6 +81,8 @@ def test_svg_has_one_error_bar_per_complete_trial(study: tuple[str, int, int]) -
     base, done, _ = study
     r = httpx.get(f"{base}/studies/{done}/curve", params={"format": "svg"})
     assert r.status_code == 200 and r.headers["content-type"] == "image/svg+xml"
+    assert "sandbox" in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff"
     root = ET.fromstring(r.content)
     assert root.tag == f"{SVG_NS}svg"
     ids = [e.get("id", "") for e in root.iter()]
