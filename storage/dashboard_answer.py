@@ -13,19 +13,16 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from html import escape
 from typing import Any
 
 import optuna
-import sqlalchemy as sa
 from optuna.storages import RDBStorage
 from optuna_dashboard import save_note, save_plotly_graph_object
 
 from droptune.storage.curve import Curve, CurvePoint
-from droptune.storage.db import is_outage, is_sqlite
-from droptune.storage.optuna_bridge import DASH
+from droptune.storage.db import is_outage
+from droptune.storage.optuna_bridge import DASH, study_lock
 from droptune.storage.schemas import BestOut, TestPoint
 
 log = logging.getLogger(__name__)
@@ -34,7 +31,6 @@ GRAPH_ID = "droptune-curve"  # a fixed id: saving again replaces the graph, neve
 GRAPH_PREFIX = f"dashboard:plot_data:{GRAPH_ID}:"  # where optuna-dashboard stores it
 NOTE_PREFIX = "dashboard:note_str:"  # the study's note (a trial's has the trial id in it)
 RANK_KEY = "droptune:answer_rank"  # system attribute: [points, has test score] last published
-LOCK_CLASS = 0x64547044  # first key of the PostgreSQL advisory lock; the second is the study id
 AXIS = {"gridcolor": "#e5ecf6", "zeroline": False, "automargin": True}
 RULES = {"one_se": "one-SE rule", "best": "best-score rule"}
 # Every ASCII punctuation mark, which markdown may read as syntax (links, images, emphasis, code,
@@ -73,8 +69,12 @@ def _publish(storage: RDBStorage, name: str, curve: Curve, best: BestOut) -> Non
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()
     )
-    with _serialised(storage, study._study_id):
-        system = storage.get_study_system_attrs(study._study_id)
+    with study_lock(storage, study._study_id):
+        try:
+            system = storage.get_study_system_attrs(study._study_id)
+        except KeyError:  # deleted since it was loaded: nothing to publish to (see study_lock)
+            log.debug("Optuna study %s was deleted before its answer was published", name)
+            return
         stored_rank = list(system.get(RANK_KEY, [0, 0]))
         if stored_rank > rank:
             return  # a publish that saw more trials got here first
@@ -96,22 +96,6 @@ def _stored(system: dict[str, Any], prefix: str) -> str:
     (Were that layout to change, this reads "" and the publish just writes again.)"""
     parts = {k: v for k, v in system.items() if k.startswith(prefix)}
     return "".join(str(parts.get(f"{prefix}{i}", "")) for i in range(len(parts)))
-
-
-@contextmanager
-def _serialised(storage: RDBStorage, study_id: int) -> Iterator[None]:
-    """Publishes of one study take turns on PostgreSQL (a lock held by a side connection's
-    transaction, so it is released whatever happens). SQLite has no lock outside a write
-    transaction, which Optuna's own writes would then wait behind: there two publishes that
-    overlap may leave a mix until the next one, which rewrites whatever differs."""
-    if is_sqlite(storage.engine.url):
-        yield
-        return
-    with storage.engine.connect() as conn:
-        conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
-        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOCK_CLASS, study_id)))
-        yield
-        conn.rollback()
 
 
 def answer_attrs(curve: Curve, best: BestOut) -> dict[str, float | str]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,7 +52,7 @@ from droptune.storage import queue
 from droptune.storage.db import is_outage, transaction
 from droptune.storage.errors import Conflict, NotFound, StorageError
 from droptune.storage.idempotency import forget_study
-from droptune.storage.optuna_bridge import study_id_of
+from droptune.storage.optuna_bridge import study_id_of, study_lock
 from droptune.storage.queue import Outcome
 from droptune.storage.tables import leases, models, retries, studies
 
@@ -216,6 +217,9 @@ def settle(
     return outcome
 
 
+DELETE_ATTEMPTS = 3  # tries at removing the Optuna study before the DELETE answers 409
+
+
 def delete_study(engine: Engine, storage: RDBStorage, study_id: int, owner: str | None) -> None:
     """Remove an ended study: its Optuna study (trials and all), then in one transaction its
     row, waiting retries, stored models and Idempotency-Keys. `owner` None: an admin's.
@@ -234,8 +238,7 @@ def delete_study(engine: Engine, storage: RDBStorage, study_id: int, owner: str 
         name = _deletable(conn, study_id, owner)
     optuna_id = None if name is None else study_id_of(storage, name)
     if optuna_id is not None:
-        with contextlib.suppress(KeyError):  # a concurrent DELETE removed it first
-            storage.delete_study(optuna_id)
+        _delete_optuna_study(storage, optuna_id, study_id)
     with transaction(engine) as conn:
         _deletable(conn, study_id, owner)  # again, locked: ended states never change back
         for table in (retries, models):
@@ -244,6 +247,26 @@ def delete_study(engine: Engine, storage: RDBStorage, study_id: int, owner: str 
         conn.execute(studies.delete().where(studies.c.id == study_id))
         queue.notify(conn, study_id, work=False)  # a watcher of it sees it gone
     log.info("study %s deleted (Optuna study %r)", study_id, name)
+
+
+def _delete_optuna_study(storage: RDBStorage, optuna_id: int, study_id: int) -> None:
+    """Delete the Optuna study and check that it is gone: Optuna's delete_study rolls back
+    silently when a concurrent write to the study breaks its foreign keys, and the DELETE must
+    never answer 204 with the Optuna study left behind (issue 19). Taken in turns with the
+    dashboard publishes (study_lock); tried again a few times, then 409 with nothing deleted."""
+    for attempt in range(DELETE_ATTEMPTS):
+        with study_lock(storage, optuna_id), contextlib.suppress(KeyError):  # gone already
+            storage.delete_study(optuna_id)
+        try:
+            storage.get_study_name_from_id(optuna_id)
+        except KeyError:
+            return
+        log.warning("Optuna study %s survived its delete (a write raced it); again", optuna_id)
+        time.sleep(0.1 * (attempt + 1))
+    raise Conflict(
+        f"study {study_id}: its Optuna study could not be removed (writes to it raced the "
+        "delete); nothing was deleted: send the DELETE again"
+    )
 
 
 def _deletable(conn: Connection, study_id: int, owner: str | None) -> str | None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import optuna
+import sqlalchemy as sa
 from optuna.storages import RDBStorage
 
 from droptune.storage.db import configure_sqlite, engine_kwargs, is_sqlite, normalise_url
@@ -94,3 +97,25 @@ def study_id_of(storage: RDBStorage, name: str) -> int | None:
         return int(storage.get_study_id_from_name(name))
     except KeyError:
         return None
+
+
+LOCK_CLASS = 0x64547044  # first key of the PostgreSQL advisory lock; the second is the study id
+
+
+@contextmanager
+def study_lock(storage: RDBStorage, optuna_id: int) -> Iterator[None]:
+    """Writers of an Optuna study's dashboard copy (storage.dashboard_answer) and its delete
+    (storage.lifecycle.delete_study) take turns on PostgreSQL: a lock held by a side
+    connection's transaction, so it is released whatever happens. Optuna's delete_study rolls
+    back *silently* when a concurrent write to the study breaks its foreign keys (issue 19: a
+    worker's last publish left a deleted study's Optuna study behind). SQLite needs no lock:
+    every write transaction there holds the database's one write lock from its first statement
+    (storage.db.configure_sqlite), and Optuna reads the study in the same transaction."""
+    if is_sqlite(storage.engine.url):
+        yield
+        return
+    with storage.engine.connect() as conn:
+        conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOCK_CLASS, optuna_id)))
+        yield
+        conn.rollback()

@@ -4,8 +4,10 @@ leases are still held, is refused (409); another owner's is not found (404)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from droptune.storage import idempotency, queue, refits, submits
 from droptune.storage.db import create_engine, transaction
 from droptune.storage.errors import Conflict, NotFound
 from droptune.storage.lifecycle import Why, delete_study, settle
-from droptune.storage.optuna_bridge import optuna_storage, study_id_of
+from droptune.storage.optuna_bridge import optuna_storage, study_id_of, study_lock
 from droptune.storage.tables import idempotency as keys
 from droptune.storage.tables import leases, models, retries, studies
 from tests import procs
@@ -107,6 +109,71 @@ def test_delete_removes_the_study_and_everything_of_it(db_url: str) -> None:
     assert rows(engine, other)["studies"] == 1
 
 
+def test_an_optuna_delete_that_did_nothing_is_a_409_that_changes_nothing(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Optuna's delete_study rolls back silently when a write to the study races it (issue 19:
+    DELETE answered 204 and left the Optuna study, its trials, note and plots behind). The
+    delete checks the study is gone; when it is not, 409 and nothing else deleted."""
+    engine, storage, sid, name = _ended_with_everything(db_url)
+    monkeypatch.setattr(type(storage), "delete_study", lambda _self, _id: None)
+    with pytest.raises(Conflict) as info:
+        delete_study(engine, storage, sid, "a")
+    assert "could not be removed" in info.value.detail and "DELETE again" in info.value.detail
+    assert rows(engine, sid)["studies"] == 1
+    assert study_id_of(storage, name) is not None and optuna_trials(engine) == 3
+    monkeypatch.undo()
+    delete_study(engine, storage, sid, "a")  # sent again: all of it goes
+    assert set(rows(engine, sid).values()) == {0}
+    assert study_id_of(storage, name) is None and optuna_trials(engine) == 0
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # SQLite serialises every writer
+def test_a_delete_racing_dashboard_writes_never_leaves_the_optuna_study(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Writers keep writing the study's dashboard attributes (as a worker's last publish does,
+    under storage.optuna_bridge.study_lock, and one that takes no lock) while it is deleted:
+    each delete either removes everything (204) or answers 409 and removes nothing."""
+    url = str(request.getfixturevalue("pg_url"))
+    deleted = refused = 0
+    for _ in range(6):
+        engine, storage, sid, name = _ended_with_everything(url)
+        oid = study_id_of(storage, name)
+        assert oid is not None
+        stop = threading.Event()
+
+        def write(
+            locked: bool, oid: int = oid, storage: Any = storage, stop: threading.Event = stop
+        ) -> None:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                lock = study_lock(storage, oid) if locked else contextlib.nullcontext()
+                # The study may be gone: that is the point.
+                with contextlib.suppress(Exception), lock:
+                    storage.set_study_user_attr(oid, f"k{i % 5}", i)
+
+        writers = [threading.Thread(target=write, args=(lk,)) for lk in (True, True, False)]
+        for w in writers:
+            w.start()
+        try:
+            delete_study(engine, storage, sid, "a")
+        except Conflict:
+            refused += 1
+            assert rows(engine, sid)["studies"] == 1 and study_id_of(storage, name) is not None
+        else:
+            deleted += 1
+            assert rows(engine, sid)["studies"] == 0
+            assert study_id_of(storage, name) is None, "DELETE left the Optuna study behind"
+        finally:
+            stop.set()
+            for w in writers:
+                w.join()
+        engine.dispose()
+    assert deleted >= 1, (deleted, refused)
+
+
 def test_an_admin_deletes_any_owners_study(db_url: str) -> None:
     engine, storage, sid, name = _ended_with_everything(db_url)
     delete_study(engine, storage, sid, None)
@@ -181,7 +248,8 @@ def test_delete_a_study_a_real_worker_is_training(
             try:
                 c.delete_study(study.id)
             except ClientError as exc:
-                assert exc.status == 409 and "still stopping" in exc.detail, exc
+                assert exc.status == 409, exc
+                assert "still stopping" in exc.detail or "DELETE again" in exc.detail, exc
                 refused += 1
                 return False
             return True
