@@ -3,7 +3,8 @@
 One pure-ASGI middleware (event streams pass through untouched), in this order:
 
 1. **Host** (DNS rebinding): the `Host` header must name this server: the loopback names, the
-   bind address, this machine's names when bound to a wildcard, or DROPTUNE_ALLOWED_HOSTS.
+   bind address, this machine's names when bound to a wildcard, or DROPTUNE_ALLOWED_HOSTS. A
+   malformed one (anything but `name[:port]` or `[IPv6][:port]`) is refused whatever the names.
 2. **Cross-site writes**: a request that changes state (any method but GET/HEAD/OPTIONS) and
    comes from a browser page (browsers send `Origin` on every such request, and
    `Sec-Fetch-Site`) must come from this server's own pages (the login form, /docs) or a
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import html
 import ipaddress
+import re
 import socket
 import time
 from http.cookies import SimpleCookie
@@ -96,12 +98,28 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _host_name(value: str) -> str:
-    """`example.org:8000` -> `example.org`; `[::1]:8000` -> `::1`."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        return value[1 : value.find("]")] if "]" in value else value
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+# `name[:port]` or `[IPv6][:port]` (RFC 9110's Host, less what no client of this server sends:
+# userinfo never belongs there, and `host:8000@evil.example` once passed the name check).
+HOST_FORM = re.compile(
+    r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9.-]+))(?::(?P<port>[0-9]{1,5}))?"
+)
+
+
+def _host_name(value: str) -> str | None:
+    """`example.org:8000` -> `example.org`; `[::1]:8000` -> `::1`; None when malformed."""
+    found = HOST_FORM.fullmatch(value.strip().lower())
+    if found is None:
+        return None
+    port = found["port"]
+    if port is not None and not 1 <= int(port) <= 65535:
+        return None
+    v6 = found["v6"]
+    if v6 is None:
+        return str(found["name"])
+    try:
+        return str(ipaddress.IPv6Address(v6))
+    except ValueError:
+        return None
 
 
 def cors_origins(settings: ServiceSettings) -> list[str]:
@@ -140,11 +158,15 @@ class Access:
         await refusal(scope, receive, send)
 
     def _check_host(self, headers: Headers) -> Response | None:
-        if self.hosts is None:
-            return None
         given = headers.getlist("host")
-        host = _host_name(given[0]) if len(given) == 1 else ""
-        if host in self.hosts or _is_ip(host):
+        if self.hosts is None and not given:
+            return None  # any name, and HTTP/1.0 need not send one
+        host = _host_name(given[0]) if len(given) == 1 else None
+        if host is None:
+            shown = ", ".join(repr(g[:200]) for g in given) or "none"
+            detail = f"malformed Host header ({shown}): expected name[:port] or [IPv6][:port]"
+            return problem(400, "Bad request", detail)
+        if self.hosts is None or host in self.hosts or _is_ip(host):
             # An address, not a name, cannot be rebound: a page that reached this server by its
             # address has that address as its own origin.
             return None
