@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from droptune.service.deps import Caller, CallerDep, ReaderDep
 from droptune.service.errors import problems
 from droptune.service.studies import StudyId
-from droptune.storage import tokens
+from droptune.storage import sessions, tokens
 from droptune.storage.errors import NotFound, StorageError
 from droptune.storage.notify import StudyWatcher
 from droptune.storage.reads import Reader
@@ -178,16 +178,20 @@ async def _stream(
 ) -> AsyncIterator[ServerSentEvent]:
     """`progress` whenever the study shows something the client has not had, `end` when it has
     ended. An outage ends the stream: the client reconnects and resumes from its last id. The
-    caller's token is checked again every `revalidate_seconds`: a revoked one ends the stream."""
+    caller's token (or dashboard session) is checked again every `revalidate_seconds`: a revoked
+    one ends the stream."""
     owner = caller.scope
 
     async def read() -> StudyOut:
         return await run_in_threadpool(reader.study, study_id, owner)
 
     async def revoked() -> bool:
-        if caller.token is None:  # open mode
+        if caller.session is not None:
+            who = await run_in_threadpool(sessions.identify, reader.engine, caller.session)
+        elif caller.token is not None:
+            who = await run_in_threadpool(tokens.identify, reader.engine, caller.token)
+        else:  # open mode
             return False
-        who = await run_in_threadpool(tokens.identify, reader.engine, caller.token)
         return who is None
 
     yield ServerSentEvent(retry=settings.retry_ms)  # first, so a resumed client learns it too
