@@ -24,9 +24,11 @@ class Caller:
 
     name: str
     admin: bool
-    # The bearer token or cookie it came with (None in open mode): an event stream checks it
-    # again while it runs, so a revoked token ends it.
+    # The bearer token it came with (None in open mode, or from a session cookie): an event
+    # stream checks it again while it runs, so a revoked token ends it.
     token: str | None = field(default=None, repr=False, compare=False)
+    # The dashboard session it came with instead (service/sessions.py), checked the same way.
+    session: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def scope(self) -> str | None:

@@ -31,7 +31,7 @@ from droptune.service.deps import Caller, CallerDep, ReaderDep
 from droptune.service.errors import problems
 from droptune.service.held import HeldSlots, Slot
 from droptune.service.studies import StudyId
-from droptune.storage import tokens
+from droptune.storage import sessions, tokens
 from droptune.storage.errors import NotFound, StorageError
 from droptune.storage.notify import StudyWatcher
 from droptune.storage.reads import Reader
@@ -195,7 +195,8 @@ async def _stream(
 ) -> AsyncIterator[ServerSentEvent]:
     """`progress` whenever the study shows something the client has not had, `end` when it has
     ended. An outage ends the stream: the client reconnects and resumes from its last id. The
-    caller's token is checked again every `revalidate_seconds`: a revoked one ends the stream."""
+    caller's token (or dashboard session) is checked again every `revalidate_seconds`: a revoked
+    one ends the stream."""
     with slot:  # the owner's place among held requests, given back however the stream ends
         async for event in _events(watcher, reader, study_id, caller, last, settings):
             yield event
@@ -216,9 +217,12 @@ async def _events(
         return await run_in_threadpool(reader.study, study_id, owner)
 
     async def revoked() -> bool:
-        if caller.token is None:  # open mode
+        if caller.session is not None:
+            who = await run_in_threadpool(sessions.identify, reader.engine, caller.session)
+        elif caller.token is not None:
+            who = await run_in_threadpool(tokens.identify, reader.engine, caller.token)
+        else:  # open mode
             return False
-        who = await run_in_threadpool(tokens.identify, reader.engine, caller.token)
         return who is None
 
     yield ServerSentEvent(retry=settings.retry_ms)  # first, so a resumed client learns it too

@@ -31,6 +31,8 @@ class ServiceSettings(StorageSettings):
     allowed_hosts: str = ""
     cors_origins: str = ""
     insecure: bool = False
+    # How long a dashboard sign-in lasts (service/sessions.py): the session and its cookie.
+    session_hours: float = 7 * 24.0
     # Per-owner quotas: active (queued or running) studies, trial-epochs still to run over them
     # (trials x epochs x repeats), and bytes of stored data sets.
     quota_active_studies: int = 100

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from droptune.storage.db import db_now, transaction
 from droptune.storage.errors import Invalid, NotFound
-from droptune.storage.tables import tokens
+from droptune.storage.tables import sessions, tokens
 
 PREFIX = "dt_"
 SHOWN = 10  # characters of a token kept in clear (`dt_` + 7): enough to tell them apart
@@ -113,7 +113,8 @@ def list_tokens(engine: Engine, include_revoked: bool = False) -> list[TokenRow]
 
 def revoke(engine: Engine, which: str) -> list[TokenRow]:
     """Revoke by id, by the token's shown prefix, by the token itself, or every token of an
-    owner (`owner:NAME`); returns what was revoked (404 when nothing matched)."""
+    owner (`owner:NAME`), and end their dashboard sessions; returns what was revoked (404 when
+    nothing matched)."""
     t = tokens.c
     if which.isdigit():
         match: sa.ColumnElement[bool] = t.id == int(which)
@@ -129,7 +130,13 @@ def revoke(engine: Engine, which: str) -> list[TokenRow]:
             raise NotFound(f"no live token matches {which!r}")
         if len(rows) > 1 and not which.startswith("owner:"):
             raise Invalid(f"{which!r} matches {len(rows)} tokens: revoke by id")
+        ids = [r.id for r in rows]
+        conn.execute(tokens.update().where(t.id.in_(ids)).values(revoked_at=db_now()))
+        # Its dashboard sessions end with it (storage/sessions.py checks the token as well).
+        s = sessions.c
         conn.execute(
-            tokens.update().where(t.id.in_([r.id for r in rows])).values(revoked_at=db_now())
+            sessions.update()
+            .where(s.token_id.in_(ids), s.revoked_at.is_(None))
+            .values(revoked_at=db_now())
         )
     return [TokenRow(r.id, r.owner, bool(r.admin), r.prefix, r.created_at, None) for r in rows]

@@ -227,7 +227,7 @@ def test_dashboard_needs_an_admin_cookie_and_stays_read_only(
             rest = list(lines)  # the server closes the stream
         assert time.monotonic() - started < 10, rest
         out = httpx.get(f"{base}/logout")
-        assert out.status_code == 303 and 'droptune_token=""' in out.headers["set-cookie"]
+        assert out.status_code == 303 and 'droptune_session=""' in out.headers["set-cookie"]
     finally:
         procs.stop(api)
 
