@@ -295,6 +295,10 @@ def inspect_npz(
         encoded_features=features,
         target_mean=out.mean,
         target_std=out.std,
+        # What counts against the quota: the members' uncompressed sizes from the zip headers
+        # (checked against their .npy headers), or X as the float32 rows a worker makes of it
+        # where that is more (a bool or int8 X).
+        held_bytes=max(hx.member.file_size, hx.shape[0] * features * 4) + hy.member.file_size,
     )
 
 

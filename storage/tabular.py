@@ -47,6 +47,7 @@ class _Source:
     hows: list[How]
     rows: int | None  # known before reading for Parquet
     batches: Iterator[Any]
+    unpacked: int  # bytes of the values decompressed: the file's size for CSV
 
 
 def _check_names(names: list[str], what: str) -> None:
@@ -138,7 +139,8 @@ def _open_csv(f: BinaryIO, block_size: int, limits: Limits | None) -> _Source:
                 "reads comma-separated CSV; save the file with commas"
             )
     _check_names(names, "CSV header")
-    return _Source(names, ["text"] * len(names), None, _csv_batches(f, names, bad, block_size))
+    batches = _csv_batches(f, names, bad, block_size)
+    return _Source(names, ["text"] * len(names), None, batches, f.seek(0, 2))
 
 
 def _parquet_how(name: str, t: Any) -> How:
@@ -169,22 +171,26 @@ def _parquet_batches(pf: Any, names: list[str], batch_cells: int) -> Iterator[An
         pf.close()
 
 
-def _check_parquet_sizes(pf: Any, f: BinaryIO) -> None:
+def _check_parquet_sizes(pf: Any, f: BinaryIO) -> int:
     """Refuse column chunks that decompress to far more than the file: reading one page of such
-    a chunk could need that memory (a small file must not cost the API gigabytes)."""
+    a chunk could need that memory (a small file must not cost the API gigabytes). Returns the
+    bytes all the chunks decompress to."""
     f.seek(0, 2)
     limit = max(PARQUET_MAX_CHUNK_BYTES, 8 * f.tell())
     md = pf.metadata
+    total = 0
     for g in range(md.num_row_groups):
         rg = md.row_group(g)
         for j in range(rg.num_columns):
             col = rg.column(j)
+            total += col.total_uncompressed_size
             if col.total_uncompressed_size > limit:
                 raise DataError(
                     f"Parquet column {col.path_in_schema!r} decompresses to "
                     f"{col.total_uncompressed_size / 2**20:.0f} MB in row group {g}, more than "
                     f"{limit / 2**20:.0f} MB: write the file with smaller row groups"
                 )
+    return total
 
 
 def _open_parquet(f: BinaryIO, batch_cells: int, limits: Limits | None) -> _Source:
@@ -204,9 +210,10 @@ def _open_parquet(f: BinaryIO, batch_cells: int, limits: Limits | None) -> _Sour
     index = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
     names = [str(n) for n in schema.names if n not in index]
     _check_names(names, "Parquet file")
-    _check_parquet_sizes(pf, f)
+    unpacked = _check_parquet_sizes(pf, f)
     hows = [_parquet_how(n, schema.field(n).type) for n in names]
-    return _Source(names, hows, int(pf.metadata.num_rows), _parquet_batches(pf, names, batch_cells))
+    rows = int(pf.metadata.num_rows)
+    return _Source(names, hows, rows, _parquet_batches(pf, names, batch_cells), unpacked)
 
 
 def _open_tabular(f: BinaryIO, fmt: Format, tuning: Tuning, limits: Limits | None) -> _Source:
@@ -276,6 +283,10 @@ def inspect_tabular(
         encoded_features=encoded,
         target_mean=out.mean,
         target_std=out.std,
+        # What counts against the quota: the values decompressed, or 8 bytes a cell (a float64
+        # in the worker's DataFrame, or a pointer to a category's string) where that is more,
+        # as for a CSV of one-digit numbers.
+        held_bytes=max(src.unpacked, rows * len(src.names) * 8),
     )
 
 

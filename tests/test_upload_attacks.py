@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,21 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
 
+from droptune.service.app import create_app
+from droptune.service.settings import ServiceSettings
 from droptune.storage import rawcheck
 from droptune.storage.datacheck import DataError, Limits
+from droptune.storage.db import create_engine, transaction
 from droptune.storage.rawcheck import (
     check_csv_header,
     check_parquet_footer,
     check_zip_directory,
     scan_csv_header,
 )
+from droptune.storage.tables import dataset_chunks, datasets
 
 MB = 2**20
 
@@ -203,3 +210,53 @@ def test_parquet_footer_and_zip_directory_checks(
             zf.writestr(name, b"")
     with pytest.raises(DataError, match="directory lists 102 members"):
         check_zip_directory(many)
+
+
+# ------------------------------------------------------------- 8 and 9: through the API
+
+
+@pytest.fixture
+def api(db_url: str) -> Iterator[TestClient]:
+    settings = ServiceSettings(database_url=db_url, quota_dataset_mb=4)
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
+        yield client
+
+
+def stored(db_url: str) -> tuple[int, int]:
+    """(data set records, chunk rows) in the database."""
+    engine = create_engine(db_url)
+    try:
+        with transaction(engine, read_only=True) as conn:
+            counts = [
+                conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+                for t in (datasets, dataset_chunks)
+            ]
+    finally:
+        engine.dispose()
+    return int(counts[0]), int(counts[1])
+
+
+def zeros_npz(rows: int, features: int = 100) -> bytes:
+    buf = io.BytesIO()
+    y = np.arange(rows) % 2
+    np.savez_compressed(buf, X=np.zeros((rows, features)), y=y)
+    return buf.getvalue()
+
+
+def test_the_quota_counts_an_npz_decompressed(api: TestClient, db_url: str) -> None:
+    small = zeros_npz(1000)  # 0.8 MB decompressed
+    r = api.post("/datasets", files={"file": ("small.npz", small)})
+    assert r.status_code == 201, r.text
+    first = r.json()
+    bomb = zeros_npz(62_500)  # 50 MB of zeros, ~50 KB compressed
+    assert len(bomb) < MB
+    r = api.post("/datasets", files={"file": ("zeros.npz", bomb)})
+    assert r.status_code == 403, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"].startswith(
+        "quota DROPTUNE_QUOTA_DATASET_MB=4 exceeded: your stored data sets take 0.8 MB and "
+        "this upload 48.2 MB, counted decompressed"
+    )
+    assert stored(db_url) == (1, 1)  # nothing of the refused upload
+    held = 1000 * 100 * 8 + 128 + 1000 * 8 + 128  # X and y with their .npy headers
+    assert (first["bytes"], first["held_bytes"]) == (len(small), held)
