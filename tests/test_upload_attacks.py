@@ -260,3 +260,20 @@ def test_the_quota_counts_an_npz_decompressed(api: TestClient, db_url: str) -> N
     assert stored(db_url) == (1, 1)  # nothing of the refused upload
     held = 1000 * 100 * 8 + 128 + 1000 * 8 + 128  # X and y with their .npy headers
     assert (first["bytes"], first["held_bytes"]) == (len(small), held)
+
+
+def test_one_file_part_per_upload(api: TestClient, db_url: str, tmp_path: Path) -> None:
+    a, b = zeros_npz(100), zeros_npz(200)
+    for parts in (
+        [("file", ("a.npz", a)), ("file", ("b.npz", b))],  # `file` twice: the last won
+        [("file", ("a.npz", a)), ("other", ("b.npz", b))],  # a file under another name
+    ):
+        r = api.post("/datasets", files=parts)
+        assert r.status_code == 422, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        problem = r.json()
+        assert problem["errors"][0]["field"] == "file"
+        assert "one file" in problem["detail"] and "2 file parts" in problem["detail"]
+    assert stored(db_url) == (0, 0)
+    r = api.post("/datasets", files=[("file", ("a.npz", a))], data={"name": "one"})
+    assert r.status_code == 201, r.text
