@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
+from starlette.datastructures import UploadFile as FormFile
 
 from droptune.service.deps import CallerDep, EngineDep, SettingsDep
 from droptune.service.errors import problems
@@ -48,6 +49,24 @@ def default_name(filename: str | None, fmt: str) -> str:
     return printable(PurePath(filename or "").name)[:200] or f"upload.{fmt}"
 
 
+async def one_file(request: Request) -> None:
+    """Refuse (422 naming `file`) a form holding more than one file part: FastAPI hands the
+    route the last `file` part and drops the rest without a word, so a client (or an attacker
+    probing what gets checked) would not know which file was stored. The form is parsed once:
+    Starlette keeps the one FastAPI read for the route's parameters."""
+    form = await request.form()
+    files = [
+        (key, value.filename) for key, value in form.multi_items() if isinstance(value, FormFile)
+    ]
+    if len(files) > 1:
+        parts = ", ".join(f"{key}={name!r}" for key, name in files[:5])
+        raise Invalid(
+            f"file: one file per upload: the request has {len(files)} file parts ({parts}); "
+            "send each data set in its own request",
+            field="file",
+        )
+
+
 # The body limit is service.limits.BodyLimit, set up by create_app: upload_limit(settings) +
 # FORM_OVERHEAD for this route.
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -56,6 +75,7 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 @router.post(
     "",
     status_code=201,
+    dependencies=[Depends(one_file)],
     response_model=DatasetOut,
     responses={
         200: {"model": DatasetOut, "description": "the same bytes were uploaded before"},
@@ -67,7 +87,8 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
             503,
             why={
                 403: "DROPTUNE_QUOTA_DATASET_MB: the owner's stored data sets would exceed it",
-                422: "a missing or invalid field, or a file droptune cannot train on",
+                422: "a missing or invalid field, more than one file part, or a file droptune "
+                "cannot train on",
             },
         ),
     },

@@ -38,7 +38,7 @@ def sha256_of(f: BinaryIO) -> tuple[str, int]:
 
 def _out(row: sa.Row[Any], used_by: list[int]) -> DatasetOut:
     return DatasetOut(
-        **DataSummary.model_validate(row.summary).model_dump(),
+        **{**DataSummary.model_validate(row.summary).model_dump(), "held_bytes": row.held_bytes},
         id=row.id,
         name=row.name,
         owner=row.owner,
@@ -136,7 +136,7 @@ def create(
             if existing is not None:
                 return _out(existing, _used_by(conn, [existing.id])[existing.id]), False
             if quotas is not None:
-                check_dataset_bytes(conn, owner, size, quotas)
+                check_dataset_bytes(conn, owner, summary.held_bytes or size, quotas)
             dataset_id = conn.execute(
                 datasets.insert()
                 .values(
@@ -145,6 +145,7 @@ def create(
                     sha256=sha256,
                     format=summary.format,
                     bytes=size,
+                    held_bytes=summary.held_bytes,  # what the quota counts
                     rows=summary.rows,
                     features=summary.features,
                     task=summary.task,

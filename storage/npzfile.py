@@ -7,6 +7,7 @@ then decompresses X in bounded chunks to check its values; pickled arrays are al
 
 from __future__ import annotations
 
+import io
 import math
 import zipfile
 import zlib
@@ -31,6 +32,7 @@ from droptune.storage.datacheck import (
     check_cells,
     some,
 )
+from droptune.storage.rawcheck import check_zip_directory
 from droptune.storage.schemas import DataSummary
 
 
@@ -64,17 +66,28 @@ _ZIP_ERRORS = (
 MAX_LABEL_CHARS = 200
 
 
+# numpy reads a .npy header whole before it checks its length against this (its own bound);
+# a version 2 header may declare 4 GB, read from a few MB of compressed spaces. Checked first.
+MAX_NPY_HEADER = 10_000
+
+
 def _npy_header(zf: zipfile.ZipFile, name: str, info: zipfile.ZipInfo) -> _NpyHeader:
     fmt = np.lib.format
     try:
         with zf.open(info) as m:
             version = fmt.read_magic(m)
-            if version == (1, 0):
-                shape, fortran, dtype = fmt.read_array_header_1_0(m)
-            elif version == (2, 0):
-                shape, fortran, dtype = fmt.read_array_header_2_0(m)
-            else:
+            if version not in ((1, 0), (2, 0)):
                 raise DataError(f"array {name} uses .npy version {version}, not supported")
+            size = m.read(2 if version == (1, 0) else 4)
+            length = int.from_bytes(size, "little")
+            if length > MAX_NPY_HEADER:
+                raise DataError(
+                    f"array {name} in the NPZ file is not a valid .npy array: {name}.npy's "
+                    f"header is {length} bytes long, more than {MAX_NPY_HEADER}"
+                )
+            header = io.BytesIO(size + m.read(length))
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read(header)
             offset = m.tell()
     except (*_ZIP_ERRORS, SyntaxError) as e:
         raise DataError(f"array {name} in the NPZ file is not a valid .npy array: {e}") from None
@@ -238,7 +251,7 @@ def _y_chunk(y: npt.NDArray[Any]) -> tuple[Chunk, How]:
 
 
 def _open_zip(f: BinaryIO) -> zipfile.ZipFile:
-    f.seek(0)
+    check_zip_directory(f)  # before zipfile makes an object of each member it lists
     try:
         return zipfile.ZipFile(f)
     except (zipfile.BadZipFile, OSError, ValueError) as e:
@@ -282,6 +295,10 @@ def inspect_npz(
         encoded_features=features,
         target_mean=out.mean,
         target_std=out.std,
+        # What counts against the quota: the members' uncompressed sizes from the zip headers
+        # (checked against their .npy headers), or X as the float32 rows a worker makes of it
+        # where that is more (a bool or int8 X).
+        held_bytes=max(hx.member.file_size, hx.shape[0] * features * 4) + hy.member.file_size,
     )
 
 

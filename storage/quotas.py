@@ -101,17 +101,19 @@ def check_studies(conn: Connection, owner: str, spec: StudySpec, quotas: Quotas)
 
 def check_dataset_bytes(conn: Connection, owner: str, size: int, quotas: Quotas) -> None:
     """Refuse (403) an upload that would take the owner's stored data sets past the quota. Not
-    429: the space frees only when the owner deletes data sets, not by waiting."""
+    429: the space frees only when the owner deletes data sets, not by waiting. Sizes are what
+    the workers hold decompressed (`held_bytes`; a 1.5 MB NPZ can hold 1.6 GB), or the file's
+    size for a data set stored before that was measured; `size` is the new upload's."""
+    held = sa.func.coalesce(datasets.c.held_bytes, datasets.c.bytes)
     used = int(
         conn.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(datasets.c.bytes), 0)).where(
-                datasets.c.owner == owner
-            )
+            sa.select(sa.func.coalesce(sa.func.sum(held), 0)).where(datasets.c.owner == owner)
         ).scalar_one()
     )
     if used + size > quotas.dataset_mb * MB:
         raise Forbidden(
             f"quota DROPTUNE_QUOTA_DATASET_MB={quotas.dataset_mb:g} exceeded: your stored data "
-            f"sets take {used / MB:.1f} MB and this upload {size / MB:.1f} MB; delete some "
-            "with `droptune dataset rm ID` (DELETE /datasets/{id})"
+            f"sets take {used / MB:.1f} MB and this upload {size / MB:.1f} MB, counted "
+            "decompressed (as the workers hold them, not the files' sizes); delete some with "
+            "`droptune dataset rm ID` (DELETE /datasets/{id})"
         )

@@ -234,6 +234,11 @@ class DataSummary(BaseModel):
     )
     target_mean: float | None = None
     target_std: float | None = None
+    held_bytes: int | None = Field(
+        None,
+        description="bytes the workers hold once it is decompressed and read: what counts "
+        "against DROPTUNE_QUOTA_DATASET_MB (None for data sets stored before it was measured)",
+    )
 
 
 class DatasetOut(DataSummary):

@@ -35,6 +35,7 @@ from droptune.storage.datacheck import (
     some,
     to_number,
 )
+from droptune.storage.rawcheck import check_csv_header, check_parquet_footer, scan_csv_header
 from droptune.storage.schemas import DataSummary
 
 
@@ -46,6 +47,7 @@ class _Source:
     hows: list[How]
     rows: int | None  # known before reading for Parquet
     batches: Iterator[Any]
+    unpacked: int  # bytes of the values decompressed: the file's size for CSV
 
 
 def _check_names(names: list[str], what: str) -> None:
@@ -111,25 +113,20 @@ def _csv_batches(f: BinaryIO, names: list[str], bad: list[Any], block_size: int)
         raise _csv_error(e, bad) from None
 
 
-def _first_line_bytes(f: BinaryIO, limit: int) -> int:
-    """The length of the file's first line with its newline (at most about `limit`)."""
-    f.seek(0)
-    n = 0
-    while n <= limit and (chunk := f.read(1 << 20)):
-        if (i := chunk.find(b"\n")) >= 0:
-            return n + i + 1
-        n += len(chunk)
-    return n
-
-
-def _open_csv(f: BinaryIO, block_size: int) -> _Source:
+def _open_csv(f: BinaryIO, block_size: int, limits: Limits | None) -> _Source:
     bad: list[Any] = []
+    # pyarrow infers every column of the header at ~1 KB a byte of it (a 12 MB header took
+    # 9 GB): the header's columns are counted on the raw bytes first, and refused past the limit.
+    # Without limits (a worker loading a file inspect() passed) only the header's length counts.
+    if limits is None:
+        header = scan_csv_header(f, 1 << 62, 1 << 62).length
+    else:
+        header = check_csv_header(f, limits)
     # A header longer than a block (thousands of long names) would read as "empty": the block
     # must hold the whole first line. Sized once, before pyarrow opens the file: a reader given
     # up on keeps reading ahead from the same file in the background, so a second attempt could
     # see its bytes interleaved (a header cut short, seen under load). Not larger than needed:
     # pyarrow reads ahead several blocks, and on a narrow file that would cost the API ~100 MB.
-    header = _first_line_bytes(f, block_size * 64)
     scale = next((s for s in (1, 8, 64) if block_size * s > header), 64)
     try:
         names = [str(n) for n in _csv_reader(f, None, bad, block_size, scale).schema.names]
@@ -142,7 +139,8 @@ def _open_csv(f: BinaryIO, block_size: int) -> _Source:
                 "reads comma-separated CSV; save the file with commas"
             )
     _check_names(names, "CSV header")
-    return _Source(names, ["text"] * len(names), None, _csv_batches(f, names, bad, block_size))
+    batches = _csv_batches(f, names, bad, block_size)
+    return _Source(names, ["text"] * len(names), None, batches, f.seek(0, 2))
 
 
 def _parquet_how(name: str, t: Any) -> How:
@@ -173,25 +171,32 @@ def _parquet_batches(pf: Any, names: list[str], batch_cells: int) -> Iterator[An
         pf.close()
 
 
-def _check_parquet_sizes(pf: Any, f: BinaryIO) -> None:
+def _check_parquet_sizes(pf: Any, f: BinaryIO) -> int:
     """Refuse column chunks that decompress to far more than the file: reading one page of such
-    a chunk could need that memory (a small file must not cost the API gigabytes)."""
+    a chunk could need that memory (a small file must not cost the API gigabytes). Returns the
+    bytes all the chunks decompress to."""
     f.seek(0, 2)
     limit = max(PARQUET_MAX_CHUNK_BYTES, 8 * f.tell())
     md = pf.metadata
+    total = 0
     for g in range(md.num_row_groups):
         rg = md.row_group(g)
         for j in range(rg.num_columns):
             col = rg.column(j)
+            total += col.total_uncompressed_size
             if col.total_uncompressed_size > limit:
                 raise DataError(
                     f"Parquet column {col.path_in_schema!r} decompresses to "
                     f"{col.total_uncompressed_size / 2**20:.0f} MB in row group {g}, more than "
                     f"{limit / 2**20:.0f} MB: write the file with smaller row groups"
                 )
+    return total
 
 
-def _open_parquet(f: BinaryIO, batch_cells: int) -> _Source:
+def _open_parquet(f: BinaryIO, batch_cells: int, limits: Limits | None) -> _Source:
+    # pyarrow parses the whole footer at ~11x its bytes: its length and column count first.
+    if limits is not None:
+        check_parquet_footer(f, limits)
     f.seek(0)
     try:
         # By default a row group's column chunks are read whole; a buffered stream reads them
@@ -205,15 +210,16 @@ def _open_parquet(f: BinaryIO, batch_cells: int) -> _Source:
     index = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
     names = [str(n) for n in schema.names if n not in index]
     _check_names(names, "Parquet file")
-    _check_parquet_sizes(pf, f)
+    unpacked = _check_parquet_sizes(pf, f)
     hows = [_parquet_how(n, schema.field(n).type) for n in names]
-    return _Source(names, hows, int(pf.metadata.num_rows), _parquet_batches(pf, names, batch_cells))
+    rows = int(pf.metadata.num_rows)
+    return _Source(names, hows, rows, _parquet_batches(pf, names, batch_cells), unpacked)
 
 
-def _open_tabular(f: BinaryIO, fmt: Format, tuning: Tuning) -> _Source:
+def _open_tabular(f: BinaryIO, fmt: Format, tuning: Tuning, limits: Limits | None) -> _Source:
     if fmt == "csv":
-        return _open_csv(f, tuning.csv_block_size)
-    return _open_parquet(f, tuning.parquet_batch_cells)
+        return _open_csv(f, tuning.csv_block_size, limits)
+    return _open_parquet(f, tuning.parquet_batch_cells, limits)
 
 
 def _pick_target(names: list[str], target: str | None) -> int:
@@ -230,7 +236,7 @@ def inspect_tabular(
     f: BinaryIO, fmt: Format, target: str | None, task: Task | None, limits: Limits, tuning: Tuning
 ) -> DataSummary:
     """inspect() for CSV and Parquet: every batch through the column and target statistics."""
-    src = _open_tabular(f, fmt, tuning)
+    src = _open_tabular(f, fmt, tuning, limits)
     ti = _pick_target(src.names, target)
     feats = [i for i in range(len(src.names)) if i != ti]
     if not feats:
@@ -277,6 +283,10 @@ def inspect_tabular(
         encoded_features=encoded,
         target_mean=out.mean,
         target_std=out.std,
+        # What counts against the quota: the values decompressed, or 8 bytes a cell (a float64
+        # in the worker's DataFrame, or a pointer to a category's string) where that is more,
+        # as for a CSV of one-digit numbers.
+        held_bytes=max(src.unpacked, rows * len(src.names) * 8),
     )
 
 
@@ -296,7 +306,7 @@ def _feature_values(c: Chunk, kind: Kind, name: str) -> npt.NDArray[Any]:
 
 def load_tabular(f: BinaryIO, summary: DataSummary, tuning: Tuning) -> Table:
     """load() for CSV and Parquet: each column read as the kind `summary` gives it."""
-    src = _open_tabular(f, summary.format, tuning)
+    src = _open_tabular(f, summary.format, tuning, None)
     if summary.target not in src.names:
         raise changed(f"target column {summary.target!r} is gone")
     ti = src.names.index(summary.target)
