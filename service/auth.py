@@ -100,7 +100,9 @@ def _is_ip(host: str) -> bool:
 # `name[:port]` or `[IPv6][:port]` (RFC 9110's Host, less what no client of this server sends:
 # userinfo never belongs there, and `host:8000@evil.example` once passed the name check).
 HOST_FORM = re.compile(
-    r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9.-]+))(?::(?P<port>[0-9]{1,5}))?"
+    # names as DNS and container runtimes use them (Compose/Kubernetes service names may hold
+    # `_`); an empty port after `:` is allowed by RFC 3986
+    r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::(?P<port>[0-9]{0,5}))?"
 )
 
 
@@ -110,7 +112,7 @@ def _host_name(value: str) -> str | None:
     if found is None:
         return None
     port = found["port"]
-    if port is not None and not 1 <= int(port) <= 65535:
+    if port and not 1 <= int(port) <= 65535:
         return None
     v6 = found["v6"]
     if v6 is None:

@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from droptune.service.errors import allowed_methods
+from droptune.storage.db import MAX_ID
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 # What the dashboard serves; any other path is droptune's own 404, not the dashboard's HTML page.
@@ -52,6 +53,9 @@ class ReadOnly:
                 )
             else:
                 await _problem(send, 404, "Not found", f"no route {scope['path']}")
+        elif _past_an_id(scope["path"]):
+            # Optuna's id columns are INTEGER: a larger id would be a 500 from PostgreSQL.
+            await _problem(send, 404, "Not found", f"no such study or trial: {scope['path']}")
         elif scope["method"] not in READ_METHODS:
             detail = (
                 f"the dashboard is read-only: {scope['method']} {scope['path']} is refused; "
@@ -65,6 +69,11 @@ class ReadOnly:
                 # always send one; curl does not).
                 scope = {**scope, "headers": [*headers, (b"accept-encoding", b"identity")]}
             await self.app(scope, receive, send)
+
+
+def _past_an_id(path: str) -> bool:
+    """Whether a segment of the path is a number no id column can hold."""
+    return any(p.isascii() and p.isdigit() and int(p) > MAX_ID for p in path.split("/"))
 
 
 async def _problem(

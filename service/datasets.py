@@ -55,8 +55,11 @@ async def one_file(request: Request) -> None:
     probing what gets checked) would not know which file was stored. The form is parsed once:
     Starlette keeps the one FastAPI read for the route's parameters."""
     form = await request.form()
+    # A file under any name, and anything named `file` (a text part beside the file as well).
     files = [
-        (key, value.filename) for key, value in form.multi_items() if isinstance(value, FormFile)
+        (key, value.filename if isinstance(value, FormFile) else None)
+        for key, value in form.multi_items()
+        if isinstance(value, FormFile) or key == "file"
     ]
     if len(files) > 1:
         parts = ", ".join(f"{key}={name!r}" for key, name in files[:5])

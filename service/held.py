@@ -18,6 +18,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 
@@ -39,7 +40,9 @@ class HeldSlots:
     def __init__(self, per_owner: int) -> None:
         self.per_owner = per_owner
         self._held: Counter[str] = Counter()
-        self._lock = threading.Lock()  # released from generator finalisers, maybe off the loop
+        # Released from generator finalisers too, which garbage collection may run on this very
+        # thread while it holds the lock (inside acquire): reentrant.
+        self._lock = threading.RLock()
 
     @property
     def total(self) -> int:
@@ -71,9 +74,10 @@ class Slot:
         self._slots, self._owner, self._held = slots, owner, True
 
     def release(self) -> None:
-        if self._held:
-            self._held = False
-            self._slots._release(self._owner)
+        with self._slots._lock:
+            if self._held:
+                self._held = False
+                self._slots._release(self._owner)
 
     def __enter__(self) -> Slot:
         return self
@@ -89,13 +93,23 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def hold(request: Request, watcher: StudyWatcher, study_id: int, seconds: float) -> bool:
+async def hold(
+    request: Request,
+    watcher: StudyWatcher,
+    study_id: int,
+    seconds: float,
+    ended: Callable[[], Awaitable[bool]],
+) -> bool:
     """Wait until the study has ended or `seconds` have passed (True), or until the client has
-    gone (False)."""
+    gone (False). `ended()` reads the study once the watch is in place: a study that ended
+    (and said so) between the caller's first read and the watch would otherwise wait for the
+    watcher's next unprompted check."""
     deadline = time.monotonic() + seconds
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         async with watcher.watch(study_id) as watched:
+            if await ended():
+                return True
             while True:
                 version = watched.version  # before looking: a change after it wakes the wait
                 if watched.seen is not None and watched.seen[0] in ENDED:

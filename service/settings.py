@@ -32,7 +32,7 @@ class ServiceSettings(StorageSettings):
     cors_origins: str = ""
     insecure: bool = False
     # How long a dashboard sign-in lasts (service/sessions.py): the session and its cookie.
-    session_hours: float = 7 * 24.0
+    session_hours: float = Field(7 * 24.0, gt=0)
     # Per-owner quotas: active (queued or running) studies, trial-epochs still to run over them
     # (trials x epochs x repeats), and bytes of stored data sets.
     quota_active_studies: int = 100

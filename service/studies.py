@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from droptune.service.datasets import form_text
 from droptune.service.deps import CallerDep, EngineDep, ReaderDep, SettingsDep
 from droptune.service.errors import problems
 from droptune.service.held import HeldSlots, hold
@@ -101,6 +102,8 @@ async def list_studies(
     ] = None,
 ) -> StudyPage:
     """Your studies, newest first; an admin sees every owner's (`owner=` narrows it)."""
+    if owner is not None:
+        owner = form_text(owner, "owner")  # a NUL reached PostgreSQL as a 500
     if owner is not None and not caller.admin and owner != caller.name:
         raise Forbidden(f"only an admin may list another owner's studies (owner={owner!r})")
     scope = owner if owner is not None else caller.scope
@@ -141,9 +144,12 @@ async def best(
     if seconds > 0:
         slots: HeldSlots = request.app.state.held
         with slots.acquire(caller.name):
-            status = await run_in_threadpool(reader.status, study_id, caller.scope)  # 404 first
-            if status not in ENDED and not await hold(
-                request, request.app.state.watcher, study_id, seconds
+
+            async def ended() -> bool:
+                return await run_in_threadpool(reader.status, study_id, caller.scope) in ENDED
+
+            if not await ended() and not await hold(  # the first read answers 404 too
+                request, request.app.state.watcher, study_id, seconds, ended
             ):
                 return Response(status_code=204)  # nobody is there to read it
     return await run_in_threadpool(reader.best, study_id, caller.scope)

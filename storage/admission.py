@@ -18,6 +18,7 @@ import itertools
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -232,12 +233,25 @@ def check(
         )
 
 
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def host_memory_bytes() -> int | None:
-    """This machine's physical memory (None where the OS does not say)."""
+    """The memory this process may use: the machine's physical memory, or a container's cgroup
+    limit where that is lower (in a container the machine's is not what it gets). None where
+    the OS says neither."""
     try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        ram: int | None = int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
-        return None
+        ram = None
+    for path in CGROUP_LIMITS:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and (ram is None or int(text) < ram):
+            ram = int(text)
+    return ram
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,8 @@ def _publish(storage: RDBStorage, name: str, curve: Curve, best: BestOut) -> Non
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()
     )
-    with study_lock(storage, study._study_id):
+    # The worker's publishes are one at a time: one lock connection, one for the writes.
+    with study_lock(storage.engine, study._study_id):
         try:
             system = storage.get_study_system_attrs(study._study_id)
         except KeyError:  # deleted since it was loaded: nothing to publish to (see study_lock)

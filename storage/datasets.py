@@ -124,7 +124,10 @@ def create(
 ) -> tuple[DatasetOut, bool]:
     """Store the record and the bytes of `f` in one transaction: (record, True), or the record
     already stored for the same content (record, False). Nothing is stored on any error, nor
-    when the owner's stored bytes would pass `quotas.dataset_mb` (403)."""
+    when the owner's stored bytes would pass `quotas.dataset_mb` (403). A data set counts by
+    what the workers hold decompressed, and never less than the file stored (an NPZ member or
+    Parquet padding no reader touches is still stored)."""
+    held = max(summary.held_bytes or 0, size)
     try:
         with transaction(engine) as conn:
             lock_owner(conn, owner, DATASETS)  # two uploads cannot both slip under the quota
@@ -136,7 +139,7 @@ def create(
             if existing is not None:
                 return _out(existing, _used_by(conn, [existing.id])[existing.id]), False
             if quotas is not None:
-                check_dataset_bytes(conn, owner, summary.held_bytes or size, quotas)
+                check_dataset_bytes(conn, owner, held, quotas)
             dataset_id = conn.execute(
                 datasets.insert()
                 .values(
@@ -145,7 +148,7 @@ def create(
                     sha256=sha256,
                     format=summary.format,
                     bytes=size,
-                    held_bytes=summary.held_bytes,  # what the quota counts
+                    held_bytes=held,  # what the quota counts
                     rows=summary.rows,
                     features=summary.features,
                     task=summary.task,

@@ -35,7 +35,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy.engine import Connection, Engine
@@ -237,8 +237,8 @@ def delete_study(engine: Engine, storage: RDBStorage, study_id: int, owner: str 
     with transaction(engine) as conn:
         name = _deletable(conn, study_id, owner)
     optuna_id = None if name is None else study_id_of(storage, name)
-    if optuna_id is not None:
-        _delete_optuna_study(storage, optuna_id, study_id)
+    if name is not None and optuna_id is not None:
+        _delete_optuna_study(engine, storage, name, optuna_id, study_id)
     with transaction(engine) as conn:
         _deletable(conn, study_id, owner)  # again, locked: ended states never change back
         for table in (retries, models):
@@ -249,17 +249,20 @@ def delete_study(engine: Engine, storage: RDBStorage, study_id: int, owner: str 
     log.info("study %s deleted (Optuna study %r)", study_id, name)
 
 
-def _delete_optuna_study(storage: RDBStorage, optuna_id: int, study_id: int) -> None:
+def _delete_optuna_study(
+    engine: Engine, storage: RDBStorage, name: str, optuna_id: int, study_id: int
+) -> None:
     """Delete the Optuna study and check that it is gone: Optuna's delete_study rolls back
     silently when a concurrent write to the study breaks its foreign keys, and the DELETE must
     never answer 204 with the Optuna study left behind (issue 19). Taken in turns with the
-    dashboard publishes (study_lock); tried again a few times, then 409 with nothing deleted."""
+    dashboard publishes (study_lock, on droptune's own pool: see there); tried again a few
+    times, then 409 with nothing deleted. Checked by name, not id: SQLite may give a new study
+    the id of the one just deleted."""
     for attempt in range(DELETE_ATTEMPTS):
-        with study_lock(storage, optuna_id), contextlib.suppress(KeyError):  # gone already
+        # KeyError: gone already; StorageInternalError: a write raced it, as above, and said so.
+        with study_lock(engine, optuna_id), contextlib.suppress(KeyError, StorageInternalError):
             storage.delete_study(optuna_id)
-        try:
-            storage.get_study_name_from_id(optuna_id)
-        except KeyError:
+        if study_id_of(storage, name) != optuna_id:
             return
         log.warning("Optuna study %s survived its delete (a write raced it); again", optuna_id)
         time.sleep(0.1 * (attempt + 1))

@@ -146,6 +146,7 @@ class StudyWatcher:
         self._task: asyncio.Task[None] | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._failing = False
+        self._checked = -float("inf")  # when _check last ran (monotonic)
 
     @contextlib.asynccontextmanager
     async def watch(self, study_id: int) -> AsyncIterator[Watched]:
@@ -196,16 +197,22 @@ class StudyWatcher:
                 )
                 await self._conn.execute(f"LISTEN {STUDY_CHANNEL}")
                 return True
-            got = [n async for n in self._conn.notifies(timeout=self._check_s, stop_after=1)]
+            # Until the next unprompted check is due, however many unrelated notifications
+            # come first (on a busy server they would otherwise put it off for ever).
+            left = max(0.0, self._checked + self._check_s - time.monotonic())
+            got = [n async for n in self._conn.notifies(timeout=left, stop_after=1)]
         except psycopg.Error as exc:
             log.warning("study watcher lost PostgreSQL (will reconnect): %s", exc)
             await self._disconnect()
             await asyncio.sleep(RECONNECT_S)
             return True
-        payload = got[0].payload if got else ""
+        if not got or time.monotonic() - self._checked >= self._check_s:
+            return True
+        payload = got[0].payload
         return not (payload.isascii() and payload.isdigit()) or int(payload) in self._studies
 
     async def _check(self) -> None:
+        self._checked = time.monotonic()
         ids = list(self._studies)
         if not ids:
             return

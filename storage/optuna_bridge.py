@@ -103,18 +103,22 @@ LOCK_CLASS = 0x64547044  # first key of the PostgreSQL advisory lock; the second
 
 
 @contextmanager
-def study_lock(storage: RDBStorage, optuna_id: int) -> Iterator[None]:
+def study_lock(engine: sa.Engine, optuna_id: int) -> Iterator[None]:
     """Writers of an Optuna study's dashboard copy (storage.dashboard_answer) and its delete
     (storage.lifecycle.delete_study) take turns on PostgreSQL: a lock held by a side
     connection's transaction, so it is released whatever happens. Optuna's delete_study rolls
     back *silently* when a concurrent write to the study breaks its foreign keys (issue 19: a
     worker's last publish left a deleted study's Optuna study behind). SQLite needs no lock:
     every write transaction there holds the database's one write lock from its first statement
-    (storage.db.configure_sqlite), and Optuna reads the study in the same transaction."""
-    if is_sqlite(storage.engine.url):
+    (storage.db.configure_sqlite), and Optuna reads the study in the same transaction.
+
+    `engine` holds the lock's connection: a pool other than the one the writes inside use
+    (the delete passes droptune's engine and writes through Optuna's), so that concurrent
+    holders cannot take every connection of one pool and wait on each other for a second."""
+    if is_sqlite(engine.url):
         yield
         return
-    with storage.engine.connect() as conn:
+    with engine.connect() as conn:
         conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOCK_CLASS, optuna_id)))
         yield

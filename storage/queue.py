@@ -55,10 +55,18 @@ class Outcome(enum.Enum):
     DROPPED = "dropped"  # the study has ended (cancelled): nothing to give back
 
 
+OPTUNA_NAME_MAX = 200  # droptune_studies.optuna_study is VARCHAR(200)
+
+
 def optuna_study_name(study_id: int, name: str | None = None) -> str:
     """The Optuna study's name, which the dashboard lists: the study's own name when it has one
-    (the id keeps it unique)."""
-    return f"{name} (droptune-{study_id})" if name else f"droptune-{study_id}"
+    (the id keeps it unique), shortened to fit the column (a 200-character name plus its id
+    was a 500 on PostgreSQL)."""
+    if not name:
+        return f"droptune-{study_id}"
+    suffix = f" (droptune-{study_id})"
+    keep = OPTUNA_NAME_MAX - len(suffix)
+    return (name if len(name) <= keep else name[: keep - 1] + "…") + suffix
 
 
 def _least(a: Any, b: Any) -> Any:

@@ -124,6 +124,10 @@ def check_csv_header(f: BinaryIO, limits: Limits) -> int:
     return scan.length
 
 
+# How much of a Parquet footer is walked to find its schema's length (writers put it first).
+FOOTER_HEAD_BYTES = 4096
+
+
 def _thrift_varint(data: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while pos < len(data) and shift < 64:
@@ -135,24 +139,95 @@ def _thrift_varint(data: bytes, pos: int) -> tuple[int, int]:
     raise ValueError("truncated varint")
 
 
+class _Thrift:
+    """Enough of thrift's compact protocol to walk a struct's fields and skip their values."""
+
+    MAX_DEPTH = 16
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def byte(self) -> int:
+        b = self.data[self.pos]  # IndexError past the end: the caller gives up
+        self.pos += 1
+        return b
+
+    def varint(self) -> int:
+        value, self.pos = _thrift_varint(self.data, self.pos)
+        return value
+
+    def field(self, last: int) -> tuple[int, int] | None:
+        """The next field's (id, type), or None at the struct's end. A header byte holds the
+        type and the id's delta from the last field; a delta of 0 (the long form, legal for
+        any field) is followed by the id as a zigzag varint."""
+        b = self.byte()
+        if b == 0:
+            return None
+        delta = b >> 4
+        if delta:
+            return last + delta, b & 0x0F
+        raw = self.varint()
+        return (raw >> 1) ^ -(raw & 1), b & 0x0F
+
+    def list_head(self) -> tuple[int, int]:
+        """A list's or set's (size, element type)."""
+        b = self.byte()
+        return (self.varint() if b >> 4 == 0x0F else b >> 4), b & 0x0F
+
+    def skip(self, kind: int, depth: int = 0, in_list: bool = False) -> None:
+        if depth > self.MAX_DEPTH:
+            raise ValueError("nested too deep")
+        if kind in (1, 2):  # a bool: in the field header, or one byte in a list
+            self.pos += 1 if in_list else 0
+        elif kind == 3:
+            self.pos += 1
+        elif kind in (4, 5, 6):
+            self.varint()
+        elif kind == 7:
+            self.pos += 8
+        elif kind == 8:
+            self.pos += self.varint()
+        elif kind in (9, 10):
+            size, elem = self.list_head()
+            for _ in range(size):
+                self.skip(elem, depth + 1, in_list=True)
+        elif kind == 11:
+            size = self.varint()
+            if size:
+                types = self.byte()
+                for _ in range(size):
+                    self.skip(types >> 4, depth + 1, in_list=True)
+                    self.skip(types & 0x0F, depth + 1, in_list=True)
+        elif kind == 12:
+            last = 0
+            while (f := self.field(last)) is not None:
+                last = f[0]
+                self.skip(f[1], depth + 1)
+        else:
+            raise ValueError(f"unknown thrift type {kind}")
+        if self.pos > len(self.data):
+            raise IndexError("past the end")
+
+
 def parquet_schema_elements(footer_head: bytes) -> int | None:
-    """The length of FileMetaData's schema list, read from the footer's first bytes (thrift
-    compact protocol: field 1, the i32 version, then field 2, the list), or None where the
-    footer does not start that way (then only its length bounds the cost of parsing it)."""
+    """The length of FileMetaData's schema list (field 2), walked to from the footer's first
+    bytes in thrift's compact protocol whatever the fields before it and however their headers
+    are written (short or long form: issue 19's second probe wrote field 1's header long, which
+    an earlier shortcut did not read). None when it cannot be read from these bytes."""
+    r = _Thrift(footer_head)
+    last = 0
     try:
-        if footer_head[:1] != b"\x15":  # field 1 (delta 1), type i32
-            return None
-        _, pos = _thrift_varint(footer_head, 1)
-        if footer_head[pos : pos + 1] != b"\x19":  # field 2 (delta 1), type list
-            return None
-        head = footer_head[pos + 1]
-        if head & 0x0F != 0x0C:  # a list of structs
-            return None
-        if head >> 4 != 0x0F:
-            return head >> 4
-        return _thrift_varint(footer_head, pos + 2)[0]
+        while (f := r.field(last)) is not None:
+            last, kind = f
+            if last == 2:
+                if kind != 9:
+                    return None
+                size, elem = r.list_head()
+                return size if elem == 12 else None
+            r.skip(kind)
     except (ValueError, IndexError):
         return None
+    return None
 
 
 def check_parquet_footer(f: BinaryIO, limits: Limits) -> None:
@@ -167,10 +242,15 @@ def check_parquet_footer(f: BinaryIO, limits: Limits) -> None:
     if tail[4:] != b"PAR1" or footer > size - 12:
         raise DataError("the file is not a valid Parquet file: its footer is missing or corrupt")
     f.seek(size - 8 - footer)
-    elements = parquet_schema_elements(f.read(min(footer, 64)))
+    elements = parquet_schema_elements(f.read(min(footer, FOOTER_HEAD_BYTES)))
+    if elements is None:  # pyarrow would parse it whole before anything is known of its width
+        raise DataError(
+            "the Parquet file's footer could not be read (its schema does not come where "
+            "Parquet writers put it): write the file with pyarrow or pandas"
+        )
     # The schema lists its root, each column, and each group of nested columns; the target and
     # a pandas index column come on top of the feature columns.
-    if elements is not None and elements - 1 > limits.max_columns + 2:
+    if elements - 1 > limits.max_columns + 2:
         raise DataError(
             f"the Parquet file has {elements - 1} columns, more than the limit of "
             f"{limits.max_columns} feature columns (DROPTUNE_MAX_COLUMNS)"

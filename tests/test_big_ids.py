@@ -59,3 +59,26 @@ def test_spec_ids_past_int32_are_missing_data_sets(api: TestClient, big: int) ->
         assert r.status_code == 422, r.text
         assert str(big) in r.json()["detail"], r.json()
     assert api.get("/studies").json()["total"] == 0
+
+
+def test_the_dashboard_answers_a_huge_id_as_missing(api: TestClient) -> None:
+    """optuna-dashboard's own routes read Optuna's INTEGER ids (admin only)."""
+    for path in ("/api/studies/2147483648", "/api/studies/1/trials/9223372036854775807"):
+        r = api.get(path)
+        assert r.status_code == 404, (path, r.status_code, r.text[:200])
+        assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_names_at_the_limit_and_odd_owners_are_no_500s(api: TestClient) -> None:
+    """Found by the second probe: a 187-200 character study name overflowed the Optuna
+    study's name (name + ` (droptune-N)`, VARCHAR(200)), and an admin's `?owner=` with a NUL
+    reached PostgreSQL; both were 500s."""
+    for n in (187, 199, 200):
+        r = api.post("/studies", json={"name": "x" * n, "dataset": {"builtin": "iris"}})
+        assert r.status_code == 201, r.text
+        body = r.json()
+        assert body["name"] == "x" * n and len(body["optuna_study"]) <= 200, body
+        assert body["optuna_study"].endswith(f" (droptune-{body['id']})")
+    r = api.get("/studies", params={"owner": "a\x00b"})
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "owner"

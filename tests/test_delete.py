@@ -60,7 +60,7 @@ def _ended_with_everything(db_url: str) -> tuple[sa.Engine, Any, int, str]:
     an Idempotency-Key; its leases ended. (engine, optuna storage, id, optuna name)"""
     engine, storage, sid, claim, study = claimed(db_url, 3, worker="w")
     with transaction(engine) as conn:
-        idempotency.remember(conn, "a", "key-1", "0" * 64, sid)
+        idempotency.remember(conn, "a", f"key-{sid}", "0" * 64, sid)
         conn.execute(
             models.insert().values(
                 study_id=sid, role="best", dropout=0.1, params={"dropout": 0.1}, file=b"pt2"
@@ -149,7 +149,7 @@ def test_a_delete_racing_dashboard_writes_never_leaves_the_optuna_study(
             i = 0
             while not stop.is_set():
                 i += 1
-                lock = study_lock(storage, oid) if locked else contextlib.nullcontext()
+                lock = study_lock(storage.engine, oid) if locked else contextlib.nullcontext()
                 # The study may be gone: that is the point.
                 with contextlib.suppress(Exception), lock:
                     storage.set_study_user_attr(oid, f"k{i % 5}", i)
@@ -172,6 +172,36 @@ def test_a_delete_racing_dashboard_writes_never_leaves_the_optuna_study(
                 w.join()
         engine.dispose()
     assert deleted >= 1, (deleted, refused)
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_concurrent_deletes_do_not_starve_the_pools(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """More deletes at once than a pool has connections (review: each held its lock on a
+    connection of Optuna's pool and waited for a second one from it, 30 s and a 500)."""
+    url = str(request.getfixturevalue("pg_url"))
+    made = [_ended_with_everything(url) for _ in range(10)]
+    engine, storage = create_engine(url), optuna_storage(url)
+    errors: list[BaseException] = []
+
+    def delete(sid: int) -> None:
+        try:
+            delete_study(engine, storage, sid, "a")
+        except BaseException as exc:  # collected: the assertion below names them
+            errors.append(exc)
+
+    threads = [threading.Thread(target=delete, args=(sid,)) for _, _, sid, _ in made]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    for _, _, sid, name in made:
+        assert rows(engine, sid)["studies"] == 0 and study_id_of(storage, name) is None
+    for e, *_ in made:
+        e.dispose()
+    engine.dispose()
 
 
 def test_an_admin_deletes_any_owners_study(db_url: str) -> None:

@@ -190,6 +190,16 @@ def test_inspecting_costs_about_the_file_size(
         assert refusal in out.get("error", ""), out
 
 
+def _long_form_footer(path: Path) -> bytes:
+    """The Parquet file at `path` with its footer's first field header in the long form."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[-8:-4], "little")
+    footer = data[-8 - n : -8]
+    assert footer[0] == 0x15  # field 1 (delta 1), an i32
+    footer = b"\x05\x02" + footer[1:]  # type i32, delta 0, then the id 1 as a zigzag varint
+    return data[: -8 - n] + footer + len(footer).to_bytes(4, "little") + b"PAR1"
+
+
 def test_parquet_footer_and_zip_directory_checks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -204,6 +214,19 @@ def test_parquet_footer_and_zip_directory_checks(
             check_parquet_footer(f, Limits())
     with pytest.raises(DataError, match="footer is missing or corrupt"):
         check_parquet_footer(io.BytesIO(b"PAR1" + b"\0" * 20 + b"\xff\0\0\0PAR1"), Limits())
+    monkeypatch.undo()
+    # The second probe: field 1's header in thrift's long form (legal; pyarrow reads it), which
+    # hid a 400 000-column schema from a reader of the short form only.
+    long_form = _long_form_footer(path)
+    assert pq.ParquetFile(io.BytesIO(long_form)).metadata.num_columns == 20  # still valid
+    check_parquet_footer(io.BytesIO(long_form), Limits(max_columns=19))
+    with pytest.raises(DataError, match="has 20 columns, more than the limit of 17"):
+        check_parquet_footer(io.BytesIO(long_form), Limits(max_columns=17))
+    garbled = bytearray(long_form)
+    start = len(garbled) - 8 - int.from_bytes(garbled[-8:-4], "little")
+    garbled[start] = 0x0D  # a type no thrift value has
+    with pytest.raises(DataError, match="footer could not be read"):
+        check_parquet_footer(io.BytesIO(bytes(garbled)), Limits())
     many = io.BytesIO()
     with zipfile.ZipFile(many, "w") as zf:
         for name in ["X.npy", "y.npy", *(f"pad{i}" for i in range(100))]:
@@ -260,6 +283,14 @@ def test_the_quota_counts_an_npz_decompressed(api: TestClient, db_url: str) -> N
     assert stored(db_url) == (1, 1)  # nothing of the refused upload
     held = 1000 * 100 * 8 + 128 + 1000 * 8 + 128  # X and y with their .npy headers
     assert (first["bytes"], first["held_bytes"]) == (len(small), held)
+    # The review's bypass: a stored member no reader touches still counts (held >= the file).
+    padded = io.BytesIO()
+    x, y = np.zeros((10, 4), np.float32), np.arange(10) % 2
+    np.savez(padded, X=x, y=y, pad=np.zeros(5 * MB, np.uint8))
+    r = api.post("/datasets", files={"file": ("padded.npz", padded.getvalue())})
+    assert r.status_code == 403, r.text
+    assert "this upload 5.0 MB" in r.json()["detail"]
+    assert stored(db_url) == (1, 1)
 
 
 def test_one_file_part_per_upload(api: TestClient, db_url: str, tmp_path: Path) -> None:
@@ -267,13 +298,14 @@ def test_one_file_part_per_upload(api: TestClient, db_url: str, tmp_path: Path) 
     for parts in (
         [("file", ("a.npz", a)), ("file", ("b.npz", b))],  # `file` twice: the last won
         [("file", ("a.npz", a)), ("other", ("b.npz", b))],  # a file under another name
+        [("file", (None, "text")), ("file", ("b.npz", b))],  # a text part named `file` first
     ):
         r = api.post("/datasets", files=parts)
         assert r.status_code == 422, r.text
         assert r.headers["content-type"] == "application/problem+json"
         problem = r.json()
         assert problem["errors"][0]["field"] == "file"
-        assert "one file" in problem["detail"] and "2 file parts" in problem["detail"]
+        assert "one file" in problem["detail"] and "2 file parts" in problem["detail"], problem
     assert stored(db_url) == (0, 0)
     r = api.post("/datasets", files=[("file", ("a.npz", a))], data={"name": "one"})
     assert r.status_code == 201, r.text
