@@ -6,6 +6,8 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 ARG TORCH_SPEC=torch==2.13.0
 RUN pip install "$TORCH_SPEC"
 COPY pyproject.toml README.md ./
+COPY core core
+COPY datafiles datafiles
 COPY storage storage
 COPY worker worker
 COPY service service

@@ -49,12 +49,12 @@ import sqlalchemy as sa  # noqa: E402
 from optuna.storages._rdb import models  # noqa: E402
 from optuna.study import StudyDirection  # noqa: E402
 
-from droptune.storage.db import create_engine  # noqa: E402
-from droptune.storage.migrate import upgrade  # noqa: E402
+from droptune.core.spec.study import StudySpec  # noqa: E402
+from droptune.storage.jobs.queue import optuna_study_name  # noqa: E402
 from droptune.storage.optuna_bridge import optuna_storage  # noqa: E402
-from droptune.storage.queue import optuna_study_name  # noqa: E402
-from droptune.storage.spec import StudySpec  # noqa: E402
-from droptune.storage.tables import studies  # noqa: E402
+from droptune.storage.sql.db import create_engine  # noqa: E402
+from droptune.storage.sql.migrate import upgrade  # noqa: E402
+from droptune.storage.sql.tables import studies  # noqa: E402
 from tests.test_reads import insert_rows, scored_trial  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"

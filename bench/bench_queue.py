@@ -47,7 +47,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from droptune.storage import submits
+from droptune.storage.submit import submits
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -113,10 +113,10 @@ class ConnectionSampler(threading.Thread):
 def run_once(url: str, n_workers: int, n_trials: int, tmp: Path) -> dict[str, float]:
     import optuna
 
-    from droptune.storage import queue, registry
-    from droptune.storage.db import create_engine
-    from droptune.storage.migrate import upgrade
-    from droptune.storage.spec import StudySpec
+    from droptune.core.spec.study import StudySpec
+    from droptune.storage.jobs import queue, registry
+    from droptune.storage.sql.db import create_engine
+    from droptune.storage.sql.migrate import upgrade
 
     upgrade(url)
     sampler = None if url.startswith("sqlite") else ConnectionSampler(url)
@@ -219,9 +219,9 @@ def light_worker(i: int, url: str, out: str, o: Light) -> None:
 
     from sqlalchemy import event
 
-    from droptune.storage import logs
-    from droptune.worker.loop import Worker
-    from droptune.worker.settings import WorkerSettings
+    from droptune.core import logs
+    from droptune.worker.run.loop import Worker
+    from droptune.worker.run.settings import WorkerSettings
 
     ev: Events = {"claim": [], "beat": [], "settle": []}
     errors: collections.Counter[str] = collections.Counter()
@@ -264,9 +264,11 @@ def light_swaps(o: Light, ev: Events) -> list[tuple[Any, str, Any]]:
     statements off with `no_prepare`."""
     import numpy as np
 
-    from droptune.storage import db, lifecycle, optuna_bridge, queue, registry
-    from droptune.worker import batch, loop
-    from droptune.worker.engine import TrialResult
+    from droptune.storage import optuna_bridge
+    from droptune.storage.jobs import lifecycle, queue, registry
+    from droptune.storage.sql import db
+    from droptune.worker.engine.stacked import TrialResult
+    from droptune.worker.run import batch, loop
 
     def timed(fn: Any, key: str, record: Any) -> Any:
         def call(*a: Any, **kw: Any) -> Any:
@@ -469,7 +471,7 @@ def fork_workers(n: int, url: str, out: Path, o: Light) -> list[Any]:
     is imported once and frozen, so the children's garbage collector never copies its pages."""
     import gc
 
-    import droptune.worker.loop  # noqa: F401
+    import droptune.worker.run.loop  # noqa: F401
 
     gc.freeze()
     ctx = mp.get_context("fork")
@@ -491,7 +493,7 @@ def stop_all(procs: list[Any]) -> None:
 
 
 def submit(engine: Any, o: Light) -> float:
-    from droptune.storage.spec import StudySpec
+    from droptune.core.spec.study import StudySpec
 
     search = {"sampler": "random", "pruner": "none", "n_trials": 10000, "batch_trials": o.batch}
     spec = {**TINY, "model": {"hidden": [8]}, "training": {"epochs": o.epochs}, "search": search}
@@ -518,8 +520,8 @@ class Window:
 
 def measure(args: argparse.Namespace, n: int, o: Light, mon: Any, url: str, w: Window) -> None:
     """Wait for the workers to start; measure them idle; submit, warm up, measure the window."""
-    from droptune.storage import registry
-    from droptune.storage.db import create_engine
+    from droptune.storage.jobs import registry
+    from droptune.storage.sql.db import create_engine
 
     engine, bouncer, db = create_engine(url), args.bouncer, str(sa.make_url(url).database)
     t_start = time.time()
@@ -554,7 +556,7 @@ def light_window(args: argparse.Namespace, n: int, o: Light, tmp: Path) -> dict[
     """Start n light workers on a fresh database, measure, stop them, drop it."""
     import psycopg
 
-    from droptune.storage.migrate import upgrade
+    from droptune.storage.sql.migrate import upgrade
 
     direct = fresh_database("postgres", tmp, args.server)
     out = tmp / f"light{n}-{uuid.uuid4().hex[:4]}"

@@ -28,7 +28,7 @@ from sklearn import datasets as skdatasets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from droptune.worker.data import (
+from droptune.worker.engine.data import (
     Dataset,
     FoldData,
     dataset_from_arrays,
@@ -38,8 +38,8 @@ from droptune.worker.data import (
     make_folds,
     subset,
 )
-from droptune.worker.engine import TrainConfig, TrialRates, fit
-from droptune.worker.models import MLPConfig
+from droptune.worker.engine.models import MLPConfig
+from droptune.worker.engine.stacked import TrainConfig, TrialRates, fit
 
 K = 5
 HOLDOUT = 0.25

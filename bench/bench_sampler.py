@@ -41,11 +41,17 @@ from sklearn import datasets as skdatasets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from droptune.storage.spec import DEFAULT_DROPOUT_HIGH, StudySpec
-from droptune.worker.data import Dataset, dataset_from_arrays, load_dataset, prepare_folds, subset
-from droptune.worker.engine import TrainConfig, TrialRates, train_trials
-from droptune.worker.models import MLPConfig
-from droptune.worker.objective import make_sampler, new_trial, suggest
+from droptune.core.spec.study import DEFAULT_DROPOUT_HIGH, StudySpec
+from droptune.worker.engine.data import (
+    Dataset,
+    dataset_from_arrays,
+    load_dataset,
+    prepare_folds,
+    subset,
+)
+from droptune.worker.engine.models import MLPConfig
+from droptune.worker.engine.stacked import TrainConfig, TrialRates, train_trials
+from droptune.worker.run.objective import make_sampler, new_trial, suggest
 
 K = 5
 BATCH = 4  # trials a worker trains together

@@ -42,12 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_engine import _baseline_net, matmul_peak
 
 from droptune.client.api import Client, ClientError
-from droptune.storage.schemas import StudyOut, TrialOut
-from droptune.storage.spec import StudySpec
-from droptune.worker.data import Dataset, holdout_split, load_dataset, make_folds, subset
-from droptune.worker.engine import TrainConfig
-from droptune.worker.models import MLPConfig
-from droptune.worker.objective import make_pruner, n_startup_trials
+from droptune.core.schemas import StudyOut, TrialOut
+from droptune.core.spec.study import StudySpec
+from droptune.worker.engine.data import Dataset, holdout_split, load_dataset, make_folds, subset
+from droptune.worker.engine.models import MLPConfig
+from droptune.worker.engine.stacked import TrainConfig
+from droptune.worker.run.objective import make_pruner, n_startup_trials
 from tests import procs
 
 SPEC: dict[str, Any] = {"dataset": {"builtin": "digits"}}  # droptune's defaults, all of them

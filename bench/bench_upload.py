@@ -42,9 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from droptune.client.api import Client  # noqa: E402
-from droptune.storage.db import create_engine  # noqa: E402
-from droptune.storage.tables import dataset_chunks  # noqa: E402
-from droptune.worker.datasets import FileCache, load_uploaded  # noqa: E402
+from droptune.storage.sql.db import create_engine  # noqa: E402
+from droptune.storage.sql.tables import dataset_chunks  # noqa: E402
+from droptune.worker.run.datasets import FileCache, load_uploaded  # noqa: E402
 from tests import procs  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"

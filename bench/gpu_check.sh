@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, ".")
-from droptune.worker.data import load_dataset, prepare_folds
-from droptune.worker.engine import (TrainConfig, TrialRates, epoch_order, train_epoch,
+from droptune.worker.engine.data import load_dataset, prepare_folds
+from droptune.worker.engine.stacked import (TrainConfig, TrialRates, epoch_order, train_epoch,
                            train_trials)
-from droptune.worker.models import MLPConfig, StackedCNN, StackedMLP
+from droptune.worker.engine.models import MLPConfig, StackedCNN, StackedMLP
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False

@@ -16,8 +16,8 @@ from typing import Any, Literal, overload
 import httpx
 from httpx_sse import SSEError, connect_sse
 
-from droptune.storage.curve import Curve
-from droptune.storage.schemas import (
+from droptune.core.answer.curve import Curve
+from droptune.core.schemas import (
     BestOut,
     DatasetOut,
     DatasetPage,
@@ -27,7 +27,7 @@ from droptune.storage.schemas import (
     TrialOut,
     WorkerOut,
 )
-from droptune.storage.spec import StudySpec
+from droptune.core.spec.study import StudySpec
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TRIALS_PAGE = 1000  # the largest page GET /studies/{id}/trials serves: fewest round trips

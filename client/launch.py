@@ -13,18 +13,18 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from droptune.storage import logs
+from droptune.core import logs
 
 if TYPE_CHECKING:  # at run time imported where used: the client CLI needs neither package
     from droptune.service.settings import ServiceSettings
-    from droptune.worker.settings import WorkerSettings
+    from droptune.worker.run.settings import WorkerSettings
 
 
 def serve(settings: ServiceSettings) -> None:
     import uvicorn
 
     from droptune.service.app import create_app
-    from droptune.storage.migrate import upgrade
+    from droptune.storage.sql.migrate import upgrade
 
     logs.configure()
     upgrade(settings.database_url)
@@ -43,9 +43,9 @@ def serve(settings: ServiceSettings) -> None:
 def check_exposure(settings: ServiceSettings) -> None:
     """Refuse to serve a public address while no token exists (anyone reaching the port could
     submit, cancel and delete anything), unless --insecure says that is meant."""
-    from droptune.service.auth import is_loopback
-    from droptune.storage import tokens
-    from droptune.storage.db import create_engine
+    from droptune.service.middleware.auth import is_loopback
+    from droptune.storage.access import tokens
+    from droptune.storage.sql.db import create_engine
 
     if is_loopback(settings.host):
         return
@@ -71,8 +71,8 @@ def check_exposure(settings: ServiceSettings) -> None:
 
 
 def worker(settings: WorkerSettings) -> int:
-    from droptune.storage.migrate import upgrade
-    from droptune.worker.loop import Worker, resolve_device
+    from droptune.storage.sql.migrate import upgrade
+    from droptune.worker.run.loop import Worker, resolve_device
 
     logs.configure()
     resolve_device(settings.device)  # a device this machine lacks: refused before any write
@@ -97,7 +97,7 @@ def up(api_settings: ServiceSettings, worker_settings: WorkerSettings, workers: 
     The children read their settings back from the environment `to_env` gives them; their
     `--host`, `--port` and `--device` flags come from `api_settings` and `devices()`, whatever
     DROPTUNE_HOST, DROPTUNE_PORT and DROPTUNE_DEVICE say."""
-    from droptune.storage.migrate import upgrade
+    from droptune.storage.sql.migrate import upgrade
 
     logs.configure()  # its children inherit DROPTUNE_LOG_FORMAT and configure their own
     url, host, port = api_settings.database_url, api_settings.host, api_settings.port
@@ -112,7 +112,7 @@ def up(api_settings: ServiceSettings, worker_settings: WorkerSettings, workers: 
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    exe = [sys.executable, "-m", "droptune.client.cli"]
+    exe = [sys.executable, "-m", "droptune.client.cli.main"]
     serve_argv = [*exe, "serve", "--host", host, "--port", str(port)]
     children = [subprocess.Popen(serve_argv, env=api_settings.to_env())]
     devs = devices()
@@ -208,9 +208,9 @@ def _wait_workers(
 ) -> bool:
     """Wait until `n` live workers are registered (read from the database: the API may need a
     token); False if one exits, time runs out or Ctrl-C."""
-    from droptune.storage import registry
-    from droptune.storage.db import create_engine
-    from droptune.storage.errors import StorageError
+    from droptune.core.errors import StorageError
+    from droptune.storage.jobs import registry
+    from droptune.storage.sql.db import create_engine
 
     engine = create_engine(url)
     deadline = time.monotonic() + timeout

@@ -12,20 +12,22 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from droptune.service import auth, curve, datasets, docs, errors, events, metrics, model
-from droptune.service.dashboard import dashboard_app
-from droptune.service.head import HeadAsGet
+from droptune.core.errors import StorageError
+from droptune.service import errors
 from droptune.service.held import HeldSlots
-from droptune.service.limits import BodyLimit
+from droptune.service.middleware import auth, metrics
+from droptune.service.middleware.head import HeadAsGet
+from droptune.service.middleware.limits import BodyLimit
+from droptune.service.routes import curve, datasets, docs, events, model
+from droptune.service.routes.dashboard import dashboard_app
+from droptune.service.routes.studies import router as studies_router
+from droptune.service.routes.workers import router as workers_router
 from droptune.service.settings import ServiceSettings
-from droptune.service.studies import router as studies_router
-from droptune.service.workers import router as workers_router
-from droptune.storage.admission import MemoryLimit, host_memory_bytes
-from droptune.storage.db import create_engine
-from droptune.storage.errors import StorageError
+from droptune.storage.jobs.recovery import recover_stale
 from droptune.storage.optuna_bridge import optuna_storage
-from droptune.storage.reads import Reader
-from droptune.storage.recovery import recover_stale
+from droptune.storage.readmodel.reads import Reader
+from droptune.storage.sql.db import create_engine
+from droptune.storage.submit.admission import MemoryLimit, host_memory_bytes
 
 log = logging.getLogger("droptune.api")
 
@@ -96,7 +98,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(workers_router)
     docs.install(app)  # /docs, /redoc and /docs/static: before the dashboard's catch-all
     if settings.dashboard:
-        # Last: the catch-all for /dashboard, /static and /api (see service/dashboard.py).
+        # Last: the catch-all for /dashboard, /static and /api (see service/routes/dashboard.py).
         app.mount("/", dashboard_app(app.state.optuna_read, lambda: app.routes))
     return app
 
@@ -119,7 +121,8 @@ def memory_limit(settings: ServiceSettings) -> MemoryLimit:
 
 
 def _middleware(app: FastAPI, settings: ServiceSettings) -> None:
-    """Inside out: HEAD as GET, the body limits, access (service/auth.py), CORS when configured."""
+    """Inside out: HEAD as GET, the body limits, access (service/middleware/auth.py), CORS when
+    configured."""
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimit, settings=settings, upload_path="/datasets")
     # Outside the limit: a request without a token is refused before its body is read.

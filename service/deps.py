@@ -11,14 +11,15 @@ from fastapi import Depends, Request
 from sqlalchemy.engine import Engine
 
 from droptune.service.settings import ServiceSettings
-from droptune.storage.reads import Reader
+from droptune.storage.readmodel.reads import Reader
 
 LOCAL_OWNER = "local"
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent the request (service/auth.py sets it): `name` owns what they create; an admin
+    """Who sent the request (service/middleware/auth.py sets it): `name` owns what they create; an
+    admin
     sees and acts on every owner's studies and data sets. In open mode (no token was ever
     created, loopback bind) every caller is the admin `local`."""
 
@@ -27,7 +28,8 @@ class Caller:
     # The bearer token it came with (None in open mode, or from a session cookie): an event
     # stream checks it again while it runs, so a revoked token ends it.
     token: str | None = field(default=None, repr=False, compare=False)
-    # The dashboard session it came with instead (service/sessions.py), checked the same way.
+    # The dashboard session it came with instead (service/middleware/sessions.py), checked the same
+    # way.
     session: str | None = field(default=None, repr=False, compare=False)
 
     @property

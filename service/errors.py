@@ -16,9 +16,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from droptune.storage.db import UNREACHABLE, driver_message, outage
-from droptune.storage.errors import DroptuneError, StorageError, too_large
-from droptune.storage.strict import describe_errors
+from droptune.core.errors import DroptuneError, StorageError, too_large
+from droptune.core.spec.strict import describe_errors
+from droptune.storage.sql.db import UNREACHABLE, driver_message, outage
 
 PROBLEM = "application/problem+json"
 MAX_JSON_DEPTH = 64  # arrays and objects inside each other; a study spec needs 3

@@ -1,7 +1,8 @@
 """Held requests: `GET /studies/{id}/best?wait=` and the event streams.
 
 A held request costs the API nothing while it waits: it waits on the process's one
-`StudyWatcher` (storage/notify.py), as the event streams do, which checks every watched study in
+`StudyWatcher` (storage/jobs/notify.py), as the event streams do, which checks every watched study
+in
 one query per change (PostgreSQL) or per half second (SQLite), not one query per request. It ends
 as soon as its client goes: issue 19 found 300 `?wait=600` requests whose sockets closed after
 half a second keeping the API at 40% CPU for the next minute, each polling the database until
@@ -22,9 +23,9 @@ from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 
-from droptune.storage.errors import DroptuneError
-from droptune.storage.notify import StudyWatcher
-from droptune.storage.schemas import ENDED
+from droptune.core.errors import DroptuneError
+from droptune.core.schemas import ENDED
+from droptune.storage.jobs.notify import StudyWatcher
 
 
 class TooManyHeld(DroptuneError):

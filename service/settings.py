@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from droptune.storage.settings import StorageSettings
+from droptune.core.settings import StorageSettings
 
 
 class ServiceSettings(StorageSettings):
@@ -24,14 +24,16 @@ class ServiceSettings(StorageSettings):
     max_categories: int = 256
     # The largest body of any other request (JSON): 413 beyond it.
     max_body_mb: float = 1.0
-    # Access (service/auth.py). Host names the API answers to besides the loopback names and the
+    # Access (service/middleware/auth.py). Host names the API answers to besides the loopback names
+    # and the
     # bind address (comma-separated; `*` for any); origins a browser page may call it from
     # (CORS, comma-separated; none by default); `insecure` lets `serve` bind a public address
     # with no token created (everyone who can reach the port can do everything).
     allowed_hosts: str = ""
     cors_origins: str = ""
     insecure: bool = False
-    # How long a dashboard sign-in lasts (service/sessions.py): the session and its cookie.
+    # How long a dashboard sign-in lasts (service/middleware/sessions.py): the session and its
+    # cookie.
     session_hours: float = Field(7 * 24.0, gt=0)
     # Per-owner quotas: active (queued or running) studies, trial-epochs still to run over them
     # (trials x epochs x repeats), and bytes of stored data sets.

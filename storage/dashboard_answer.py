@@ -20,10 +20,10 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna_dashboard import save_note, save_plotly_graph_object
 
-from droptune.storage.curve import Curve, CurvePoint
-from droptune.storage.db import is_outage
+from droptune.core.answer.curve import Curve, CurvePoint
+from droptune.core.schemas import BestOut, TestPoint
 from droptune.storage.optuna_bridge import DASH, study_lock
-from droptune.storage.schemas import BestOut, TestPoint
+from droptune.storage.sql.db import is_outage
 
 log = logging.getLogger(__name__)
 

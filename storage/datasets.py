@@ -13,13 +13,13 @@ from typing import Any, BinaryIO
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from droptune.storage.db import transaction
-from droptune.storage.errors import Conflict, Invalid, NotFound, StorageError
-from droptune.storage.quotas import DATASETS, Quotas, check_dataset_bytes, lock_owner
-from droptune.storage.schemas import DatasetOut, DatasetPage, DataSummary
-from droptune.storage.spec import StudySpec
-from droptune.storage.strict import FieldError
-from droptune.storage.tables import dataset_chunks, datasets, studies
+from droptune.core.errors import Conflict, Invalid, NotFound, StorageError
+from droptune.core.schemas import DatasetOut, DatasetPage, DataSummary
+from droptune.core.spec.strict import FieldError
+from droptune.core.spec.study import StudySpec
+from droptune.storage.sql.db import transaction
+from droptune.storage.sql.tables import dataset_chunks, datasets, studies
+from droptune.storage.submit.quotas import DATASETS, Quotas, check_dataset_bytes, lock_owner
 
 CHUNK_BYTES = 4 << 20
 ACTIVE = ("queued", "running")

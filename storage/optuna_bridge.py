@@ -10,8 +10,8 @@ import optuna
 import sqlalchemy as sa
 from optuna.storages import RDBStorage
 
-from droptune.storage.db import configure_sqlite, engine_kwargs, is_sqlite, normalise_url
-from droptune.storage.spec import DEFAULT_METRIC, StudySpec
+from droptune.core.spec.study import DEFAULT_METRIC, StudySpec
+from droptune.storage.sql.db import configure_sqlite, engine_kwargs, is_sqlite, normalise_url
 
 # Optuna logs every trial at INFO; droptune's own log lines say what happened.
 optuna.logging.set_verbosity(optuna.logging.WARNING)

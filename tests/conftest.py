@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from droptune.storage.migrate import upgrade
+from droptune.storage.sql.migrate import upgrade
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"

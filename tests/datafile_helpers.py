@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from droptune.storage import datafile
-from droptune.storage.datafile import DataError, detect_format, inspect, load
-from droptune.storage.schemas import DataSummary
+from droptune.core.schemas import DataSummary
+from droptune.datafiles import datafile
+from droptune.datafiles.datafile import DataError, detect_format, inspect, load
 
 
 def summarise(path: Path, **kw: Any) -> DataSummary:

@@ -7,11 +7,12 @@ from typing import Any
 import optuna
 import sqlalchemy as sa
 
-from droptune.storage import queue, submits
-from droptune.storage.db import create_engine, db_now, transaction
+from droptune.core.spec.study import StudySpec
+from droptune.storage.jobs import queue
 from droptune.storage.optuna_bridge import ensure_study, optuna_storage
-from droptune.storage.spec import StudySpec
-from droptune.storage.tables import leases, studies
+from droptune.storage.sql.db import create_engine, db_now, transaction
+from droptune.storage.sql.tables import leases, studies
+from droptune.storage.submit import submits
 
 
 def spec(n: int = 5, **search: object) -> StudySpec:

@@ -8,9 +8,9 @@ import torch
 from sklearn.datasets import make_regression
 from torch import nn
 
-from droptune.worker.data import FoldData, dataset_from_arrays, load_dataset, prepare_folds
-from droptune.worker.engine import TrainConfig, epoch_order, make_optimizer, train_epoch
-from droptune.worker.models import StackedCNN, StackedMLP
+from droptune.worker.engine.data import FoldData, dataset_from_arrays, load_dataset, prepare_folds
+from droptune.worker.engine.models import StackedCNN, StackedMLP
+from droptune.worker.engine.stacked import TrainConfig, epoch_order, make_optimizer, train_epoch
 
 CPU = torch.device("cpu")
 

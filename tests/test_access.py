@@ -13,11 +13,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from droptune.storage import tables, tokens
-from droptune.storage.db import create_engine
-from droptune.storage.errors import Invalid, NotFound
+from droptune.core.errors import Invalid, NotFound
+from droptune.core.spec.study import StudySpec
+from droptune.storage.access import tokens
 from droptune.storage.optuna_bridge import ensure_study, optuna_storage
-from droptune.storage.spec import StudySpec
+from droptune.storage.sql import tables
+from droptune.storage.sql.db import create_engine
 from tests import datafiles, procs
 
 TINY = {

@@ -18,18 +18,25 @@ import sqlalchemy as sa
 import torch
 from optuna.trial import TrialState
 
-from droptune.storage import admission, queue, registry, submits
-from droptune.storage.db import create_engine, transaction
-from droptune.storage.errors import Invalid
-from droptune.storage.schemas import DataSummary
-from droptune.storage.spec import StudySpec
-from droptune.storage.tables import retries, workers
-from droptune.worker import sizing
-from droptune.worker.batch import model_config
-from droptune.worker.data import load_dataset, prepare_folds
-from droptune.worker.engine import StackedRun, TrainConfig, TrialRates, _generator, epoch_order
-from droptune.worker.loop import Worker
-from droptune.worker.settings import WorkerSettings
+from droptune.core.errors import Invalid
+from droptune.core.schemas import DataSummary
+from droptune.core.spec.study import StudySpec
+from droptune.storage.jobs import queue, registry
+from droptune.storage.sql.db import create_engine, transaction
+from droptune.storage.sql.tables import retries, workers
+from droptune.storage.submit import admission, submits
+from droptune.worker.engine import sizing
+from droptune.worker.engine.data import load_dataset, prepare_folds
+from droptune.worker.engine.stacked import (
+    StackedRun,
+    TrainConfig,
+    TrialRates,
+    _generator,
+    epoch_order,
+)
+from droptune.worker.run.batch import model_config
+from droptune.worker.run.loop import Worker
+from droptune.worker.run.settings import WorkerSettings
 from tests.queueing import study_row
 
 GIB = 2**30
@@ -227,11 +234,17 @@ def test_the_estimate_agrees_with_the_worker(raw: dict[str, Any]) -> None:
 MEASURE = r"""
 import ctypes, json, sys
 import torch
-from droptune.storage import admission
-from droptune.storage.spec import StudySpec
-from droptune.worker.batch import model_config
-from droptune.worker.data import load_dataset, prepare_folds
-from droptune.worker.engine import StackedRun, TrainConfig, TrialRates, _generator, epoch_order
+from droptune.storage.submit import admission
+from droptune.core.spec.study import StudySpec
+from droptune.worker.run.batch import model_config
+from droptune.worker.engine.data import load_dataset, prepare_folds
+from droptune.worker.engine.stacked import (
+    StackedRun,
+    TrainConfig,
+    TrialRates,
+    _generator,
+    epoch_order,
+)
 
 libc = ctypes.CDLL("libc.so.6")
 
@@ -345,8 +358,8 @@ def test_no_retry_gives_a_failed_trial_up(db_url: str) -> None:
 
 RUNNER = r"""
 import resource, sys
-from droptune.worker.loop import Worker
-from droptune.worker.settings import WorkerSettings
+from droptune.worker.run.loop import Worker
+from droptune.worker.run.settings import WorkerSettings
 
 worker = Worker(WorkerSettings(device="cpu", threads=1, exit_when_idle=True))
 size = next(int(ln.split()[1]) << 10 for ln in open("/proc/self/status") if "VmSize" in ln)

@@ -17,19 +17,19 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from scipy import stats
 
-from droptune.storage import submits
-from droptune.storage.answer import (
+from droptune.core.answer.rules import (
     answer,
     corrected_t_test,
     edge_warnings,
     p_values,
     split_ratio,
 )
-from droptune.storage.db import create_engine, transaction
+from droptune.core.spec.study import SearchSpec, StudySpec
 from droptune.storage.optuna_bridge import ensure_study, optuna_storage
-from droptune.storage.reads import Reader
-from droptune.storage.spec import SearchSpec, StudySpec
-from droptune.storage.tables import studies
+from droptune.storage.readmodel.reads import Reader
+from droptune.storage.sql.db import create_engine, transaction
+from droptune.storage.sql.tables import studies
+from droptune.storage.submit import submits
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

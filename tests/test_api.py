@@ -295,8 +295,8 @@ def test_a_study_stored_before_a_submit_check_still_reads(api: TestClient, sqlit
     import sqlalchemy as sa
 
     from droptune.client.api import Client
-    from droptune.storage.db import create_engine, transaction
-    from droptune.storage.tables import studies
+    from droptune.storage.sql.db import create_engine, transaction
+    from droptune.storage.sql.tables import studies
 
     sid = api.post("/studies", json=OK).json()["id"]
     legacy = {"dataset": {"builtin": "digits"}, "model": {"kind": "cnn"}, "search": SEARCH_INPUT}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from droptune.client.answer_text import answer_lines
-from droptune.storage import schemas
-from droptune.storage.migrate import upgrade
+from droptune.core import schemas
+from droptune.core.answer.text import answer_lines
+from droptune.storage.sql.migrate import upgrade
 from tests import procs
 from tests.test_answer import spec, stored_study
 

@@ -8,10 +8,10 @@ from typing import Any
 import typer.main
 import yaml
 
-from droptune.client.cli import app
+from droptune.client.cli.main import app
+from droptune.core.settings import StorageSettings
 from droptune.service.settings import ServiceSettings
-from droptune.storage.settings import StorageSettings
-from droptune.worker.settings import WorkerSettings
+from droptune.worker.run.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from droptune.storage import queue, submits
-from droptune.storage.db import create_engine, transaction
-from droptune.storage.queue import Outcome
-from droptune.storage.spec import StudySpec
-from droptune.storage.tables import leases, studies
+from droptune.core.spec.study import StudySpec
+from droptune.storage.jobs import queue
+from droptune.storage.jobs.queue import Outcome
+from droptune.storage.sql.db import create_engine, transaction
+from droptune.storage.sql.tables import leases, studies
+from droptune.storage.submit import submits
 
 pytestmark = pytest.mark.postgres
 

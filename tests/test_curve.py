@@ -16,11 +16,11 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from droptune.client import Client
-from droptune.client.cli_report import register
-from droptune.service.curve import draw
-from droptune.storage.curve import Curve, CurvePoint, build_curve
-from droptune.storage.schemas import BestOut, Score, Tied, TrialOut
-from droptune.storage.spec import StudySpec
+from droptune.client.cli.report import register
+from droptune.core.answer.curve import Curve, CurvePoint, build_curve
+from droptune.core.schemas import BestOut, Score, Tied, TrialOut
+from droptune.core.spec.study import StudySpec
+from droptune.service.routes.curve import draw
 from tests import procs
 
 NAME = "curve <b>&</b> $\\frac{$"  # markup for the page to escape, not mathtext to parse

@@ -13,7 +13,7 @@ import torch
 from sklearn.preprocessing import FunctionTransformer
 from torch import nn
 
-from droptune.worker.custom import (
+from droptune.worker.engine.custom import (
     CustomModel,
     build_stacked,
     dropout_layers,
@@ -22,11 +22,17 @@ from droptune.worker.custom import (
     model_inputs,
     train_custom_trials,
 )
-from droptune.worker.custom_stack import MemberDropout, StackedModule
-from droptune.worker.data import FoldData, dataset_from_arrays, load_dataset, prepare_folds
-from droptune.worker.engine import TrainConfig, TrialRates, epoch_order, make_optimizer, train_epoch
-from droptune.worker.optim import MemberAdam
-from droptune.worker.scoring import evaluate
+from droptune.worker.engine.custom_stack import MemberDropout, StackedModule
+from droptune.worker.engine.data import FoldData, dataset_from_arrays, load_dataset, prepare_folds
+from droptune.worker.engine.optim import MemberAdam
+from droptune.worker.engine.scoring import evaluate
+from droptune.worker.engine.stacked import (
+    TrainConfig,
+    TrialRates,
+    epoch_order,
+    make_optimizer,
+    train_epoch,
+)
 from tests.stacking import CPU
 
 # --- user modules, as a user's factory would build them --------------------------------------
@@ -374,7 +380,7 @@ def test_bad_models_are_rejected(cancer3: FoldData) -> None:
 def test_dropout_subclasses_are_tuned_and_alpha_dropout_is_not() -> None:
     """A team's own nn.Dropout2d subclass is tuned, with its kind from the class hierarchy;
     alpha dropout (another rescaling) is left at its rate and named."""
-    from droptune.worker.custom_stack import find_dropouts, untuned_dropout
+    from droptune.worker.engine.custom_stack import find_dropouts, untuned_dropout
 
     class MyDrop(nn.Dropout2d):
         pass

@@ -99,7 +99,7 @@ def test_registered_models_run_only_on_workers_that_have_them(
 def test_a_custom_spec_takes_its_sizes_in_options() -> None:
     from pydantic import ValidationError
 
-    from droptune.storage.spec import StudySpec
+    from droptune.core.spec.study import StudySpec
 
     ok = StudySpec(**spec("res_mlp", options={"width": 8}))
     assert "hidden" not in ok.model_dump(mode="json")["model"]

@@ -22,10 +22,12 @@ from optuna_dashboard import get_note
 from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
 from optuna_dashboard._note import get_note_from_system_attrs
 
+from droptune.core import schemas
+from droptune.core.answer.curve import Curve, CurvePoint
+from droptune.core.schemas import BestOut, Recommended, Score, Tied
+from droptune.core.spec.study import StudySpec
 from droptune.service.app import create_app
 from droptune.service.settings import ServiceSettings
-from droptune.storage import schemas
-from droptune.storage.curve import Curve, CurvePoint
 from droptune.storage.dashboard_answer import (
     GRAPH_ID,
     GRAPH_PREFIX,
@@ -34,8 +36,6 @@ from droptune.storage.dashboard_answer import (
     publish_answer,
 )
 from droptune.storage.optuna_bridge import ensure_study, optuna_storage
-from droptune.storage.schemas import BestOut, Recommended, Score, Tied
-from droptune.storage.spec import StudySpec
 
 NAME = "droptune-7"
 SPEC = StudySpec.model_validate(

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from droptune.storage import catalogue
-from droptune.storage.spec import StudySpec
-from droptune.worker.data import (
+from droptune.core import catalogue
+from droptune.core.spec.study import StudySpec
+from droptune.worker.engine.data import (
     BUILTINS,
     Dataset,
     dataset_from_arrays,

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from droptune.storage import datafile
-from droptune.storage.datafile import DataError, Limits, detect_format, inspect
-from droptune.storage.errors import Invalid
+from droptune.core.errors import Invalid
+from droptune.datafiles import datafile
+from droptune.datafiles.datafile import DataError, Limits, detect_format, inspect
 from tests.datafile_helpers import refused, reload, summarise, write
 
 
@@ -331,7 +331,7 @@ def test_a_header_longer_than_a_block_is_read(tmp_path: Path) -> None:
 def test_a_parquet_chunk_far_larger_than_the_file_is_refused(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
-    from droptune.storage import tabular
+    from droptune.datafiles import tabular
 
     monkeypatch.setattr(tabular, "PARQUET_MAX_CHUNK_BYTES", 1024)
     frame = pd.DataFrame({"a": np.zeros(100_000), "label": np.arange(100_000) % 2})

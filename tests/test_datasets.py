@@ -15,13 +15,13 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from droptune.datafiles import datafile
 from droptune.service.app import create_app
 from droptune.service.settings import ServiceSettings
-from droptune.storage import datafile
 from droptune.storage import datasets as store
-from droptune.storage.db import create_engine, transaction
-from droptune.storage.tables import dataset_chunks, datasets
-from droptune.worker.datasets import FileCache, load_uploaded
+from droptune.storage.sql.db import create_engine, transaction
+from droptune.storage.sql.tables import dataset_chunks, datasets
+from droptune.worker.run.datasets import FileCache, load_uploaded
 from tests import datafiles
 
 PROBLEM = "application/problem+json"

@@ -15,13 +15,14 @@ import pytest
 import sqlalchemy as sa
 
 from droptune.client.api import Client, ClientError
-from droptune.storage import idempotency, queue, refits, submits
-from droptune.storage.db import create_engine, transaction
-from droptune.storage.errors import Conflict, NotFound
-from droptune.storage.lifecycle import Why, delete_study, settle
+from droptune.core.errors import Conflict, NotFound
+from droptune.storage.jobs import queue, refits
+from droptune.storage.jobs.lifecycle import Why, delete_study, settle
 from droptune.storage.optuna_bridge import optuna_storage, study_id_of, study_lock
-from droptune.storage.tables import idempotency as keys
-from droptune.storage.tables import leases, models, retries, studies
+from droptune.storage.sql.db import create_engine, transaction
+from droptune.storage.sql.tables import idempotency as keys
+from droptune.storage.sql.tables import leases, models, retries, studies
+from droptune.storage.submit import idempotency, submits
 from tests import procs
 from tests.queueing import claimed, spec
 

@@ -64,7 +64,7 @@ def test_submit_wait_best_dashboard(tmp_path: Path) -> None:
         assert len(finished) == 6 and all("dropout" in t.params for t in finished)
 
         # The CLI, as a script would use it.
-        cli = [sys.executable, "-m", "droptune.client.cli"]
+        cli = [sys.executable, "-m", "droptune.client.cli.main"]
         out = subprocess.run(
             [*cli, "best", str(study.id), "--json", "--url", base],
             capture_output=True,
@@ -111,7 +111,7 @@ def test_submit_wait_best_dashboard(tmp_path: Path) -> None:
 
 
 def test_bad_cli_input_is_one_line(tmp_path: Path) -> None:
-    cli = [sys.executable, "-m", "droptune.client.cli"]
+    cli = [sys.executable, "-m", "droptune.client.cli.main"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"dataset": {"builtin": "digits"}, "cv": {"folds": 1}}))
     r = subprocess.run(

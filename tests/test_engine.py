@@ -6,8 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from droptune.worker.data import FoldData, load_dataset, prepare_folds
-from droptune.worker.engine import (
+from droptune.worker.engine.data import FoldData, load_dataset, prepare_folds
+from droptune.worker.engine.models import (
+    CNNConfig,
+    MaskRNG,
+    MLPConfig,
+    StackedCNN,
+    StackedMLP,
+    dropout_members,
+)
+from droptune.worker.engine.optim import FUSED_ADAM_TESTED, MemberAdam, fused_adam_usable
+from droptune.worker.engine.sizing import auto_batch_trials, flops_per_trial
+from droptune.worker.engine.stacked import (
     StackedRun,
     TrainConfig,
     TrialRates,
@@ -17,16 +27,6 @@ from droptune.worker.engine import (
     sample_weights,
     train_trials,
 )
-from droptune.worker.models import (
-    CNNConfig,
-    MaskRNG,
-    MLPConfig,
-    StackedCNN,
-    StackedMLP,
-    dropout_members,
-)
-from droptune.worker.optim import FUSED_ADAM_TESTED, MemberAdam, fused_adam_usable
-from droptune.worker.sizing import auto_batch_trials, flops_per_trial
 from tests.stacking import CPU, check_trajectory, digits3_folds, reg5_folds
 
 

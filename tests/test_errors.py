@@ -16,14 +16,14 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy import orm
 from sqlalchemy.engine import Connection
 
-import droptune.storage.db
+import droptune.storage.sql.db
+from droptune.core.errors import StorageError
 from droptune.service.app import create_app
 from droptune.service.settings import ServiceSettings
 from droptune.storage import datasets as store
-from droptune.storage.db import UNREACHABLE, create_engine, outage, transaction
-from droptune.storage.errors import StorageError
-from droptune.storage.reads import Reader
-from droptune.storage.tables import datasets, workers
+from droptune.storage.readmodel.reads import Reader
+from droptune.storage.sql.db import UNREACHABLE, create_engine, outage, transaction
+from droptune.storage.sql.tables import datasets, workers
 from tests import datafiles
 
 PROBLEM = "application/problem+json"
@@ -132,7 +132,9 @@ def test_a_locked_sqlite_database_is_a_storage_error(
 ) -> None:
     path = sa.make_url(sqlite_url).database
     assert path is not None
-    monkeypatch.setattr(droptune.storage.db, "SQLITE_BUSY_TIMEOUT_S", 0.1)  # not 12 s of waiting
+    monkeypatch.setattr(
+        droptune.storage.sql.db, "SQLITE_BUSY_TIMEOUT_S", 0.1
+    )  # not 12 s of waiting
     engine = create_engine(sqlite_url)
     holder = sqlite3.connect(path, isolation_level=None)
     try:

@@ -19,11 +19,12 @@ from sqlalchemy.engine import Engine
 
 from droptune.client import Client
 from droptune.client.api import ClientError
-from droptune.storage import queue, submits
-from droptune.storage.db import create_engine
-from droptune.storage.notify import StudyWatcher
+from droptune.core.spec.study import StudySpec
+from droptune.storage.jobs import queue
+from droptune.storage.jobs.notify import StudyWatcher
 from droptune.storage.optuna_bridge import ensure_study, optuna_storage
-from droptune.storage.spec import StudySpec
+from droptune.storage.sql.db import create_engine
+from droptune.storage.submit import submits
 from tests import procs
 
 pytestmark = pytest.mark.slow

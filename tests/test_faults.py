@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
 from droptune.client import Client, ClientError
-from droptune.storage.db import create_engine, transaction
-from droptune.storage.tables import leases
+from droptune.storage.sql.db import create_engine, transaction
+from droptune.storage.sql.tables import leases
 from tests import procs
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

@@ -31,15 +31,16 @@ from schemathesis.generation.hypothesis.builder import (
 from schemathesis.python import asgi
 from schemathesis.schemas import BaseSchema
 
+from droptune.core.schemas import StudyOut, TrialOut
+from droptune.core.spec.study import StudySpec
 from droptune.service.app import create_app
 from droptune.service.errors import PROBLEM
 from droptune.service.settings import ServiceSettings
-from droptune.storage import registry, tokens
-from droptune.storage.db import create_engine
-from droptune.storage.migrate import upgrade
+from droptune.storage.access import tokens
+from droptune.storage.jobs import registry
 from droptune.storage.optuna_bridge import ensure_study
-from droptune.storage.schemas import StudyOut, TrialOut
-from droptune.storage.spec import StudySpec
+from droptune.storage.sql.db import create_engine
+from droptune.storage.sql.migrate import upgrade
 from tests import datafiles
 
 # An event stream of a study that has not ended never closes: cut it after its first events

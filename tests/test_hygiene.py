@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from droptune.client.cli_common import safe
+from droptune.client.cli.common import safe
 from droptune.service.errors import MAX_JSON_DEPTH
-from droptune.storage.db import create_engine, transaction
-from droptune.storage.tables import studies
+from droptune.storage.sql.db import create_engine, transaction
+from droptune.storage.sql.tables import studies
 from tests import procs
 from tests.conftest import PG_ADMIN
 

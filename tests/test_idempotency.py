@@ -17,14 +17,15 @@ import pytest
 import sqlalchemy as sa
 
 from droptune.client.api import Client
-from droptune.storage import idempotency, queue, submits
-from droptune.storage.db import create_engine, db_now, transaction
-from droptune.storage.errors import Invalid
-from droptune.storage.lifecycle import delete_study
+from droptune.core.errors import Invalid
+from droptune.core.spec.study import StudySpec
+from droptune.storage.jobs import queue
+from droptune.storage.jobs.lifecycle import delete_study
 from droptune.storage.optuna_bridge import optuna_storage
-from droptune.storage.spec import StudySpec
-from droptune.storage.tables import idempotency as keys
-from droptune.storage.tables import studies
+from droptune.storage.sql.db import create_engine, db_now, transaction
+from droptune.storage.sql.tables import idempotency as keys
+from droptune.storage.sql.tables import studies
+from droptune.storage.submit import idempotency, submits
 from tests import procs
 from tests.queueing import spec
 

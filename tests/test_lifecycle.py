@@ -9,10 +9,10 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from droptune.storage.db import transaction
-from droptune.storage.lifecycle import NO_TRIAL, OUTCOMES, Why, settle
-from droptune.storage.queue import Outcome
-from droptune.storage.tables import leases, retries
+from droptune.storage.jobs.lifecycle import NO_TRIAL, OUTCOMES, Why, settle
+from droptune.storage.jobs.queue import Outcome
+from droptune.storage.sql.db import transaction
+from droptune.storage.sql.tables import leases, retries
 from tests.queueing import started_trial, study_row
 
 # why -> the state a running trial is left in
@@ -86,8 +86,8 @@ def test_a_lease_without_a_trial(sqlite_url: str, why: Why) -> None:
 def test_a_database_that_stays_away_leaves_the_lease_to_recovery(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from droptune.storage import queue
-    from droptune.storage.errors import StorageError
+    from droptune.core.errors import StorageError
+    from droptune.storage.jobs import queue
 
     engine, storage, _sid, claim, _study, trial = started_trial(sqlite_url, 2)
     calls: list[int] = []

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from droptune.client import Client
-from droptune.storage import logs
+from droptune.core import logs
 from tests import procs
 
 FIELDS = {"time", "level", "logger", "message"}

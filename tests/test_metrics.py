@@ -17,16 +17,17 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from droptune.client import Client
+from droptune.core.spec.study import StudySpec
 from droptune.service.app import create_app
-from droptune.service.metrics import DatabaseCollector
+from droptune.service.middleware.metrics import DatabaseCollector
 from droptune.service.settings import ServiceSettings
-from droptune.storage import queue, registry, submits
-from droptune.storage.db import create_engine
-from droptune.storage.lifecycle import Why, settle
-from droptune.storage.metrics_sql import DURATION_BUCKETS, snapshot
-from droptune.storage.recovery import recover_stale
-from droptune.storage.spec import StudySpec
-from droptune.worker.objective import new_trial
+from droptune.storage.jobs import queue, registry
+from droptune.storage.jobs.lifecycle import Why, settle
+from droptune.storage.jobs.recovery import recover_stale
+from droptune.storage.readmodel.metrics_sql import DURATION_BUCKETS, snapshot
+from droptune.storage.sql.db import create_engine
+from droptune.storage.submit import submits
+from droptune.worker.run.objective import new_trial
 from tests import procs
 from tests.queueing import age_leases, spec, started_trial
 

@@ -1,4 +1,4 @@
-"""The migrations build exactly the tables that storage/tables.py declares, on both backends.
+"""The migrations build exactly the tables that storage/sql/tables.py declares, on both backends.
 
 The code queries what tables.py declares, but every database gets its tables from the
 migrations: a column, type, default or index changed in one and not the other fails here.
@@ -11,10 +11,10 @@ from typing import Any
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from droptune.storage.db import create_engine
-from droptune.storage.tables import metadata
+from droptune.storage.sql.db import create_engine
+from droptune.storage.sql.tables import metadata
 
-# As storage/migrations/env.py configures Alembic (its module runs the migrations on import, so
+# As storage/sql/migrations/env.py configures Alembic (its module runs the migrations on import, so
 # it cannot be imported here): Optuna's tables share the database and are none of ours.
 VERSION_TABLE = "droptune_alembic_version"
 

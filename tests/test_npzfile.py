@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from droptune.storage import datafile
-from droptune.storage.datafile import DataError, Limits
+from droptune.datafiles import datafile
+from droptune.datafiles.datafile import DataError, Limits
 from tests.datafile_helpers import refused, reload, summarise, write_npz
 
 

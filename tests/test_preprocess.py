@@ -12,16 +12,16 @@ import pytest
 import torch
 from sklearn.compose import ColumnTransformer
 
-from droptune.worker.data import (
+from droptune.worker.engine.data import (
     Dataset,
     dataset_from_arrays,
     load_dataset,
     make_folds,
     prepare_folds,
 )
-from droptune.worker.engine import TrainConfig, TrialRates, train_trials
-from droptune.worker.models import MLPConfig
-from droptune.worker.preprocess import tabular_preprocessor
+from droptune.worker.engine.models import MLPConfig
+from droptune.worker.engine.preprocess import tabular_preprocessor
+from droptune.worker.engine.stacked import TrainConfig, TrialRates, train_trials
 
 CPU = torch.device("cpu")
 K, SEED, N = 4, 0, 160

@@ -6,14 +6,15 @@ import time
 
 import pytest
 
-from droptune.storage import queue, registry, stale, submits
-from droptune.storage.db import create_engine, transaction
-from droptune.storage.errors import Conflict, NotFound
+from droptune.core.errors import Conflict, NotFound
+from droptune.core.spec.study import StudySpec
+from droptune.storage.jobs import queue, registry, stale
+from droptune.storage.jobs.queue import Outcome
 from droptune.storage.optuna_bridge import optuna_storage
-from droptune.storage.queue import Outcome
-from droptune.storage.reads import Reader
-from droptune.storage.spec import StudySpec
-from droptune.storage.tables import studies
+from droptune.storage.readmodel.reads import Reader
+from droptune.storage.sql.db import create_engine, transaction
+from droptune.storage.sql.tables import studies
+from droptune.storage.submit import submits
 from tests.queueing import spec, study_row
 
 

@@ -13,13 +13,15 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from droptune.storage import datafile, queue, submits
+from droptune.core.errors import DroptuneError, Forbidden
+from droptune.core.spec.study import StudySpec
+from droptune.datafiles import datafile
 from droptune.storage import datasets as store
-from droptune.storage.db import create_engine, transaction
-from droptune.storage.errors import DroptuneError, Forbidden
-from droptune.storage.quotas import QuotaExceeded, Quotas
-from droptune.storage.spec import StudySpec
-from droptune.storage.tables import dataset_chunks, datasets, idempotency, studies
+from droptune.storage.jobs import queue
+from droptune.storage.sql.db import create_engine, transaction
+from droptune.storage.sql.tables import dataset_chunks, datasets, idempotency, studies
+from droptune.storage.submit import submits
+from droptune.storage.submit.quotas import QuotaExceeded, Quotas
 from tests import datafiles, procs
 
 

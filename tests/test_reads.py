@@ -23,17 +23,18 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 
 import droptune.client.api
 from droptune.client import Client
+from droptune.core.answer.rules import Answer, answer
+from droptune.core.spec.study import StudySpec
 from droptune.service.app import create_app
 from droptune.service.settings import ServiceSettings
-from droptune.storage import answer_cache, submits
-from droptune.storage.answer import Answer, answer
-from droptune.storage.answer_cache import CachedAnswer
-from droptune.storage.db import create_engine, transaction
-from droptune.storage.lifecycle import Why, is_interruption
+from droptune.storage.jobs.lifecycle import Why, is_interruption
 from droptune.storage.optuna_bridge import ensure_study, optuna_storage
-from droptune.storage.reads import Reader
-from droptune.storage.spec import StudySpec
-from droptune.storage.tables import studies
+from droptune.storage.readmodel import answer_cache
+from droptune.storage.readmodel.answer_cache import CachedAnswer
+from droptune.storage.readmodel.reads import Reader
+from droptune.storage.sql.db import create_engine, transaction
+from droptune.storage.sql.tables import studies
+from droptune.storage.submit import submits
 from tests.test_api import InProcess
 
 SPEC = StudySpec.model_validate(

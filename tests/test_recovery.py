@@ -10,11 +10,12 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from droptune.storage import queue, registry, stale, submits
-from droptune.storage.db import create_engine, transaction
-from droptune.storage.queue import Outcome
-from droptune.storage.recovery import recover_stale
-from droptune.storage.tables import retries
+from droptune.storage.jobs import queue, registry, stale
+from droptune.storage.jobs.queue import Outcome
+from droptune.storage.jobs.recovery import recover_stale
+from droptune.storage.sql.db import create_engine, transaction
+from droptune.storage.sql.tables import retries
+from droptune.storage.submit import submits
 from tests.queueing import age_leases, claimed, spec, started_trial, study_row
 
 
@@ -58,7 +59,7 @@ def test_recovery_of_a_finished_trial_counts_it_done(db_url: str) -> None:
 
 
 def test_recovery_fails_a_trial_its_worker_never_linked(db_url: str) -> None:
-    from droptune.worker.objective import new_trial
+    from droptune.worker.run.objective import new_trial
 
     engine, storage, sid, claim, study = claimed(db_url, 1)
     # The worker created its trial, tagged with the lease, and died before linking it.
@@ -78,8 +79,8 @@ def test_a_slow_worker_cannot_link_a_lease_recovery_took_over(
 ) -> None:
     """Recovery takes a stale unlinked lease over, then the worker (slow, not dead) tries to
     link its trial: refused, so the slot is given back exactly once and N trials finish."""
-    from droptune.storage import recovery
-    from droptune.worker.objective import new_trial
+    from droptune.storage.jobs import recovery
+    from droptune.worker.run.objective import new_trial
 
     engine, storage, sid, claim, study = claimed(db_url, 1, "slow")
     age_leases(engine, 120)
@@ -122,7 +123,7 @@ def test_recovery_leaves_a_lease_that_heartbeat_after_the_stale_read(
         registry.heartbeat(engine, "dead", sid, [], [claim.leases[0].id])  # alive after all
         return stale
 
-    monkeypatch.setattr("droptune.storage.recovery.stale_leases", read_then_worker_beats)
+    monkeypatch.setattr("droptune.storage.jobs.recovery.stale_leases", read_then_worker_beats)
     assert recover_stale(engine, storage, 30.0) == 0
     assert storage.get_trial(trial._trial_id).state == TrialState.RUNNING
     assert stale.live_lease_ids(engine, [claim.leases[0].id]) == {claim.leases[0].id}
@@ -180,8 +181,8 @@ def test_optuna_checks_and_finishes_a_trial_in_one_sqlite_write_transaction(
 def test_recovery_fails_running_trials_whose_lease_is_gone(db_url: str) -> None:
     """A worker that died between losing its lease and failing its trial leaves the trial
     RUNNING with no lease to recover: the sweep fails it; trials with live leases are left."""
-    from droptune.storage.lifecycle import ORPHANED
-    from droptune.worker.objective import new_trial
+    from droptune.storage.jobs.lifecycle import ORPHANED
+    from droptune.worker.run.objective import new_trial
 
     engine, storage, sid, claim, study, running = started_trial(db_url, 2)
     gone, kept = claim.leases

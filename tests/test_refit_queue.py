@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from droptune.storage import datasets, queue, refits, submits
-from droptune.storage.db import create_engine, transaction
+from droptune.core.spec.study import StudySpec
+from droptune.storage import datasets
+from droptune.storage.jobs import queue, refits
+from droptune.storage.jobs.recovery import recover_stale
 from droptune.storage.optuna_bridge import optuna_storage
-from droptune.storage.recovery import recover_stale
-from droptune.storage.spec import StudySpec
-from droptune.storage.tables import leases, models
+from droptune.storage.sql.db import create_engine, transaction
+from droptune.storage.sql.tables import leases, models
+from droptune.storage.submit import submits
 from tests.queueing import age_leases, study_row
 
 

@@ -13,19 +13,19 @@ import pytest
 import torch
 from scipy import stats
 
-from droptune.worker import heldout
-from droptune.worker.data import (
+from droptune.worker.engine.data import (
     dataset_from_arrays,
     fold_data,
     holdout_split,
     load_dataset,
     make_folds,
 )
-from droptune.worker.engine import TrainConfig, TrialRates, fit
-from droptune.worker.export import META, PREPROCESS, export_program, take_home_module
-from droptune.worker.models import CNNConfig, MLPConfig
-from droptune.worker.preprocess import tabular_preprocessor
-from droptune.worker.refit import predictions
+from droptune.worker.engine.models import CNNConfig, MLPConfig
+from droptune.worker.engine.preprocess import tabular_preprocessor
+from droptune.worker.engine.stacked import TrainConfig, TrialRates, fit
+from droptune.worker.run import heldout
+from droptune.worker.run.export import META, PREPROCESS, export_program, take_home_module
+from droptune.worker.run.refit import predictions
 
 
 def test_repeats_give_r_times_k_distinct_splits_and_repeat_zero_is_plain_kfold() -> None:
@@ -137,7 +137,7 @@ def test_a_table_ships_its_column_transformer_inside_the_file() -> None:
 def test_pruning_spares_a_trial_level_with_the_finished_ones() -> None:
     from optuna.trial import create_trial
 
-    from droptune.worker.batch import level_with, median_at
+    from droptune.worker.run.batch import level_with, median_at
 
     done = [create_trial(value=v, intermediate_values={3: v}) for v in (0.95, 0.96, 0.97)]
     assert median_at(done, 3) == 0.96 and median_at(done, 4) is None
@@ -163,9 +163,9 @@ def test_a_table_subset_by_the_holdout_preprocesses() -> None:
 
 
 def test_a_baseline_that_beats_the_recommended_rate_is_a_warning() -> None:
-    from droptune.storage.reads import baseline_warning
-    from droptune.storage.schemas import TestPoint, TestScore
-    from droptune.storage.spec import StudySpec
+    from droptune.core.schemas import TestPoint, TestScore
+    from droptune.core.spec.study import StudySpec
+    from droptune.storage.readmodel.reads import baseline_warning
 
     spec = StudySpec.model_validate({"dataset": {"builtin": "wine"}})
     test = TestScore(

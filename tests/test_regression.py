@@ -8,8 +8,10 @@ import pytest
 import torch
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-from droptune.worker.data import FoldData, make_folds
-from droptune.worker.engine import (
+from droptune.worker.engine.data import FoldData, make_folds
+from droptune.worker.engine.models import MLPConfig, StackedMLP
+from droptune.worker.engine.sizing import auto_batch_trials, flops_per_trial
+from droptune.worker.engine.stacked import (
     METRICS,
     TrainConfig,
     TrialRates,
@@ -20,8 +22,6 @@ from droptune.worker.engine import (
     train_epoch,
     train_trials,
 )
-from droptune.worker.models import MLPConfig, StackedMLP
-from droptune.worker.sizing import auto_batch_trials, flops_per_trial
 from tests.stacking import CPU, check_trajectory, digits3_folds, reg5_folds, regression_arrays
 
 

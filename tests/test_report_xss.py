@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from droptune.client.cli_report import render
-from droptune.service.curve import draw
-from droptune.storage.curve import Curve, CurvePoint
-from droptune.storage.schemas import BestOut, Progress, Recommended, Score, StudyOut, TrialOut
-from droptune.storage.spec import StudySpec
+from droptune.client.cli.report import render
+from droptune.core.answer.curve import Curve, CurvePoint
+from droptune.core.schemas import BestOut, Progress, Recommended, Score, StudyOut, TrialOut
+from droptune.core.spec.study import StudySpec
+from droptune.service.routes.curve import draw
 from tests.html_audit import MARK, PAYLOADS, RUN, browser_dom, every_payload, hostile, problems
 
 SVG_TAGS = {"svg", "g", "path", "defs", "use", "clippath", "rect", "style"}

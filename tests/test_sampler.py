@@ -11,14 +11,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from droptune.storage import queue, registry, submits
-from droptune.storage.db import create_engine
-from droptune.storage.migrate import upgrade
+from droptune.core.spec.study import StudySpec
+from droptune.storage.jobs import queue, registry
 from droptune.storage.optuna_bridge import ensure_study, optuna_storage
-from droptune.storage.spec import StudySpec
-from droptune.worker.loop import Worker
-from droptune.worker.objective import n_startup_trials, new_trial, open_study, suggest
-from droptune.worker.settings import WorkerSettings
+from droptune.storage.sql.db import create_engine
+from droptune.storage.sql.migrate import upgrade
+from droptune.storage.submit import submits
+from droptune.worker.run.loop import Worker
+from droptune.worker.run.objective import n_startup_trials, new_trial, open_study, suggest
+from droptune.worker.run.settings import WorkerSettings
 from tests import procs
 from tests.queueing import study_row
 

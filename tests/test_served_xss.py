@@ -12,10 +12,10 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 
-from droptune.storage import schemas
-from droptune.storage.curve import Curve, CurvePoint
+from droptune.core import schemas
+from droptune.core.answer.curve import Curve, CurvePoint
+from droptune.core.schemas import BestOut, Recommended, Score
 from droptune.storage.dashboard_answer import curve_figure, note_markdown
-from droptune.storage.schemas import BestOut, Recommended, Score
 from tests.html_audit import MARK, PAYLOADS, RUN, browser_dom, every_payload, problems
 from tests.test_report_xss import SVG_TAGS, curve_svg
 

@@ -12,8 +12,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from droptune.storage import sessions, tables, tokens
-from droptune.storage.db import create_engine, db_now
+from droptune.storage.access import sessions, tokens
+from droptune.storage.sql import tables
+from droptune.storage.sql.db import create_engine, db_now
 from tests import procs
 from tests.test_access import bearer, token
 

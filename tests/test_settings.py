@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from droptune.client import launch
-from droptune.client.cli import app
+from droptune.client.cli.main import app
+from droptune.core.settings import StorageSettings
 from droptune.service.settings import ServiceSettings
-from droptune.storage.settings import StorageSettings
-from droptune.worker.settings import WorkerSettings
+from droptune.worker.run.settings import WorkerSettings
 
 CLASSES = (StorageSettings, ServiceSettings, WorkerSettings)
 
@@ -193,7 +193,7 @@ def test_a_bad_variable_is_one_line_before_anything_starts(
 def test_prepared_statements_can_be_turned_off_for_pgbouncer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from droptune.storage.db import engine_kwargs
+    from droptune.storage.sql.db import engine_kwargs
 
     url = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
     assert "connect_args" not in engine_kwargs(url)

@@ -21,18 +21,18 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from droptune.service.app import create_app
-from droptune.service.settings import ServiceSettings
-from droptune.storage import rawcheck
-from droptune.storage.datacheck import DataError, Limits
-from droptune.storage.db import create_engine, transaction
-from droptune.storage.rawcheck import (
+from droptune.datafiles import rawcheck
+from droptune.datafiles.datacheck import DataError, Limits
+from droptune.datafiles.rawcheck import (
     check_csv_header,
     check_parquet_footer,
     check_zip_directory,
     scan_csv_header,
 )
-from droptune.storage.tables import dataset_chunks, datasets
+from droptune.service.app import create_app
+from droptune.service.settings import ServiceSettings
+from droptune.storage.sql.db import create_engine, transaction
+from droptune.storage.sql.tables import dataset_chunks, datasets
 
 MB = 2**20
 
@@ -97,7 +97,7 @@ def test_the_header_counter_stops_past_the_limit() -> None:
 # process it was forked from (the test's, large after making the files), VmHWM starts afresh.
 CHILD = """
 import json, sys
-from droptune.storage import datafile
+from droptune.datafiles import datafile
 
 def peak() -> int:
     with open("/proc/self/status") as f:

@@ -11,15 +11,16 @@ import sqlalchemy as sa
 import torch
 from optuna.trial import TrialState
 
-import droptune.worker.batch
-import droptune.worker.loop
-from droptune.storage import queue, submits
-from droptune.storage.db import create_engine, transaction
+import droptune.worker.run.batch
+import droptune.worker.run.loop
+from droptune.core.spec.study import StudySpec
+from droptune.storage.jobs import queue
 from droptune.storage.optuna_bridge import optuna_storage
-from droptune.storage.reads import Reader
-from droptune.storage.spec import StudySpec
-from droptune.worker.loop import Worker
-from droptune.worker.settings import WorkerSettings
+from droptune.storage.readmodel.reads import Reader
+from droptune.storage.sql.db import create_engine, transaction
+from droptune.storage.submit import submits
+from droptune.worker.run.loop import Worker
+from droptune.worker.run.settings import WorkerSettings
 from tests.queueing import study_row
 
 TINY: dict[str, Any] = {
@@ -108,7 +109,7 @@ def test_a_failing_batch_is_retried_then_given_up(
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(droptune.worker.batch, "train_trials", boom)
+    monkeypatch.setattr(droptune.worker.run.batch, "train_trials", boom)
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 1, "max_retries": 1, "max_failed": 1}}
     )
@@ -124,12 +125,12 @@ def test_a_failing_batch_is_retried_then_given_up(
 def test_a_diverged_trial_is_failed_not_completed(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from droptune.worker.engine import TrialResult
+    from droptune.worker.engine.stacked import TrialResult
 
     def diverge(*_a: object, **_k: object) -> list[TrialResult]:
         return [TrialResult([float("nan")] * 3, 2, False, 0.1)]
 
-    monkeypatch.setattr(droptune.worker.batch, "train_trials", diverge)
+    monkeypatch.setattr(droptune.worker.run.batch, "train_trials", diverge)
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 1, "max_retries": 0, "max_failed": 0}}
     )
@@ -144,7 +145,7 @@ def test_a_trial_pruned_on_a_non_finite_score_stays_pruned(
 ) -> None:
     """Optuna's median pruner stops a NaN (past its startup trials): that is PRUNED, not a
     failure to retry. Here the pruner is made to say so at once."""
-    from droptune.worker.engine import TrialResult
+    from droptune.worker.engine.stacked import TrialResult
 
     monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)
 
@@ -153,7 +154,7 @@ def test_a_trial_pruned_on_a_non_finite_score_stays_pruned(
         stop = list(on_epoch(1, [0], np.full((1, 3), np.nan)) or [])
         return [TrialResult([float("nan")] * 3, 1, bool(stop), 0.1)]
 
-    monkeypatch.setattr(droptune.worker.batch, "train_trials", diverge)
+    monkeypatch.setattr(droptune.worker.run.batch, "train_trials", diverge)
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 1, "pruner": "median", "max_failed": 0}}
     )
@@ -170,7 +171,7 @@ def test_a_data_set_that_cannot_load_fails_the_study_not_the_worker(
     def unreadable(*_a: object, **_k: object) -> None:
         raise OSError("data file unreadable (simulated)")
 
-    monkeypatch.setattr(droptune.worker.datasets, "load_dataset", unreadable)
+    monkeypatch.setattr(droptune.worker.run.datasets, "load_dataset", unreadable)
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 2, "max_retries": 0, "max_failed": 1}}
     )
@@ -193,7 +194,7 @@ def test_an_optuna_error_opening_a_study_releases_the_claim(
             raise optuna.exceptions.StorageInternalError("simulated storage hiccup")
         return real(*a, **k)
 
-    monkeypatch.setattr(droptune.worker.loop, "ensure_study", flaky)
+    monkeypatch.setattr(droptune.worker.run.loop, "ensure_study", flaky)
     sid, trials = run_study(sqlite_url, {"search": {"n_trials": 2}})
     row = study_row(sqlite_url, sid)
     assert len(calls) >= 2  # the worker lived on and claimed again
@@ -206,10 +207,10 @@ def test_a_trial_failed_elsewhere_mid_training_is_retried(
 ) -> None:
     """Recovery (thinking the worker lost) fails a trial while it trains: the worker stops that
     member, ends its lease as failed, and the parameters run again; N trials still finish."""
-    import droptune.worker.batch
-    from droptune.storage.lifecycle import fail_trial
+    import droptune.worker.run.batch
+    from droptune.storage.jobs.lifecycle import fail_trial
 
-    real = droptune.worker.batch.BatchRunner._on_epoch
+    real = droptune.worker.run.batch.BatchRunner._on_epoch
     done: list[int] = []
 
     def meddle(self: Any, claim: Any, members: Any, epoch: int, *rest: Any) -> Any:
@@ -219,7 +220,7 @@ def test_a_trial_failed_elsewhere_mid_training_is_retried(
             done.append(victim)
         return real(self, claim, members, epoch, *rest)
 
-    monkeypatch.setattr(droptune.worker.batch.BatchRunner, "_on_epoch", meddle)
+    monkeypatch.setattr(droptune.worker.run.batch.BatchRunner, "_on_epoch", meddle)
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 3, "pruner": "none", "batch_trials": 3}}
     )
@@ -238,9 +239,9 @@ def test_a_trial_failed_elsewhere_mid_training_is_retried(
 def test_a_trial_pruned_before_a_cancel_stays_pruned(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import droptune.worker.batch
+    import droptune.worker.run.batch
 
-    real = droptune.worker.batch.BatchRunner._on_epoch
+    real = droptune.worker.run.batch.BatchRunner._on_epoch
 
     def prune_then_cancel(self: Any, claim: Any, members: Any, epoch: int, *rest: Any) -> Any:
         if epoch == 1:
@@ -250,7 +251,7 @@ def test_a_trial_pruned_before_a_cancel_stays_pruned(
         queue.cancel(self.ctx.engine, claim.study_id, "local")
         return real(self, claim, members, epoch, *rest)
 
-    monkeypatch.setattr(droptune.worker.batch.BatchRunner, "_on_epoch", prune_then_cancel)
+    monkeypatch.setattr(droptune.worker.run.batch.BatchRunner, "_on_epoch", prune_then_cancel)
     sid, trials = run_study(
         sqlite_url,
         {"training": {"epochs": 3}, "search": {"n_trials": 2, "batch_trials": 2}},
@@ -284,11 +285,11 @@ def test_shutdown_ends_every_member_even_when_one_was_failed_elsewhere(
 ) -> None:
     """A member pruned, then failed by recovery, then SIGTERM: telling it PRUNED fails, and the
     others must still be released at once (no RUNNING trial, no lease left behind)."""
-    import droptune.worker.batch
-    from droptune.storage.lifecycle import fail_trial
-    from droptune.storage.tables import leases
+    import droptune.worker.run.batch
+    from droptune.storage.jobs.lifecycle import fail_trial
+    from droptune.storage.sql.tables import leases
 
-    real = droptune.worker.batch.BatchRunner._on_epoch
+    real = droptune.worker.run.batch.BatchRunner._on_epoch
 
     def meddle(self: Any, claim: Any, members: Any, epoch: int, *rest: Any) -> Any:
         if epoch == 1:
@@ -299,7 +300,7 @@ def test_shutdown_ends_every_member_even_when_one_was_failed_elsewhere(
             self.ctx.stop.set()
         return real(self, claim, members, epoch, *rest)
 
-    monkeypatch.setattr(droptune.worker.batch.BatchRunner, "_on_epoch", meddle)
+    monkeypatch.setattr(droptune.worker.run.batch.BatchRunner, "_on_epoch", meddle)
     sid, trials = run_study(
         sqlite_url,
         {"training": {"epochs": 3}, "search": {"n_trials": 3, "batch_trials": 3}},
@@ -320,8 +321,8 @@ def test_the_heartbeat_survives_an_unexpected_error(
     """A heartbeat thread that died would let a live worker's leases go stale and be retried."""
     import time
 
-    from droptune.storage import registry
-    from droptune.worker.heartbeat import LeaseHeartbeat
+    from droptune.storage.jobs import registry
+    from droptune.worker.run.heartbeat import LeaseHeartbeat
 
     engine = create_engine(sqlite_url)
     registry.register(engine, "w", "h", 1, "cpu")
@@ -346,9 +347,9 @@ def test_a_batch_runs_without_a_worker(sqlite_url: str) -> None:
     import threading
 
     from droptune.storage.optuna_bridge import ensure_study
-    from droptune.worker.batch import BatchContext, BatchRunner
-    from droptune.worker.data import load_dataset, prepare_folds
-    from droptune.worker.heartbeat import LeaseHeartbeat
+    from droptune.worker.engine.data import load_dataset, prepare_folds
+    from droptune.worker.run.batch import BatchContext, BatchRunner
+    from droptune.worker.run.heartbeat import LeaseHeartbeat
 
     engine = create_engine(sqlite_url)
     storage = optuna_storage(sqlite_url)
@@ -378,8 +379,8 @@ def test_a_bug_in_claiming_ends_the_worker_instead_of_looping(
         calls.append(1)
         raise sa.exc.NoResultFound("simulated bug")
 
-    monkeypatch.setattr(droptune.worker.loop, "MAX_BUGS", 3)
-    monkeypatch.setattr("droptune.worker.loop.time.sleep", lambda _s: None)
+    monkeypatch.setattr(droptune.worker.run.loop, "MAX_BUGS", 3)
+    monkeypatch.setattr("droptune.worker.run.loop.time.sleep", lambda _s: None)
     monkeypatch.setattr(queue, "peek", broken)
     w = Worker(WorkerSettings(database_url=sqlite_url, device="cpu", threads=1))
     with pytest.raises(sa.exc.NoResultFound):

@@ -1,0 +1,5 @@
+"""`python -m droptune.client.cli`: the droptune command line."""
+
+from droptune.client.cli.main import main
+
+main()

@@ -1,0 +1,258 @@
+"""Result schemas returned by the API and read by the client (kept apart from the tables)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
+
+from droptune.core.spec.study import StudySpec
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc_from_local(value: datetime) -> datetime:
+    return value.astimezone(UTC)  # a naive value is read as local time by astimezone
+
+
+# Timestamps go out as RFC 3339 with their offset (`...Z`), as OpenAPI's `date-time` asks.
+# droptune's tables store naive UTC (db_now), so a naive value here is UTC.
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+# Optuna shows its trials' times as naive local time (FrozenTrial.datetime_start).
+LocalDatetime = Annotated[datetime, AfterValidator(_utc_from_local)]
+
+StudyStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ENDED: tuple[StudyStatus, ...] = ("succeeded", "failed", "cancelled")
+
+
+class Score(BaseModel):
+    mean: float
+    std: float
+    folds: list[float]
+
+
+class Progress(BaseModel):
+    n_trials: int
+    complete: int
+    pruned: int
+    failed: int = Field(description="trials that failed (an error, a lost worker, a bad score)")
+    interrupted: int = Field(
+        0, description="trials stopped by a worker shutdown (retried) or by the study's end"
+    )
+    running: int
+    refit: Literal["waiting", "ready", "running", "done", "skipped"] | None = Field(
+        None,
+        description="the final refit scored on unseen rows: waiting for the search, ready to be "
+        "claimed, running, done, or skipped (the study ended otherwise: cancelled, failed); "
+        "None: the study has no held-out rows",
+    )
+
+
+class Recommended(BaseModel):
+    dropout: float
+    rule: Literal["one_se", "best"]
+    trial: int
+    why: str = Field(description="one sentence a person can read")
+
+
+class Tied(BaseModel):
+    """The rates the paired test cannot tell from the best's (p >= alpha), the best included."""
+
+    alpha: float
+    low: float
+    high: float
+    rates: list[float]
+    trials: list[int]
+    not_tied_inside: list[float] = Field(
+        default_factory=list,
+        description="finished rates between low and high that the test does tell apart: the "
+        "tied rates need not be one stretch",
+    )
+
+    def text(self) -> str:
+        """One line for people: the rates, or their range and the exceptions inside it."""
+        n = len(self.rates)
+        head = f"{n} trial{'s' * (n != 1)} tied with the best (paired test, p >= {self.alpha:g})"
+        if n <= 6:
+            return f"{head}: " + ", ".join(f"{r:.3g}" for r in self.rates)
+        out = f"{head}: {self.low:.3g} to {self.high:.3g}"
+        if self.not_tied_inside:
+            shown = ", ".join(f"{r:.3g}" for r in self.not_tied_inside[:6])
+            more = ", …" if len(self.not_tied_inside) > 6 else ""
+            out += f", except {shown}{more}"
+        return out
+
+
+class TestPoint(BaseModel):
+    dropout: float
+    score: float
+    ci95: list[float] = Field(description="[low, high]: Wilson (accuracy) or bootstrap")
+
+
+class TestScore(TestPoint):
+    """The recommended rate refit on every training row and scored once on unseen rows."""
+
+    n: int = Field(description="unseen rows scored")
+    source: Literal["holdout", "test_dataset"]
+    metric: str
+    best: TestPoint | None = Field(None, description="the best rate's, when it differs")
+    baseline: TestPoint | None = Field(None, description="the same network without dropout")
+    refit_seconds: float | None = None
+
+
+class BestOut(BaseModel):
+    study_id: int
+    dropout: float | None
+    params: dict[str, float]
+    score: Score | None
+    metric: str
+    direction: str
+    trial: int | None
+    one_se_dropout: float | None
+    one_se_trial: int | None
+    complete: bool
+    status: StudyStatus
+    recommended: Recommended | None = None
+    tied: Tied | None = None
+    warnings: list[str] = Field(default_factory=list)
+    test: TestScore | None = None
+
+
+class StudyOut(BaseModel):
+    id: int
+    name: str | None
+    status: StudyStatus
+    reason: str | None
+    priority: int
+    owner: str
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    ended_at: UtcDatetime | None
+    optuna_study: str
+    spec: StudySpec
+    progress: Progress
+    best: BestOut | None = None
+
+    @field_validator("spec", mode="wrap")
+    @classmethod
+    def _stored_spec(cls, value: object, _handler: ValidatorFunctionWrapHandler) -> StudySpec:
+        # A stored spec, read leniently: one an earlier version accepted must still show.
+        return value if isinstance(value, StudySpec) else StudySpec.stored(value)
+
+
+class StudyPage(BaseModel):
+    items: list[StudyOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class TrialOut(BaseModel):
+    number: int
+    state: str
+    params: dict[str, float]
+    value: float | None
+    score: Score | None
+    epochs: int | None
+    train_seconds: float | None
+    device: str | None
+    worker: str | None
+    attempt: int
+    reason: str | None
+    warning: str | None = Field(
+        None,
+        description="how it was trained, when not as usual: a custom model trained member by "
+        "member (it cannot be vmapped), dropout the model keeps at its own rate",
+    )
+    p_vs_best: float | None = Field(
+        None,
+        description="paired corrected resampled t-test (Nadeau & Bengio) against the best "
+        "trial on the same splits; None for trials not COMPLETE",
+    )
+    started_at: LocalDatetime | None
+    ended_at: LocalDatetime | None
+
+
+class WorkerOut(BaseModel):
+    id: str
+    host: str
+    pid: int
+    device: str
+    status: Literal["live", "lost", "stopped"]
+    started_at: UtcDatetime
+    heartbeat_at: UtcDatetime
+    study_id: int | None
+    trials: list[int]
+    memory_bytes: int | None = Field(
+        None, description="the memory one batch may use (DROPTUNE_WORKER_MEMORY_GB or the device's)"
+    )
+    models: list[str] = Field(
+        default_factory=list, description="the custom models it can build (GET /models)"
+    )
+
+
+class ModelOut(BaseModel):
+    name: str
+    workers: list[str] = Field(description="live workers that have it")
+    recent_workers: list[str] = Field(
+        description="workers seen this week, not live now, that had it: a study naming it "
+        "is accepted and waits for one of them"
+    )
+
+
+class ColumnInfo(BaseModel):
+    name: str
+    kind: Literal["numeric", "categorical"]
+    missing: int = Field(description="missing cells")
+    categories: int | None = Field(None, description="distinct values (categorical only)")
+
+
+class DataSummary(BaseModel):
+    """What droptune read from an uploaded file: its shape, task, columns and classes."""
+
+    format: Literal["csv", "npz", "parquet"]
+    rows: int
+    features: int = Field(description="feature columns (tabular), or C*H*W (images)")
+    task: Literal["classification", "regression"]
+    task_inferred: bool = Field(description="decided from the target, not given")
+    target: str | None = Field(description="the label column (None for NPZ: its `y` array)")
+    columns: list[ColumnInfo] = Field(description="feature columns in file order")
+    classes: list[str] | None = Field(description="classification: labels in code order")
+    class_counts: list[int] | None
+    image_shape: list[int] | None = Field(description="[C, H, W] for image arrays")
+    encoded_features: int = Field(
+        description="inputs after encoding: numeric + missing indicators + one-hot categories"
+    )
+    target_mean: float | None = None
+    target_std: float | None = None
+    held_bytes: int | None = Field(
+        None,
+        description="bytes the workers hold once it is decompressed and read: what counts "
+        "against DROPTUNE_QUOTA_DATASET_MB (None for data sets stored before it was measured)",
+    )
+
+
+class DatasetOut(DataSummary):
+    id: int
+    name: str
+    owner: str
+    sha256: str
+    bytes: int
+    created_at: UtcDatetime
+    studies: list[int] = Field(description="studies that train on it, newest first")
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
+    total: int
+    offset: int
+    limit: int

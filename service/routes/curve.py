@@ -1,0 +1,180 @@
+"""/studies/{id}/curve: the mean score against the dropout rate, as JSON, SVG or PNG."""
+
+from __future__ import annotations
+
+import io
+import threading
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+
+from droptune.core.answer.curve import Curve, CurvePoint
+from droptune.service.deps import CallerDep, ReaderDep
+from droptune.service.routes.studies import ONE_STUDY, StudyId
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+router = APIRouter(prefix="/studies", tags=["studies"])
+
+Format = Literal["json", "svg", "png"]
+MEDIA = {"svg": "image/svg+xml", "png": "image/png"}
+# An SVG opened as a page runs scripts with the API's origin (where the dashboard's cookie is).
+# Matplotlib writes none and escapes the study's name, but the picture is also told to run
+# none and fetch nothing, and browsers not to guess another type for either picture.
+HEADERS = {
+    "svg": {
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+        "X-Content-Type-Options": "nosniff",
+    },
+    "png": {"X-Content-Type-Options": "nosniff"},
+}
+TITLE_CHARS = 70  # a study name may be 200 characters: the title keeps to one line
+# Matplotlib is not thread-safe even without pyplot (shared font and text caches), and FastAPI
+# runs sync routes in a thread pool: one drawing at a time (each takes a fraction of a second).
+_DRAWING = threading.Lock()
+
+# Colours that stay apart for colour-blind readers (Okabe-Ito).
+BLUE, VERMILLION, GREEN, GREY = "#0072B2", "#D55E00", "#009E73", "#999999"
+MEAN_LABEL = "trials: mean ± 1 SE"
+APART_LABEL = "told apart from the best (p < 0.05)"
+PRUNED_LABEL = "pruned (fewer epochs)"
+TIED_LABEL = "tied with best (paired test)"
+
+
+@router.get(
+    "/{study_id}/curve",
+    response_model=Curve,
+    responses={
+        200: {
+            "description": "the curve: JSON (default), or a picture with `format=svg|png`",
+            "content": {
+                MEDIA["svg"]: {"schema": {"type": "string"}},
+                MEDIA["png"]: {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        **ONE_STUDY,
+    },
+)
+def curve(
+    study_id: StudyId,
+    caller: CallerDep,
+    reader: ReaderDep,
+    format: Annotated[Format, Query(description="json, svg or png")] = "json",
+) -> Curve | Response:
+    """Every COMPLETE trial's mean score ± 1 standard error against its rate, PRUNED trials
+    apart (they trained fewer epochs), the best and recommended rates and the tied range."""
+    data = reader.curve(study_id, caller.scope)  # one load of the trials
+    if format == "json":
+        return data
+    name = data.name or ""
+    if len(name) > TITLE_CHARS:
+        name = name[: TITLE_CHARS - 1] + "…"
+    title = f"{name} (study {study_id})" if name else f"study {study_id}"
+    return Response(draw(data, title, format), media_type=MEDIA[format], headers=HEADERS[format])
+
+
+def draw(data: Curve, title: str, fmt: Literal["svg", "png"]) -> bytes:
+    """The curve as an SVG or PNG picture (Agg, no display; imported here so the API starts
+    without loading matplotlib)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with _DRAWING:
+        fig = Figure(figsize=(8, 5), dpi=100, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        _plot(ax, data)
+        # parse_math=False: a `$` in a study's name is text, not mathtext to parse (or fail on).
+        ax.set_title(title, parse_math=False)
+        ax.set_xlabel("dropout rate")
+        better = "higher" if data.direction == "maximize" else "lower"
+        ax.set_ylabel(f"{data.metric} (mean over folds; {better} is better)")
+        span = data.dropout_high - data.dropout_low
+        ax.set_xlim(data.dropout_low - 0.03 * span, data.dropout_high + 0.03 * span)
+        ax.grid(alpha=0.3)
+        if not data.points:
+            ax.text(0.5, 0.5, "no finished trials yet", transform=ax.transAxes, ha="center")
+        _legend(fig, ax)
+        buf = io.BytesIO()
+        # No date (the same curve gives the same bytes) and no URLs (the report inlines it).
+        meta: dict[str, Any] = {}
+        if fmt == "svg":
+            meta = {"Date": None, "Type": None, "Format": None, "Creator": None}
+        fig.savefig(buf, format=fmt, metadata=meta, dpi=144 if fmt == "png" else "figure")
+        return buf.getvalue()
+
+
+def _plot(ax: Axes, data: Curve) -> None:
+    if data.tied_low is not None and data.tied_high is not None:
+        ax.axvspan(data.tied_low, data.tied_high, color=GREEN, alpha=0.12, lw=0, label=TIED_LABEL)
+    complete = [p for p in data.points if p.state == "COMPLETE"]
+    shaded = data.tied_low is not None
+    labelled: set[bool] = set()
+    for p in complete:
+        # Inside the shaded range a rate may still differ from the best: drawn hollow.
+        apart = shaded and not p.tied
+        label = "_" if apart in labelled else (APART_LABEL if apart else MEAN_LABEL)
+        _errorbar(ax, p, label, hollow=apart)
+        labelled.add(apart)
+    pruned = [p for p in data.points if p.state == "PRUNED"]
+    if pruned:
+        xs, ys = [p.dropout for p in pruned], [p.mean for p in pruned]
+        ax.scatter(xs, ys, marker="x", color=GREY, alpha=0.6, label=PRUNED_LABEL, gid="pruned")
+    _rates(ax, data.best, data.recommended)
+
+
+def _rates(ax: Axes, best: float | None, recommended: float | None) -> None:
+    """The best and recommended rates as vertical lines behind the points (one when equal)."""
+    if best is not None and best == recommended:
+        ax.axvline(
+            best, color=VERMILLION, lw=1.8, zorder=1, label=f"best = recommended ({best:.2f})"
+        )
+        return
+    if best is not None:
+        ax.axvline(best, color="black", lw=1.2, ls="--", zorder=1, label=f"best ({best:.2f})")
+    if recommended is not None:
+        label = f"recommended ({recommended:.2f})"
+        ax.axvline(recommended, color=VERMILLION, lw=1.8, zorder=1, label=label)
+
+
+def _legend(fig: Figure, ax: Axes) -> None:
+    """Below the axes, so it never hides a point. Filled column by column: the trials, then
+    the answer's rates, then the tied range (matplotlib would list error bars last)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    first = (MEAN_LABEL, APART_LABEL, PRUNED_LABEL, "best", "recommended", TIED_LABEL)
+    rank = {label: next(r for r, f in enumerate(first) if label.startswith(f)) for label in labels}
+    order = sorted(range(len(labels)), key=lambda i: rank[labels[i]])
+    fig.legend(
+        [handles[i] for i in order],
+        [labels[i] for i in order],
+        loc="outside lower center",
+        ncols=3,
+        fontsize="small",
+        frameon=False,
+    )
+
+
+def _errorbar(ax: Axes, p: CurvePoint, label: str, *, hollow: bool = False) -> None:
+    """One COMPLETE trial, with its artists named after it (`errorbar-<trial>`) in the SVG."""
+    container = ax.errorbar(
+        [p.dropout],
+        [p.mean],
+        yerr=[p.se],
+        fmt="o",
+        color=BLUE,
+        markerfacecolor="white" if hollow else BLUE,
+        ms=5,
+        capsize=3,
+        zorder=3,
+        label=label,
+    )
+    line, caps, bars = container.lines
+    line.set_gid(f"point-{p.trial}")
+    for i, cap in enumerate(caps):
+        cap.set_gid(f"cap-{p.trial}-{i}")
+    for bar in bars:
+        bar.set_gid(f"errorbar-{p.trial}")

@@ -1,0 +1,97 @@
+"""The Optuna dashboard on the API's port, read-only.
+
+optuna-dashboard's page hard-codes `/dashboard`, `/static/*` and `/api/*`, so it cannot live under
+a sub-path: its WSGI app is mounted last, as the catch-all, and droptune's routes stay off `/api`.
+Its write routes (delete a study, tell a trial, notes) have no authentication and would corrupt the
+queue, so every method but GET and HEAD is refused with 403 before it reaches the dashboard. Once
+tokens exist, only admins reach it at all (service/middleware/auth.py: a bearer token or the login
+cookie),
+and it shows every owner's studies: optuna-dashboard reads Optuna's storage whole and has no
+notion of an owner, so a per-owner view would need a filtering storage wrapper (not built).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from a2wsgi import WSGIMiddleware
+from optuna.storages import RDBStorage
+from optuna_dashboard import wsgi
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from droptune.service.errors import allowed_methods
+from droptune.storage.sql.db import MAX_ID
+
+READ_METHODS = frozenset({"GET", "HEAD"})
+# What the dashboard serves; any other path is droptune's own 404, not the dashboard's HTML page.
+DASHBOARD_PREFIXES = ("/dashboard", "/static/", "/api/", "/favicon.ico")
+
+
+class ReadOnly:
+    """ASGI wrapper refusing writes with problem+json.
+
+    Being the catch-all, it also sees requests for droptune's own paths with a method they do
+    not take (Starlette falls through to it): those get 405 with `Allow`, not 404.
+    """
+
+    def __init__(self, app: ASGIApp, routes: Callable[[], Iterable[BaseRoute]]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+        elif scope["path"] != "/" and not scope["path"].startswith(DASHBOARD_PREFIXES):
+            allowed = allowed_methods(self.routes(), scope)
+            if allowed:
+                allow = ", ".join(allowed)
+                detail = f"{scope['method']} is not allowed on {scope['path']}; allowed: {allow}"
+                await _problem(
+                    send, 405, "Method not allowed", detail, [(b"allow", allow.encode())]
+                )
+            else:
+                await _problem(send, 404, "Not found", f"no route {scope['path']}")
+        elif _past_an_id(scope["path"]):
+            # Optuna's id columns are INTEGER: a larger id would be a 500 from PostgreSQL.
+            await _problem(send, 404, "Not found", f"no such study or trial: {scope['path']}")
+        elif scope["method"] not in READ_METHODS:
+            detail = (
+                f"the dashboard is read-only: {scope['method']} {scope['path']} is refused; "
+                "use droptune's REST API to change studies"
+            )
+            await _problem(send, 403, "Forbidden", detail)
+        else:
+            headers = scope["headers"]
+            if not any(k == b"accept-encoding" for k, _ in headers):
+                # optuna-dashboard's static route fails with 500 without this header (browsers
+                # always send one; curl does not).
+                scope = {**scope, "headers": [*headers, (b"accept-encoding", b"identity")]}
+            await self.app(scope, receive, send)
+
+
+def _past_an_id(path: str) -> bool:
+    """Whether a segment of the path is a number no id column can hold."""
+    return any(p.isascii() and p.isdigit() and int(p) > MAX_ID for p in path.split("/"))
+
+
+async def _problem(
+    send: Send, status: int, title: str, detail: str, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    body = json.dumps(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    ).encode()
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def dashboard_app(storage: RDBStorage, routes: Callable[[], Iterable[BaseRoute]]) -> Any:
+    """`routes` gives droptune's own routes, for 405 answers."""
+    return ReadOnly(WSGIMiddleware(wsgi(storage)), routes)  # type: ignore[arg-type]

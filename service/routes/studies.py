@@ -1,0 +1,204 @@
+"""/studies: submit, list, inspect, wait for the answer, cancel, delete, follow progress."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from droptune.core.errors import Forbidden
+from droptune.core.schemas import ENDED, BestOut, StudyOut, StudyPage, StudyStatus, TrialOut
+from droptune.core.spec.study import StudySpec
+from droptune.service.deps import CallerDep, EngineDep, ReaderDep, SettingsDep
+from droptune.service.errors import problems
+from droptune.service.held import HeldSlots, hold
+from droptune.service.routes.datasets import form_text
+from droptune.storage.jobs import queue
+from droptune.storage.jobs.lifecycle import delete_study
+from droptune.storage.submit import submits
+from droptune.storage.submit.admission import MemoryLimit
+from droptune.storage.submit.quotas import Quotas
+
+router = APIRouter(prefix="/studies", tags=["studies"])
+
+DB_INT = 2**63 - 1  # the largest id or offset the databases take (BIGINT)
+StudyId = Annotated[int, Path(ge=1, le=DB_INT, description="the study's id")]
+
+TRIALS_PAGE, MAX_TRIALS_PAGE = 100, 1000  # /trials: the default and the largest page
+# The errors of a route on one study.
+ONE_STUDY = problems(404, 422, 503, why={404: "no such study"})
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=StudyOut,
+    responses={
+        200: {"description": "the study an earlier request with this Idempotency-Key made"},
+        **problems(
+            400,
+            422,
+            429,
+            503,
+            why={
+                422: "an invalid spec, a data set it names is missing or does not fit, or an "
+                "Idempotency-Key sent before with another body",
+                429: "DROPTUNE_QUOTA_ACTIVE_STUDIES or DROPTUNE_QUOTA_TRIAL_EPOCHS: `detail` "
+                "names the limit and your use",
+            },
+        ),
+    },
+)
+def submit(
+    spec: StudySpec,
+    caller: CallerDep,
+    engine: EngineDep,
+    reader: ReaderDep,
+    settings: SettingsDep,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            description="a fresh value per study (a UUID): the same key and body within a day "
+            "answer the first study (200) instead of queueing another",
+        ),
+    ] = None,
+) -> StudyOut:
+    """Queue a study (201). Retried with the same Idempotency-Key, it answers the study the
+    first request made (200): a submit whose answer was lost is never queued twice."""
+    memory: MemoryLimit = request.app.state.memory
+    done = submits.submit(
+        engine,
+        spec,
+        caller.name,
+        quotas=Quotas.of(settings),
+        key=idempotency_key,
+        memory=memory,
+    )
+    if not done.created:
+        response.status_code = 200
+    response.headers["Location"] = f"/studies/{done.study_id}"
+    return reader.study(done.study_id, caller.name)
+
+
+# The GET routes are `async def` around one `run_in_threadpool`: FastAPI runs a plain `def`
+# route in the thread pool and then validates its answer there again, two hops per request.
+@router.get(
+    "",
+    response_model=StudyPage,
+    responses=problems(403, 422, 503, why={403: "owner= from a caller who is not an admin"}),
+)
+async def list_studies(
+    caller: CallerDep,
+    reader: ReaderDep,
+    status: StudyStatus | None = None,
+    offset: Annotated[int, Query(ge=0, le=DB_INT)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    owner: Annotated[
+        str | None, Query(max_length=200, description="admins: only this owner's studies")
+    ] = None,
+) -> StudyPage:
+    """Your studies, newest first; an admin sees every owner's (`owner=` narrows it)."""
+    if owner is not None:
+        owner = form_text(owner, "owner")  # a NUL reached PostgreSQL as a 500
+    if owner is not None and not caller.admin and owner != caller.name:
+        raise Forbidden(f"only an admin may list another owner's studies (owner={owner!r})")
+    scope = owner if owner is not None else caller.scope
+    return await run_in_threadpool(reader.page, scope, status, offset, limit)
+
+
+@router.get("/{study_id}", response_model=StudyOut, responses=ONE_STUDY)
+async def get_study(study_id: StudyId, caller: CallerDep, reader: ReaderDep) -> StudyOut:
+    return await run_in_threadpool(reader.study, study_id, caller.scope)
+
+
+@router.get(
+    "/{study_id}/best",
+    response_model=BestOut,
+    responses=problems(
+        404,
+        422,
+        429,
+        503,
+        why={
+            404: "no such study",
+            429: "with `wait`: the owner already holds DROPTUNE_MAX_HELD_PER_OWNER waiting "
+            "requests and event streams",
+        },
+    ),
+)
+async def best(
+    study_id: StudyId,
+    caller: CallerDep,
+    reader: ReaderDep,
+    settings: SettingsDep,
+    request: Request,
+    wait: Annotated[float, Query(ge=0, description="hold up to this many seconds")] = 0,
+) -> BestOut | Response:
+    """The best rate so far; with `wait`, held until the study ends or the time passes (or the
+    client goes: see service/held.py)."""
+    seconds = min(wait, settings.max_wait_seconds)
+    if seconds > 0:
+        slots: HeldSlots = request.app.state.held
+        with slots.acquire(caller.name):
+
+            async def ended() -> bool:
+                return await run_in_threadpool(reader.status, study_id, caller.scope) in ENDED
+
+            if not await ended() and not await hold(  # the first read answers 404 too
+                request, request.app.state.watcher, study_id, seconds, ended
+            ):
+                return Response(status_code=204)  # nobody is there to read it
+    return await run_in_threadpool(reader.best, study_id, caller.scope)
+
+
+@router.get("/{study_id}/trials", response_model=list[TrialOut], responses=ONE_STUDY)
+async def trials(
+    study_id: StudyId,
+    caller: CallerDep,
+    reader: ReaderDep,
+    offset: Annotated[int, Query(ge=0, le=DB_INT, description="trials to skip, by number")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_TRIALS_PAGE)] = TRIALS_PAGE,
+) -> list[TrialOut]:
+    """The study's trials by number, a page at a time: a page shorter than `limit` is the last."""
+    return await run_in_threadpool(reader.trials, study_id, caller.scope, offset, limit)
+
+
+@router.post(
+    "/{study_id}/cancel",
+    response_model=StudyOut,
+    responses=problems(
+        404, 409, 422, 503, why={404: "no such study", 409: "the study has already ended"}
+    ),
+)
+def cancel(study_id: StudyId, caller: CallerDep, engine: EngineDep, reader: ReaderDep) -> StudyOut:
+    by = "its owner" if caller.scope is not None else f"{caller.name} (an admin)"
+    queue.cancel(engine, study_id, caller.scope, by=by)
+    return reader.study(study_id, caller.scope)
+
+
+@router.delete(
+    "/{study_id}",
+    status_code=204,
+    response_class=Response,
+    responses=problems(
+        404,
+        409,
+        422,
+        503,
+        why={
+            404: "no such study (or another owner's)",
+            409: "the study is queued or running (cancel it first), or its workers are still "
+            "stopping its trials (try again in a few seconds)",
+        },
+    ),
+)
+def delete(study_id: StudyId, caller: CallerDep, engine: EngineDep, request: Request) -> Response:
+    """Delete an ended study: its trials (its Optuna study), stored models and answer. A queued
+    or running study is refused (409): cancel it first, so no worker is still training it."""
+    delete_study(engine, request.app.state.optuna, study_id, caller.scope)
+    return Response(status_code=204)

@@ -1,0 +1,47 @@
+"""`droptune db upgrade`: migrate droptune's tables and let Optuna create or migrate its own."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from droptune.core.errors import StorageError
+from droptune.storage.optuna_bridge import optuna_storage
+from droptune.storage.sql.db import create_engine, is_sqlite, normalise_url
+
+log = logging.getLogger("droptune.migrate")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def upgrade(url: str, attempts: int = 5) -> None:
+    """Bring the database to the newest schema; safe when several processes start at once."""
+    url = normalise_url(url)  # refuses what is not a SQLite or PostgreSQL URL, with the reason
+    for attempt in range(1, attempts + 1):
+        try:
+            _upgrade_once(url)
+            return
+        except Exception as exc:  # SQLite: two first starts race on CREATE TABLE
+            if attempt == attempts or not is_sqlite(url):
+                first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or ["?"])[0]
+                raise StorageError(f"could not migrate the database: {first}") from exc
+            log.info("migration attempt %d failed (%s); retrying", attempt, exc)
+            time.sleep(0.5 * attempt)
+
+
+def _upgrade_once(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    finally:
+        engine.dispose()
+    # Optuna creates (or checks) its own tables when its storage opens.
+    optuna_storage(url).engine.dispose()
