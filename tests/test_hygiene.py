@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from droptune.client.cli.common import safe
+from droptune.core.escape import safe
 from droptune.service.errors import MAX_JSON_DEPTH
 from droptune.storage.sql.db import create_engine, transaction
 from droptune.storage.sql.tables import studies

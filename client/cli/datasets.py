@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from droptune.client.api import DEFAULT_URL, Client, ClientError
-from droptune.client.cli.common import JsonOpt, UrlOpt, ask, client, fail, safe
+from droptune.client.cli.common import JsonOpt, UrlOpt, ask, client, fail
+from droptune.core.escape import safe
 from droptune.core.schemas import DatasetOut
 
 dataset_app = typer.Typer(

@@ -14,7 +14,8 @@ import httpx
 from pydantic import ValidationError
 
 from droptune.client.api import Client, ClientError, StudyEvent
-from droptune.client.cli.common import fail, safe
+from droptune.client.cli.common import fail
+from droptune.core.escape import safe
 from droptune.core.schemas import ENDED, BestOut, Progress, StudyOut
 
 OUTAGE = (502, 503, 504)  # an API restarting behind a proxy: waited out, like no answer

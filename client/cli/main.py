@@ -25,11 +25,11 @@ from droptune.client.cli.common import (
     client,
     fail,
     one_line_errors,
-    safe,
 )
 from droptune.client.cli.datasets import dataset_app, dataset_line, reused
 from droptune.client.cli.tokens import token_app
 from droptune.core.answer.text import answer_lines
+from droptune.core.escape import safe
 from droptune.core.schemas import StudyOut
 
 app = typer.Typer(

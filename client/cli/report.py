@@ -17,10 +17,11 @@ from typing import Annotated
 import typer
 
 from droptune.client.api import DEFAULT_URL, Client, ClientError
-from droptune.client.cli.common import UrlOpt, ask, fail, safe
+from droptune.client.cli.common import UrlOpt, ask, fail
 from droptune.client.cli.report_svg import clean_svg
 from droptune.core.answer.rules import primary_rate
 from droptune.core.answer.text import answer_lines
+from droptune.core.escape import safe
 from droptune.core.schemas import BestOut, StudyOut, TrialOut
 from droptune.core.spec.study import DatasetSpec, StudySpec
 

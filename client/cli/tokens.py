@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from droptune.client.cli.common import DbOpt, JsonOpt, fail, one_line_errors, safe
+from droptune.client.cli.common import DbOpt, JsonOpt, fail, one_line_errors
+from droptune.core.escape import safe
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from droptune.client.cli.common import safe
+from droptune.core.escape import safe
 from droptune.core.schemas import BestOut, TestPoint
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection, Engine
 from droptune.core.schemas import WorkerOut
 from droptune.storage.jobs.queue import Beat, heartbeat_leases
 from droptune.storage.sql.db import db_now, transaction
-from droptune.storage.sql.tables import workers
+from droptune.storage.sql.tables import studies, workers
 
 
 def register(
@@ -66,7 +66,11 @@ def stopped(engine: Engine, worker_id: str) -> None:
         )
 
 
-def list_workers(engine: Engine, grace_seconds: float, include_stopped: bool) -> list[WorkerOut]:
+def list_workers(
+    engine: Engine, grace_seconds: float, include_stopped: bool, owner: str | None = None
+) -> list[WorkerOut]:
+    """Live and lost workers (stopped ones on request). With `owner` (a caller who is not an
+    admin), a worker busy with another owner's study shows no study or trials."""
     w = workers.c
     status = sa.case(
         (w.status == "stopped", "stopped"),
@@ -78,12 +82,19 @@ def list_workers(engine: Engine, grace_seconds: float, include_stopped: bool) ->
         query = query.where(w.status != "stopped")
     with transaction(engine, read_only=True) as conn:
         rows = conn.execute(query).all()
+        busy = {r.study_id for r in rows if r.study_id is not None}
+        own = busy
+        if owner is not None and busy:
+            mine = sa.select(studies.c.id).where(studies.c.id.in_(busy), studies.c.owner == owner)
+            own = set(conn.execute(mine).scalars())
     out = []
     for r in rows:
         m: dict[str, Any] = dict(r._mapping)
         m["status"] = m.pop("derived")
         m["trials"] = m["trials"] or []
         m["models"] = m["models"] or []
+        if m["study_id"] is not None and m["study_id"] not in own:
+            m["study_id"], m["trials"] = None, []
         out.append(WorkerOut.model_validate(m))
     return out
 

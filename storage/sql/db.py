@@ -221,3 +221,10 @@ def _db_now_sqlite(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
 def _db_now_pg(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
     shift = compiler.process(element.clauses, **kw)
     return f"(clock_timestamp() AT TIME ZONE 'UTC' + make_interval(secs => {shift}))"
+
+
+def ping(engine: Engine) -> str:
+    """The database's kind once it has answered a trivial query (StorageError if it cannot)."""
+    with transaction(engine, read_only=True) as conn:
+        conn.execute(sa.text("SELECT 1"))
+    return engine.dialect.name
