@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # at hand; set TORCH_SPEC to another version (or a CUDA build) on GPU machines if needed.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv run test lint bench clean
+.PHONY: venv run test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,13 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# Everything: unit, integration (SQLite and PostgreSQL) and end-to-end (real processes).
 test: lint
 	$(VENV)/bin/pytest
+
+# While iterating: the unit tests alone (no process, no database server).
+test-fast: venv
+	$(VENV)/bin/pytest tests/unit
 
 bench: venv
 	$(PY) bench/bench_engine.py

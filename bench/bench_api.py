@@ -55,7 +55,7 @@ from droptune.storage.optuna_bridge import optuna_storage  # noqa: E402
 from droptune.storage.sql.db import create_engine  # noqa: E402
 from droptune.storage.sql.migrate import upgrade  # noqa: E402
 from droptune.storage.sql.tables import studies  # noqa: E402
-from tests.test_reads import insert_rows, scored_trial  # noqa: E402
+from tests.integration.test_reads import insert_rows, scored_trial  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SPEC = StudySpec.model_validate(

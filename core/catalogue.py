@@ -2,7 +2,7 @@
 
 Plain data and the standard library only: the spec (validation), the engine (which `bench/` runs
 on bare GPU boxes with torch, numpy and scikit-learn alone) and the worker all read these facts
-from here, and `tests/test_data.py` checks them against the data itself.
+from here, and `tests/unit/test_data.py` checks them against the data itself.
 """
 
 from __future__ import annotations

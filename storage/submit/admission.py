@@ -5,7 +5,8 @@ capped at 6 GiB spent 13 minutes on 33 such attempts before the study failed).
 The estimate is the memory of the smallest batch a worker trains: one trial on every split
 (cv.folds x cv.repeats members, stacked). It mirrors the engine (worker/engine/stacked.py,
 worker/engine/models.py) and worker.sizing's per-trial figure, without importing either: storage
-imports neither torch nor worker code, and tests/test_admission.py checks the two agree and
+imports neither torch nor worker code, and tests/integration/test_admission.py checks the two agree
+and
 that the estimate is within a factor 2 of the tensors a built StackedMLP / StackedCNN holds.
 
 Torch-free, and sqlalchemy only for the two small queries (the limit a live worker advertises,

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 # torch._fused_adam_ is private: its signature may change in any release. These are the torch
-# versions (major, minor) tests/test_engine.py has passed on; widen after running it on a new one.
+# versions (major, minor) tests/unit/test_engine.py has passed on; widen after running it on a new
+# one.
 FUSED_ADAM_TESTED = ((2, 13), (2, 14))  # [from, to)
 
 

@@ -3,7 +3,7 @@ what running out of memory looks like.
 
 Imports only torch and the stdlib (plus worker.data/models): bench/ runs on bare GPU boxes. The
 memory figures mirror storage.admission's (the submit's estimate, which cannot import torch);
-tests/test_admission.py checks that the two agree.
+tests/integration/test_admission.py checks that the two agree.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OURS = ("core", "datafiles", "storage", "service", "worker", "client")
 CATALOGUE = ROOT / "core" / "catalogue.py"
 

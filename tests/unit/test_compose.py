@@ -13,7 +13,7 @@ from droptune.core.settings import StorageSettings
 from droptune.service.settings import ServiceSettings
 from droptune.worker.run.settings import WorkerSettings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def compose() -> dict[str, Any]:

@@ -17,7 +17,7 @@ from droptune.core.answer.curve import Curve, CurvePoint
 from droptune.core.schemas import BestOut, Recommended, Score
 from droptune.storage.dashboard_answer import curve_figure, note_markdown
 from tests.html_audit import MARK, PAYLOADS, RUN, browser_dom, every_payload, problems
-from tests.test_report_xss import SVG_TAGS, curve_svg
+from tests.unit.test_report_xss import SVG_TAGS, curve_svg
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 NOTE_TAGS = {"h2", "p", "strong", "em", "ul", "li"}

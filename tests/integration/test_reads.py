@@ -35,7 +35,7 @@ from droptune.storage.readmodel.reads import Reader
 from droptune.storage.sql.db import create_engine, transaction
 from droptune.storage.sql.tables import studies
 from droptune.storage.submit import submits
-from tests.test_api import InProcess
+from tests.integration.test_api import InProcess
 
 SPEC = StudySpec.model_validate(
     {"dataset": {"builtin": "iris"}, "cv": {"folds": 5}, "search": {"n_trials": 2000}}

@@ -14,7 +14,7 @@ from droptune.client import Client
 from tests import procs
 from tests.conftest import PG_ADMIN
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = {
     "dataset": {"builtin": "iris"},
     "model": {"hidden": [8]},

@@ -12,7 +12,7 @@ from droptune.core import schemas
 from droptune.core.answer.text import answer_lines
 from droptune.storage.sql.migrate import upgrade
 from tests import procs
-from tests.test_answer import spec, stored_study
+from tests.unit.test_answer import spec, stored_study
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from tests import procs
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "custom_model"
 MODELS = (
     "res_mlp=droptune_example_models:res_mlp,"

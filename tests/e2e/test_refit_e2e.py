@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 HOLDOUT = 0.3
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 # The README's snippet runs as a user runs it, then says which droptune modules it imported.
 RUN_SNIPPET = """

@@ -16,7 +16,7 @@ from droptune.storage.access import sessions, tokens
 from droptune.storage.sql import tables
 from droptune.storage.sql.db import create_engine, db_now
 from tests import procs
-from tests.test_access import bearer, token
+from tests.e2e.test_access import bearer, token
 
 BROWSER_FORM = {"Origin": "", "Sec-Fetch-Site": "same-origin"}  # Origin filled in per server
 HTML = {"Accept": "text/html"}
