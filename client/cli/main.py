@@ -12,19 +12,17 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from droptune.client import launch
 from droptune.client.api import DEFAULT_URL, ClientError
 from droptune.client.cli import follow as cli_follow
 from droptune.client.cli import model as cli_model
+from droptune.client.cli import processes as cli_processes
 from droptune.client.cli import report as cli_report
 from droptune.client.cli.common import (
-    DbOpt,
     JsonOpt,
     UrlOpt,
     ask,
     client,
     fail,
-    one_line_errors,
 )
 from droptune.client.cli.datasets import dataset_app, dataset_line, reused
 from droptune.client.cli.tokens import token_app
@@ -37,94 +35,11 @@ app = typer.Typer(
     no_args_is_help=True,
     help="droptune: find the dropout rate that generalises best.",
 )
-db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
-app.add_typer(db_app, name="db")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(token_app, name="token")
+cli_processes.register(app)
 cli_model.register(app)
 cli_report.register(app)
-
-InsecureOpt = Annotated[
-    bool,
-    typer.Option(
-        "--insecure", help="serve a non-loopback address with no token (anyone may do anything)"
-    ),
-]
-
-
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="bind address")] = None,
-    port: Annotated[int | None, typer.Option(help="port", min=1, max=65535)] = None,
-    database_url: DbOpt = None,
-    insecure: InsecureOpt = False,
-) -> None:
-    """Run the API and the dashboard (migrates the database first)."""
-    from droptune.service.settings import ServiceSettings
-
-    with one_line_errors():
-        settings = ServiceSettings.from_flags(
-            host=host, port=port, database_url=database_url, insecure=insecure or None
-        )
-        launch.serve(settings)
-
-
-@app.command()
-def worker(
-    database_url: DbOpt = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads", min=1)] = None,
-    exit_when_idle: Annotated[bool, typer.Option(help="stop when the queue is empty")] = False,
-) -> None:
-    """Run a worker: claim trials, train them, report; SIGTERM stops it cleanly."""
-    from droptune.worker.run.settings import WorkerSettings
-
-    with one_line_errors():
-        settings = WorkerSettings.from_flags(
-            database_url=database_url,
-            device=device,
-            threads=threads,
-            # an absent flag is False, which must not hide DROPTUNE_EXIT_WHEN_IDLE=true
-            exit_when_idle=exit_when_idle or None,
-        )
-        code = launch.worker(settings)
-    raise typer.Exit(code)
-
-
-@app.command()
-def up(
-    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port", min=1, max=65535)] = 8000,
-    database_url: DbOpt = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(help="workers (default: one per device; 0: none, they run elsewhere)", min=0),
-    ] = None,
-    insecure: InsecureOpt = False,
-) -> None:
-    """Start everything on one machine: API, dashboard, one worker per device."""
-    from droptune.service.settings import ServiceSettings
-    from droptune.worker.run.settings import WorkerSettings
-
-    with one_line_errors():
-        # --host and --port always have a value, so DROPTUNE_HOST and DROPTUNE_PORT never count
-        api = ServiceSettings.from_flags(
-            host=host, port=port, database_url=database_url, insecure=insecure or None
-        )
-        code = launch.up(api, WorkerSettings.from_flags(database_url=database_url), workers)
-    raise typer.Exit(code)
-
-
-@db_app.command("upgrade")
-def db_upgrade(database_url: DbOpt = None) -> None:
-    """Create or migrate droptune's tables (and Optuna's)."""
-    from droptune.core.settings import StorageSettings
-    from droptune.storage.sql.migrate import upgrade
-
-    with one_line_errors():
-        url = StorageSettings.from_flags(database_url=database_url).database_url
-        upgrade(url)
-    typer.echo(f"database {url} is up to date")
 
 
 def _spec_from(file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,99 @@
+"""`droptune serve`, `worker`, `up` and `db upgrade`: the commands that run droptune's own
+processes (the server's and the worker's code is imported lazily: a client needs neither)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from droptune.client import launch
+from droptune.client.cli.common import DbOpt, one_line_errors
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(worker)
+    app.command()(up)
+    db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+    db_app.command("upgrade")(db_upgrade)
+    app.add_typer(db_app, name="db")
+
+
+InsecureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--insecure", help="serve a non-loopback address with no token (anyone may do anything)"
+    ),
+]
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port", min=1, max=65535)] = None,
+    database_url: DbOpt = None,
+    insecure: InsecureOpt = False,
+) -> None:
+    """Run the API and the dashboard (migrates the database first)."""
+    from droptune.service.settings import ServiceSettings
+
+    with one_line_errors():
+        settings = ServiceSettings.from_flags(
+            host=host, port=port, database_url=database_url, insecure=insecure or None
+        )
+        launch.serve(settings)
+
+
+def worker(
+    database_url: DbOpt = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads", min=1)] = None,
+    exit_when_idle: Annotated[bool, typer.Option(help="stop when the queue is empty")] = False,
+) -> None:
+    """Run a worker: claim trials, train them, report; SIGTERM stops it cleanly."""
+    from droptune.worker.run.settings import WorkerSettings
+
+    with one_line_errors():
+        settings = WorkerSettings.from_flags(
+            database_url=database_url,
+            device=device,
+            threads=threads,
+            # an absent flag is False, which must not hide DROPTUNE_EXIT_WHEN_IDLE=true
+            exit_when_idle=exit_when_idle or None,
+        )
+        code = launch.worker(settings)
+    raise typer.Exit(code)
+
+
+def up(
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port", min=1, max=65535)] = 8000,
+    database_url: DbOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="workers (default: one per device; 0: none, they run elsewhere)", min=0),
+    ] = None,
+    insecure: InsecureOpt = False,
+) -> None:
+    """Start everything on one machine: API, dashboard, one worker per device."""
+    from droptune.service.settings import ServiceSettings
+    from droptune.worker.run.settings import WorkerSettings
+
+    with one_line_errors():
+        # --host and --port always have a value, so DROPTUNE_HOST and DROPTUNE_PORT never count
+        api = ServiceSettings.from_flags(
+            host=host, port=port, database_url=database_url, insecure=insecure or None
+        )
+        code = launch.up(api, WorkerSettings.from_flags(database_url=database_url), workers)
+    raise typer.Exit(code)
+
+
+def db_upgrade(database_url: DbOpt = None) -> None:
+    """Create or migrate droptune's tables (and Optuna's)."""
+    from droptune.core.settings import StorageSettings
+    from droptune.storage.sql.migrate import upgrade
+
+    with one_line_errors():
+        url = StorageSettings.from_flags(database_url=database_url).database_url
+        upgrade(url)
+    typer.echo(f"database {url} is up to date")
