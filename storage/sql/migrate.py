@@ -18,12 +18,14 @@ log = logging.getLogger("droptune.migrate")
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def upgrade(url: str, attempts: int = 5) -> None:
-    """Bring the database to the newest schema; safe when several processes start at once."""
+def upgrade(url: str, attempts: int = 5, *, revision: str = "head") -> None:
+    """Bring the database to the newest schema (or to `revision`, which the tests' upgrade
+    assets are made at: tests/assets/make_upgrade_assets.py); safe when several processes start
+    at once."""
     url = normalise_url(url)  # refuses what is not a SQLite or PostgreSQL URL, with the reason
     for attempt in range(1, attempts + 1):
         try:
-            _upgrade_once(url)
+            _upgrade_once(url, revision)
             return
         except Exception as exc:  # SQLite: two first starts race on CREATE TABLE
             if attempt == attempts or not is_sqlite(url):
@@ -33,14 +35,14 @@ def upgrade(url: str, attempts: int = 5) -> None:
             time.sleep(0.5 * attempt)
 
 
-def _upgrade_once(url: str) -> None:
+def _upgrade_once(url: str, revision: str) -> None:
     engine = create_engine(url)
     try:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, revision)
     finally:
         engine.dispose()
     # Optuna creates (or checks) its own tables when its storage opens.
