@@ -97,6 +97,22 @@ def _pick_target(names: list[str], target: str | None) -> int:
     return names.index(target)
 
 
+def _features(names: list[str], ti: int, limits: Limits) -> list[int]:
+    """The feature columns' indices: every column but the target, within the limit."""
+    feats = [i for i in range(len(names)) if i != ti]
+    if not feats:
+        raise DataError(
+            f"the file has only the target column {names[ti]!r}: "
+            "at least one feature column is needed"
+        )
+    if len(feats) > limits.max_columns:
+        raise DataError(
+            f"the file has {len(feats)} feature columns, more than the limit of "
+            f"{limits.max_columns}"
+        )
+    return feats
+
+
 def inspect_tabular(
     src: Source,
     name: str,
@@ -108,17 +124,7 @@ def inspect_tabular(
 ) -> DataSummary:
     """inspect() for a tabular format: every batch through the column and target statistics."""
     ti = _pick_target(src.names, target)
-    feats = [i for i in range(len(src.names)) if i != ti]
-    if not feats:
-        raise DataError(
-            f"the file has only the target column {src.names[ti]!r}: "
-            "at least one feature column is needed"
-        )
-    if len(feats) > limits.max_columns:
-        raise DataError(
-            f"the file has {len(feats)} feature columns, more than the limit of "
-            f"{limits.max_columns}"
-        )
+    feats = _features(src.names, ti, limits)
     if src.rows is not None:
         check_cells(src.rows, len(feats), limits)
     stats = {i: ColumnStats(src.names[i], src.hows[i], limits.max_categories) for i in feats}
