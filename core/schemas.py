@@ -216,10 +216,17 @@ class ColumnInfo(BaseModel):
     categories: int | None = Field(None, description="distinct values (categorical only)")
 
 
+# The data formats the product reads: the registry in `datafiles.formats` (which core may not
+# import) names the same ones, in the same order (tests/unit/test_formats.py checks).
+DATA_FORMATS = ("csv", "npz", "parquet")
+
+
 class DataSummary(BaseModel):
     """What droptune read from an uploaded file: its shape, task, columns and classes."""
 
-    format: Literal["csv", "npz", "parquet"]
+    # A string, not a Literal of DATA_FORMATS: a format registered with datafiles.formats is
+    # accepted without an edit here; the API's schema still lists the product's formats.
+    format: str = Field(json_schema_extra={"enum": list(DATA_FORMATS)})
     rows: int
     features: int = Field(description="feature columns (tabular), or C*H*W (images)")
     task: Literal["classification", "regression"]

@@ -195,7 +195,7 @@ class TargetStats:
     def __init__(self, name: str, how: How, limits: Limits, max_inferred: int) -> None:
         self.name = name
         self.limits = limits
-        self.max_inferred = max_inferred  # MAX_INFERRED_CLASSES of storage.datafile
+        self.max_inferred = max_inferred  # MAX_INFERRED_CLASSES of datafiles.datafile
         self.cap = max(limits.max_classes, max_inferred) + 1
         self.numeric = how in ("text", "number")
         self.example: str | None = None  # a value that is not a number, for messages

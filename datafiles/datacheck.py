@@ -1,7 +1,8 @@
-"""What the data-file modules share: formats, limits, the error, the loaded table, helpers.
+"""What the data-file modules share: tasks, limits, the error, the loaded table, helpers.
 
-`storage.datafile` re-exports the public names; `storage.columns`, `storage.tabular` and
-`storage.npzfile` import them from here, so none of them imports `storage.datafile`.
+`datafiles.datafile` re-exports the public names; the format modules, `datafiles.columns` and
+`datafiles.tabular` import them from here, so none of them imports `datafiles.datafile`. The
+formats themselves are registered in `datafiles.formats`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ import pandas as pd
 from droptune.core.errors import Invalid
 from droptune.core.schemas import DataSummary
 
-FORMATS = ("csv", "npz", "parquet")
 TASKS = ("classification", "regression")
 
-Format = Literal["csv", "npz", "parquet"]
 Task = Literal["classification", "regression"]
 Kind = Literal["numeric", "categorical"]
 
@@ -59,7 +58,7 @@ class Table:
 
 @dataclass(frozen=True)
 class Tuning:
-    """The module-level tunables of `storage.datafile`, read when each call starts (tests patch
+    """The module-level tunables of `datafiles.datafile`, read when each call starts (tests patch
     them there)."""
 
     csv_block_size: int  # bytes of CSV text parsed at a time

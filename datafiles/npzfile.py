@@ -3,6 +3,7 @@
 `inspect_npz` reads only the .npy headers to check dtypes, shapes and sizes against the limits,
 then decompresses X in bounded chunks to check its values; pickled arrays are always refused.
 `load_npz` reads both arrays whole once the stored summary has bounded their size.
+`NpzFormat` is the format `datafiles.formats` registers.
 """
 
 from __future__ import annotations
@@ -251,7 +252,8 @@ def _y_chunk(y: npt.NDArray[Any]) -> tuple[Chunk, How]:
 
 
 def _open_zip(f: BinaryIO) -> zipfile.ZipFile:
-    check_zip_directory(f)  # before zipfile makes an object of each member it lists
+    """The archive, once `check_zip_directory` passed (zipfile makes an object of each member
+    its directory lists)."""
     try:
         return zipfile.ZipFile(f)
     except (zipfile.BadZipFile, OSError, ValueError) as e:
@@ -323,3 +325,28 @@ def load_npz(f: BinaryIO, summary: DataSummary) -> Table:
     X = np.asarray(X).reshape(summary.rows, -1).astype(np.float32, copy=False)
     chunk, how = _y_chunk(y)
     return Table(X=X, y=encode_target(chunk, how == "number", summary), summary=summary)
+
+
+class NpzFormat:
+    name = "npz"
+    label = "NPZ"
+
+    def detect(self, head: bytes) -> bool:
+        return head.startswith((b"PK\x03\x04", b"PK\x05\x06"))
+
+    def refuse(self, head: bytes) -> str | None:
+        return None
+
+    def check_raw(self, f: BinaryIO, limits: Limits) -> None:
+        check_zip_directory(f)
+
+    def inspect(
+        self, f: BinaryIO, target: str | None, task: Task | None, limits: Limits, tuning: Tuning
+    ) -> DataSummary:
+        return inspect_npz(f, target, task, limits, tuning)
+
+    def load(self, f: BinaryIO, summary: DataSummary, tuning: Tuning) -> Table:
+        # Checked again: the directory is all that stands between zipfile and a file's members,
+        # and the check costs one read of the archive's tail.
+        check_zip_directory(f)
+        return load_npz(f, summary)

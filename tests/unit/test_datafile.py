@@ -331,9 +331,9 @@ def test_a_header_longer_than_a_block_is_read(tmp_path: Path) -> None:
 def test_a_parquet_chunk_far_larger_than_the_file_is_refused(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
-    from droptune.datafiles import tabular
+    from droptune.datafiles import parquetfile
 
-    monkeypatch.setattr(tabular, "PARQUET_MAX_CHUNK_BYTES", 1024)
+    monkeypatch.setattr(parquetfile, "PARQUET_MAX_CHUNK_BYTES", 1024)
     frame = pd.DataFrame({"a": np.zeros(100_000), "label": np.arange(100_000) % 2})
     path = tmp_path / "zeros.parquet"
     frame.to_parquet(path, compression="zstd", use_dictionary=False)  # 800 KB of zeros, ~1 KB
