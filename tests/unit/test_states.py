@@ -28,7 +28,7 @@ def test_the_schemas_literals_are_the_enums_values() -> None:
 
 
 def test_a_state_is_its_string() -> None:
-    assert StudyStatus.CANCELLED == "cancelled"
+    assert [StudyStatus.CANCELLED] == ["cancelled"]  # equal to the string the column holds
     assert f"{RefitState.SKIPPED}" == str(RefitState.SKIPPED) == "skipped"
     assert json.dumps({"status": StudyStatus.RUNNING}) == '{"status": "running"}'
     assert "queued" in ACTIVE and {"queued": 1}.get(StudyStatus.QUEUED) == 1
