@@ -30,8 +30,9 @@ UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 # Optuna shows its trials' times as naive local time (FrozenTrial.datetime_start).
 LocalDatetime = Annotated[datetime, AfterValidator(_utc_from_local)]
 
+# The API's strings as Literals (the OpenAPI document lists them); core.states has them as
+# enums, and tests/unit/test_states.py checks the two agree.
 StudyStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-ENDED: tuple[StudyStatus, ...] = ("succeeded", "failed", "cancelled")
 
 
 class Score(BaseModel):

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 
 from droptune.core.errors import DroptuneError
-from droptune.core.schemas import ENDED
+from droptune.core.states import ENDED
 from droptune.storage.jobs.notify import StudyWatcher
 
 

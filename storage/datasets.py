@@ -17,12 +17,12 @@ from droptune.core.errors import Conflict, Invalid, NotFound, StorageError
 from droptune.core.schemas import DatasetOut, DatasetPage, DataSummary
 from droptune.core.spec.strict import FieldError
 from droptune.core.spec.study import StudySpec
+from droptune.core.states import ACTIVE
 from droptune.storage.sql.db import transaction
 from droptune.storage.sql.tables import dataset_chunks, datasets, studies
 from droptune.storage.submit.quotas import DATASETS, Quotas, check_dataset_bytes, lock_owner
 
 CHUNK_BYTES = 4 << 20
-ACTIVE = ("queued", "running")
 
 
 def sha256_of(f: BinaryIO) -> tuple[str, int]:

@@ -16,7 +16,8 @@ from pydantic import ValidationError
 from droptune.client.api import Client, ClientError, StudyEvent
 from droptune.client.cli.common import fail
 from droptune.core.escape import safe
-from droptune.core.schemas import ENDED, BestOut, Progress, StudyOut
+from droptune.core.schemas import BestOut, Progress, StudyOut
+from droptune.core.states import ENDED
 
 OUTAGE = (502, 503, 504)  # an API restarting behind a proxy: waited out, like no answer
 POLL_S = 1.0

@@ -29,6 +29,7 @@ from droptune.client.cli.tokens import token_app
 from droptune.core.answer.text import answer_lines
 from droptune.core.escape import safe
 from droptune.core.schemas import StudyOut
+from droptune.core.states import StudyStatus
 
 app = typer.Typer(
     add_completion=False,
@@ -291,7 +292,7 @@ def wait(
     typer.echo(
         final.model_dump_json(indent=2) if as_json else _show(s.model_copy(update={"best": final}))
     )
-    if s.status != "succeeded":
+    if s.status != StudyStatus.SUCCEEDED.value:
         raise typer.Exit(2)
 
 

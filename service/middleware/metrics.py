@@ -44,6 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from droptune.core import logs
 from droptune.core.errors import StorageError
+from droptune.core.states import LeaseKind
 from droptune.service.settings import ServiceSettings
 from droptune.storage.readmodel.metrics_sql import DURATION_BUCKETS, Snapshot, snapshot
 
@@ -155,8 +156,8 @@ def families(snap: Snapshot) -> Iterator[Metric]:
         "refits ready to run (kind=refit).",
         labels=["kind"],
     )
-    queue.add_metric(["trial"], snap.open_slots)
-    queue.add_metric(["refit"], snap.refits_ready)
+    queue.add_metric([LeaseKind.TRIAL.value], snap.open_slots)
+    queue.add_metric([LeaseKind.REFIT.value], snap.refits_ready)
     yield queue
     finished = CounterMetricFamily(
         "droptune_trials_finished", "Trials that ended, by Optuna state.", labels=["state"]

@@ -19,7 +19,7 @@ import contextlib
 import json
 import weakref
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, Request, Response
 from pydantic import Field
@@ -28,7 +28,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from droptune.core.errors import NotFound, StorageError
-from droptune.core.schemas import ENDED, StudyOut, StudyStatus
+from droptune.core.schemas import StudyOut
+from droptune.core.states import ENDED, RefitState, StudyStatus
 from droptune.service.deps import Caller, CallerDep, ReaderDep
 from droptune.service.errors import problems
 from droptune.service.held import HeldSlots, Slot
@@ -38,8 +39,9 @@ from droptune.storage.jobs.notify import StudyWatcher
 from droptune.storage.readmodel.reads import Reader
 
 SHOWN = {"id", "status", "progress", "best"}  # a progress event's fields of StudyOut
-STATUS_STEP = {"queued": 0, "running": 1}  # an ended study: 2
-REFIT_STEP = {"ready": 1, "running": 1, "done": 2}  # none or waiting: 0
+STATUS_STEP: dict[str, int] = {StudyStatus.QUEUED: 0, StudyStatus.RUNNING: 1}  # an ended study: 2
+# none or waiting: 0
+REFIT_STEP: dict[str, int] = {RefitState.READY: 1, RefitState.RUNNING: 1, RefitState.DONE: 2}
 SEND_TIMEOUT_S = 30.0  # a client that reads nothing for this long is dropped
 
 
@@ -102,7 +104,7 @@ EVENT = {
                         "type": "object",
                         "properties": {
                             "id": {"type": "integer"},
-                            "status": {"enum": list(get_args(StudyStatus))},
+                            "status": {"enum": [s.value for s in StudyStatus]},
                             "progress": {"$ref": f"{REF}Progress"},
                             "best": {"anyOf": [{"$ref": f"{REF}BestOut"}, {"type": "null"}]},
                         },
@@ -111,7 +113,7 @@ EVENT = {
                     {
                         "title": "end",
                         "type": "object",
-                        "properties": {"status": {"enum": list(ENDED)}},
+                        "properties": {"status": {"enum": [s.value for s in ENDED]}},
                         "required": ["status"],
                         "additionalProperties": False,
                     },

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 
 from droptune.core.errors import NotFound
+from droptune.core.states import RefitState
 from droptune.service.deps import CallerDep, EngineDep, ReaderDep
 from droptune.service.errors import problems
 from droptune.service.routes.studies import StudyId
@@ -57,9 +58,9 @@ def _why_none(engine: EngineDep, study_id: int, status: str, which: str) -> str:
             f"study {study_id} has no model: it held out no rows to refit on (submit with "
             "evaluation.holdout > 0 or evaluation.test_dataset)"
         )
-    if state == "skipped":
+    if state == RefitState.SKIPPED:
         return f"study {study_id} has no model: it ended ({status}) before its final refit"
-    if state != "done":
+    if state != RefitState.DONE:
         return f"study {study_id} has no model yet ({status}): the refit runs after the search"
     if which == "best" and refits.model_file(engine, study_id, "recommended") is not None:
         return f"study {study_id}: the best rate is the recommended one; download that model"

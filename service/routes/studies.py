@@ -8,8 +8,9 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from droptune.core.errors import Forbidden
-from droptune.core.schemas import ENDED, BestOut, StudyOut, StudyPage, StudyStatus, TrialOut
+from droptune.core.schemas import BestOut, StudyOut, StudyPage, StudyStatus, TrialOut
 from droptune.core.spec.study import StudySpec
+from droptune.core.states import ENDED
 from droptune.service.deps import CallerDep, EngineDep, ReaderDep, SettingsDep
 from droptune.service.errors import problems
 from droptune.service.held import HeldSlots, hold

@@ -20,7 +20,8 @@ the lease, retrying storage errors.
 | STUDY_ENDED | FAIL | DONE | DROPPED | DROPPED |
 
 DONE counts a finished trial; FAILED gives the slot back with its parameters and an attempt
-(retried up to `max_retries`, then counted against `max_failed`); RELEASED gives it back at once,
+(retried up to `max_retries`, then counted against `max_failed`: `core.retry.RetryPolicy`, which
+queue.finish applies); RELEASED gives it back at once,
 no attempt counted; DROPPED gives nothing back (the study has ended).
 """
 
@@ -49,8 +50,8 @@ from tenacity import (
 )
 
 from droptune.core.errors import Conflict, NotFound, StorageError
+from droptune.core.states import ACTIVE, Outcome
 from droptune.storage.jobs import queue
-from droptune.storage.jobs.queue import Outcome
 from droptune.storage.optuna_bridge import study_id_of, study_lock
 from droptune.storage.sql.db import is_outage, transaction
 from droptune.storage.sql.tables import leases, models, retries, studies
@@ -282,7 +283,7 @@ def _deletable(conn: Connection, study_id: int, owner: str | None) -> str | None
     ).one_or_none()
     if row is None:
         raise NotFound(f"study {study_id} not found")
-    if row.status in queue.ACTIVE:
+    if row.status in ACTIVE:
         raise Conflict(
             f"study {study_id} is {row.status}: cancel it first (`droptune cancel {study_id}`, "
             f"POST /studies/{study_id}/cancel), then delete it"

@@ -8,7 +8,6 @@ FOR UPDATE) the same statement runs inside BEGIN IMMEDIATE, which serialises wri
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -17,15 +16,22 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from droptune.core.errors import Conflict, NotFound
+from droptune.core.retry import RetryPolicy
 from droptune.core.spec.study import StudySpec
+from droptune.core.states import (
+    ACTIVE,
+    REFIT_PENDING,
+    LeaseKind,
+    RefitState,
+    StudyStatus,
+)
+from droptune.core.states import Outcome as Outcome  # re-exported: what `finish` is told
 from droptune.storage.sql.db import db_now, transaction
 from droptune.storage.sql.tables import leases, retries, studies
 
-ACTIVE = ("queued", "running")
-REFIT = "refit"  # the kind of a refit's lease
 # A study that ends otherwise than by its refit: a refit still to come never runs.
 REFIT_SKIPPED = sa.case(
-    (studies.c.refit_state.in_(("waiting", "ready", "running")), "skipped"),
+    (studies.c.refit_state.in_(REFIT_PENDING), RefitState.SKIPPED),
     else_=studies.c.refit_state,
 )
 NOTIFY_CHANNEL = "droptune_queue"  # work may have arrived: idle workers listen
@@ -46,13 +52,6 @@ class Claim:
     optuna_study: str
     spec: StudySpec
     leases: list[Lease]
-
-
-class Outcome(enum.Enum):
-    DONE = "done"  # the trial finished COMPLETE or PRUNED
-    FAILED = "failed"  # the trial failed: retry its parameters, counting an attempt
-    RELEASED = "released"  # the worker gave the slot back (shutdown): retry at once, no attempt
-    DROPPED = "dropped"  # the study has ended (cancelled): nothing to give back
 
 
 OPTUNA_NAME_MAX = 200  # droptune_studies.optuna_study is VARCHAR(200)
@@ -120,7 +119,7 @@ def claim(
             # Every SET expression reads the row as it was, so last_claim is the count reserved.
             last_claim=_least(s.n_trials - s.slots_claimed, max_slots),
             slots_claimed=_least(s.n_trials, s.slots_claimed + max_slots),
-            status="running",
+            status=StudyStatus.RUNNING,
             started_at=sa.func.coalesce(s.started_at, db_now()),
         )
         .returning(s.id, s.last_claim, s.spec, s.optuna_study)
@@ -235,7 +234,7 @@ def end_lease(engine: Engine, where: Any, outcome: Outcome, reason: str | None) 
         if study.status not in ACTIVE or outcome is Outcome.DROPPED:
             notify(conn, study.id, work=False)  # its trial stopped
             return True
-        if row.kind == REFIT:
+        if row.kind == LeaseKind.REFIT:
             # Recovery ends a lost refit as RELEASED (no trial): its worker died in it, which
             # counts an attempt (a refit that kills its worker must not loop for ever).
             refit_back(conn, study, attempt=True, reason=reason)
@@ -252,37 +251,44 @@ def _count_done(conn: Connection, study: sa.Row[Any]) -> None:
     becomes claimable (it succeeds when the refit is done)."""
     done = study.n_done + 1
     values: dict[str, Any] = {"n_done": done}
-    if done >= study.n_trials and study.refit_state == "waiting":
-        values["refit_state"] = "ready"
+    if done >= study.n_trials and study.refit_state == RefitState.WAITING:
+        values["refit_state"] = RefitState.READY
     elif done >= study.n_trials and study.refit_state is None:
-        values |= {"status": "succeeded", "ended_at": db_now()}
+        values |= {"status": StudyStatus.SUCCEEDED, "ended_at": db_now()}
     conn.execute(studies.update().where(studies.c.id == study.id).values(**values))
     notify(conn, study.id, work="refit_state" in values)  # a ready refit is work
+
+
+def retry_policy(study: sa.Row[Any]) -> RetryPolicy:
+    """The retry policy stored on a study's row (its spec's search.max_retries, max_failed)."""
+    return RetryPolicy(max_retries=study.max_retries, max_failed=study.max_failed)
 
 
 def _give_back(
     conn: Connection, study: sa.Row[Any], lease: Any, outcome: Outcome, reason: str | None
 ) -> None:
-    """Return the slot to the queue and, while attempts remain, its parameters with it."""
+    """Return the slot to the queue and, while attempts remain, its parameters with it (a slot
+    without parameters, whose trial never started, goes back alone)."""
     values: dict[str, Any] = {"slots_claimed": studies.c.slots_claimed - 1}
-    attempt = lease.attempt + (1 if outcome is Outcome.FAILED else 0)
-    if lease.params is not None and attempt <= study.max_retries:
+    policy = retry_policy(study)
+    retry = policy.trial(lease.attempt, outcome) if lease.params is not None else None
+    if retry is not None and retry.again:
         conn.execute(
             retries.insert().values(
                 study_id=study.id,
                 params=lease.params,
-                attempt=attempt,
+                attempt=retry.attempt,
                 origin_trial=lease.trial_number,
             )
         )
-    elif lease.params is not None:
+    elif retry is not None:
         # Out of retries: the slot goes back with fresh parameters; the study fails past
         # max_failed such give-ups.
         given_up = study.n_given_up + 1
         values["n_given_up"] = given_up
-        if given_up > study.max_failed:
+        if policy.study_fails(given_up):
             values |= {
-                "status": "failed",
+                "status": StudyStatus.FAILED,
                 "ended_at": db_now(),
                 "reason": f"{given_up} trials failed after {study.max_retries} retries each "
                 f"(max_failed={study.max_failed}); last: {reason or 'unknown'}",
@@ -295,14 +301,14 @@ def _give_back(
 def refit_back(conn: Connection, study: sa.Row[Any], *, attempt: bool, reason: str | None) -> None:
     """A refit lease ended without a result: the refit is claimable again, counting an attempt
     when it failed; past max_retries attempts the study fails with the reason."""
-    attempts = study.refit_attempts + (1 if attempt else 0)
-    values: dict[str, Any] = {"refit_state": "ready", "refit_attempts": attempts}
-    if attempts > study.max_retries:
+    retry = retry_policy(study).refit(study.refit_attempts, counted=attempt)
+    values: dict[str, Any] = {"refit_state": RefitState.READY, "refit_attempts": retry.attempt}
+    if not retry.again:
         values |= {
-            "status": "failed",
+            "status": StudyStatus.FAILED,
             "ended_at": db_now(),
-            "reason": f"the final refit failed {attempts} times; last: {reason or 'unknown'}",
-            "refit_state": "skipped",
+            "reason": f"the final refit failed {retry.attempt} times; last: {reason or 'unknown'}",
+            "refit_state": RefitState.SKIPPED,
         }
     conn.execute(studies.update().where(studies.c.id == study.id).values(**values))
     notify(conn, study.id)
@@ -315,10 +321,11 @@ def ended_status(engine: Engine, study_id: int) -> str | None:
         status = conn.execute(
             sa.select(studies.c.status).where(studies.c.id == study_id)
         ).scalar_one_or_none()
+    # "deleted" is no status: it tells a worker its study's row is gone.
     return "deleted" if status is None else None if status in ACTIVE else str(status)
 
 
-def cancel(engine: Engine, study_id: int, owner: str | None, by: str = "its owner") -> str:
+def cancel(engine: Engine, study_id: int, owner: str | None, by: str = "its owner") -> StudyStatus:
     """Stop new claims at once; running trials see the status at the end of their epoch.
     `owner` None: an admin's cancel, of any owner's study."""
     owned = [] if owner is None else [studies.c.owner == owner]
@@ -330,9 +337,9 @@ def cancel(engine: Engine, study_id: int, owner: str | None, by: str = "its owne
             raise NotFound(f"study {study_id} not found")
         if status not in ACTIVE:
             raise Conflict(f"study {study_id} has already ended ({status})")
-        _close(conn, study_id, "cancelled", f"cancelled by {by}")
+        _close(conn, study_id, StudyStatus.CANCELLED, f"cancelled by {by}")
         notify(conn, study_id, work=False)
-    return "cancelled"
+    return StudyStatus.CANCELLED
 
 
 def peek(engine: Engine, models: Collection[str] = ()) -> tuple[int, StudySpec, int] | None:
@@ -360,12 +367,12 @@ def peek(engine: Engine, models: Collection[str] = ()) -> tuple[int, StudySpec, 
 def fail_study(engine: Engine, study_id: int, reason: str) -> bool:
     """End an active study as failed with `reason`; False if it had already ended."""
     with transaction(engine) as conn:
-        ended = _close(conn, study_id, "failed", reason)
+        ended = _close(conn, study_id, StudyStatus.FAILED, reason)
         notify(conn, study_id)
     return ended
 
 
-def _close(conn: Connection, study_id: int, status: str, reason: str) -> bool:
+def _close(conn: Connection, study_id: int, status: StudyStatus, reason: str) -> bool:
     """End an active study with `status` and drop its waiting retries; False if it had ended."""
     n = conn.execute(
         studies.update()

@@ -15,8 +15,9 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
 
 from droptune.core.errors import StorageError
+from droptune.core.states import Outcome
 from droptune.storage.jobs.lifecycle import ORPHANED, Why, fail_trial, settle
-from droptune.storage.jobs.queue import Outcome, finish
+from droptune.storage.jobs.queue import finish
 from droptune.storage.jobs.stale import (
     StaleLease,
     keep_params,

@@ -24,7 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from droptune.core.spec.study import StudySpec
-from droptune.storage.jobs.queue import ACTIVE, REFIT, notify, refit_back
+from droptune.core.states import ACTIVE, LeaseKind, RefitState, StudyStatus
+from droptune.storage.jobs.queue import notify, refit_back
 from droptune.storage.sql.db import db_now, transaction
 from droptune.storage.sql.tables import leases, models, studies
 
@@ -55,7 +56,7 @@ def claim(engine: Engine, worker_id: str, models: Collection[str] = ()) -> Refit
     runnable = sa.or_(s.custom_model.is_(None), s.custom_model.in_(list(models)))
     pick = (
         sa.select(s.id)
-        .where(s.status == "running", s.refit_state == "ready", runnable)
+        .where(s.status == StudyStatus.RUNNING, s.refit_state == RefitState.READY, runnable)
         .order_by(s.priority.desc(), s.id)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -64,8 +65,8 @@ def claim(engine: Engine, worker_id: str, models: Collection[str] = ()) -> Refit
     with transaction(engine) as conn:
         row = conn.execute(
             studies.update()
-            .where(s.id == pick, s.refit_state == "ready")
-            .values(refit_state="running")
+            .where(s.id == pick, s.refit_state == RefitState.READY)
+            .values(refit_state=RefitState.RUNNING)
             .returning(s.id, s.spec, s.optuna_study, s.refit_attempts)
         ).one_or_none()
         if row is None:
@@ -73,7 +74,12 @@ def claim(engine: Engine, worker_id: str, models: Collection[str] = ()) -> Refit
         notify(conn, row.id, work=False)  # the refit runs
         lease_id = conn.execute(
             leases.insert()
-            .values(study_id=row.id, worker_id=worker_id, attempt=row.refit_attempts, kind=REFIT)
+            .values(
+                study_id=row.id,
+                worker_id=worker_id,
+                attempt=row.refit_attempts,
+                kind=LeaseKind.REFIT,
+            )
             .returning(leases.c.id)
         ).scalar_one()
     return RefitClaim(
@@ -125,7 +131,12 @@ def complete(
         conn.execute(
             studies.update()
             .where(studies.c.id == c.study_id)
-            .values(refit_state="done", refit_result=result, status="succeeded", ended_at=db_now())
+            .values(
+                refit_state=RefitState.DONE,
+                refit_result=result,
+                status=StudyStatus.SUCCEEDED,
+                ended_at=db_now(),
+            )
         )
         notify(conn, c.study_id)
     return True

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from droptune.core.schemas import WorkerOut
+from droptune.core.states import WorkerStatus
 from droptune.storage.jobs.queue import Beat, heartbeat_leases
 from droptune.storage.sql.db import db_now, transaction
 from droptune.storage.sql.tables import studies, workers
@@ -33,7 +34,7 @@ def register(
                 host=host,
                 pid=pid,
                 device=device,
-                status="live",
+                status=WorkerStatus.LIVE,
                 memory_bytes=memory_bytes,
                 models=models or [],
             )
@@ -52,7 +53,9 @@ def heartbeat(
         conn.execute(
             workers.update()
             .where(workers.c.id == worker_id)
-            .values(heartbeat_at=db_now(), study_id=study_id, trials=trials, status="live")
+            .values(
+                heartbeat_at=db_now(), study_id=study_id, trials=trials, status=WorkerStatus.LIVE
+            )
         )
         return heartbeat_leases(conn, worker_id, lease_ids)
 
@@ -62,7 +65,7 @@ def stopped(engine: Engine, worker_id: str) -> None:
         conn.execute(
             workers.update()
             .where(workers.c.id == worker_id)
-            .values(status="stopped", heartbeat_at=db_now(), study_id=None, trials=[])
+            .values(status=WorkerStatus.STOPPED, heartbeat_at=db_now(), study_id=None, trials=[])
         )
 
 
@@ -73,13 +76,13 @@ def list_workers(
     admin), a worker busy with another owner's study shows no study or trials."""
     w = workers.c
     status = sa.case(
-        (w.status == "stopped", "stopped"),
-        (w.heartbeat_at < db_now(-grace_seconds), "lost"),
-        else_="live",
+        (w.status == WorkerStatus.STOPPED, WorkerStatus.STOPPED),
+        (w.heartbeat_at < db_now(-grace_seconds), WorkerStatus.LOST),
+        else_=WorkerStatus.LIVE,
     ).label("derived")
     query = sa.select(workers, status).order_by(w.started_at.desc())
     if not include_stopped:
-        query = query.where(w.status != "stopped")
+        query = query.where(w.status != WorkerStatus.STOPPED)
     with transaction(engine, read_only=True) as conn:
         rows = conn.execute(query).all()
         busy = {r.study_id for r in rows if r.study_id is not None}
@@ -101,7 +104,7 @@ def list_workers(
 
 def _live(grace_seconds: float) -> list[sa.ColumnElement[bool]]:
     """A worker is live when it has not stopped and its heartbeat is within the grace."""
-    return [workers.c.status == "live", workers.c.heartbeat_at >= db_now(-grace_seconds)]
+    return [workers.c.status == WorkerStatus.LIVE, workers.c.heartbeat_at >= db_now(-grace_seconds)]
 
 
 def largest_live_memory(conn_or_engine: Connection | Engine, grace_seconds: float) -> int | None:

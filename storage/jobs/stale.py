@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from droptune.storage.jobs.queue import Outcome, end_lease
+from droptune.core.states import Outcome, StudyStatus
+from droptune.storage.jobs.queue import end_lease
 from droptune.storage.sql.db import db_now, transaction
 from droptune.storage.sql.tables import leases, studies
 
@@ -87,7 +88,7 @@ def running_optuna_studies(engine: Engine) -> list[str]:
     with transaction(engine, read_only=True) as conn:
         names = conn.execute(
             sa.select(studies.c.optuna_study).where(
-                studies.c.status == "running", studies.c.optuna_study.is_not(None)
+                studies.c.status == StudyStatus.RUNNING, studies.c.optuna_study.is_not(None)
             )
         ).scalars()
         return [str(n) for n in names]

@@ -14,19 +14,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import get_args
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from droptune.core.schemas import StudyStatus
+from droptune.core.states import ACTIVE, RefitState, StudyStatus
 from droptune.storage.jobs.lifecycle import Why
-from droptune.storage.jobs.queue import ACTIVE
 from droptune.storage.jobs.registry import count_live
 from droptune.storage.sql.db import transaction
 from droptune.storage.sql.tables import studies
 
-STATUSES: tuple[str, ...] = get_args(StudyStatus)
+STATUSES: tuple[str, ...] = tuple(s.value for s in StudyStatus)
 # Optuna's trial states that end a trial, by the names its `trials.state` column stores.
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 TRAINED_STATES = ("COMPLETE", "PRUNED")  # those with `train_seconds`
@@ -111,7 +109,9 @@ def _queue_depth(conn: Connection) -> tuple[int, int]:
     open_slots, ready = conn.execute(
         sa.select(
             sa.func.coalesce(sa.func.sum(s.n_trials - s.slots_claimed), 0),
-            sa.func.coalesce(sa.func.sum(sa.case((s.refit_state == "ready", 1), else_=0)), 0),
+            sa.func.coalesce(
+                sa.func.sum(sa.case((s.refit_state == RefitState.READY, 1), else_=0)), 0
+            ),
         ).where(s.status.in_(ACTIVE))
     ).one()
     return max(0, int(open_slots)), int(ready)

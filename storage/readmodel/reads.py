@@ -27,7 +27,6 @@ from droptune.core.answer.curve import DRAWN, Curve, build_curve
 from droptune.core.answer.rules import answer, score_of
 from droptune.core.errors import NotFound
 from droptune.core.schemas import (
-    ENDED,
     BestOut,
     Progress,
     StudyOut,
@@ -36,6 +35,7 @@ from droptune.core.schemas import (
     TrialOut,
 )
 from droptune.core.spec.study import StudySpec
+from droptune.core.states import ENDED, RefitState
 from droptune.storage.readmodel import answer_cache
 from droptune.storage.readmodel.answer_cache import (
     CachedAnswer,
@@ -54,7 +54,7 @@ from droptune.storage.sql.db import transaction
 from droptune.storage.sql.tables import studies
 
 # The refit's state as shown: "running" is the leased state; None when there is no refit.
-REFIT_SHOWN = {s: s for s in ("waiting", "ready", "running", "done", "skipped")}
+REFIT_SHOWN = {s.value: s.value for s in RefitState}
 # The user attributes a TrialOut or the answer reads (a trial has others: lease, ...).
 ATTR_KEYS = (
     *("epochs", "train_seconds", "device", "worker", "attempt", "reason", "warning"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from droptune.core.states import LeaseKind
 from droptune.storage.sql.db import Id, db_now
 
 metadata = sa.MetaData()
@@ -70,8 +71,8 @@ leases = sa.Table(
     sa.Column("params", sa.JSON, nullable=True),
     sa.Column("claimed_at", sa.DateTime, nullable=False, server_default=db_now()),
     sa.Column("heartbeat_at", sa.DateTime, nullable=False, server_default=db_now()),
-    # "trial": a trial slot; "refit": the study's final refit (no trial, no slot)
-    sa.Column("kind", sa.String(16), nullable=False, server_default="trial"),
+    # a trial slot or the study's final refit (no trial, no slot): core.states.LeaseKind
+    sa.Column("kind", sa.String(16), nullable=False, server_default=LeaseKind.TRIAL.value),
     sqlite_autoincrement=True,
 )
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from droptune.core.errors import Invalid
+from droptune.core.states import WorkerStatus
 from droptune.storage.sql.db import db_now, transaction
 from droptune.storage.sql.tables import workers
 
@@ -54,7 +55,7 @@ def advertised(engine: Engine, grace_seconds: float) -> dict[str, dict[str, list
         rows = _rows(conn, REMEMBER_SECONDS)
         alive = set(
             conn.execute(
-                sa.select(w.id).where(w.status == "live", w.heartbeat_at >= live_since)
+                sa.select(w.id).where(w.status == WorkerStatus.LIVE, w.heartbeat_at >= live_since)
             ).scalars()
         )
     out: dict[str, dict[str, list[str]]] = {}

@@ -20,9 +20,9 @@ from sqlalchemy.engine import Connection
 
 from droptune.core.errors import DroptuneError, Forbidden
 from droptune.core.spec.study import StudySpec
+from droptune.core.states import ACTIVE
 from droptune.storage.sql.tables import datasets, studies
 
-ACTIVE = ("queued", "running")
 MB = 2**20
 STUDIES, DATASETS = "studies", "datasets"  # one lock per owner for each: an upload never waits
 # for a submit

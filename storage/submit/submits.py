@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from droptune.core.spec.study import StudySpec
+from droptune.core.states import RefitState, StudyStatus
 from droptune.storage import datasets
 from droptune.storage.jobs.queue import notify, optuna_study_name
 from droptune.storage.sql.db import transaction
@@ -84,13 +85,13 @@ def _store(
             owner=owner,
             name=spec.name,
             spec=spec.model_dump(mode="json"),
-            status="queued",
+            status=StudyStatus.QUEUED,
             priority=spec.priority,
             n_trials=spec.search.n_trials,
             max_retries=spec.search.max_retries,
             max_failed=spec.search.max_failed,
             dataset_id=spec.dataset.id,
-            refit_state="waiting" if spec.evaluation.refits else None,
+            refit_state=RefitState.WAITING if spec.evaluation.refits else None,
             test_dataset_id=spec.evaluation.test_dataset,
             custom_model=spec.model.name if spec.model.kind == "custom" else None,
         )

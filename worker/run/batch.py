@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from droptune.core.errors import StorageError
 from droptune.core.spec.study import StudySpec
+from droptune.core.states import Outcome, StudyStatus
 from droptune.storage.dashboard_answer import publish_answer
 from droptune.storage.jobs import queue
 from droptune.storage.jobs.lifecycle import NO_TRIAL, Why, fail_trial, settle
@@ -230,10 +231,10 @@ class BatchRunner:
         slot straight back (RELEASED), as an unlinked lease does. retry=False: a FAILED end
         gives the trial up instead of retrying its parameters (admission.no_retry)."""
 
-        def end(outcome: queue.Outcome, reason: str | None) -> bool:
+        def end(outcome: Outcome, reason: str | None) -> bool:
             if not linked:
-                outcome = queue.Outcome.RELEASED
-            elif outcome is queue.Outcome.FAILED and not retry:
+                outcome = Outcome.RELEASED
+            elif outcome is Outcome.FAILED and not retry:
                 admission.no_retry(self.ctx.engine, lease.id)
             return queue.finish(self.ctx.engine, lease.id, outcome, reason)
 
@@ -328,7 +329,7 @@ class BatchRunner:
         if self.ctx.stop.is_set():
             raise Interrupted(Why.SHUTDOWN.value, Why.SHUTDOWN)
         status = self.hb.ended.get(claim.study_id) or self._ended_status(claim.study_id)
-        if status == "cancelled":
+        if status == StudyStatus.CANCELLED:
             raise Interrupted(Why.CANCELLED.value, Why.CANCELLED)
         if status is not None:
             raise Interrupted(f"study {status}", Why.STUDY_ENDED)
