@@ -14,7 +14,6 @@ from droptune.core.states import ENDED
 from droptune.service.deps import CallerDep, EngineDep, ReaderDep, SettingsDep
 from droptune.service.errors import problems
 from droptune.service.held import HeldSlots, hold
-from droptune.service.routes.datasets import form_text
 from droptune.storage.jobs import queue
 from droptune.storage.jobs.lifecycle import delete_study
 from droptune.storage.submit import submits
@@ -104,10 +103,11 @@ async def list_studies(
     ] = None,
 ) -> StudyPage:
     """Your studies, newest first; an admin sees every owner's (`owner=` narrows it)."""
-    if owner is not None:
-        owner = form_text(owner, "owner")  # a NUL reached PostgreSQL as a 500
     if owner is not None and not caller.admin and owner != caller.name:
         raise Forbidden(f"only an admin may list another owner's studies (owner={owner!r})")
+    if owner is not None and not owner.isprintable():
+        # No owner has such a name (tokens refuse them); and a NUL reached PostgreSQL as a 500.
+        return StudyPage(items=[], total=0, offset=offset, limit=limit)
     scope = owner if owner is not None else caller.scope
     return await run_in_threadpool(reader.page, scope, status, offset, limit)
 
