@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from droptune.core.memory import pools
+
 
 @dataclass(frozen=True)
 class MLPConfig:
@@ -226,12 +228,6 @@ class StackedMLP(_Stacked):
             if i < len(states) - 1:
                 layers += [nn.ReLU(), nn.Dropout(float(self.rates[m, i]))]
         return nn.Sequential(*layers)
-
-
-def pools(h: int, w: int) -> bool:
-    """The CNN's pooling rule, the one place it is written: a block max-pools 2x2 while both
-    sides of its feature map are at least 2 (small images keep their last pixels)."""
-    return h >= 2 and w >= 2
 
 
 def conv_output_hw(image_shape: tuple[int, int, int], n_blocks: int) -> tuple[int, int]:
