@@ -34,8 +34,8 @@ from droptune.worker.engine.stacked import (
     _generator,
     epoch_order,
 )
-from droptune.worker.run.batch import model_config
 from droptune.worker.run.loop import Worker
+from droptune.worker.run.plugins import model_config
 from droptune.worker.run.settings import WorkerSettings
 from tests.queueing import study_row
 
@@ -232,7 +232,7 @@ import ctypes, json, sys
 import torch
 from droptune.storage.submit import admission
 from droptune.core.spec.study import StudySpec
-from droptune.worker.run.batch import model_config
+from droptune.worker.run.plugins import model_config
 from droptune.worker.engine.data import load_dataset, prepare_folds
 from droptune.worker.engine.stacked import (
     StackedRun,

@@ -17,49 +17,27 @@ import torch
 
 from droptune.core import memory
 from droptune.worker.engine.data import FoldData
-from droptune.worker.engine.models import CNNConfig, MLPConfig
+from droptune.worker.engine.kinds.base import ModelConfig
 
 if TYPE_CHECKING:
     from droptune.worker.engine.stacked import TrainConfig
 
 
-def _layer_shapes(
-    model: MLPConfig | CNNConfig,
-    n_features: int,
-    n_classes: int,
-    image_shape: tuple[int, int, int] | None,
-) -> list[memory.Layer]:
-    """(fan_in, fan_out, output positions) per layer; fan_in * fan_out * positions = MACs."""
-    if isinstance(model, MLPConfig):
-        return memory.mlp_layers(n_features, model.hidden, n_classes)
-    assert image_shape is not None
-    return memory.cnn_layers(image_shape, model.channels, model.hidden, n_classes)
-
-
-def param_count(
-    model: MLPConfig | CNNConfig,
-    n_features: int,
-    n_classes: int,
-    image_shape: tuple[int, int, int] | None,
-) -> int:
-    return memory.param_count(_layer_shapes(model, n_features, n_classes, image_shape))
-
-
-def flops_per_trial(model: MLPConfig | CNNConfig, data: FoldData, cfg: TrainConfig) -> float:
+def flops_per_trial(model: ModelConfig, data: FoldData, cfg: TrainConfig) -> float:
     """Nominal FLOPs of one trial (all K folds, all epochs): 2*in*out per sample per layer
     forward, backward = 2x forward, plus the forward pass of each epoch's validation."""
-    layers = _layer_shapes(model, data.n_features, data.n_classes, data.image_shape)
+    layers = model.layers(data.n_features, data.n_classes, data.image_shape)
     n_train = sum(data.train_len_host)
     n_val = sum(data.val_len_host)
     return cfg.epochs * memory.forward_flops(layers) * (3.0 * n_train + n_val)
 
 
 def trial_bytes(
-    model: MLPConfig | CNNConfig, data: FoldData, batch_size: int, trials: int = 1
+    model: ModelConfig, data: FoldData, batch_size: int, trials: int = 1
 ) -> tuple[int, int]:
     """(bytes per trial of a training step: its K members' parameter state and saved
     activations; bytes of the largest validation chunk of `trials` trials)."""
-    layers = _layer_shapes(model, data.n_features, data.n_classes, data.image_shape)
+    layers = model.layers(data.n_features, data.n_classes, data.image_shape)
     per_trial = data.k * memory.member_train_bytes(layers, data.n_features, batch_size)
     lva = max(int(data.val_idx.shape[1]), 1)
     return per_trial, memory.eval_bytes(layers, data.n_features, trials * data.k, lva)
@@ -82,7 +60,7 @@ def _free_bytes(device: torch.device) -> int:
 
 
 def auto_batch_trials(
-    model: MLPConfig | CNNConfig,
+    model: ModelConfig,
     data: FoldData,
     n_available: int,
     device: torch.device | str,
