@@ -24,6 +24,8 @@ from sqlalchemy.engine import Connection, Engine
 from droptune.core import catalogue, memory
 from droptune.core.errors import Invalid
 from droptune.core.schemas import DataSummary
+from droptune.core.spec.kinds import SPEC_KINDS
+from droptune.core.spec.model import ModelSpec
 from droptune.core.spec.study import StudySpec
 from droptune.storage.sql.db import transaction
 from droptune.storage.sql.tables import leases, studies
@@ -56,17 +58,12 @@ class Estimate:
         return self.state + self.activations + self.data
 
 
-def layer_shapes(
-    kind: str,
-    hidden: list[int] | tuple[int, ...],
-    channels: list[int] | tuple[int, ...],
-    shape: DataShape,
-) -> list[memory.Layer]:
-    """(fan_in, fan_out, positions) per layer of the study's network (core.memory)."""
-    if kind != "cnn":
-        return memory.mlp_layers(shape.features, hidden, shape.classes)
-    assert shape.image_shape is not None, "a CNN needs image data"
-    return memory.cnn_layers(shape.image_shape, channels, hidden[0], shape.classes)
+def layer_shapes(model: ModelSpec, shape: DataShape) -> list[memory.Layer]:
+    """(fan_in, fan_out, positions) per layer of the study's network (its kind's, core.memory)."""
+    layers = SPEC_KINDS[model.kind].layers
+    if layers is None:  # submits.submit skips the check for such kinds (a user's module)
+        raise ValueError(f"model kind {model.kind!r} has no memory estimate")
+    return layers(model, shape.features, shape.classes, shape.image_shape)
 
 
 def fold_bytes(shape: DataShape, splits: int) -> int:
@@ -77,7 +74,7 @@ def fold_bytes(shape: DataShape, splits: int) -> int:
 def estimate(spec: StudySpec, shape: DataShape, trials: int = 1) -> Estimate:
     """The memory of a batch of `trials` trials of this study (every split of each stacked)."""
     m = spec.model
-    layers = layer_shapes(m.kind, m.hidden, m.conv_channels, shape)
+    layers = layer_shapes(m, shape)
     members = trials * spec.cv.splits
     params = memory.param_count(layers)
     train = members * memory.FLOAT * memory.SAVED * memory.activation_values(layers, shape.features)
