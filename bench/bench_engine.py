@@ -33,9 +33,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from droptune.core.memory import pools
 from droptune.worker.engine.custom import CustomModel, train_custom_trials
 from droptune.worker.engine.data import Dataset, FoldData, load_dataset, make_folds, prepare_folds
-from droptune.worker.engine.models import CNNConfig, MLPConfig, pools
+from droptune.worker.engine.kinds import CNNConfig, MLPConfig
 from droptune.worker.engine.sizing import flops_per_trial
 from droptune.worker.engine.stacked import TrainConfig, TrialRates, train_trials
 

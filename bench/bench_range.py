@@ -38,7 +38,7 @@ from droptune.worker.engine.data import (
     make_folds,
     subset,
 )
-from droptune.worker.engine.models import MLPConfig
+from droptune.worker.engine.kinds import MLPConfig
 from droptune.worker.engine.stacked import TrainConfig, TrialRates, fit
 
 K = 5

@@ -49,7 +49,7 @@ from droptune.worker.engine.data import (
     prepare_folds,
     subset,
 )
-from droptune.worker.engine.models import MLPConfig
+from droptune.worker.engine.kinds import MLPConfig
 from droptune.worker.engine.stacked import TrainConfig, TrialRates, train_trials
 from droptune.worker.run.objective import make_sampler, new_trial, suggest
 

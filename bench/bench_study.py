@@ -45,7 +45,7 @@ from droptune.client.api import Client, ClientError
 from droptune.core.schemas import StudyOut, TrialOut
 from droptune.core.spec.study import StudySpec
 from droptune.worker.engine.data import Dataset, holdout_split, load_dataset, make_folds, subset
-from droptune.worker.engine.models import MLPConfig
+from droptune.worker.engine.kinds import MLPConfig
 from droptune.worker.engine.stacked import TrainConfig
 from droptune.worker.run.objective import make_pruner, n_startup_trials
 from tests import procs

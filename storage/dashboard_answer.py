@@ -19,10 +19,12 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 from optuna_dashboard import save_note, save_plotly_graph_object
+from sqlalchemy.engine import Engine
 
 from droptune.core.answer.curve import Curve, CurvePoint
 from droptune.core.schemas import BestOut, TestPoint
 from droptune.storage.optuna_bridge import DASH, study_lock
+from droptune.storage.readmodel.reads import Reader
 from droptune.storage.sql.db import is_outage
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,17 @@ PRUNED_NOTE = (
     "_Pruned trials trained fewer epochs, so their low points in the slice plot are not "
     "comparable with finished trials; the curve graph draws them faint, without error bars._"
 )
+
+
+def publish_study(engine: Engine, storage: RDBStorage, study_id: int) -> None:
+    """Read the study's answer so far and publish it (a worker calls this after every batch and
+    after the refit). Never raises: the dashboard's copy is not the answer."""
+    try:
+        name, curve, best = Reader(engine, storage).for_dashboard(study_id)
+    except Exception as exc:
+        log.warning("study %s: could not read its answer for the dashboard: %s", study_id, exc)
+        return
+    publish_answer(storage, name, curve, best)
 
 
 def publish_answer(storage: RDBStorage, optuna_study: str, curve: Curve, best: BestOut) -> None:

@@ -10,6 +10,7 @@ import optuna
 import sqlalchemy as sa
 from optuna.storages import RDBStorage
 
+from droptune.core.spec.kinds import SPEC_KINDS
 from droptune.core.spec.study import DEFAULT_METRIC, StudySpec
 from droptune.storage.sql.db import configure_sqlite, engine_kwargs, is_sqlite, normalise_url
 
@@ -61,12 +62,7 @@ def ensure_study(storage: RDBStorage, name: str, spec: StudySpec, study_id: int)
 def readable_attrs(spec: StudySpec) -> dict[str, str | int]:
     """The spec as the dashboard's study attributes: a few lines a person reads at a glance."""
     model = spec.model
-    if model.kind == "cnn":
-        shape = f"cnn {model.conv_channels} + fc {model.hidden[0]}"
-    elif model.kind == "custom":
-        shape = f"custom {model.name}" + (f" {model.options}" if model.options else "")
-    else:
-        shape = f"mlp {model.hidden}"
+    shape = SPEC_KINDS[model.kind].describe(model)
     search = spec.search
     rates = f"{rate_text(search.dropout_low)}{DASH}{rate_text(search.dropout_high)}"
     attrs: dict[str, str | int] = {

@@ -15,6 +15,7 @@ from pydantic import (
 
 from droptune.core import catalogue
 from droptune.core.spec import names
+from droptune.core.spec.kinds import SPEC_KINDS
 from droptune.core.spec.model import ModelSpec
 from droptune.core.spec.strict import STORED, FieldError, Strict, describe_errors, stored
 
@@ -404,12 +405,7 @@ class StudySpec(Strict):
 
     def param_names(self) -> list[str]:
         """The Optuna parameters this study searches, in order."""
-        if self.model.kind == "custom":
-            n_layers = self.model.dropout_layers or 1
-        elif self.model.kind == "cnn":
-            n_layers = len(self.model.conv_channels) + 1
-        else:
-            n_layers = len(self.model.hidden)
+        n_layers = SPEC_KINDS[self.model.kind].dropout_layers(self.model)
         names = [f"dropout_{i}" for i in range(n_layers)] if self.search.per_layer else ["dropout"]
         if self.search.searches_input_dropout:
             names.append("input_dropout")

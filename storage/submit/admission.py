@@ -3,10 +3,8 @@ hours of out-of-memory attempts (issue 11: hidden [8192]x8 on iris was accepted,
 capped at 6 GiB spent 13 minutes on 33 such attempts before the study failed).
 
 The estimate is the memory of the smallest batch a worker trains: one trial on every split
-(cv.folds x cv.repeats members, stacked). It mirrors the engine (worker/engine/stacked.py,
-worker/engine/models.py) and worker.sizing's per-trial figure, without importing either: storage
-imports neither torch nor worker code, and tests/integration/test_admission.py checks the two agree
-and
+(cv.folds x cv.repeats members, stacked). Its arithmetic is core/memory.py, the same functions the
+worker's batch sizing (worker/engine/sizing.py) calls; tests/integration/test_admission.py checks
 that the estimate is within a factor 2 of the tensors a built StackedMLP / StackedCNN holds.
 
 Torch-free, and sqlalchemy only for the two small queries (the limit a live worker advertises,
@@ -15,7 +13,6 @@ and the lease a trial that ran out of memory must not retry).
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -24,24 +21,16 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from droptune.core import catalogue
+from droptune.core import catalogue, memory
 from droptune.core.errors import Invalid
 from droptune.core.schemas import DataSummary
+from droptune.core.spec.kinds import SPEC_KINDS
+from droptune.core.spec.model import ModelSpec
 from droptune.core.spec.study import StudySpec
 from droptune.storage.sql.db import transaction
 from droptune.storage.sql.tables import leases, studies
 
 GIB = 2**30
-FLOAT = 4  # bytes: the engine trains in float32
-INDEX = 8  # bytes: int64 labels and fold index tables
-STATE_COPIES = 4  # per parameter: the weight, its gradient, Adam's two moments
-# float32 tensors training keeps per activation value: the layer's output (which ReLU saves),
-# dropout's mask and its product, and the gradient flowing back through it
-SAVED = 4
-EVAL_COPIES = 3  # validation runs without autograd: a layer's input, output and a temporary
-EVAL_ROWS = 1 << 16  # worker.scoring.evaluate's chunk: members x validation rows at a time
-
-Layer = tuple[int, int, int]  # (fan_in, fan_out, output positions), as worker.sizing has them
 
 
 @dataclass(frozen=True)
@@ -69,78 +58,34 @@ class Estimate:
         return self.state + self.activations + self.data
 
 
-def pools(h: int, w: int) -> bool:
-    """worker.models.pools: a block max-pools 2x2 while both sides are at least 2."""
-    return h >= 2 and w >= 2
-
-
-def layer_shapes(
-    kind: str,
-    hidden: list[int] | tuple[int, ...],
-    channels: list[int] | tuple[int, ...],
-    shape: DataShape,
-) -> list[Layer]:
-    """(fan_in, fan_out, positions) per layer, as worker.sizing._layer_shapes computes them."""
-    if kind != "cnn":
-        dims = [shape.features, *hidden, shape.classes]
-        return [(a, b, 1) for a, b in itertools.pairwise(dims)]
-    assert shape.image_shape is not None, "a CNN needs image data"
-    c, h, w = shape.image_shape
-    out = []
-    for co in channels:
-        out.append((c * 9, co, h * w))
-        c = co
-        if pools(h, w):
-            h, w = h // 2, w // 2
-    return [*out, (c * h * w, hidden[0], 1), (hidden[0], shape.classes, 1)]
-
-
-def param_count(layers: list[Layer]) -> int:
-    """Weights and biases: one bias per output channel of a convolution, too."""
-    return sum(b * (a + 1) for a, b, _ in layers)
-
-
-def activation_values(layers: list[Layer], features: int) -> int:
-    """Activation values one sample leaves in a member: its input and every layer's output."""
-    return features + sum(b * p for _, b, p in layers)
-
-
-def member_train_bytes(layers: list[Layer], features: int, batch_size: int) -> int:
-    """One member's share of a training step: its parameter state and saved activations.
-    worker.sizing sizes a batch with this same figure."""
-    state = STATE_COPIES * param_count(layers)
-    return FLOAT * (state + SAVED * activation_values(layers, features) * batch_size)
-
-
-def eval_bytes(layers: list[Layer], features: int, members: int, val_rows: int) -> int:
-    """The largest validation chunk: up to EVAL_ROWS rows (members x val_rows) go through the
-    network at once, without autograd, so only the widest layer's input and output are alive."""
-    rows = min(members, max(1, EVAL_ROWS // max(val_rows, 1))) * val_rows
-    widest = max([features, *(b * p for _, b, p in layers)])
-    return FLOAT * rows * EVAL_COPIES * widest
+def layer_shapes(model: ModelSpec, shape: DataShape) -> list[memory.Layer]:
+    """(fan_in, fan_out, positions) per layer of the study's network (its kind's, core.memory)."""
+    layers = SPEC_KINDS[model.kind].layers
+    if layers is None:  # submits.submit skips the check for such kinds (a user's module)
+        raise ValueError(f"model kind {model.kind!r} has no memory estimate")
+    return layers(model, shape.features, shape.classes, shape.image_shape)
 
 
 def fold_bytes(shape: DataShape, splits: int) -> int:
-    """FoldData on the device: every split's standardised copy of the rows [K, N, F], the
-    fold index tables (about K x N int64) and the targets."""
-    return splits * shape.rows * (FLOAT * shape.features + INDEX) + INDEX * shape.rows
+    """FoldData on the device (core.memory.fold_bytes)."""
+    return memory.fold_bytes(shape.rows, shape.features, splits)
 
 
 def estimate(spec: StudySpec, shape: DataShape, trials: int = 1) -> Estimate:
     """The memory of a batch of `trials` trials of this study (every split of each stacked)."""
     m = spec.model
-    layers = layer_shapes(m.kind, m.hidden, m.conv_channels, shape)
+    layers = layer_shapes(m, shape)
     members = trials * spec.cv.splits
-    params = param_count(layers)
-    train = members * FLOAT * SAVED * activation_values(layers, shape.features)
+    params = memory.param_count(layers)
+    train = members * memory.FLOAT * memory.SAVED * memory.activation_values(layers, shape.features)
     train *= spec.training.batch_size
     val_rows = math.ceil(shape.rows / spec.cv.folds)
-    evals = eval_bytes(layers, shape.features, members, val_rows)
+    evals = memory.eval_bytes(layers, shape.features, members, val_rows)
     return Estimate(
-        state=members * FLOAT * STATE_COPIES * params,
+        state=members * memory.FLOAT * memory.STATE_COPIES * params,
         activations=max(train, evals),
         data=fold_bytes(shape, spec.cv.splits),
-        conv_share=param_count(layers[:-2]) / params if m.kind == "cnn" else 0.0,
+        conv_share=memory.param_count(layers[:-2]) / params if m.kind == "cnn" else 0.0,
         eval_bound=evals > train,
     )
 

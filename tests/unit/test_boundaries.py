@@ -1,6 +1,6 @@
 """What import-linter's contracts (pyproject.toml, run by `make test`) cannot say: droptune's
-packages are imported by their installed name, and the catalogue the engine shares needs only
-the standard library. The layers themselves are the contracts."""
+packages are imported by their installed name, and the catalogue and the memory arithmetic the
+engine shares need only the standard library. The layers themselves are the contracts."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 OURS = ("core", "datafiles", "storage", "service", "worker", "client")
-CATALOGUE = ROOT / "core" / "catalogue.py"
+SHARED = (ROOT / "core" / "catalogue.py", ROOT / "core" / "memory.py")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -24,11 +26,10 @@ def imported_modules(path: Path) -> set[str]:
     return modules
 
 
-def test_the_catalogue_needs_only_the_standard_library() -> None:
-    extra = {
-        m for m in imported_modules(CATALOGUE) if m.split(".")[0] not in sys.stdlib_module_names
-    }
-    assert extra == set(), f"core/catalogue.py imports {sorted(extra)}"
+@pytest.mark.parametrize("path", SHARED, ids=lambda p: p.name)
+def test_what_the_engine_shares_with_core_needs_only_the_standard_library(path: Path) -> None:
+    extra = {m for m in imported_modules(path) if m.split(".")[0] not in sys.stdlib_module_names}
+    assert extra == set(), f"{path.relative_to(ROOT)} imports {sorted(extra)}"
 
 
 def test_everything_imports_droptune_s_packages_by_their_installed_name() -> None:

@@ -188,13 +188,13 @@ def check_trajectory(
             torch.testing.assert_close(net.member_state(m)[name], t, rtol=0, atol=0)
     cfg = TrainConfig(lr=3e-3, batch_size=bs)
     lens = [data.train_len_host[f] for f in folds]
-    opt = make_optimizer(net, cfg, lens)  # type: ignore[arg-type]
+    opt = make_optimizer(net, cfg, lens)
     opts = [torch.optim.Adam(s.parameters(), lr=3e-3) for s in singles]
     gen = torch.Generator().manual_seed(0)
     for _ in range(epochs):
         order = epoch_order(data, gen)
         net.plan_epoch(lens, bs)
-        train_epoch(net, opt, data, fold_of, order, bs, lens)  # type: ignore[arg-type]
+        train_epoch(net, opt, data, fold_of, order, bs, lens)
         for single, sopt, k in zip(singles, opts, folds, strict=True):
             standalone_epoch(single, sopt, data, k, order, bs)
     start = init_module(spec, n_in, data.n_classes, fold_seed(5, folds[0]))
@@ -218,7 +218,7 @@ def check_trajectory(
 
 def test_stacked_mlp_follows_standalone_adam(cancer10: FoldData) -> None:
     net = check_trajectory(CustomModel(mlp), cancer10, [0, 9, 4], 64, 2, loop=False)
-    opt = make_optimizer(net, TrainConfig(), [512, 513])  # type: ignore[arg-type]
+    opt = make_optimizer(net, TrainConfig(), [512, 513])
     assert isinstance(opt, MemberAdam)
 
 
@@ -245,8 +245,8 @@ def test_transformer_encoder_layer_follows_standalone_adam(tokens3: FoldData) ->
 def test_chunked_evaluation_equals_one_shot(cancer3: FoldData) -> None:
     net = build_stacked(CustomModel(bn_mlp), cancer3, torch.tensor([0, 1, 2, 0]), seed=0)
     fold_of = net.member_fold
-    full = evaluate(net, cancer3, fold_of, "log_loss")  # type: ignore[arg-type]
-    chunked = evaluate(net, cancer3, fold_of, "log_loss", max_rows=200)  # type: ignore[arg-type]
+    full = evaluate(net, cancer3, fold_of, "log_loss")
+    chunked = evaluate(net, cancer3, fold_of, "log_loss", max_rows=200)
     torch.testing.assert_close(full, chunked)
     assert full[0] == full[3] and full[0] != full[1]
 
@@ -281,10 +281,10 @@ def test_member_by_member_path_equals_the_vmapped_one_with_dropout(digits3: Fold
     lens = [digits3.train_len_host[f] for f in fold_of.tolist()]
     for net in nets:
         net.set_rates([[0.3], [0.5], [0.0], [0.6]])
-        opt = make_optimizer(net, cfg, lens)  # type: ignore[arg-type]
+        opt = make_optimizer(net, cfg, lens)
         order = epoch_order(digits3, torch.Generator().manual_seed(0))
         net.plan_epoch(lens, 64)
-        train_epoch(net, opt, digits3, fold_of, order, 64, lens)  # type: ignore[arg-type]
+        train_epoch(net, opt, digits3, fold_of, order, 64, lens)
     for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=3e-5)
 

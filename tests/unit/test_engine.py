@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from droptune.worker.engine.data import FoldData, load_dataset, prepare_folds
+from droptune.worker.engine.kinds import CNNConfig, MLPConfig
 from droptune.worker.engine.models import (
-    CNNConfig,
     MaskRNG,
-    MLPConfig,
     StackedCNN,
     StackedMLP,
     dropout_members,

@@ -19,7 +19,7 @@ from droptune.worker.engine.data import (
     make_folds,
     prepare_folds,
 )
-from droptune.worker.engine.models import MLPConfig
+from droptune.worker.engine.kinds import MLPConfig
 from droptune.worker.engine.preprocess import tabular_preprocessor
 from droptune.worker.engine.stacked import TrainConfig, TrialRates, train_trials
 

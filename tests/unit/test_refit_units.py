@@ -20,7 +20,7 @@ from droptune.worker.engine.data import (
     load_dataset,
     make_folds,
 )
-from droptune.worker.engine.models import CNNConfig, MLPConfig
+from droptune.worker.engine.kinds import CNNConfig, MLPConfig
 from droptune.worker.engine.preprocess import tabular_preprocessor
 from droptune.worker.engine.stacked import TrainConfig, TrialRates, fit
 from droptune.worker.run import heldout
@@ -137,7 +137,7 @@ def test_a_table_ships_its_column_transformer_inside_the_file() -> None:
 def test_pruning_spares_a_trial_level_with_the_finished_ones() -> None:
     from optuna.trial import create_trial
 
-    from droptune.worker.run.batch import level_with, median_at
+    from droptune.worker.run.objective import level_with, median_at
 
     done = [create_trial(value=v, intermediate_values={3: v}) for v in (0.95, 0.96, 0.97)]
     assert median_at(done, 3) == 0.96 and median_at(done, 4) is None

@@ -9,7 +9,8 @@ import torch
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from droptune.worker.engine.data import FoldData, make_folds
-from droptune.worker.engine.models import MLPConfig, StackedMLP
+from droptune.worker.engine.kinds import MLPConfig
+from droptune.worker.engine.models import StackedMLP
 from droptune.worker.engine.sizing import auto_batch_trials, flops_per_trial
 from droptune.worker.engine.stacked import (
     METRICS,

@@ -34,7 +34,7 @@ from droptune.worker.engine.custom_stack import (
     untuned_dropout,
 )
 from droptune.worker.engine.data import FoldData
-from droptune.worker.engine.models import MLPConfig
+from droptune.worker.engine.kinds.mlp import MLPConfig
 from droptune.worker.engine.scoring import check_metric
 from droptune.worker.engine.sizing import is_oom
 from droptune.worker.engine.stacked import (
@@ -266,10 +266,10 @@ class CustomRun(StackedRun):
         rows, inputs = _trial_rate_rows(trials, net.n_layers)
         k = self.k
         net.set_rates([r for r in rows for _ in range(k)], [i for i in inputs for _ in range(k)])
-        self.net = net  # type: ignore[assignment]
+        self.net = net
         self.note = net.note
-        self.opt = make_optimizer(net, cfg, self.lens)  # type: ignore[arg-type]
-        self.forward = net  # type: ignore[assignment]
+        self.opt = make_optimizer(net, cfg, self.lens)
+        self.forward = net
 
     def train_epoch(self, order: torch.Tensor, batch_size: int) -> None:
         self.net.plan_epoch(self.lens, batch_size)  # type: ignore[operator]

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
-from droptune.worker.engine.models import _Stacked
+from droptune.worker.engine.models import Stacked
 
 # nn.Dropout drops elements; the Nd kinds drop whole channels of an N-d feature map
 DROPOUT_KINDS: dict[type[nn.Module], int] = {
@@ -154,7 +154,7 @@ def vmap_friendly(device: torch.device, quiet: bool = True) -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(fast)
 
 
-class StackedModule(_Stacked):
+class StackedModule(Stacked):
     """M members of one user module: member m starts from fold_of[m]'s module (all K given).
 
     forward: x [M, b, F] -> [M, b, C], the rows reshaped to input_shape per member. rates is

@@ -11,23 +11,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class MLPConfig:
-    hidden: tuple[int, ...] = (256, 256)
-
-
-@dataclass(frozen=True)
-class CNNConfig:
-    channels: tuple[int, ...] = (32, 64)
-    hidden: int = 128
+from droptune.core.memory import pools
 
 
 def _uniform_(t: torch.Tensor, fan_in: int, gen: torch.Generator | None) -> None:
@@ -95,9 +85,12 @@ def dropout_members(
     return x * rng.keep_scale(shape, 1.0 - p).to(x.dtype)  # no-op unless under autocast
 
 
-class _Stacked(nn.Module):
-    """Shared bookkeeping: per-member dropout rates and member slicing."""
+class Stacked(nn.Module):
+    """Shared bookkeeping: per-member dropout rates and member slicing. Every kind's stacked
+    network is one (worker/engine/kinds), so the engine, scoring and export take any of them."""
 
+    # whether the kind drops its inputs too (input_rates); a kind that cannot says so
+    takes_input_dropout = True
     n_members: int
     rates: torch.Tensor
     input_rates: torch.Tensor
@@ -153,8 +146,12 @@ class _Stacked(nn.Module):
         self.input_rates = self.input_rates[idx]
         self.set_rates(r, ri)
 
+    def export_member(self, m: int) -> nn.Module:
+        """A standalone module equal to member m (dropout rates included): the refit's download."""
+        raise NotImplementedError(f"{type(self).__name__} cannot export a member")
 
-class StackedMLP(_Stacked):
+
+class StackedMLP(Stacked):
     """M MLPs: Linear -> ReLU -> Dropout per hidden layer, weights [M, in, out]."""
 
     def __init__(
@@ -228,12 +225,6 @@ class StackedMLP(_Stacked):
         return nn.Sequential(*layers)
 
 
-def pools(h: int, w: int) -> bool:
-    """The CNN's pooling rule, the one place it is written: a block max-pools 2x2 while both
-    sides of its feature map are at least 2 (small images keep their last pixels)."""
-    return h >= 2 and w >= 2
-
-
 def conv_output_hw(image_shape: tuple[int, int, int], n_blocks: int) -> tuple[int, int]:
     _, h, w = image_shape
     for _ in range(n_blocks):
@@ -242,7 +233,7 @@ def conv_output_hw(image_shape: tuple[int, int, int], n_blocks: int) -> tuple[in
     return h, w
 
 
-class StackedCNN(_Stacked):
+class StackedCNN(Stacked):
     """M small CNNs: [conv3x3, ReLU, Dropout2d, maxpool2x2] * n -> FC, ReLU, Dropout -> FC.
 
     Members live in the channel dimension of one grouped convolution (groups=M); the head is a
@@ -250,6 +241,8 @@ class StackedCNN(_Stacked):
     for the hidden FC layer. Conv weights are stored [M, out, in, 3, 3] so that every parameter
     has the member dimension first (slicing members is then the same for all parameters).
     """
+
+    takes_input_dropout = False
 
     def __init__(
         self,
@@ -370,30 +363,3 @@ class StackedCNN(_Stacked):
             mod.weight.copy_(w)
             assert mod.bias is not None
             mod.bias.copy_(b)
-
-
-def build_model(
-    cfg: MLPConfig | CNNConfig,
-    n_members: int,
-    n_features: int,
-    n_classes: int,
-    image_shape: tuple[int, int, int] | None,
-    *,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> StackedMLP | StackedCNN:
-    if isinstance(cfg, CNNConfig):
-        if image_shape is None:
-            raise ValueError("CNNConfig needs an image dataset (image_shape is None)")
-        return StackedCNN(
-            n_members,
-            image_shape,
-            cfg.channels,
-            cfg.hidden,
-            n_classes,
-            generator=generator,
-            device=device,
-        )
-    return StackedMLP(
-        n_members, n_features, cfg.hidden, n_classes, generator=generator, device=device
-    )

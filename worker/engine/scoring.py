@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from droptune.core import catalogue
 from droptune.worker.engine.data import FoldData
-from droptune.worker.engine.models import StackedCNN, StackedMLP
+from droptune.worker.engine.models import Stacked
 
-StackedModel = StackedMLP | StackedCNN
+StackedModel = Stacked  # any kind's stacked network (worker/engine/kinds)
 TASK_METRICS = catalogue.METRICS
 METRICS = (*TASK_METRICS["classification"], *TASK_METRICS["regression"])
 DEFAULT_METRIC = catalogue.DEFAULT_METRIC

@@ -1,92 +1,46 @@
 """How big a batch of trials to stack, what one trial costs (FLOPs, for the benchmark), and
 what running out of memory looks like.
 
-Imports only torch and the stdlib (plus worker.data/models): bench/ runs on bare GPU boxes. The
-memory figures mirror storage.admission's (the submit's estimate, which cannot import torch);
-tests/integration/test_admission.py checks that the two agree.
+Imports only torch and the stdlib (plus worker.data/models and core.memory): bench/ runs on bare
+GPU boxes. The memory and FLOP arithmetic is core/memory.py, which the submit's admission
+(storage/submit/admission.py) calls too.
 """
 
 from __future__ import annotations
 
 import gc
-import itertools
 import os
 import re
 from typing import TYPE_CHECKING
 
 import torch
 
+from droptune.core import memory
 from droptune.worker.engine.data import FoldData
-from droptune.worker.engine.models import CNNConfig, MLPConfig, pools
+from droptune.worker.engine.kinds.base import ModelConfig
 
 if TYPE_CHECKING:
     from droptune.worker.engine.stacked import TrainConfig
 
 
-def param_count(
-    model: MLPConfig | CNNConfig,
-    n_features: int,
-    n_classes: int,
-    image_shape: tuple[int, int, int] | None,
-) -> int:
-    return sum(
-        w * (fi + 1) for fi, w, _ in _layer_shapes(model, n_features, n_classes, image_shape)
-    )
-
-
-def _layer_shapes(
-    model: MLPConfig | CNNConfig,
-    n_features: int,
-    n_classes: int,
-    image_shape: tuple[int, int, int] | None,
-) -> list[tuple[int, int, int]]:
-    """(fan_in, fan_out, output positions) per layer; fan_in * fan_out * positions = MACs."""
-    if isinstance(model, MLPConfig):
-        dims = [n_features, *model.hidden, n_classes]
-        return [(a, b, 1) for a, b in itertools.pairwise(dims)]
-    assert image_shape is not None
-    c, h, w = image_shape
-    shapes = []
-    for co in model.channels:
-        shapes.append((c * 9, co, h * w))
-        c = co
-        if pools(h, w):
-            h, w = h // 2, w // 2
-    shapes += [(c * h * w, model.hidden, 1), (model.hidden, n_classes, 1)]
-    return shapes
-
-
-def flops_per_trial(model: MLPConfig | CNNConfig, data: FoldData, cfg: TrainConfig) -> float:
+def flops_per_trial(model: ModelConfig, data: FoldData, cfg: TrainConfig) -> float:
     """Nominal FLOPs of one trial (all K folds, all epochs): 2*in*out per sample per layer
     forward, backward = 2x forward, plus the forward pass of each epoch's validation."""
-    fwd = sum(
-        2.0 * a * b * p
-        for a, b, p in _layer_shapes(model, data.n_features, data.n_classes, data.image_shape)
-    )
+    layers = model.layers(data.n_features, data.n_classes, data.image_shape)
     n_train = sum(data.train_len_host)
     n_val = sum(data.val_len_host)
-    return cfg.epochs * fwd * (3.0 * n_train + n_val)
-
-
-# As storage.admission: float32 values; weight, gradient and Adam's two moments per parameter;
-# values a training step keeps per activation; values alive per activation in validation.
-FLOAT, STATE_COPIES, SAVED, EVAL_COPIES = 4, 4, 4, 3
-EVAL_ROWS = 1 << 16  # worker.scoring.evaluate's chunk of members x validation rows
+    return cfg.epochs * memory.forward_flops(layers) * (3.0 * n_train + n_val)
 
 
 def trial_bytes(
-    model: MLPConfig | CNNConfig, data: FoldData, batch_size: int, trials: int = 1
+    model: ModelConfig, data: FoldData, batch_size: int, trials: int = 1
 ) -> tuple[int, int]:
     """(bytes per trial of a training step: its K members' parameter state and saved
     activations; bytes of the largest validation chunk of `trials` trials)."""
-    shapes = _layer_shapes(model, data.n_features, data.n_classes, data.image_shape)
-    params = param_count(model, data.n_features, data.n_classes, data.image_shape)
-    acts = data.n_features + sum(b * p for _, b, p in shapes)
-    per_trial = data.k * FLOAT * (STATE_COPIES * params + SAVED * acts * batch_size)
+    layers = model.layers(data.n_features, data.n_classes, data.image_shape)
+    per_trial = data.k * memory.member_train_bytes(layers, data.n_features, batch_size)
     lva = max(int(data.val_idx.shape[1]), 1)
-    rows = min(trials * data.k, max(1, EVAL_ROWS // lva)) * lva
-    widest = max([data.n_features, *(b * p for _, b, p in shapes)])
-    return per_trial, FLOAT * EVAL_COPIES * widest * rows
+    return per_trial, memory.eval_bytes(layers, data.n_features, trials * data.k, lva)
 
 
 def _data_bytes(data: FoldData) -> int:
@@ -106,7 +60,7 @@ def _free_bytes(device: torch.device) -> int:
 
 
 def auto_batch_trials(
-    model: MLPConfig | CNNConfig,
+    model: ModelConfig,
     data: FoldData,
     n_available: int,
     device: torch.device | str,

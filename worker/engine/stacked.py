@@ -24,13 +24,8 @@ import numpy as np
 import torch
 
 from droptune.worker.engine.data import FoldData
-from droptune.worker.engine.models import (
-    CNNConfig,
-    MaskRNG,
-    MLPConfig,
-    StackedCNN,
-    build_model,
-)
+from droptune.worker.engine.kinds.base import ModelConfig
+from droptune.worker.engine.models import MaskRNG
 from droptune.worker.engine.optim import MemberAdam, keep_members
 from droptune.worker.engine.scoring import (
     DEFAULT_METRIC,
@@ -214,7 +209,7 @@ class StackedRun:
     def __init__(
         self,
         data: FoldData,
-        model: MLPConfig | CNNConfig,
+        model: ModelConfig,
         cfg: TrainConfig,
         trials: Sequence[TrialRates],
         *,
@@ -223,8 +218,7 @@ class StackedRun:
         self.data, self.k = data, data.k
         self.active = list(range(len(trials)))  # indices into `trials` still training
         self.fold_of = member_folds(len(trials), self.k, data.device)
-        net = build_model(
-            model,
+        net = model.build(
             self.k,
             data.n_features,
             data.n_classes,
@@ -235,7 +229,7 @@ class StackedRun:
         # one initialisation per fold, shared by every trial (member b*K+k <- fold k's weights)
         net.select_members(self.fold_of)
         rows, inputs = _trial_rate_rows(trials, net.n_layers)
-        if isinstance(net, StackedCNN) and any(inputs):
+        if not net.takes_input_dropout and any(inputs):
             raise ValueError("input dropout is only supported for MLP models")
         k = self.k
         net.set_rates([r for r in rows for _ in range(k)], [i for i in inputs for _ in range(k)])
@@ -286,7 +280,7 @@ def _check_device(data: FoldData, device: torch.device | str | None) -> None:
 
 def train_trials(
     data: FoldData,
-    model: MLPConfig | CNNConfig,
+    model: ModelConfig,
     cfg: TrainConfig,
     trials: Sequence[TrialRates],
     device: torch.device | str | None = None,
@@ -310,7 +304,7 @@ def train_trials(
 
 def fit(
     data: FoldData,
-    model: MLPConfig | CNNConfig,
+    model: ModelConfig,
     cfg: TrainConfig,
     trials: Sequence[TrialRates],
     device: torch.device | str | None = None,

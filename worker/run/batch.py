@@ -18,21 +18,19 @@ import sqlalchemy as sa
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
 
 from droptune.core.errors import StorageError
 from droptune.core.spec.study import StudySpec
 from droptune.core.states import Outcome, StudyStatus
-from droptune.storage.dashboard_answer import publish_answer
+from droptune.storage.dashboard_answer import publish_study
 from droptune.storage.jobs import queue
 from droptune.storage.jobs.lifecycle import NO_TRIAL, Why, fail_trial, settle
 from droptune.storage.jobs.queue import Claim, Lease
-from droptune.storage.readmodel.reads import Reader
 from droptune.storage.submit import admission
 from droptune.worker.engine.custom import FactoryError, train_custom_trials
 from droptune.worker.engine.data import FoldData
-from droptune.worker.engine.models import CNNConfig, MLPConfig
 from droptune.worker.engine.sizing import free_memory, is_oom, oom_reason
 from droptune.worker.engine.stacked import (
     OnEpoch,
@@ -43,14 +41,7 @@ from droptune.worker.engine.stacked import (
 )
 from droptune.worker.run import plugins
 from droptune.worker.run.heartbeat import LeaseHeartbeat
-from droptune.worker.run.objective import new_trial, open_study, suggest
-
-
-def model_config(spec: StudySpec) -> MLPConfig | CNNConfig:
-    if spec.model.kind == "cnn":
-        return CNNConfig(channels=tuple(spec.model.conv_channels), hidden=spec.model.hidden[0])
-    return MLPConfig(hidden=tuple(spec.model.hidden))
-
+from droptune.worker.run.objective import level_with, median_at, new_trial, open_study, suggest
 
 log = logging.getLogger("droptune.worker")
 
@@ -66,34 +57,6 @@ class BatchContext:
     stop: threading.Event  # set: the worker is stopping (a signal)
     on_current: Callable[[int | None, list[int]], None] = lambda _s, _t: None
     models: Mapping[str, Callable[..., Any]] = field(default_factory=dict)  # custom, by name
-
-
-def publish(ctx: BatchContext, study_id: int) -> None:
-    """Write the study's answer so far into its Optuna study for the dashboard (the note, the
-    curve, the answer's attributes). Never raises: the dashboard's copy is not the answer."""
-    try:
-        name, curve, best = Reader(ctx.engine, ctx.optuna).for_dashboard(study_id)
-    except Exception as exc:
-        log.warning("study %s: could not read its answer for the dashboard: %s", study_id, exc)
-        return
-    publish_answer(ctx.optuna, name, curve, best)
-
-
-def median_at(trials: Iterable[FrozenTrial], step: int) -> float | None:
-    """The median of the trials' reported scores at `step` (None when none reported one)."""
-    values = [t.intermediate_values[step] for t in trials if step in t.intermediate_values]
-    return float(np.median(values)) if values else None
-
-
-def level_with(folds: np.ndarray, reference: float | None, maximize: bool) -> bool:
-    """Whether the mean of these split scores is no worse than `reference` by more than their
-    standard error (std / sqrt(J), ddof = 1)."""
-    if reference is None or len(folds) < 2 or not np.isfinite(folds).all():
-        return False
-    se = float(np.std(folds, ddof=1)) / float(np.sqrt(len(folds)))
-    mean = float(np.mean(folds))
-    gap = reference - mean if maximize else mean - reference
-    return gap <= se
 
 
 class Interrupted(Exception):
@@ -175,7 +138,7 @@ class BatchRunner:
             self.hb.hold(set())
             ctx.on_current(None, [])
             self.hb.beat()  # /workers shows the worker idle now, not at the next beat
-            publish(ctx, claim.study_id)
+            publish_study(ctx.engine, ctx.optuna, claim.study_id)
 
     def _train_batch(self, claim: Claim, members: list[_Member], data: FoldData) -> None:
         """Train the batch and tell its trials; out of memory with more than one trial, train
@@ -273,7 +236,7 @@ class BatchRunner:
         ]
         if spec.model.kind == "custom":
             return self._train_custom(spec, data, cfg, rates, members, on_epoch)
-        return train_trials(data, model_config(spec), cfg, rates, self.ctx.device, on_epoch)
+        return train_trials(data, plugins.model_config(spec), cfg, rates, self.ctx.device, on_epoch)
 
     def _train_custom(
         self,

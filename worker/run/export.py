@@ -28,7 +28,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from torch import nn
 
 from droptune.worker.engine.custom_stack import StackedModule
-from droptune.worker.engine.models import StackedCNN, StackedMLP
+from droptune.worker.engine.models import Stacked
 from droptune.worker.engine.preprocess import _as_float, _as_object
 
 META = "droptune.json"
@@ -64,7 +64,7 @@ class TakeHome(nn.Module):
 
 
 def take_home_module(
-    net: StackedMLP | StackedCNN | StackedModule,
+    net: Stacked,
     member: int,
     transformer: Any,
     y_shift: float,

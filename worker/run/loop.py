@@ -27,9 +27,10 @@ from droptune.storage.sql.db import create_engine, is_outage
 from droptune.worker.engine.data import FoldData, prepare_folds
 from droptune.worker.engine.sizing import auto_batch_trials
 from droptune.worker.run import plugins
-from droptune.worker.run.batch import BatchContext, BatchRunner, model_config
+from droptune.worker.run.batch import BatchContext, BatchRunner
 from droptune.worker.run.datasets import FileCache, load_for_search
 from droptune.worker.run.heartbeat import LeaseHeartbeat
+from droptune.worker.run.plugins import model_config
 from droptune.worker.run.refit import RefitRunner
 from droptune.worker.run.settings import WorkerSettings
 

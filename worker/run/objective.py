@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -156,3 +157,20 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> TrialRates:
     if s.searches_input_dropout:
         inp = trial.suggest_float("input_dropout", s.input_dropout_low, s.input_dropout_high)
     return TrialRates(hidden=rates, input=inp)
+
+
+def median_at(trials: Iterable[FrozenTrial], step: int) -> float | None:
+    """The median of the trials' reported scores at `step` (None when none reported one)."""
+    values = [t.intermediate_values[step] for t in trials if step in t.intermediate_values]
+    return float(np.median(values)) if values else None
+
+
+def level_with(folds: np.ndarray, reference: float | None, maximize: bool) -> bool:
+    """Whether the mean of these split scores is no worse than `reference` by more than their
+    standard error (std / sqrt(J), ddof = 1): the batch spares such a trial from pruning."""
+    if reference is None or len(folds) < 2 or not np.isfinite(folds).all():
+        return False
+    se = float(np.std(folds, ddof=1)) / float(np.sqrt(len(folds)))
+    mean = float(np.mean(folds))
+    gap = reference - mean if maximize else mean - reference
+    return gap <= se

@@ -13,7 +13,10 @@ and `n_outputs` the number of classes (1 for regression). The module maps a floa
 `(N, n_inputs)` / `(N, C, H, W)` to `(N, n_outputs)` logits (or predictions); every
 `nn.Dropout`/`Dropout1d/2d/3d` in it is a rate droptune tunes.
 
-Imports only the stdlib: loading a factory imports its package, which imports torch itself.
+Also how a spec names the model the engine builds (`model_config`: a built-in kind).
+
+Imports only the stdlib (the engine lazily, when training): loading a factory imports its
+package, which imports torch itself.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from droptune.core.spec.study import StudySpec
     from droptune.worker.engine.custom import CustomModel
+    from droptune.worker.engine.kinds import ModelConfig
 
 log = logging.getLogger("droptune.worker")
 
@@ -80,6 +84,15 @@ def _callable(ep: EntryPoint) -> Factory:
     if not callable(target):
         raise TypeError(f"{ep.value} is not callable")
     return target  # type: ignore[no-any-return]
+
+
+def model_config(spec: StudySpec) -> ModelConfig:
+    """The engine's config of a built-in kind (worker/engine/kinds), from the spec's fields
+    (channels with their default filled in, which the dump leaves out)."""
+    from droptune.worker.engine import kinds  # torch: only when training
+
+    fields = {**spec.model.model_dump(), "channels": spec.model.conv_channels}
+    return kinds.config(spec.model.kind, fields)
 
 
 def custom_model(spec: StudySpec, models: Mapping[str, Factory]) -> CustomModel:

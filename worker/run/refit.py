@@ -23,6 +23,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from droptune.core.answer.rules import answer, primary_rate
 from droptune.core.errors import StorageError
 from droptune.core.spec.study import StudySpec
+from droptune.storage.dashboard_answer import publish_study
 from droptune.storage.jobs import queue, refits
 from droptune.storage.jobs.lifecycle import Why
 from droptune.storage.jobs.refits import ModelFile, RefitClaim
@@ -31,11 +32,11 @@ from droptune.worker.engine.custom import fit_custom
 from droptune.worker.engine.data import Dataset, FoldData, fold_data
 from droptune.worker.engine.stacked import OnEpoch, StackedRun, TrainConfig, TrialRates, fit
 from droptune.worker.run import heldout
-from droptune.worker.run.batch import BatchContext, Interrupted, model_config, publish
+from droptune.worker.run.batch import BatchContext, Interrupted
 from droptune.worker.run.datasets import FileCache, load_named, load_uploaded, search_rows
 from droptune.worker.run.export import export_program, take_home_module
 from droptune.worker.run.heartbeat import LeaseHeartbeat
-from droptune.worker.run.plugins import custom_model
+from droptune.worker.run.plugins import custom_model, model_config
 
 log = logging.getLogger("droptune.worker")
 
@@ -203,7 +204,7 @@ class RefitRunner:
             self.hb.hold(set())
             ctx.on_current(None, [])
             self.hb.beat()
-            publish(ctx, claim.study_id)  # the note gains the test score
+            publish_study(ctx.engine, ctx.optuna, claim.study_id)  # the note gains the test score
 
     def _refit(self, claim: RefitClaim) -> tuple[dict[str, Any] | None, list[ModelFile]]:
         spec, ctx = claim.spec, self.ctx
