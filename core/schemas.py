@@ -13,6 +13,7 @@ from pydantic import (
     field_validator,
 )
 
+from droptune.core.spec.answer import AnswerRule
 from droptune.core.spec.study import StudySpec
 
 
@@ -60,7 +61,7 @@ class Progress(BaseModel):
 
 class Recommended(BaseModel):
     dropout: float
-    rule: Literal["one_se", "best"]
+    rule: AnswerRule
     trial: int
     why: str = Field(description="one sentence a person can read")
 

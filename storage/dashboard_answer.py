@@ -11,7 +11,6 @@ writers would leave a mix of both.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from html import escape
 from typing import Any
@@ -22,7 +21,9 @@ from optuna_dashboard import save_note, save_plotly_graph_object
 from sqlalchemy.engine import Engine
 
 from droptune.core.answer.curve import Curve, CurvePoint
-from droptune.core.schemas import BestOut, TestPoint
+from droptune.core.answer.plot import RateMark, plot_data
+from droptune.core.answer.view import TestView, answer_view, num
+from droptune.core.schemas import BestOut
 from droptune.storage.optuna_bridge import DASH, study_lock
 from droptune.storage.readmodel.reads import Reader
 from droptune.storage.sql.db import is_outage
@@ -34,7 +35,6 @@ GRAPH_PREFIX = f"dashboard:plot_data:{GRAPH_ID}:"  # where optuna-dashboard stor
 NOTE_PREFIX = "dashboard:note_str:"  # the study's note (a trial's has the trial id in it)
 RANK_KEY = "droptune:answer_rank"  # system attribute: [points, has test score] last published
 AXIS = {"gridcolor": "#e5ecf6", "zeroline": False, "automargin": True}
-RULES = {"one_se": "one-SE rule", "best": "best-score rule"}
 # Every ASCII punctuation mark, which markdown may read as syntax (links, images, emphasis, code,
 # headings, tables); and the characters that end a line or could start a new block.
 MD_PUNCTUATION = re.compile(r"[!-/:-@\[-`{-~]")
@@ -124,14 +124,6 @@ def answer_attrs(curve: Curve, best: BestOut) -> dict[str, float | str]:
     return attrs
 
 
-def _num(x: float) -> str:
-    return f"{x:.4g}"
-
-
-def _ci(p: TestPoint) -> str:
-    return f"{_num(p.score)} (95% CI {_num(p.ci95[0])}{DASH}{_num(p.ci95[1])})"
-
-
 def md_text(text: str) -> str:
     """`text` as literal markdown text, whatever it holds: the note is rendered as markdown
     (with raw HTML too, were the dashboard started with allow_unsafe), and a warning or a
@@ -145,73 +137,60 @@ def md_text(text: str) -> str:
 def note_markdown(curve: Curve, best: BestOut) -> str:
     """The study's note: the answer as a person reads it, in a few lines of markdown (the
     strings it did not write itself escaped)."""
-    done = sum(p.state == "COMPLETE" for p in curve.points)
-    pruned = len(curve.points) - done
-    lines = [f"## droptune answer: {md_text(best.metric)} ({md_text(best.direction)})", ""]
-    rec = best.recommended
-    if rec is not None:
+    v = answer_view(best, curve.points)
+    lines = [f"## droptune answer: {md_text(v.metric)} ({md_text(v.direction)})", ""]
+    if (r := v.recommended) is not None:
         lines += [
-            f"**Recommended dropout: {rec.dropout:.2f}** ({RULES.get(rec.rule, rec.rule)}, "
-            f"trial {rec.trial}): {md_text(rec.why)}",
+            f"**Recommended dropout: {r.rate_short}** ({r.rule_label}, "
+            f"trial {r.trial}): {md_text(r.why)}",
             "",
         ]
-    if best.score is not None and best.dropout is not None:
-        splits = len(best.score.folds)
-        se = best.score.std / math.sqrt(splits) if splits else 0.0
+    if (h := v.headline) is not None:
         lines.append(
-            f"- **Best mean score**: dropout {best.dropout:.2f}, {md_text(best.metric)} "
-            f"{_num(best.score.mean)} ± {se:.2g} (± 1 SE over {splits} splits; "
-            f"trial {best.trial})"
+            f"- **Best mean score**: dropout {h.rate_short}, {md_text(v.metric)} "
+            f"{h.mean_short} ± {h.se_short} (± 1 SE over {h.splits} splits; "
+            f"trial {h.trial})"
         )
     else:
         lines.append("- No trial has finished yet.")
-    if best.tied is not None:
-        lines.append(f"- **Tied:** {best.tied.text()}")
-    lines += _test_lines(best)
-    lines += [f"- ⚠️ {md_text(w)}" for w in best.warnings]
+    if v.tied is not None:
+        lines.append(f"- **Tied:** {v.tied}")
+    lines += _test_lines(v.test)
+    lines += [f"- ⚠️ {md_text(w)}" for w in v.warnings]
     lines += [
-        f"- Status: {best.status}; {done} finished and {pruned} pruned trials on the curve.",
+        f"- Status: {v.status}; {v.finished} finished and {v.pruned} pruned trials on the curve.",
         "",
         PRUNED_NOTE,
     ]
     return "\n".join(lines) + "\n"
 
 
-def _test_lines(best: BestOut) -> list[str]:
-    test = best.test
-    if test is None:
+def _test_lines(x: TestView | None) -> list[str]:
+    if x is None:
         return []
-    where = "held-out rows" if test.source == "holdout" else "rows of the test data set"
     lines = [
-        f"- **Test score** at dropout {test.dropout:.2f}: {md_text(test.metric)} {_ci(test)}, "
-        f"scored once on {test.n} {where}"
+        f"- **Test score** at dropout {x.main.rate}: {md_text(x.metric)} {x.main.with_ci}, "
+        f"scored once on {x.n} {x.rows}"
     ]
-    if test.best is not None:
-        lines.append(f"  - the best rate {test.best.dropout:.2f}: {_ci(test.best)}")
-    if test.baseline is not None:
-        lines.append(f"  - without dropout (baseline): {_ci(test.baseline)}")
+    if x.best is not None:
+        lines.append(f"  - the best rate {x.best.rate}: {x.best.with_ci}")
+    if x.baseline is not None:
+        lines.append(f"  - without dropout (baseline): {x.baseline.with_ci}")
     return lines
 
 
 def curve_figure(curve: Curve) -> Any:
     """The curve as a plotly figure: finished trials with ±1 SE, pruned ones faint, the tied
-    range shaded and the best and recommended rates marked."""
+    range shaded and the best and recommended rates marked (core/answer/plot.py's data)."""
     import plotly.graph_objects as go  # type: ignore[import-untyped]  # lazily: slow import
 
-    done = [p for p in curve.points if p.state == "COMPLETE"]
-    pruned = [p for p in curve.points if p.state != "COMPLETE"]
-    shown = _y_range(done)
+    data = plot_data(curve)
+    done = [f.point for f in data.finished]
+    pruned = list(data.pruned)
+    shown = list(data.span) if data.span is not None else None
     fig = go.Figure()
-    if curve.tied_low is not None and curve.tied_high is not None:
-        fig.add_vrect(
-            x0=curve.tied_low,
-            x1=curve.tied_high,
-            fillcolor="#2ca02c",
-            opacity=0.12,
-            line_width=0,
-            annotation_text="tied with the best",
-            annotation_position="top left",
-        )
+    if data.band is not None:
+        _shade_tied(fig, data.band)
     if pruned:
         fig.add_trace(
             go.Scatter(
@@ -236,7 +215,7 @@ def curve_figure(curve: Curve) -> Any:
             hoverinfo="text",
         )
     )
-    _mark_rates(fig, curve)
+    _mark_rates(fig, data.marks)
     # plotly.js reads a few HTML tags and character references in its texts: the metric is
     # escaped (it is a name from a fixed list today, but the figure does not rely on that).
     metric = escape(curve.metric)
@@ -264,38 +243,31 @@ def _pruned_label(pruned: list[CurvePoint], shown: list[float] | None) -> str:
     )
 
 
-def _y_range(done: list[CurvePoint]) -> list[float] | None:
-    """The finished trials' span with their error bars: pruned trials, far below after fewer
-    epochs, would squash the curve flat; beyond it they are simply off the scale."""
-    if not done:
-        return None
-    low = min(p.mean - p.se for p in done)
-    high = max(p.mean + p.se for p in done)
-    pad = 0.15 * (high - low) or 0.01 * max(abs(high), 1e-9)
-    return [low - pad, high + pad]
+def _shade_tied(fig: Any, band: tuple[float, float]) -> None:
+    fig.add_vrect(
+        x0=band[0],
+        x1=band[1],
+        fillcolor="#2ca02c",
+        opacity=0.12,
+        line_width=0,
+        annotation_text="tied with the best",
+        annotation_position="top left",
+    )
 
 
-def _mark_rates(fig: Any, curve: Curve) -> None:
-    same = curve.best is not None and curve.best == curve.recommended
-    if curve.best is not None:
-        label = "best = recommended" if same else "best"
+def _mark_rates(fig: Any, marks: tuple[RateMark, ...]) -> None:
+    for m in marks:
+        if m.role == "recommended":
+            line, where = {"color": "#ff7f0e"}, "top right"
+        else:
+            line, where = {"color": "#d62728", "dash": "dash"}, "bottom right"
         fig.add_vline(
-            x=curve.best,
-            line={"color": "#d62728", "dash": "dash"},
-            annotation_text=f"{label} {curve.best:.2f}",
-            annotation_position="bottom right",
-        )
-    if curve.recommended is not None and not same:
-        fig.add_vline(
-            x=curve.recommended,
-            line={"color": "#ff7f0e"},
-            annotation_text=f"recommended {curve.recommended:.2f}",
-            annotation_position="top right",
+            x=m.rate, line=line, annotation_text=f"{m.role} {m.text}", annotation_position=where
         )
 
 
 def _hover(p: CurvePoint) -> str:
-    text = f"trial {p.trial}<br>dropout {p.dropout:.3f}<br>{_num(p.mean)} ± {p.se:.2g}"
+    text = f"trial {p.trial}<br>dropout {p.dropout:.3f}<br>{num(p.mean)} ± {p.se:.2g}"
     if p.epochs is not None:
         text += f"<br>{p.epochs} epochs"
     if p.p_vs_best is not None:

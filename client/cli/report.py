@@ -9,7 +9,6 @@ scripts and fetches anyway, should something slip through.
 
 from __future__ import annotations
 
-import math
 from html import escape
 from pathlib import Path
 from typing import Annotated
@@ -20,7 +19,8 @@ from droptune.client.api import DEFAULT_URL, Client, ClientError
 from droptune.client.cli.common import UrlOpt, ask, fail
 from droptune.client.cli.report_svg import clean_svg
 from droptune.core.answer.rules import primary_rate
-from droptune.core.answer.text import answer_lines
+from droptune.core.answer.text import view_lines
+from droptune.core.answer.view import answer_view, standard_error
 from droptune.core.escape import safe
 from droptune.core.schemas import BestOut, StudyOut, TrialOut
 from droptune.core.spec.study import DatasetSpec, StudySpec
@@ -46,16 +46,17 @@ def _answer(b: BestOut | None) -> list[str]:
     """The answer as list items (escaped): the CLI's lines, the recommended rate first."""
     if b is None:
         return ["no finished trial yet"]
-    lines = answer_lines(b)
-    first = [i for i, line in enumerate(lines) if line.startswith("recommended ")]
-    lines = [lines[i] for i in first] + [x for i, x in enumerate(lines) if i not in first]
+    lines = view_lines(answer_view(b))
+    lines = [x for x in lines if x[0] == "recommended"] + [
+        x for x in lines if x[0] != "recommended"
+    ]
     items = []
-    for line in lines:
-        text = escape(line)
-        if line.startswith("recommended "):
+    for kind, line in lines:
+        text = escape(safe(line))
+        if kind == "recommended":
             head, _, rest = text.partition(": ")
             text = f"<b>{head}</b>: {rest}"
-        elif line.startswith("warning: "):
+        elif kind == "warning":
             text = f'<span class="warning">{text}</span>'
         items.append(text)
     return items
@@ -65,8 +66,7 @@ def _trial_row(t: TrialOut) -> str:
     rate = primary_rate(t.params)
     score = "—"
     if t.score is not None and t.score.folds:
-        se = t.score.std / math.sqrt(len(t.score.folds))
-        score = f"{t.score.mean:.4f} ± {se:.4f}"
+        score = f"{t.score.mean:.4f} ± {standard_error(t.score):.4f}"
     cells = [str(t.number), escape(safe(t.state)), _fmt(rate), score, _fmt(t.p_vs_best, 3)]
     cells.append("—" if t.epochs is None else str(t.epochs))
     tds = "".join(

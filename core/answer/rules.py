@@ -13,6 +13,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from droptune.core.schemas import Recommended, Score, Tied
+from droptune.core.spec.answer import AnswerRule
 from droptune.core.spec.study import SearchSpec, StudySpec
 
 ALPHA = 0.05  # rates whose paired test against the best gives p >= ALPHA are tied with it
@@ -147,7 +148,7 @@ def tied_with_best(trials: Sequence[FrozenTrial], p: dict[int, float | None]) ->
     )
 
 
-def _why(best: FrozenTrial, chosen: FrozenTrial, rule: str, metric: str) -> str:
+def _why(best: FrozenTrial, chosen: FrozenTrial, rule: AnswerRule, metric: str) -> str:
     """One sentence with the numbers behind the recommended rate."""
     b = score_of(best)
     c = score_of(chosen)

@@ -15,6 +15,7 @@ from pydantic import (
 
 from droptune.core import catalogue
 from droptune.core.spec import names
+from droptune.core.spec.answer import AnswerSpec
 from droptune.core.spec.kinds import SPEC_KINDS
 from droptune.core.spec.model import ModelSpec
 from droptune.core.spec.strict import STORED, FieldError, Strict, describe_errors, stored
@@ -195,14 +196,6 @@ class SearchSpec(Strict):
     @property
     def searches_input_dropout(self) -> bool:
         return self.input_dropout_high > 0
-
-
-class AnswerSpec(Strict):
-    rule: Literal["one_se", "best"] = Field(
-        "one_se",
-        description="which rate `recommended` names: the strongest regularisation within one "
-        "standard error of the best (one_se), or the best mean score (best)",
-    )
 
 
 class EvaluationSpec(Strict):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 
 from droptune.core.answer.curve import Curve, CurvePoint
+from droptune.core.answer.plot import RateMark, plot_data
 from droptune.service.deps import CallerDep, ReaderDep
 from droptune.service.routes.studies import ONE_STUDY, StudyId
 
@@ -107,36 +108,29 @@ def draw(data: Curve, title: str, fmt: Literal["svg", "png"]) -> bytes:
 
 
 def _plot(ax: Axes, data: Curve) -> None:
-    if data.tied_low is not None and data.tied_high is not None:
-        ax.axvspan(data.tied_low, data.tied_high, color=GREEN, alpha=0.12, lw=0, label=TIED_LABEL)
-    complete = [p for p in data.points if p.state == "COMPLETE"]
-    shaded = data.tied_low is not None
+    shown = plot_data(data)  # what the dashboard's plotly graph draws too
+    if shown.band is not None:
+        ax.axvspan(*shown.band, color=GREEN, alpha=0.12, lw=0, label=TIED_LABEL)
     labelled: set[bool] = set()
-    for p in complete:
+    for f in shown.finished:
         # Inside the shaded range a rate may still differ from the best: drawn hollow.
-        apart = shaded and not p.tied
-        label = "_" if apart in labelled else (APART_LABEL if apart else MEAN_LABEL)
-        _errorbar(ax, p, label, hollow=apart)
-        labelled.add(apart)
-    pruned = [p for p in data.points if p.state == "PRUNED"]
-    if pruned:
-        xs, ys = [p.dropout for p in pruned], [p.mean for p in pruned]
+        label = "_" if f.apart in labelled else (APART_LABEL if f.apart else MEAN_LABEL)
+        _errorbar(ax, f.point, label, hollow=f.apart)
+        labelled.add(f.apart)
+    if shown.pruned:
+        xs, ys = [p.dropout for p in shown.pruned], [p.mean for p in shown.pruned]
         ax.scatter(xs, ys, marker="x", color=GREY, alpha=0.6, label=PRUNED_LABEL, gid="pruned")
-    _rates(ax, data.best, data.recommended)
+    for m in shown.marks:
+        _rate(ax, m)
 
 
-def _rates(ax: Axes, best: float | None, recommended: float | None) -> None:
-    """The best and recommended rates as vertical lines behind the points (one when equal)."""
-    if best is not None and best == recommended:
-        ax.axvline(
-            best, color=VERMILLION, lw=1.8, zorder=1, label=f"best = recommended ({best:.2f})"
-        )
-        return
-    if best is not None:
-        ax.axvline(best, color="black", lw=1.2, ls="--", zorder=1, label=f"best ({best:.2f})")
-    if recommended is not None:
-        label = f"recommended ({recommended:.2f})"
-        ax.axvline(recommended, color=VERMILLION, lw=1.8, zorder=1, label=label)
+def _rate(ax: Axes, m: RateMark) -> None:
+    """The best or recommended rate as a vertical line behind the points."""
+    label = f"{m.role} ({m.text})"
+    if m.role == "best":
+        ax.axvline(m.rate, color="black", lw=1.2, ls="--", zorder=1, label=label)
+    else:
+        ax.axvline(m.rate, color=VERMILLION, lw=1.8, zorder=1, label=label)
 
 
 def _legend(fig: Figure, ax: Axes) -> None:
