@@ -23,6 +23,7 @@ from droptune.core.answer.text import view_lines
 from droptune.core.answer.view import answer_view, standard_error
 from droptune.core.escape import safe
 from droptune.core.schemas import BestOut, StudyOut, TrialOut
+from droptune.core.spec.model import CNNModel, CustomModel
 from droptune.core.spec.study import DatasetSpec, StudySpec
 
 STYLE = """
@@ -78,12 +79,13 @@ def _trial_row(t: TrialOut) -> str:
 def _setup(spec: StudySpec) -> str:
     """What was searched, in one line (HTML, escaped)."""
     m, s = spec.model, spec.search
-    layers = f"{m.kind.upper()}, hidden {m.hidden}"
-    if m.kind == "custom":
+    if isinstance(m, CustomModel):
         # The options' strings are the user's (up to 200 characters each): escaped like the rest.
-        layers = f"custom model {m.name or ''}" + (f" {m.options}" if m.options else "")
-    elif m.kind == "cnn":
-        layers += f", channels {m.conv_channels}"
+        layers = f"custom model {m.name}" + (f" {m.options}" if m.options else "")
+    else:
+        layers = f"{m.kind.upper()}, hidden {m.hidden}"
+        if isinstance(m, CNNModel):
+            layers += f", channels {m.conv_channels}"
     layers = escape(safe(layers))
     folds = f"{spec.cv.folds}-fold CV" + (f" x {spec.cv.repeats}" if spec.cv.repeats > 1 else "")
     per_layer = ", one rate per layer" if s.per_layer else ""

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from droptune.core import memory
-from droptune.core.spec.model import ModelSpec
+from droptune.core.spec.model import CNNModel, CustomModel, MLPModel, ModelSpec
 
 Image = tuple[int, int, int] | None
 
@@ -24,13 +24,36 @@ class SpecKind:
     describe: Callable[[ModelSpec], str]
 
 
+def _cnn(m: ModelSpec) -> CNNModel:
+    # Looked up by m.kind: the entry's kind is the spec's class (the union's discriminator).
+    assert isinstance(m, CNNModel), m.kind
+    return m
+
+
+def _mlp(m: ModelSpec) -> MLPModel:
+    assert isinstance(m, MLPModel), m.kind
+    return m
+
+
+def _custom_model(m: ModelSpec) -> CustomModel:
+    assert isinstance(m, CustomModel), m.kind
+    return m
+
+
 def _cnn_layers(m: ModelSpec, features: int, classes: int, image: Image) -> list[memory.Layer]:
     assert image is not None, "a CNN needs image data"
-    return memory.cnn_layers(image, m.conv_channels, m.hidden[0], classes)
+    cnn = _cnn(m)
+    return memory.cnn_layers(image, cnn.conv_channels, cnn.hidden[0], classes)
 
 
 def _custom(m: ModelSpec) -> str:
-    return f"custom {m.name}" + (f" {m.options}" if m.options else "")
+    c = _custom_model(m)
+    return f"custom {c.name}" + (f" {c.options}" if c.options else "")
+
+
+def _describe_cnn(m: ModelSpec) -> str:
+    cnn = _cnn(m)
+    return f"cnn {cnn.conv_channels} + fc {cnn.hidden[0]}"
 
 
 SPEC_KINDS: dict[str, SpecKind] = {
@@ -38,16 +61,16 @@ SPEC_KINDS: dict[str, SpecKind] = {
     for k in (
         SpecKind(
             "mlp",
-            lambda m: len(m.hidden),
-            lambda m, f, c, _i: memory.mlp_layers(f, m.hidden, c),
-            lambda m: f"mlp {m.hidden}",
+            lambda m: len(_mlp(m).hidden),
+            lambda m, f, c, _i: memory.mlp_layers(f, _mlp(m).hidden, c),
+            lambda m: f"mlp {_mlp(m).hidden}",
         ),
         SpecKind(
             "cnn",
-            lambda m: len(m.conv_channels) + 1,  # one per conv block and the hidden FC layer
+            lambda m: len(_cnn(m).conv_channels) + 1,  # one per conv block and the FC layer
             _cnn_layers,
-            lambda m: f"cnn {m.conv_channels} + fc {m.hidden[0]}",
+            _describe_cnn,
         ),
-        SpecKind("custom", lambda m: m.dropout_layers or 1, None, _custom),
+        SpecKind("custom", lambda m: _custom_model(m).dropout_layers or 1, None, _custom),
     )
 }

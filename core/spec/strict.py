@@ -13,6 +13,10 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 STORED = "stored"  # validation context key: the spec comes from the database, not a user
+RUNNABLE = "runnable"  # context key: a stored spec checked for running (StudySpec.runnable)
+# The model's kinds (core/spec/model.py): pydantic puts the kind a union member was picked by
+# into an error's location (model.mlp.hidden), which no client names.
+MODEL_TAGS = ("mlp", "cnn", "custom")
 # Fields someone with their own data tries first; the spec never reads files or URLs.
 FILE_FIELDS = ("path", "url", "file", "csv", "uri")
 UPLOAD_HINT = (
@@ -38,12 +42,20 @@ def describe_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]
         loc = [str(p) for p in e.get("loc", ())]
         if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
             loc = loc[1:]  # FastAPI's leading location marker only: `dataset.path` is a field
+        loc = [
+            p for i, p in enumerate(loc) if not (i and loc[i - 1] == "model" and p in MODEL_TAGS)
+        ]
         err = (e.get("ctx") or {}).get("error")
         kind = e.get("type", "")
         message = str(e.get("msg", "invalid")).removeprefix("Value error, ")
         if isinstance(err, FieldError):
             loc += err.field.split(".")
             message = err.message
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append("kind")  # the model's kind, the only discriminated union
+            message = "Input should be " + " or ".join(
+                ", ".join(f"'{t}'" for t in MODEL_TAGS).rsplit(", ", 1)
+            )
         elif kind == "json_invalid":
             loc = []
             message = f"the body is not valid JSON ({(e.get('ctx') or {}).get('error', '?')})"
@@ -89,19 +101,25 @@ class Strict(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """JSON's true/false and strings are no numbers, and 0/1 is no flag: pydantic's lax mode
-        would store `"epochs": true` as 1 epoch, `"epochs": "5"` as 5 and `"per_layer": 0` as
-        false, so a client's mistake (a form's string, a flag for a count) would pass unseen."""
-        field = cls.model_fields.get(info.field_name or "")
-        if field is None:
-            return value
-        if field.annotation is bool:
-            if not isinstance(value, bool):
-                raise ValueError("must be true or false")
-            return value
-        wrong = _not_a_number(field.annotation, value)
-        if wrong is not None:
-            if isinstance(value, list | dict):
-                raise ValueError(f"must hold numbers only, not {wrong}")
-            raise ValueError(f"must be a number, not {wrong}")
+        return numbers_are_numbers(cls, value, info)
+
+
+def numbers_are_numbers(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """JSON's true/false and strings are no numbers, and 0/1 is no flag: pydantic's lax mode
+    would store `"epochs": true` as 1 epoch, `"epochs": "5"` as 5 and `"per_layer": 0` as
+    false, so a client's mistake (a form's string, a flag for a count) would pass unseen.
+    (A model whose field is a union's discriminator, which may have no before-validator, runs
+    this for its other fields: core/spec/model.py.)"""
+    field = cls.model_fields.get(info.field_name or "")
+    if field is None:
         return value
+    if field.annotation is bool:
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+    wrong = _not_a_number(field.annotation, value)
+    if wrong is not None:
+        if isinstance(value, list | dict):
+            raise ValueError(f"must hold numbers only, not {wrong}")
+        raise ValueError(f"must be a number, not {wrong}")
+    return value

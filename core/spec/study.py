@@ -5,27 +5,20 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import (
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from droptune.core import catalogue
 from droptune.core.spec import names
 from droptune.core.spec.answer import AnswerSpec
 from droptune.core.spec.kinds import SPEC_KINDS
-from droptune.core.spec.model import ModelSpec
-from droptune.core.spec.strict import STORED, FieldError, Strict, describe_errors, stored
+from droptune.core.spec.model import MLPModel, ModelSpec, check_search, default_kind
+from droptune.core.spec.strict import RUNNABLE, STORED, FieldError, Strict, describe_errors, stored
 
 DEFAULT_DROPOUT_HIGH = 0.9  # re-measured: bench/results/range.md
 DEFAULT_SAMPLER: Literal["tpe", "gp", "random", "grid"] = "tpe"
 HOLDOUT_MIN_ROWS = 500  # data sets this large hold out DEFAULT_HOLDOUT of their rows by default
 DEFAULT_HOLDOUT = 0.2
 MAX_FOLD_CELLS = 2**28  # folds x samples x features a worker holds (float32: 1 GiB)
-RUNNABLE = "runnable"  # context key: a stored spec checked for running (StudySpec.runnable)
 SYNTHETIC_OPTIONS = tuple(catalogue.SYNTHETIC_DEFAULTS)
 CLASSIFICATION_METRICS = catalogue.METRICS["classification"]
 REGRESSION_METRICS = catalogue.METRICS["regression"]
@@ -234,13 +227,20 @@ class EvaluationSpec(Strict):
 class StudySpec(Strict):
     name: str | None = Field(None, max_length=200)
     dataset: DatasetSpec
-    model: ModelSpec = Field(default_factory=ModelSpec)
+    model: ModelSpec = Field(default_factory=MLPModel, discriminator="kind")
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     cv: CVSpec = Field(default_factory=CVSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     answer: AnswerSpec = Field(default_factory=AnswerSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     priority: int = Field(0, ge=-1000, le=1000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model" in data:
+            return {**data, "model": default_kind(data["model"])}
+        return data
 
     @field_validator("name")
     @classmethod
@@ -294,26 +294,8 @@ class StudySpec(Strict):
                     "'cnn' needs image data: dataset.builtin 'digits', or an uploaded NPZ "
                     "data set whose X is (N, H, W) or (N, C, H, W)",
                 )
-        # Submit-only: earlier versions stored such specs (their trials fail in the engine).
-        if submitted and self.model.kind != "mlp" and self.search.searches_input_dropout:
-            raise FieldError(
-                "search.input_dropout_high", "input dropout is only supported for MLP models"
-            )
-        if submitted and self.model.dropout_layers is not None and not self.search.per_layer:
-            raise FieldError(
-                "model.dropout_layers", "is only used with search.per_layer (one rate each)"
-            )
-        if (
-            submitted
-            and self.model.kind == "custom"
-            and self.search.per_layer
-            and self.model.dropout_layers is None
-        ):
-            raise FieldError(
-                "model.dropout_layers",
-                "search.per_layer on a custom model needs model.dropout_layers: how many "
-                "dropout modules it has (one rate each)",
-            )
+        if submitted:
+            check_search(self.model, self.search.per_layer, self.search.searches_input_dropout)
         if submitted and self.dataset.builtin == "synthetic":
             # A worker keeps K standardised copies of the data, [K, n_samples, n_features].
             o = self.dataset.synthetic_options()

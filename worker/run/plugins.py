@@ -27,6 +27,9 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
+from droptune.core.spec.model import DEFAULT_CHANNELS, CNNModel
+from droptune.core.spec.model import CustomModel as CustomModelSpec
+
 if TYPE_CHECKING:
     from droptune.core.spec.study import StudySpec
     from droptune.worker.engine.custom import CustomModel
@@ -91,8 +94,13 @@ def model_config(spec: StudySpec) -> ModelConfig:
     (channels with their default filled in, which the dump leaves out)."""
     from droptune.worker.engine import kinds  # torch: only when training
 
-    fields = {**spec.model.model_dump(), "channels": spec.model.conv_channels}
-    return kinds.config(spec.model.kind, fields)
+    m = spec.model
+    if isinstance(m, CustomModelSpec):
+        raise ValueError("a custom model has no built-in config (custom_model)")
+    fields = {**m.model_dump(), "channels": list(DEFAULT_CHANNELS)}
+    if isinstance(m, CNNModel):
+        fields["channels"] = m.conv_channels
+    return kinds.config(m.kind, fields)
 
 
 def custom_model(spec: StudySpec, models: Mapping[str, Factory]) -> CustomModel:
@@ -100,9 +108,11 @@ def custom_model(spec: StudySpec, models: Mapping[str, Factory]) -> CustomModel:
     model: only a worker restarted without it can miss it)."""
     from droptune.worker.engine.custom import CustomModel, FactoryError  # torch: only when training
 
-    name = spec.model.name or ""
-    factory = models.get(name)
+    m = spec.model
+    if not isinstance(m, CustomModelSpec):
+        raise FactoryError(f"model kind {m.kind!r} is built in, not a registered model")
+    factory = models.get(m.name)
     if factory is None:
-        raise FactoryError(f"this worker has no model {name!r} (DROPTUNE_MODELS)")
-    per_layer = spec.model.dropout_layers if spec.search.per_layer else None
-    return CustomModel(factory, spec.model.options, per_layer)
+        raise FactoryError(f"this worker has no model {m.name!r} (DROPTUNE_MODELS)")
+    per_layer = m.dropout_layers if spec.search.per_layer else None
+    return CustomModel(factory, m.options, per_layer)
