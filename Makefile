@@ -27,9 +27,14 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-# Everything: unit, integration (SQLite and PostgreSQL) and end-to-end (real processes).
+# Everything: unit, integration (SQLite and PostgreSQL) and end-to-end (real processes), on
+# TEST_PROCS processes (pytest-xdist: the e2e tests mostly wait on servers they start; work is
+# stolen by idle processes, so one slow file does not hold the end), then the few tests that
+# must run alone (marked serial: one restarts the shared PostgreSQL).
+TEST_PROCS ?= 3
 test: lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_PROCS) --dist worksteal -m "not serial"
+	$(VENV)/bin/pytest -m serial
 
 # While iterating: the unit tests alone (no process, no database server).
 test-fast: venv

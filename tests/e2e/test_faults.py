@@ -158,6 +158,7 @@ def test_api_restart_loses_nothing(stack: Stack) -> None:
     assert (len(done), failed) == (N, [])
 
 
+@pytest.mark.serial  # every other test's PostgreSQL goes down with it
 @pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="needs pg_ctlcluster")
 def test_postgres_restart_mid_study(stack: Stack) -> None:
     version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[0]
