@@ -22,9 +22,9 @@ from sqlalchemy.engine import Engine
 
 from droptune.core.answer.curve import Curve, CurvePoint
 from droptune.core.answer.plot import RateMark, plot_data
-from droptune.core.answer.view import TestView, answer_view, num
+from droptune.core.answer.view import DASH, TestView, answer_view, num
 from droptune.core.schemas import BestOut
-from droptune.storage.optuna_bridge import DASH, study_lock
+from droptune.storage.optuna_bridge import study_lock
 from droptune.storage.readmodel.reads import Reader
 from droptune.storage.sql.db import is_outage
 

@@ -10,13 +10,13 @@ import optuna
 import sqlalchemy as sa
 from optuna.storages import RDBStorage
 
+from droptune.core.answer.view import DASH
 from droptune.core.spec.kinds import SPEC_KINDS
 from droptune.core.spec.study import DEFAULT_METRIC, StudySpec
 from droptune.storage.sql.db import configure_sqlite, engine_kwargs, is_sqlite, normalise_url
 
 # Optuna logs every trial at INFO; droptune's own log lines say what happened.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-DASH = "\u2013"  # an en dash between a range's ends, as people write ranges
 
 
 def optuna_storage(url: str, *, writes: bool = True) -> RDBStorage:

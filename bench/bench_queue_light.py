@@ -1,0 +1,497 @@
+"""The light-worker half of bench/bench_queue.py (`--light`): droptune's own Worker loop in N
+forked processes with training replaced by a sleep, measured over a window (see bench_queue's
+docstring for what is measured). Run it through `bench/bench_queue.py --light 8 32 128`."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import sqlalchemy as sa
+from bench_queue import TINY, activity, drop_database, fresh_database, libpq
+
+from droptune.storage.submit import submits
+
+
+@dataclasses.dataclass(frozen=True)
+class Light:
+    train_s: float  # the sleep that stands in for training one batch
+    epochs: int  # on_epoch calls per batch (report, should_prune, status read)
+    batch: int  # search.batch_trials: trials per claim
+    heartbeat_s: float
+    publish: bool  # keep the per-batch dashboard publish (its cost grows with the study)
+    no_prepare: bool  # psycopg prepare_threshold=None (PgBouncer < 1.21, transaction pooling)
+    named: bool = True  # application_name per pool (through PgBouncer it would cost SETs)
+
+
+Events = dict[str, list[tuple[float, float, Any]]]  # kind -> (time, seconds, result)
+
+
+def light_worker(i: int, url: str, out: str, o: Light) -> None:
+    """One light worker: droptune's Worker with `light_swaps`, its pools' connections named
+    `w{i}:droptune` and `w{i}:optuna`, its LISTEN connection `w{i}:listen`; the timed calls and
+    the WARNING+ log lines (counted) are written to out/w{i}.json when SIGTERM ends it."""
+    import logging
+
+    from sqlalchemy import event
+
+    from droptune.core import logs
+    from droptune.worker.run.loop import Worker
+    from droptune.worker.run.settings import WorkerSettings
+
+    ev: Events = {"claim": [], "beat": [], "settle": []}
+    errors: collections.Counter[str] = collections.Counter()
+    for module, attr, value in light_swaps(o, ev):
+        setattr(module, attr, value)
+    sys.stderr = open(Path(out, f"w{i}.log"), "w", buffering=1)  # noqa: SIM115
+    logs.configure()
+
+    class Count(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            exc = record.exc_info[1] if record.exc_info else None
+            why = f" [{type(exc).__name__}: {str(exc).splitlines()[0][:70]}]" if exc else ""
+            errors[f"{record.levelname} {record.name}: {record.msg}"[:100] + why] += 1
+
+    logging.getLogger().addHandler(Count(logging.WARNING))
+    settings = WorkerSettings(
+        database_url=url, device="cpu", threads=1, heartbeat_seconds=o.heartbeat_s,
+        cache_dir=Path(out, "cache"),
+    )  # fmt: skip
+    worker = Worker(settings)
+    for engine, kind in ((worker.engine, "droptune"), (worker.optuna.engine, "optuna")):
+
+        def named(_d: Any, _r: Any, _a: Any, cparams: dict[str, Any], k: str = kind) -> None:
+            cparams["application_name"] = f"w{i}:{k}"
+
+        if o.named:
+            event.listen(engine, "do_connect", named)
+            engine.dispose()  # the connections Optuna opened while it set up had no name
+    if o.named:
+        os.environ["PGAPPNAME"] = f"w{i}:listen"  # QueueWaiter's own psycopg connection
+    try:
+        worker.run()
+    finally:
+        Path(out, f"w{i}.json").write_text(json.dumps({"events": ev, "errors": errors}))
+
+
+def light_swaps(o: Light, ev: Events) -> list[tuple[Any, str, Any]]:
+    """(module, attribute, replacement): claim, heartbeat and settle timed into `ev`; training
+    replaced by a sleep; no data set; no dashboard publish unless asked; psycopg's prepared
+    statements off with `no_prepare`."""
+    import numpy as np
+
+    from droptune.storage import optuna_bridge
+    from droptune.storage.jobs import lifecycle, queue, registry
+    from droptune.storage.sql import db
+    from droptune.worker.engine.stacked import TrialResult
+    from droptune.worker.run import batch, loop
+
+    def timed(fn: Any, key: str, record: Any) -> Any:
+        def call(*a: Any, **kw: Any) -> Any:
+            t, p = time.time(), time.perf_counter()
+            r = fn(*a, **kw)
+            ev[key].append((t, time.perf_counter() - p, record(r)))
+            return r
+
+        return call
+
+    def no_train(_d: Any, _m: Any, cfg: Any, rates: list[Any], _dev: Any, on_epoch: Any) -> Any:
+        """The engine's contract (on_epoch after every epoch stops trials), without training."""
+        results: list[Any] = [TrialResult([0.9] * 3, cfg.epochs, False, o.train_s)] * len(rates)
+        active = list(range(len(rates)))
+        for epoch in range(1, cfg.epochs + 1):
+            time.sleep(o.train_s / cfg.epochs)
+            for t in set(on_epoch(epoch, active, np.full((len(active), 3), 0.9))):
+                results[t] = TrialResult([0.9] * 3, epoch, True, o.train_s)
+                active.remove(t)
+            if not active:
+                break
+        return results
+
+    plain = db.engine_kwargs  # before the swap below replaces it
+
+    def no_prepare(u: str) -> dict[str, Any]:
+        return {**plain(u), "connect_args": {"prepare_threshold": None}}
+
+    periodic = "droptune-heartbeat"  # 1: the thread's beat; 0: the one a batch sends as it ends
+    fake = SimpleNamespace(train_len_host=np.array([1000.0]), val_len_host=np.array([500.0]))
+    swaps: list[tuple[Any, str, Any]] = [
+        (queue, "claim", timed(queue.claim, "claim", lambda c: 0 if c is None else len(c.leases))),
+        (registry, "heartbeat", timed(registry.heartbeat, "beat",
+            lambda _b: int(threading.current_thread().name == periodic))),
+        (batch, "settle", timed(lifecycle.settle, "settle", lambda r: getattr(r, "value", None))),
+        (batch, "train_trials", no_train),
+        (loop._DataCache, "get", lambda _self, _spec, _device: fake),
+    ]  # fmt: skip
+    if not o.publish:
+        swaps.append((batch, "publish", lambda _ctx, _study_id: None))
+    if o.no_prepare:
+        swaps += [(db, "engine_kwargs", no_prepare), (optuna_bridge, "engine_kwargs", no_prepare)]
+    return swaps
+
+
+class Bouncer:
+    """A PgBouncer in transaction pooling mode in front of `server`, for the bench's lifetime."""
+
+    def __init__(self, server: str, port: int, pool: int, tmp: Path) -> None:
+        u = sa.make_url(server)
+        self.port, self.dir = port, tmp / "pgbouncer"
+        self.dir.mkdir(mode=0o777)
+        (self.dir / "users.txt").write_text('"postgres" ""\n')
+        ini = self.dir / "pgbouncer.ini"
+        ini.write_text(
+            f"[databases]\n* = host={u.host} port={u.port or 5432}\n[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.dir / 'users.txt'}\nadmin_users = postgres\n"
+            f"pool_mode = transaction\ndefault_pool_size = {pool}\nmax_client_conn = 4000\n"
+        )
+        as_root = ["-u", "postgres"] if os.geteuid() == 0 else []  # it refuses to run as root
+        log = (self.dir / "pgbouncer.log").open("w")
+        self.proc = subprocess.Popen(["pgbouncer", *as_root, str(ini)], stderr=log, stdout=log)
+        for _ in range(50):
+            time.sleep(0.1)
+            if self.show("VERSION"):
+                return
+        raise RuntimeError(f"pgbouncer did not start: see {self.dir / 'pgbouncer.log'}")
+
+    def url(self, database_url: str) -> str:
+        return str(sa.make_url(database_url).set(host="127.0.0.1", port=self.port))
+
+    def show(self, what: str) -> list[dict[str, str]]:
+        """`SHOW what` on the admin console (simple query protocol only, hence psql)."""
+        cmd = ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "pgbouncer"]
+        cmd += ["-AF|", "-P", "footer=off", "-c", f"SHOW {what}"]
+        lines = subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()
+        head = lines[0].split("|") if lines else []
+        return [dict(zip(head, ln.split("|"), strict=False)) for ln in lines[1:]]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def _proc_fields(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields from the state on (index 1: ppid, 11-14: utime, stime, cutime,
+    cstime in clock ticks); [] when the process has gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def cpu_s(pids: list[int], reaped: bool = False) -> float:
+    """CPU seconds the processes have used (with `reaped`, their waited-for children's too)."""
+    ticks = sum(int(x) for p in pids for x in _proc_fields(p)[11 : 15 if reaped else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_s(postmaster: int) -> float:
+    """CPU seconds of a local PostgreSQL so far: the postmaster, the backends it has reaped
+    (cutime, cstime) and those still alive (found by their parent in /proc)."""
+    alive = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()]
+    backends = [p for p in alive if (f := _proc_fields(p)) and int(f[1]) == postmaster]
+    return cpu_s([postmaster], reaped=True) + cpu_s(backends)
+
+
+def machine_busy_s() -> float:
+    """Busy CPU seconds of all cores (everyone's processes): all but idle and iowait."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass(frozen=True)
+class Snap:
+    t: float
+    server_cpu: float
+    client_cpu: float
+    bouncer_cpu: float
+    machine_busy: float
+    xacts: int  # pg_stat_database.xact_commit
+    load: float
+
+
+def snap(mon: Any, db: str, postmaster: int, pids: list[int], bouncer: Bouncer | None) -> Snap:
+    xacts = mon.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (db,))
+    return Snap(
+        time.time(),
+        server_cpu_s(postmaster),
+        cpu_s(pids),
+        cpu_s([bouncer.proc.pid]) if bouncer else 0.0,
+        machine_busy_s(),
+        int(xacts.fetchone()[0]),
+        os.getloadavg()[0],
+    )
+
+
+def per_s(a: Snap, b: Snap) -> dict[str, float]:
+    """Cores busy and transactions per second between two snapshots."""
+    span = b.t - a.t
+    keys = ("server_cpu", "client_cpu", "bouncer_cpu", "machine_busy")
+    out = {f"{k}_cores": round((getattr(b, k) - getattr(a, k)) / span, 3) for k in keys}
+    return out | {"xacts_per_s": round((b.xacts - a.xacts) / span, 1)}
+
+
+def quantiles_ms(seconds: list[float]) -> dict[str, float]:
+    if len(seconds) < 2:
+        return {}
+    q = statistics.quantiles([s * 1000 for s in seconds], n=100)
+    return {"p50": round(q[49], 1), "p95": round(q[94], 1), "p99": round(q[98], 1)}
+
+
+def statements(mon: Any, db: str) -> list[tuple[int, float, str]]:
+    """pg_stat_statements of `db` (calls, total ms, query), most called first; [] without it."""
+    try:
+        return [
+            (int(c), float(t), str(q))
+            for c, t, q in mon.execute(
+                "SELECT calls, total_exec_time, query FROM pg_stat_statements s"
+                " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s ORDER BY calls DESC",
+                (db,),
+            )
+        ]
+    except Exception:  # not in shared_preload_libraries: the numbers that need it are left out
+        return []
+
+
+def statement_stats(stats: list[tuple[int, float, str]], span: float) -> dict[str, Any]:
+    """Statements per second (BEGIN and COMMIT included), the server's execution time, and the
+    most called and most costly statements."""
+
+    def top(rows: list[tuple[int, float, str]]) -> list[dict[str, Any]]:
+        return [
+            {"per_s": round(c / span, 1), "ms_per_s": round(t / span, 2), "query": q[:160]}
+            for c, t, q in rows[:12]
+        ]
+
+    return {
+        "statements_per_s": round(sum(c for c, _t, _q in stats) / span, 1),
+        "server_exec_ms_per_s": round(sum(t for _c, t, _q in stats) / span, 1),
+        "most_called": top(stats),
+        "most_time": top(sorted(stats, key=lambda r: -r[1])),
+    }
+
+
+def by_kind(samples: list[dict[str, int]]) -> dict[str, int]:
+    """The most connections one worker held at once, per pool (names `w{i}:{kind}`)."""
+    most: dict[str, int] = {}
+    for s in samples:
+        for app, n in s.items():
+            if app.startswith("w") and ":" in app:
+                kind = app.split(":", 1)[1]
+                most[kind] = max(most.get(kind, 0), n)
+    return dict(sorted(most.items()))
+
+
+def fork_workers(n: int, url: str, out: Path, o: Light) -> list[Any]:
+    """Fork n light workers from this process, which holds no connection now: the worker code
+    is imported once and frozen, so the children's garbage collector never copies its pages."""
+    import gc
+
+    import droptune.worker.run.loop  # noqa: F401
+
+    gc.freeze()
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=light_worker, args=(i, url, str(out), o)) for i in range(n)]
+    for p in procs:
+        p.start()
+    return procs
+
+
+def stop_all(procs: list[Any]) -> None:
+    for p in procs:
+        if p.pid and p.is_alive():
+            os.kill(p.pid, signal.SIGTERM)
+    deadline = time.time() + 60
+    for p in procs:
+        p.join(max(0.1, deadline - time.time()))
+        if p.is_alive():
+            p.kill()
+
+
+def submit(engine: Any, o: Light) -> float:
+    from droptune.core.spec.study import StudySpec
+
+    search = {"sampler": "random", "pruner": "none", "n_trials": 10000, "batch_trials": o.batch}
+    spec = {**TINY, "model": {"hidden": [8]}, "training": {"epochs": o.epochs}, "search": search}
+    submits.enqueue(engine, StudySpec.model_validate(spec), "bench")
+    return time.time()
+
+
+POOL_KEYS = ("cl_active", "cl_waiting", "sv_active", "sv_idle", "maxwait")
+
+
+@dataclasses.dataclass
+class Window:
+    """What the parent sees while the workers run: snapshots, connection samples, statements."""
+
+    postmaster: int
+    procs: list[Any]  # the workers' multiprocessing.Process objects
+    marks: dict[str, Snap] = dataclasses.field(default_factory=dict)
+    backends: list[dict[str, int]] = dataclasses.field(default_factory=list)
+    pools: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    submitted: float = 0.0
+    started_s: float = 0.0
+
+
+def measure(args: argparse.Namespace, n: int, o: Light, mon: Any, url: str, w: Window) -> None:
+    """Wait for the workers to start; measure them idle; submit, warm up, measure the window."""
+    from droptune.storage.jobs import registry
+    from droptune.storage.sql.db import create_engine
+
+    engine, bouncer, db = create_engine(url), args.bouncer, str(sa.make_url(url).database)
+    t_start = time.time()
+    while registry.count_live(engine, 600) < n:
+        if time.time() - t_start > 600 or not all(p.is_alive() for p in w.procs):
+            raise RuntimeError(f"only {registry.count_live(engine, 600)} of {n} workers started")
+        time.sleep(1)
+    w.started_s = time.time() - t_start
+    time.sleep(2)  # past their first empty peek, LISTENing
+    has_stats = bool(statements(mon, db))  # the migration's own statements, when it is loaded
+    for phase, seconds in (("idle", args.idle), ("window", args.window)):
+        if phase == "window":
+            w.submitted = submit(engine, o)
+            time.sleep(args.warmup)
+        if has_stats:
+            mon.execute("SELECT pg_stat_statements_reset()")
+        w.marks[phase] = a = snap(mon, db, w.postmaster, [p.pid for p in w.procs], bouncer)
+        while time.time() < a.t + seconds:
+            if phase == "window":
+                w.backends.append(activity(mon, db))
+                for p in bouncer.show("POOLS") if bouncer else []:
+                    if p.get("database") == db:  # clients: connected, served or waiting
+                        got = {k: float(p[k]) for k in POOL_KEYS}
+                        w.pools.append(got | {"clients": got["cl_active"] + got["cl_waiting"]})
+            time.sleep(1)
+        w.marks[phase + "_end"] = b = snap(mon, db, w.postmaster, [p.pid for p in w.procs], bouncer)
+        w.stats[phase] = statement_stats(statements(mon, db), b.t - a.t) if has_stats else {}
+    engine.dispose()
+
+
+def light_window(args: argparse.Namespace, n: int, o: Light, tmp: Path) -> dict[str, Any]:
+    """Start n light workers on a fresh database, measure, stop them, drop it."""
+    import psycopg
+
+    from droptune.storage.sql.migrate import upgrade
+
+    direct = fresh_database("postgres", tmp, args.server)
+    out = tmp / f"light{n}-{uuid.uuid4().hex[:4]}"
+    out.mkdir()
+    upgrade(direct)
+    procs = fork_workers(n, args.bouncer.url(direct) if args.bouncer else direct, out, o)
+    try:
+        with psycopg.connect(libpq(direct), autocommit=True, application_name="bench") as mon:
+            mon.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            row = mon.execute("SELECT pg_backend_pid()").fetchone()
+            backend = _proc_fields(row[0]) if row else []
+            w = Window(int(backend[1]) if backend else 0, procs)
+            measure(args, n, o, mon, direct, w)
+    except RuntimeError:  # workers died: say how, once per distinct last log line
+        ends = [f.read_text().strip().splitlines()[-1:] for f in out.glob("w*.log")]
+        for line, count in collections.Counter(e[0][:200] for e in ends if e).items():
+            print(f"{count} workers' last log line: {line}", file=sys.stderr)
+        raise
+    finally:
+        stop_all(procs)
+        drop_database(direct, args.server)
+    return summarise(n, out, w, o) | {"via": "pgbouncer" if args.bouncer else "direct"}
+
+
+def summarise(n: int, out: Path, w: Window, o: Light) -> dict[str, Any]:
+    """The window's numbers, from the workers' own reports and the parent's samples."""
+    reports = [json.loads(f.read_text()) for f in sorted(out.glob("w*.json"))]
+    a, b = w.marks["window"], w.marks["window_end"]
+    span = b.t - a.t
+
+    def window(kind: str) -> list[list[Any]]:
+        return [e for r in reports for e in r["events"][kind] if a.t <= e[0] < b.t]
+
+    claims, beats, settles = window("claim"), window("beat"), window("settle")
+    woke = [
+        min(e[0] for e in r["events"]["claim"] if e[0] >= w.submitted) - w.submitted
+        for r in reports
+        if any(e[0] >= w.submitted for e in r["events"]["claim"])
+    ]
+    errors: collections.Counter[str] = collections.Counter()
+    for r in reports:
+        errors.update(r["errors"])
+    told = sum(1 for e in settles if e[2] == "done") / span
+    totals = [sum(c for app, c in s.items() if app != "bench") for s in w.backends]
+    pools = {k: max(p[k] for p in w.pools) for k in ("clients", *POOL_KEYS)} if w.pools else {}
+    return {
+        "workers": n,
+        "reported": len(reports),
+        "light": dataclasses.asdict(o),
+        "startup_s": round(w.started_s, 1),
+        "window_s": round(span, 1),
+        "load_1min": [round(a.load, 2), round(b.load, 2)],
+        "claims_per_s": round(sum(1 for e in claims if e[2]) / span, 2),
+        "empty_claims_per_s": round(sum(1 for e in claims if not e[2]) / span, 2),
+        "told_per_s": round(told, 2),
+        "outcomes": dict(collections.Counter(str(e[2]) for e in settles)),
+        "heartbeats_per_s": round(len(beats) / span, 1),
+        "periodic_heartbeats_per_s": round(sum(e[2] for e in beats) / span, 1),
+        "heartbeat_statements_per_s": round(3 * len(beats) / span, 1),
+        "heartbeat_ms": quantiles_ms([e[1] for e in beats]),
+        "claim_ms": quantiles_ms([e[1] for e in claims]),
+        "first_claim_after_submit_ms": quantiles_ms(woke),
+        **per_s(a, b),
+        "backends_max": max(totals, default=0),
+        "backends_per_worker_max": by_kind(w.backends),
+        "bouncer_pools_max": pools,
+        "idle": per_s(w.marks["idle"], w.marks["idle_end"]) | w.stats["idle"],
+        **w.stats["window"],
+        "errors": dict(errors.most_common(12)),
+    }
+
+
+def light_workers(args: argparse.Namespace) -> list[dict[str, Any]]:
+    base = Light(
+        args.train_s, args.epochs, args.batch, args.heartbeat_s, args.publish, args.no_prepare
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        os.chmod(tmp, 0o755)  # pgbouncer runs as postgres and reads its files here
+        bouncer = Bouncer(args.server, args.pgbouncer, args.pool, tmp) if args.pgbouncer else None
+        vias = [None, bouncer] if bouncer and args.alternate else [bouncer]
+        try:
+            for n in args.light:
+                for _ in range(args.repeats):
+                    for via in vias:
+                        args.bouncer = via
+                        o = base if via is None else dataclasses.replace(base, named=False)
+                        rows.append(light_window(args, n, o, tmp))
+                        print(light_line(rows[-1]), flush=True)
+        finally:
+            if bouncer:
+                bouncer.close()
+    return rows
+
+
+def light_line(r: dict[str, Any]) -> str:
+    lat, fc = r["claim_ms"], r["first_claim_after_submit_ms"]
+    return (
+        f"light {r['via']:9s} workers={r['workers']:<4d} claims/s={r['claims_per_s']:6.2f} "
+        f"told/s={r['told_per_s']:6.2f} hb stmts/s={r['heartbeat_statements_per_s']:6.1f} "
+        f"claim ms p50/p95/p99={lat.get('p50')}/{lat.get('p95')}/{lat.get('p99')} "
+        f"first claim p50={fc.get('p50')} ms backends={r['backends_max']} "
+        f"per worker={r['backends_per_worker_max']} cpu server/workers/machine="
+        f"{r['server_cpu_cores']}/{r['client_cpu_cores']}/{r['machine_busy_cores']} "
+        f"load={r['load_1min']} errors={sum(r['errors'].values())}"
+    )
