@@ -18,7 +18,7 @@ import typer
 from droptune.client.api import DEFAULT_URL, Client, ClientError
 from droptune.client.cli.common import UrlOpt, ask, fail
 from droptune.client.cli.report_svg import clean_svg
-from droptune.core.answer.rules import primary_rate
+from droptune.core.answer.rates import primary_rate
 from droptune.core.answer.text import view_lines
 from droptune.core.answer.view import answer_view, standard_error
 from droptune.core.escape import safe

@@ -10,7 +10,7 @@ import math
 
 from pydantic import BaseModel, Field
 
-from droptune.core.answer.rules import primary_rate
+from droptune.core.answer.rates import primary_rate
 from droptune.core.schemas import BestOut, TrialOut
 from droptune.core.spec.study import StudySpec
 

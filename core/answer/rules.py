@@ -8,24 +8,16 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from droptune.core.answer.rates import primary_rate
 from droptune.core.schemas import Recommended, Score, Tied
 from droptune.core.spec.answer import AnswerRule
 from droptune.core.spec.study import SearchSpec, StudySpec
 
 ALPHA = 0.05  # rates whose paired test against the best gives p >= ALPHA are tied with it
 EDGE = 0.05  # a rate this close to a bound (a fraction of the range's width) sits at it
-
-
-def primary_rate(params: dict[str, Any]) -> float | None:
-    """The trial's dropout rate: `dropout`, or the mean of per-layer rates."""
-    if "dropout" in params:
-        return float(params["dropout"])
-    layers = [float(v) for k, v in params.items() if k.startswith("dropout_")]
-    return sum(layers) / len(layers) if layers else None
 
 
 def score_of(trial: FrozenTrial) -> Score | None:

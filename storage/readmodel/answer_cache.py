@@ -27,7 +27,8 @@ from optuna.trial import TrialState
 from pydantic import BaseModel
 from sqlalchemy.engine import Connection, Engine
 
-from droptune.core.answer.rules import Answer, primary_rate, score_of
+from droptune.core.answer.rates import primary_rate
+from droptune.core.answer.rules import Answer, score_of
 from droptune.core.errors import StorageError
 from droptune.core.schemas import Recommended, Score, Tied
 from droptune.storage.jobs.lifecycle import INTERRUPTIONS

@@ -5,8 +5,8 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from droptune.storage.access import sessions, tokens
 from droptune.storage.sql import tables
 from droptune.storage.sql.db import create_engine, db_now
+from droptune.storage.sql.migrate import upgrade
 from tests import procs
 from tests.e2e.test_access import bearer, token
 
@@ -23,19 +24,38 @@ HTML = {"Accept": "text/html"}
 TLS = {"X-Forwarded-Proto": "https"}  # as a TLS proxy on this machine sends it
 
 
-@pytest.fixture
-def admin_server(sqlite_url: str, tmp_path: Path) -> Iterator[tuple[str, str, str, str]]:
-    """A real server with tokens created before it starts (no open-mode window): (base URL,
-    database URL, an admin's token, a non-admin's token). Uvicorn trusts X-Forwarded-Proto
-    from FORWARDED_ALLOW_IPS, set here to this machine, as behind a local TLS proxy."""
-    root, user = token(sqlite_url, "root", "--admin"), token(sqlite_url, "carol")
+@pytest.fixture(scope="module")
+def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """One real server for the module (the tests only add tokens and sessions of their own),
+    with an admin token created by the CLI before it starts (no open-mode window). Uvicorn trusts
+    X-Forwarded-Proto from FORWARDED_ALLOW_IPS, set here to this machine, as behind a local TLS
+    proxy."""
+    tmp = tmp_path_factory.mktemp("sessions")
+    url = f"sqlite:///{tmp / 'droptune.db'}"
+    upgrade(url)
+    token(url, "operator", "--admin")
     port = procs.free_port()
     extra = {"FORWARDED_ALLOW_IPS": "127.0.0.1"}
-    api = procs.serve(sqlite_url, port, tmp_path / "serve.log", extra)
+    api = procs.serve(url, port, tmp / "serve.log", extra)
     try:
-        yield f"http://127.0.0.1:{port}", sqlite_url, root, user
+        yield f"http://127.0.0.1:{port}", url
     finally:
         procs.stop(api)
+
+
+@pytest.fixture
+def admin_server(_server: tuple[str, str]) -> Iterator[tuple[str, str, str, str]]:
+    """(base URL, database URL, an admin's token, a non-admin's token): the tokens new for each
+    test, so one test's revocation or expired session touches no other's."""
+    base, url = _server
+    engine = create_engine(url)
+    try:
+        n = uuid.uuid4().hex[:8]
+        root = tokens.create(engine, f"root-{n}", admin=True)
+        user = tokens.create(engine, f"carol-{n}")
+    finally:
+        engine.dispose()
+    yield base, url, root, user
 
 
 def _login(base: str, value: str, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -57,15 +77,15 @@ def _cookie_works(base: str, name: str, value: str, headers: dict[str, str] | No
         return browser.get("/dashboard").status_code
 
 
-def _rows(url: str) -> dict[str, int]:
-    """The stored sessions: hash -> the id of the token that opened it."""
+def _rows(url: str, token: str) -> dict[str, int]:
+    """The stored sessions `token` opened: hash -> the id of that token."""
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            s = tables.sessions.c
-            return {
-                str(r.hash): int(r.token_id) for r in conn.execute(sa.select(s.hash, s.token_id))
-            }
+            s, t = tables.sessions.c, tables.tokens.c
+            mine = sa.select(t.id).where(t.hash == tokens.digest(token)).scalar_subquery()
+            rows = conn.execute(sa.select(s.hash, s.token_id).where(s.token_id == mine))
+            return {str(r.hash): int(r.token_id) for r in rows}
     finally:
         engine.dispose()
 
@@ -85,10 +105,10 @@ def test_the_cookie_is_a_session_id_stored_hashed(admin_server: tuple[str, str, 
         assert len(value) >= 40
         assert _cookie_works(base, name, value) == 200
         # The database holds the id's SHA-256 only, and which token opened it.
-        stored = _rows(url)
+        stored = _rows(url, root)
         assert hashlib.sha256(value.encode()).hexdigest() in stored
         assert value not in stored and root not in str(stored)
-    assert len(_rows(url)) == 2  # one session per sign-in
+    assert len(_rows(url, root)) == 2  # one session per sign-in
     # The old cookie held the token itself: it authenticates nothing any more.
     assert _cookie_works(base, "droptune_token", root) == 401
     with httpx.Client(base_url=base, cookies={"droptune_token": root}, headers=HTML) as old:
@@ -98,7 +118,7 @@ def test_the_cookie_is_a_session_id_stored_hashed(admin_server: tuple[str, str, 
     assert _cookie_works(base, "droptune_session", "x" * 43) == 401
     refused = _login(base, user)
     assert refused.status_code == 403 and "set-cookie" not in refused.headers
-    assert len(_rows(url)) == 2
+    assert len(_rows(url, root)) == 2 and _rows(url, user) == {}
 
 
 def test_logout_ends_the_session_server_side(admin_server: tuple[str, str, str, str]) -> None:

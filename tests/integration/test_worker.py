@@ -19,6 +19,7 @@ from droptune.storage.optuna_bridge import optuna_storage
 from droptune.storage.readmodel.reads import Reader
 from droptune.storage.sql.db import create_engine, transaction
 from droptune.storage.submit import submits
+from droptune.worker.engine.kinds import ModelKind
 from droptune.worker.run.loop import Worker
 from droptune.worker.run.settings import WorkerSettings
 from tests.queueing import study_row
@@ -109,7 +110,7 @@ def test_a_failing_batch_is_retried_then_given_up(
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(droptune.worker.run.batch, "train_trials", boom)
+    monkeypatch.setattr(ModelKind, "train", boom)
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 1, "max_retries": 1, "max_failed": 1}}
     )
@@ -130,7 +131,7 @@ def test_a_diverged_trial_is_failed_not_completed(
     def diverge(*_a: object, **_k: object) -> list[TrialResult]:
         return [TrialResult([float("nan")] * 3, 2, False, 0.1)]
 
-    monkeypatch.setattr(droptune.worker.run.batch, "train_trials", diverge)
+    monkeypatch.setattr(ModelKind, "train", lambda _kind, *a, **k: (diverge(*a, **k), None))
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 1, "max_retries": 0, "max_failed": 0}}
     )
@@ -154,7 +155,7 @@ def test_a_trial_pruned_on_a_non_finite_score_stays_pruned(
         stop = list(on_epoch(1, [0], np.full((1, 3), np.nan)) or [])
         return [TrialResult([float("nan")] * 3, 1, bool(stop), 0.1)]
 
-    monkeypatch.setattr(droptune.worker.run.batch, "train_trials", diverge)
+    monkeypatch.setattr(ModelKind, "train", lambda _kind, *a, **k: (diverge(*a, **k), None))
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 1, "pruner": "median", "max_failed": 0}}
     )

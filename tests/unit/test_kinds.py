@@ -14,6 +14,7 @@ from torch import nn
 
 from droptune.core import memory
 from droptune.worker.engine import kinds
+from droptune.worker.engine.custom import FactoryError
 from droptune.worker.engine.data import load_dataset, prepare_folds
 from droptune.worker.engine.kinds import CNNConfig, MLPConfig
 from droptune.worker.engine.models import Stacked, dropout_members
@@ -84,7 +85,7 @@ def linear_kind() -> Iterator[None]:
 
 
 def test_the_built_in_kinds_come_from_the_registry() -> None:
-    assert {"mlp", "cnn"} <= set(kinds.KINDS)
+    assert {"mlp", "cnn", "custom"} <= set(kinds.KINDS)
     assert kinds.config("mlp", {"hidden": [8, 4]}) == MLPConfig((8, 4))
     assert kinds.config("cnn", {"hidden": [32], "channels": [4]}) == CNNConfig((4,), 32)
     with pytest.raises(ValueError, match="no model kind 'nope'"):
@@ -104,3 +105,27 @@ def test_a_toy_kind_registered_with_one_line_trains_on_iris(linear_kind: None) -
     params = memory.param_count(model.layers(4, 3, None))  # counts biases: an upper bound
     assert per_trial >= data.k * memory.FLOAT * memory.STATE_COPIES * params and evals > 0
     assert flops_per_trial(model, data, cfg) > 0
+
+
+def _two_layer(n_inputs: int, n_outputs: int, width: int = 8) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(n_inputs, width), nn.ReLU(), nn.Dropout(), nn.Linear(width, n_outputs)
+    )
+
+
+def test_a_users_module_is_the_third_kind_trained_through_the_same_record() -> None:
+    """The custom kind: its config holds the factory the worker loaded (none: the kind says
+    which model the worker lacks), it trains through the kind's own `fit`, a fixed batch stands
+    in for the estimate its unknown size cannot give, and an export it cannot make is allowed."""
+    custom = kinds.get("custom")
+    assert custom.fixed_batch and not custom.export_required
+    assert kinds.get("mlp").fixed_batch is None and kinds.get("mlp").export_required
+    with pytest.raises(FactoryError, match="no model 'tiny'"):
+        kinds.config("custom", {"name": "tiny", "factory": None, "options": {}})
+    model = kinds.config("custom", {"name": "tiny", "factory": _two_layer, "options": {"width": 4}})
+    data = prepare_folds(load_dataset("iris"), 3, 0, "cpu")
+    cfg = TrainConfig(epochs=2, batch_size=16, seed=0)
+    results, note = custom.train(data, model, cfg, [TrialRates((0.0,)), TrialRates((0.5,))])
+    assert len(results) == 2 and all(len(r.fold_scores) == 3 for r in results)
+    assert note is None  # vmapped: nothing to warn about
+    assert all(r.epochs_run == 2 for r in results)

@@ -29,15 +29,12 @@ from droptune.storage.jobs import queue
 from droptune.storage.jobs.lifecycle import NO_TRIAL, Why, fail_trial, settle
 from droptune.storage.jobs.queue import Claim, Lease
 from droptune.storage.submit import admission
-from droptune.worker.engine.custom import FactoryError, train_custom_trials
+from droptune.worker.engine.custom import FactoryError
 from droptune.worker.engine.data import FoldData
 from droptune.worker.engine.sizing import free_memory, is_oom, oom_reason
 from droptune.worker.engine.stacked import (
-    OnEpoch,
     TrainConfig,
-    TrialRates,
     TrialResult,
-    train_trials,
 )
 from droptune.worker.run import plugins
 from droptune.worker.run.heartbeat import LeaseHeartbeat
@@ -234,24 +231,9 @@ class BatchRunner:
             round(float(np.mean(data.train_len_host)), 1),
             round(float(np.mean(data.val_len_host)), 1),
         ]
-        if spec.model.kind == "custom":
-            return self._train_custom(spec, data, cfg, rates, members, on_epoch)
-        return train_trials(data, plugins.model_config(spec), cfg, rates, self.ctx.device, on_epoch)
-
-    def _train_custom(
-        self,
-        spec: StudySpec,
-        data: FoldData,
-        cfg: TrainConfig,
-        rates: list[TrialRates],
-        members: list[_Member],
-        on_epoch: OnEpoch,
-    ) -> list[TrialResult]:
-        """A registered model, stacked by worker.custom; its warning (trained member by member,
-        dropout it keeps) goes on every trial of the batch."""
-        model = plugins.custom_model(spec, self.ctx.models)
-        results, note = train_custom_trials(data, model, cfg, rates, self.ctx.device, on_epoch)
-        if note:
+        kind, model = plugins.model_kind(spec), plugins.model_config(spec, self.ctx.models)
+        results, note = kind.train(data, model, cfg, rates, self.ctx.device, on_epoch)
+        if note:  # e.g. a module trained member by member, or dropout it keeps
             for m in members:
                 m.trial.set_user_attr("warning", note)
         return results

@@ -30,11 +30,9 @@ from droptune.worker.run import plugins
 from droptune.worker.run.batch import BatchContext, BatchRunner
 from droptune.worker.run.datasets import FileCache, load_for_search
 from droptune.worker.run.heartbeat import LeaseHeartbeat
-from droptune.worker.run.plugins import model_config
+from droptune.worker.run.plugins import model_config, model_kind
 from droptune.worker.run.refit import RefitRunner
 from droptune.worker.run.settings import WorkerSettings
-
-CUSTOM_BATCH_TRIALS = 4  # trials a custom model trains together unless search.batch_trials
 
 log = logging.getLogger("droptune.worker")
 
@@ -270,9 +268,10 @@ class Worker:
         """
         if spec.search.batch_trials:
             return spec.search.batch_trials
-        if spec.model.kind == "custom":
+        fixed = model_kind(spec).fixed_batch
+        if fixed:
             # Its size is unknown until it is built: a few trials (search.batch_trials for more).
-            return self._share(spec, open_slots, CUSTOM_BATCH_TRIALS)
+            return self._share(spec, open_slots, fixed)
         try:
             data = self._cache.get(spec, self.device)
         except Exception:

@@ -13,7 +13,7 @@ and `n_outputs` the number of classes (1 for regression). The module maps a floa
 `(N, n_inputs)` / `(N, C, H, W)` to `(N, n_outputs)` logits (or predictions); every
 `nn.Dropout`/`Dropout1d/2d/3d` in it is a rate droptune tunes.
 
-Also how a spec names the model the engine builds (`model_config`: a built-in kind).
+Also how a spec names the model the engine builds (`model_kind`, `model_config`).
 
 Imports only the stdlib (the engine lazily, when training): loading a factory imports its
 package, which imports torch itself.
@@ -32,8 +32,7 @@ from droptune.core.spec.model import CustomModel as CustomModelSpec
 
 if TYPE_CHECKING:
     from droptune.core.spec.study import StudySpec
-    from droptune.worker.engine.custom import CustomModel
-    from droptune.worker.engine.kinds import ModelConfig
+    from droptune.worker.engine.kinds import ModelKind
 
 log = logging.getLogger("droptune.worker")
 
@@ -89,30 +88,25 @@ def _callable(ep: EntryPoint) -> Factory:
     return target  # type: ignore[no-any-return]
 
 
-def model_config(spec: StudySpec) -> ModelConfig:
-    """The engine's config of a built-in kind (worker/engine/kinds), from the spec's fields
-    (channels with their default filled in, which the dump leaves out)."""
+def model_kind(spec: StudySpec) -> ModelKind:
+    """The engine's kind of the spec's model (worker/engine/kinds): how its trials train."""
+    from droptune.worker.engine import kinds  # torch: only when training
+
+    return kinds.get(spec.model.kind)
+
+
+def model_config(spec: StudySpec, models: Mapping[str, Factory] | None = None) -> Any:
+    """The engine's config of the spec's model, from its fields (channels with their default
+    filled in, which the dump leaves out); for a registered model, the factory this worker
+    loaded by that name (claims are filtered by model: only a worker restarted without it can
+    miss it, and the kind then raises FactoryError)."""
     from droptune.worker.engine import kinds  # torch: only when training
 
     m = spec.model
-    if isinstance(m, CustomModelSpec):
-        raise ValueError("a custom model has no built-in config (custom_model)")
     fields = {**m.model_dump(), "channels": list(DEFAULT_CHANNELS)}
     if isinstance(m, CNNModel):
         fields["channels"] = m.conv_channels
+    if isinstance(m, CustomModelSpec):
+        fields["factory"] = (models or {}).get(m.name)
+        fields["per_layer"] = spec.search.per_layer
     return kinds.config(m.kind, fields)
-
-
-def custom_model(spec: StudySpec, models: Mapping[str, Factory]) -> CustomModel:
-    """The registered model a spec names, as this worker loaded it (claims are filtered by
-    model: only a worker restarted without it can miss it)."""
-    from droptune.worker.engine.custom import CustomModel, FactoryError  # torch: only when training
-
-    m = spec.model
-    if not isinstance(m, CustomModelSpec):
-        raise FactoryError(f"model kind {m.kind!r} is built in, not a registered model")
-    factory = models.get(m.name)
-    if factory is None:
-        raise FactoryError(f"this worker has no model {m.name!r} (DROPTUNE_MODELS)")
-    per_layer = m.dropout_layers if spec.search.per_layer else None
-    return CustomModel(factory, m.options, per_layer)

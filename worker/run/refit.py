@@ -20,7 +20,8 @@ import torch
 from optuna.trial import FrozenTrial
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from droptune.core.answer.rules import answer, primary_rate
+from droptune.core.answer.rates import primary_rate
+from droptune.core.answer.rules import answer
 from droptune.core.errors import StorageError
 from droptune.core.spec.study import StudySpec
 from droptune.storage.dashboard_answer import publish_study
@@ -28,15 +29,14 @@ from droptune.storage.jobs import queue, refits
 from droptune.storage.jobs.lifecycle import Why
 from droptune.storage.jobs.refits import ModelFile, RefitClaim
 from droptune.storage.optuna_bridge import study_id_of
-from droptune.worker.engine.custom import fit_custom
 from droptune.worker.engine.data import Dataset, FoldData, fold_data
-from droptune.worker.engine.stacked import OnEpoch, StackedRun, TrainConfig, TrialRates, fit
+from droptune.worker.engine.stacked import OnEpoch, StackedRun, TrainConfig, TrialRates
 from droptune.worker.run import heldout
 from droptune.worker.run.batch import BatchContext, Interrupted
 from droptune.worker.run.datasets import FileCache, load_named, load_uploaded, search_rows
 from droptune.worker.run.export import export_program, take_home_module
 from droptune.worker.run.heartbeat import LeaseHeartbeat
-from droptune.worker.run.plugins import custom_model, model_config
+from droptune.worker.run.plugins import model_config, model_kind
 
 log = logging.getLogger("droptune.worker")
 
@@ -250,7 +250,7 @@ class RefitRunner:
             try:
                 files.append(self._export(claim, run, i, m, rd, points[i]))
             except Exception as exc:
-                if spec.model.kind != "custom":
+                if model_kind(spec).export_required:
                     raise
                 # A user's module torch.export cannot trace: the study keeps its test score
                 # and has no file to download.
@@ -271,11 +271,9 @@ class RefitRunner:
         rates: list[TrialRates],
         on_epoch: OnEpoch,
     ) -> StackedRun:
-        """The refit's members trained together: the built-in model, or the registered one."""
-        if spec.model.kind != "custom":
-            return fit(data, model_config(spec), cfg, rates, self.ctx.device, on_epoch)[1]
-        model = custom_model(spec, self.ctx.models)
-        return fit_custom(data, model, cfg, rates, self.ctx.device, on_epoch)[1]
+        """The refit's members trained together, as the spec's model kind trains them."""
+        model = model_config(spec, self.ctx.models)
+        return model_kind(spec).fit(data, model, cfg, rates, self.ctx.device, on_epoch)[1]
 
     @staticmethod
     def _point(metric: str, m: Member, out: np.ndarray, y: np.ndarray) -> dict[str, Any]:
