@@ -28,12 +28,12 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 # Everything: unit, integration (SQLite and PostgreSQL) and end-to-end (real processes), on
-# TEST_PROCS processes (pytest-xdist: the e2e tests mostly wait on servers they start; work is
-# stolen by idle processes, so one slow file does not hold the end), then the few tests that
-# must run alone (marked serial: one restarts the shared PostgreSQL).
+# TEST_PROCS processes (pytest-xdist: the e2e tests partly wait on servers they start; tests are
+# handed out one by one, slowest kind first (tests/conftest.py), so no long test starts last),
+# then the few tests that must run alone (marked serial: one restarts the shared PostgreSQL).
 TEST_PROCS ?= 3
 test: lint
-	$(VENV)/bin/pytest -n $(TEST_PROCS) --dist worksteal -m "not serial"
+	$(VENV)/bin/pytest -n $(TEST_PROCS) --dist load -m "not serial"
 	$(VENV)/bin/pytest -m serial
 
 # While iterating: the unit tests alone (no process, no database server).

@@ -67,13 +67,25 @@ class Recommended(BaseModel):
 
 
 class Tied(BaseModel):
-    """The rates the paired test cannot tell from the best's (p >= alpha), the best included."""
+    """The rates that may be the best, the best included: with `procedure` set, a set that holds
+    the truly best trial with probability >= `level` (core/answer/ties.py); an answer stored
+    before that (no `procedure`) kept the rates whose pairwise test gave p >= alpha."""
 
-    alpha: float
+    alpha: float = Field(description="1 - level: the chance the set misses the best trial")
     low: float
     high: float
     rates: list[float]
     trials: list[int]
+    level: float | None = Field(
+        None, description="family-wise confidence that the set holds the best trial"
+    )
+    procedure: str | None = Field(None, description="how the set was chosen, in words")
+    p_best: list[float] = Field(
+        default_factory=list,
+        description="each tied trial's estimated probability of being the best (correlated-t "
+        "posterior, Benavoli et al. 2017), in the order of `trials`; the trials outside the set "
+        "share what is left of 1",
+    )
     not_tied_inside: list[float] = Field(
         default_factory=list,
         description="finished rates between low and high that the test does tell apart: the "
@@ -83,7 +95,12 @@ class Tied(BaseModel):
     def text(self) -> str:
         """One line for people: the rates, or their range and the exceptions inside it."""
         n = len(self.rates)
-        head = f"{n} trial{'s' * (n != 1)} tied with the best (paired test, p >= {self.alpha:g})"
+        how = (
+            f"{self.level:.0%} family-wise"
+            if self.level is not None
+            else f"paired test, p >= {self.alpha:g}"
+        )
+        head = f"{n} trial{'s' * (n != 1)} tied with the best ({how})"
         if n <= 6:
             return f"{head}: " + ", ".join(f"{r:.3g}" for r in self.rates)
         out = f"{head}: {self.low:.3g} to {self.high:.3g}"

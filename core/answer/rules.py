@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from optuna.trial import FrozenTrial, TrialState
 
+from droptune.core.answer import ties
 from droptune.core.answer.rates import primary_rate
 from droptune.core.schemas import Recommended, Score, Tied
 from droptune.core.spec.answer import AnswerRule
@@ -111,31 +112,37 @@ def p_values(
     return out
 
 
-def tied_with_best(trials: Sequence[FrozenTrial], p: dict[int, float | None]) -> Tied | None:
-    """The COMPLETE trials the paired test cannot tell from the best (p >= ALPHA), by rate."""
-    members = sorted(
-        (rate, t.number)
+def tied_with_best(
+    trials: Sequence[FrozenTrial], best: FrozenTrial, folds: int, maximize: bool
+) -> Tied | None:
+    """The COMPLETE trials on the best's splits that may be the best, by rate, with a
+    family-wise guarantee (core/answer/ties.py), and each one's P(best)."""
+    base = score_of(best)
+    assert base is not None  # best_and_one_se picks scored trials only
+    rows = [
+        (rate, t.number, s.folds)
         for t in trials
-        if (p.get(t.number) or 0.0) >= ALPHA and (rate := primary_rate(t.params)) is not None
-    )
-    if not members:
-        return None
-    rates = [r for r, _ in members]
-    tied = {n for _, n in members}
-    inside = sorted(
-        rate
-        for t in trials
-        if t.number in p
-        and t.number not in tied
+        if t.state == TrialState.COMPLETE
+        and (s := score_of(t)) is not None
+        and len(s.folds) == len(base.folds)
         and (rate := primary_rate(t.params)) is not None
-        and rates[0] <= rate <= rates[-1]
-    )
+    ]
+    if not rows:
+        return None
+    found = ties.subset([f for _, _, f in rows], split_ratio(best, folds), maximize)
+    members = sorted((rows[i][0], rows[i][1], found.p_best[i]) for i in found.members)
+    rates = [r for r, _, _ in members]
+    tied = {n for _, n, _ in members}
+    inside = sorted(rate for rate, n, _ in rows if n not in tied and rates[0] <= rate <= rates[-1])
     return Tied(
-        alpha=ALPHA,
+        alpha=round(1 - ties.LEVEL, 10),
+        level=ties.LEVEL,
+        procedure=ties.describe(),
         low=rates[0],
         high=rates[-1],
         rates=rates,
-        trials=[n for _, n in members],
+        trials=[n for _, n, _ in members],
+        p_best=[round(pb, 4) for _, _, pb in members],
         not_tied_inside=inside,
     )
 
@@ -262,7 +269,7 @@ def answer(trials: Sequence[FrozenTrial], spec: StudySpec) -> Answer:
         best=best,
         one_se=one_se,
         recommended=recommended,
-        tied=tied_with_best(trials, p),
+        tied=tied_with_best(trials, best, spec.cv.folds, spec.cv.direction == "maximize"),
         warnings=edge_warnings(best, chosen, spec.search),
         p=p,
     )

@@ -73,7 +73,7 @@ def test_best_wait_and_list_print_the_labelled_answer(tmp_path: Path) -> None:
         "recommended 0.4500 (one_se): the strongest dropout whose mean accuracy 0.9730 is "
         "within one standard error (0.0019) of the best, 0.9740 at 0.3, and not worse by the "
         "paired test",
-        "2 trials tied with the best (paired test, p >= 0.05): 0.3, 0.45",
+        "2 trials tied with the best (95% family-wise): 0.3, 0.45",
         "warning: the best rate 0.30 sits at search.dropout_low 0.3: widen the range "
         "(lower search.dropout_low)",
     ]

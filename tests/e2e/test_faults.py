@@ -27,7 +27,7 @@ from tests import procs
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
-N = 6
+N = 4  # two workers: a round each, and the retry
 # About two seconds a trial on one thread: long enough to break things in the middle of one.
 SPEC = {
     "dataset": {"builtin": "digits"},
