@@ -20,7 +20,7 @@ from optuna.storages import RDBStorage
 from optuna_dashboard import save_note, save_plotly_graph_object
 from sqlalchemy.engine import Engine
 
-from droptune.core.answer.curve import Curve, CurvePoint
+from droptune.core.answer.curve import Curve, CurveFit, CurvePoint
 from droptune.core.answer.plot import RateMark, plot_data
 from droptune.core.answer.view import DASH, TestView, answer_view, num
 from droptune.core.schemas import BestOut
@@ -191,6 +191,8 @@ def curve_figure(curve: Curve) -> Any:
     fig = go.Figure()
     if data.band is not None:
         _shade_tied(fig, data.band)
+    if data.fit is not None:
+        _fitted(fig, data.fit)
     if pruned:
         fig.add_trace(
             go.Scatter(
@@ -232,6 +234,38 @@ def curve_figure(curve: Curve) -> Any:
         template="none",
     )
     return fig
+
+
+def _fitted(fig: Any, fit: CurveFit) -> None:
+    """The fitted curve as a line inside a ±1 SE band (core/answer/fit.py)."""
+    import plotly.graph_objects as go
+
+    hi = [m + s for m, s in zip(fit.mean, fit.sd, strict=True)]
+    lo = [m - s for m, s in zip(fit.mean, fit.sd, strict=True)]
+    band = {"color": "rgba(31,119,180,0)"}
+    fig.add_trace(go.Scatter(x=fit.rates, y=hi, mode="lines", line=band, showlegend=False))
+    fig.add_trace(
+        go.Scatter(
+            x=fit.rates,
+            y=lo,
+            mode="lines",
+            line=band,
+            fill="tonexty",
+            fillcolor="rgba(31,119,180,0.12)",
+            name="fitted curve ± 1 SE",
+            hoverinfo="skip",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=fit.rates,
+            y=fit.mean,
+            mode="lines",
+            line={"color": "rgba(31,119,180,0.8)", "width": 1.5},
+            showlegend=False,
+            hoverinfo="skip",
+        )
+    )
 
 
 def _pruned_label(pruned: list[CurvePoint], shown: list[float] | None) -> str:

@@ -28,6 +28,23 @@ class CurvePoint(BaseModel):
     epochs: int | None
 
 
+class CurveFit(BaseModel):
+    """The curve as a model (core/answer/fit.py): a Gaussian process over the finished trials,
+    each weighted by its own SE, on a grid across the searched range."""
+
+    rates: list[float]
+    mean: list[float] = Field(description="the fitted score at each rate")
+    sd: list[float] = Field(description="the fit's standard error at each rate")
+    best: float = Field(description="the rate of the fitted maximum")
+    best_low: float = Field(description="2.5% quantile of the best rate over posterior curves")
+    best_high: float = Field(description="97.5% quantile of the best rate over posterior curves")
+    recommended: float = Field(
+        description="the strongest rate, rightwards from the fitted maximum, whose fitted "
+        "score stays within the maximum's standard error of it"
+    )
+    tolerance: float = Field(description="that standard error")
+
+
 class Curve(BaseModel):
     study_id: int
     name: str | None = Field(None, description="the study's name")
@@ -40,6 +57,11 @@ class Curve(BaseModel):
     tied_low: float | None
     tied_high: float | None
     points: list[CurvePoint] = Field(description="COMPLETE and PRUNED trials by rate")
+    fit: CurveFit | None = Field(
+        None,
+        description="the fitted curve; None below 3 finished rates and for per-layer studies "
+        "(the rate drawn is the mean of several)",
+    )
 
 
 def _point(t: TrialOut, tied: set[int]) -> CurvePoint | None:
@@ -75,4 +97,41 @@ def build_curve(study_id: int, spec: StudySpec, best: BestOut, trials: list[Tria
         tied_low=best.tied.low if best.tied else None,
         tied_high=best.tied.high if best.tied else None,
         points=points,
+        fit=_fit(spec, points, best.direction),
+    )
+
+
+def _fit(spec: StudySpec, points: list[CurvePoint], direction: str) -> CurveFit | None:
+    """The GP fit over the COMPLETE points, with each trial's SE corrected for overlapping
+    training sets as the paired test is (1 / J + 1 / (K - 1), J splits of K folds)."""
+    if spec.search.per_layer:
+        return None
+    done = [p for p in points if p.state == "COMPLETE"]
+    if len({p.dropout for p in done}) < 3:
+        return None
+    from droptune.core.answer.fit import fit_curve  # numpy: the client never fits
+
+    k = spec.cv.folds
+    j = k * spec.cv.repeats
+    # se = std / sqrt(J); corrected: std * sqrt(1 / J + 1 / (K - 1))
+    scale = math.sqrt(1 + j / (k - 1))
+    f = fit_curve(
+        [p.dropout for p in done],
+        [p.mean for p in done],
+        [p.se * scale for p in done],
+        spec.search.dropout_low,
+        spec.search.dropout_high,
+        direction == "maximize",
+    )
+    if f is None:
+        return None
+    return CurveFit(
+        rates=f.rates,
+        mean=[round(m, 6) for m in f.mean],
+        sd=[round(x, 6) for x in f.sd],
+        best=round(f.best, 6),
+        best_low=round(f.best_interval[0], 6),
+        best_high=round(f.best_interval[1], 6),
+        recommended=round(f.recommended, 6),
+        tolerance=round(f.tolerance, 6),
     )

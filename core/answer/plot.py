@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from droptune.core.answer.curve import Curve, CurvePoint
+from droptune.core.answer.curve import Curve, CurveFit, CurvePoint
 
 Role = Literal["best", "recommended", "best = recommended"]
 
@@ -38,6 +38,7 @@ class PlotData:
     band: tuple[float, float] | None  # the tied range, shaded
     marks: tuple[RateMark, ...]  # the best's first, then the recommended's
     span: tuple[float, float] | None  # the finished trials' means ± SE, padded
+    fit: CurveFit | None = None  # the fitted curve: a line with a ±1 SE band
 
 
 def plot_data(curve: Curve) -> PlotData:
@@ -57,6 +58,7 @@ def plot_data(curve: Curve) -> PlotData:
         band=band,
         marks=_marks(curve.best, curve.recommended),
         span=_span(done),
+        fit=curve.fit,
     )
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from droptune.core.answer.curve import Curve, CurvePoint
+from droptune.core.answer.curve import Curve, CurveFit, CurvePoint
 from droptune.core.answer.plot import RateMark, plot_data
 from droptune.service.deps import CallerDep, ReaderDep
 from droptune.service.routes.studies import ONE_STUDY, StudyId
@@ -42,6 +42,7 @@ MEAN_LABEL = "trials: mean ± 1 SE"
 APART_LABEL = "told apart from the best (p < 0.05)"
 PRUNED_LABEL = "pruned (fewer epochs)"
 TIED_LABEL = "tied with best (paired test)"
+FIT_LABEL = "fitted curve ± 1 SE"
 
 
 @router.get(
@@ -117,11 +118,21 @@ def _plot(ax: Axes, data: Curve) -> None:
         label = "_" if f.apart in labelled else (APART_LABEL if f.apart else MEAN_LABEL)
         _errorbar(ax, f.point, label, hollow=f.apart)
         labelled.add(f.apart)
+    if shown.fit is not None:
+        _fitted(ax, shown.fit)
     if shown.pruned:
         xs, ys = [p.dropout for p in shown.pruned], [p.mean for p in shown.pruned]
         ax.scatter(xs, ys, marker="x", color=GREY, alpha=0.6, label=PRUNED_LABEL, gid="pruned")
     for m in shown.marks:
         _rate(ax, m)
+
+
+def _fitted(ax: Axes, fit: CurveFit) -> None:
+    """The fitted curve (core/answer/fit.py): a line inside a ±1 SE band, behind the points."""
+    lo = [m - s for m, s in zip(fit.mean, fit.sd, strict=True)]
+    hi = [m + s for m, s in zip(fit.mean, fit.sd, strict=True)]
+    ax.fill_between(fit.rates, lo, hi, color=BLUE, alpha=0.10, lw=0, zorder=2, gid="fit-band")
+    ax.plot(fit.rates, fit.mean, color=BLUE, lw=1.2, alpha=0.8, zorder=2, label=FIT_LABEL)
 
 
 def _rate(ax: Axes, m: RateMark) -> None:
@@ -139,7 +150,7 @@ def _legend(fig: Figure, ax: Axes) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
         return
-    first = (MEAN_LABEL, APART_LABEL, PRUNED_LABEL, "best", "recommended", TIED_LABEL)
+    first = (MEAN_LABEL, APART_LABEL, PRUNED_LABEL, FIT_LABEL, "best", "recommended", TIED_LABEL)
     rank = {label: next(r for r, f in enumerate(first) if label.startswith(f)) for label in labels}
     order = sorted(range(len(labels)), key=lambda i: rank[labels[i]])
     fig.legend(

@@ -74,6 +74,17 @@ def test_json_points_match_trials(study: tuple[str, int, int]) -> None:
     assert (curve.dropout_low, curve.dropout_high) == (0.0, 0.95)
     assert best.dropout is not None and curve.best == best.dropout
     assert curve.recommended == (best.recommended.dropout if best.recommended else None)
+    # The fitted curve spans the searched range, its best rate's interval holds its maximum,
+    # and its one-SE rate lies at or beyond the maximum.
+    complete = {p.dropout for p in curve.points if p.state == "COMPLETE"}
+    fit = curve.fit
+    if len(complete) < 3:
+        assert fit is None
+    else:
+        assert fit is not None
+        assert (fit.rates[0], fit.rates[-1]) == (0.0, 0.95)
+        assert fit.best_low <= fit.best <= fit.best_high and fit.recommended >= fit.best
+        assert fit.mean[fit.rates.index(fit.best)] == max(fit.mean)
 
 
 @pytest.mark.slow
@@ -91,6 +102,9 @@ def test_svg_has_one_error_bar_per_complete_trial(study: tuple[str, int, int]) -
         complete = [t.number for t in c.trials(done) if t.state == "COMPLETE"]
     assert complete and sorted(bars) == sorted(f"errorbar-{n}" for n in complete)
     assert "dropout rate" in r.text and "<b>" not in r.text
+    with Client(base) as c:
+        fitted = c.curve(done).fit is not None
+    assert ("fit-band" in ids) == fitted and ("fitted curve" in r.text) == fitted
 
 
 @pytest.mark.slow
