@@ -104,7 +104,7 @@ def submit(
     metric: Annotated[
         str | None, typer.Option(help="accuracy | log_loss | rmse | mae | r2")
     ] = None,
-    sampler: Annotated[str | None, typer.Option(help="tpe | gp | random | grid")] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe | gp | random | grid | design")] = None,
     pruner: Annotated[str | None, typer.Option(help="none | median | hyperband")] = None,
     priority: Annotated[int | None, typer.Option()] = None,
     url: UrlOpt = DEFAULT_URL,

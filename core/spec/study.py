@@ -15,7 +15,8 @@ from droptune.core.spec.model import MLPModel, ModelSpec, check_search, default_
 from droptune.core.spec.strict import RUNNABLE, STORED, FieldError, Strict, describe_errors, stored
 
 DEFAULT_DROPOUT_HIGH = 0.9  # re-measured: bench/results/range.md
-DEFAULT_SAMPLER: Literal["tpe", "gp", "random", "grid"] = "tpe"
+Sampler = Literal["tpe", "gp", "random", "grid", "design"]
+DEFAULT_SAMPLER: Sampler = "tpe"
 HOLDOUT_MIN_ROWS = 500  # data sets this large hold out DEFAULT_HOLDOUT of their rows by default
 DEFAULT_HOLDOUT = 0.2
 MAX_FOLD_CELLS = 2**28  # folds x samples x features a worker holds (float32: 1 GiB)
@@ -151,7 +152,11 @@ class SearchSpec(Strict):
     dropout_low: float = Field(0.0, ge=0, lt=1)
     dropout_high: float = Field(DEFAULT_DROPOUT_HIGH, gt=0, lt=1)
     n_trials: int = Field(20, ge=1, le=10000)
-    sampler: Literal["tpe", "gp", "random", "grid"] = DEFAULT_SAMPLER
+    sampler: Sampler = Field(
+        DEFAULT_SAMPLER,
+        description="tpe, gp, random, grid, or design: droptune's space-filling rates that "
+        "later batches refine inside the tied band (worker/run/design.py)",
+    )
     seed: int | None = Field(
         None,
         ge=0,

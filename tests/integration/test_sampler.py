@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from droptune.storage.optuna_bridge import ensure_study, optuna_storage
 from droptune.storage.sql.db import create_engine
 from droptune.storage.sql.migrate import upgrade
 from droptune.storage.submit import submits
+from droptune.worker.run.design import refined_range
 from droptune.worker.run.loop import Worker
 from droptune.worker.run.objective import n_startup_trials, new_trial, open_study, suggest
 from droptune.worker.run.settings import WorkerSettings
@@ -183,3 +186,45 @@ def test_two_worker_processes_draw_the_same_random_rates(tmp_path: Path) -> None
     assert {t.number: t.params["dropout"] for t in trials} == alone
     # Both took part, so the numbers were handed out across two processes.
     assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+def _peaked_folds(rate: float) -> list[float]:
+    """Three split scores around a peak at 0.3, differing a little from rate to rate (as real
+    splits do), so the paired test can rule out rates far from the peak."""
+    base = 0.95 - 2.0 * (rate - 0.3) ** 2
+    return [
+        base + d + 0.002 * math.sin(37.0 * rate * (i + 1)) for i, d in enumerate((-2e-3, 0, 2e-3))
+    ]
+
+
+def _drive_with_folds(url: str, spec: StudySpec, batches: Sequence[int]) -> optuna.Study:
+    storage = optuna_storage(url)
+    name = queue.optuna_study_name(1)
+    ensure_study(storage, name, spec, 1)
+    for size in batches:
+        study = open_study(storage, name, spec)
+        trials = [new_trial(study, None, {}) for _ in range(size)]
+        rates = [suggest(t, spec).hidden[0] for t in trials]
+        for t, r in zip(trials, rates, strict=True):
+            folds = _peaked_folds(r)
+            t.set_user_attr("fold_scores", folds)
+            t.set_user_attr("score_mean", sum(folds) / len(folds))
+            t.set_user_attr("score_std", statistics.stdev(folds))
+            study.tell(t, sum(folds) / len(folds))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_the_design_covers_the_range_then_refines_inside_the_tied_band(tmp_path: Path) -> None:
+    spec = make_spec("design", 16)
+    study = _drive_with_folds(fresh(tmp_path, "design"), spec, [8, 8])
+    rates = [t.params["dropout"] for t in study.trials]
+    # The first stack is space-filling: one rate in each eighth of [0, 0.9].
+    assert sorted(int(r / (0.9 / 8)) for r in rates[:8]) == list(range(8))
+    # The second refines: inside the tied band of the first eight, widened by one spacing.
+    low, high = refined_range(study.trials[:8], spec, 0.0, 0.9)
+    assert 0.0 <= low < 0.3 < high <= 0.9 and high - low < 0.6, (low, high)
+    assert all(low <= r <= high for r in rates[8:]), (rates[8:], low, high)
+    assert len({round(r, 6) for r in rates}) == 16
+    # Keyed by trial number and the study's history: the same spec searches the same rates.
+    again = _drive_with_folds(fresh(tmp_path, "again"), spec, [8, 8])
+    assert [t.params["dropout"] for t in again.trials] == rates

@@ -295,7 +295,11 @@ class Worker:
         if self.settings.max_batch_trials:
             fits = min(fits, self.settings.max_batch_trials)
         live = max(1, registry.count_live(self.engine, self.settings.lease_grace_seconds))
+        # A model-based sampler learns between batches: a quarter of the study at a time. The
+        # design sampler's first batch is its whole space-filling design: as wide as fits.
         quarter = max(1, math.ceil(spec.search.n_trials / 4))
+        if spec.search.sampler == "design":
+            quarter = spec.search.n_trials
         return max(1, min(fits, quarter, math.ceil(open_slots / live)))
 
     @property

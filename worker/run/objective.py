@@ -76,6 +76,10 @@ def make_sampler(spec: StudySpec, trials_so_far: int = 0) -> optuna.samplers.Bas
     startup = TrialSeededRandom(seed)
     if s.sampler == "random":
         return startup
+    if s.sampler == "design":
+        from droptune.worker.run.design import DesignSampler  # imports the answer's statistics
+
+        return DesignSampler(spec, seed)
     if s.sampler == "grid":
         grid = np.linspace(s.dropout_low, s.dropout_high, s.n_trials).round(6).tolist()
         space: dict[str, Any] = {name: grid for name in spec.param_names()}

@@ -1,0 +1,97 @@
+"""`search.sampler: design`: droptune's own sampler for one noisy dimension (issue 21, part 1).
+
+Every trial's rate comes from one scrambled Halton sequence keyed by the trial's number (van der
+Corput's in one dimension; one dimension per dropout module with `per_layer`): any prefix of it
+covers the range evenly, so the first batch, trained as one stacked model, is a space-filling
+design as wide as the batch, and the rates never depend on which worker created which trial.
+
+Later batches refine where the curve is undecided: once the study has finished trials, the range
+shrinks to the tied set (core/answer/ties.py: the rates that may still be the best) widened on
+each side by one spacing of the points so far, and the sequence goes on inside it, so the next
+stack fills the band and its edges instead of the rates the data already ruled out. With one
+rate per layer the range stays whole (the tied set is a set of trials, not a box).
+
+As an Optuna sampler (`BaseSampler`), so the study's record, `/trials` and the dashboard stay as
+they are; the sampler is rebuilt per batch (worker/run/objective.py), reading the finished trials
+once.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from droptune.core.answer.rules import answer
+from droptune.core.spec.study import StudySpec
+
+MIN_FINISHED = 4  # finished trials before the range shrinks to the tied band
+
+
+def halton_point(n: int, dims: int, seed: int) -> list[float]:
+    """Point n (0-based) of the scrambled Halton sequence in [0, 1)^dims for `seed`."""
+    from scipy.stats import qmc
+
+    sampler = qmc.Halton(d=dims, scramble=True, seed=seed)
+    if n:
+        sampler.fast_forward(n)
+    return [float(v) for v in sampler.random(1)[0]]
+
+
+def refined_range(
+    trials: Sequence[FrozenTrial], spec: StudySpec, low: float, high: float
+) -> tuple[float, float]:
+    """[low, high], or the tied band widened by one spacing of the finished rates."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if spec.search.per_layer or len(done) < MIN_FINISHED:
+        return low, high
+    tied = answer(trials, spec).tied
+    if tied is None:
+        return low, high
+    margin = (high - low) / len(done)
+    lo, hi = max(low, tied.low - margin), min(high, tied.high + margin)
+    return (lo, hi) if hi > lo else (low, high)
+
+
+class DesignSampler(optuna.samplers.BaseSampler):
+    """Scrambled Halton rates keyed by trial number, inside the range `refined_range` gives at
+    the batch's start."""
+
+    def __init__(self, spec: StudySpec, seed: int) -> None:
+        self.spec = spec
+        self.seed = seed
+        self._range: tuple[float, float] | None = None
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        assert isinstance(param_distribution, FloatDistribution), param_distribution
+        low, high = param_distribution.low, param_distribution.high
+        names = [n for n in self.spec.param_names() if n != "input_dropout"]
+        if param_name in names:
+            if self._range is None:
+                finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                self._range = refined_range(finished, self.spec, low, high)
+            low, high = self._range
+            u = halton_point(trial.number, len(names), self.seed)[names.index(param_name)]
+        else:  # input dropout: its own one-dimensional sequence
+            u = halton_point(trial.number, 1, self.seed ^ zlib.crc32(param_name.encode()))[0]
+        return low + u * (high - low)
