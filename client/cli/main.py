@@ -105,7 +105,7 @@ def submit(
         str | None, typer.Option(help="accuracy | log_loss | rmse | mae | r2")
     ] = None,
     sampler: Annotated[str | None, typer.Option(help="tpe | gp | random | grid | design")] = None,
-    pruner: Annotated[str | None, typer.Option(help="none | median | hyperband")] = None,
+    pruner: Annotated[str | None, typer.Option(help="none | median | hyperband | paired")] = None,
     priority: Annotated[int | None, typer.Option()] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,

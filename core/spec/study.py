@@ -165,7 +165,12 @@ class SearchSpec(Strict):
         "searches the same rates",
         exclude_if=lambda v: v is None,
     )
-    pruner: Literal["none", "median", "hyperband"] = "median"
+    pruner: Literal["none", "median", "hyperband", "paired"] = Field(
+        "median",
+        description="none, median, hyperband, or paired: stop a member of a stack only when a "
+        "strict corrected paired test says it is worse than the stack's leader at that epoch "
+        "and, at its own recent pace, it could not catch up by the last epoch",
+    )
     per_layer: bool = Field(False, description="search one rate per hidden layer")
     input_dropout_low: float = Field(0.0, ge=0, lt=1)
     input_dropout_high: float = Field(0.0, ge=0, lt=1)

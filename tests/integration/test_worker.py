@@ -61,6 +61,13 @@ def run_study(url: str, patch: dict[str, Any]) -> tuple[int, list[optuna.trial.F
         ({"search": {"n_trials": 4, "sampler": "grid", "pruner": "none"}}, {"dropout"}),
         (
             {
+                "search": {"n_trials": 6, "sampler": "design", "pruner": "paired"},
+                "training": {"epochs": 5},
+            },
+            {"dropout"},
+        ),
+        (
+            {
                 "search": {"n_trials": 3, "sampler": "random", "pruner": "hyperband"},
                 "cv": {"folds": 3, "metric": "log_loss"},
             },

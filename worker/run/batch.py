@@ -39,6 +39,7 @@ from droptune.worker.engine.stacked import (
 from droptune.worker.run import plugins
 from droptune.worker.run.heartbeat import LeaseHeartbeat
 from droptune.worker.run.objective import level_with, median_at, new_trial, open_study, suggest
+from droptune.worker.run.pruning import PairedPruner
 
 log = logging.getLogger("droptune.worker")
 
@@ -278,6 +279,11 @@ class BatchRunner:
             raise Interrupted(Why.CANCELLED.value, Why.CANCELLED)
         if status is not None:
             raise Interrupted(f"study {status}", Why.STUDY_ENDED)
+        pruner = members[active[0]].trial.study.pruner if active else None
+        if isinstance(pruner, PairedPruner):  # decides for the whole stack at once
+            train, val = self._split_sizes
+            numbers = [members[i].trial.number for i in active]
+            pruner.observe(epoch, numbers, scores, val / train if train else None)
         stop = []
         for row, i in enumerate(active):
             m = members[i]

@@ -108,6 +108,10 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     epochs = spec.training.epochs
     if spec.search.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=min(2, epochs - 1))
+    if spec.search.pruner == "paired":
+        from droptune.worker.run.pruning import PairedPruner
+
+        return PairedPruner(spec)
     if spec.search.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
     return optuna.pruners.NopPruner()

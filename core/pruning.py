@@ -1,0 +1,86 @@
+"""The paired, epoch-matched pruning rule (issue 21, part 2): which members of a stack to stop.
+
+Every member of a stacked batch trains on the same splits from the same initial weights with
+the same batches, so at epoch e the per-split differences between a member and the batch's
+current leader are paired. Median pruning compares a member's mean with other trials' means at
+the same epoch and stops slow starters: high-dropout networks learn slower, and on digits every
+rate from 0.43 to 0.67 was stopped at epoch 2. This rule stops a member only when both hold:
+
+1. **it is worse now**: the one-sided Nadeau-Bengio corrected paired t-test of its split scores
+   against the leader's gives p below `alpha` / (active members - 1) (a strict level, Bonferroni
+   over the members tested at that epoch); and
+2. **it cannot catch up**: even if the leader learned nothing more and the member kept its pace
+   of the last `window` epochs (its mean score's least-squares slope, never below zero) to the
+   last epoch, it would still be behind.
+
+Before `warmup` epochs and at the last epoch nothing is stopped. Pure numpy (scipy lazily): the
+engine-level benchmark (bench/bench_pruning.py) calls it without Optuna; worker/run/pruning.py
+wraps it as an Optuna pruner.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+ALPHA = 0.01
+WARMUP = 3
+WINDOW = 3
+
+
+def _slope(means: Sequence[float]) -> float:
+    n = len(means)
+    if n < 2:
+        return 0.0
+    xbar = (n - 1) / 2
+    ybar = sum(means) / n
+    num = sum((i - xbar) * (y - ybar) for i, y in enumerate(means))
+    den = sum((i - xbar) ** 2 for i in range(n))
+    return num / den
+
+
+def paired_stop(
+    scores: Any,
+    history: Mapping[int, Sequence[float]],
+    keys: Sequence[int],
+    epoch: int,
+    epochs: int,
+    ratio: float,
+    maximize: bool,
+    alpha: float = ALPHA,
+    warmup: int = WARMUP,
+    window: int = WINDOW,
+) -> set[int]:
+    """Rows of `scores` (active members x J split scores at `epoch`) to stop. `keys[r]` names
+    row r's member in `history` (its mean score at each epoch so far, this one included);
+    `ratio` is n_test / n_train of a split."""
+    import numpy as np
+    from scipy.stats import t as student_t
+
+    x = np.asarray(scores, dtype=float) * (1.0 if maximize else -1.0)
+    n, j = x.shape
+    if n < 2 or j < 2 or epoch < warmup or epoch >= epochs or not np.isfinite(x).all():
+        return set()
+    means = x.mean(axis=1)
+    leader = int(np.argmax(means))
+    left = epochs - epoch
+    c = float(student_t.ppf(1 - alpha / (n - 1), j - 1))
+    stop = set()
+    for r in range(n):
+        if r == leader:
+            continue
+        d = x[leader] - x[r]  # how far the leader is ahead, split by split
+        var = float(np.var(d, ddof=1))
+        gap = float(d.mean())
+        if var > 0:
+            worse = gap > c * math.sqrt((1 / j + ratio) * var)
+        else:  # every split the same gap: only a sign test, which J splits rarely pass
+            worse = gap > 0 and 0.5**j < alpha / (n - 1)
+        if not worse:
+            continue
+        own = [float(v) * (1.0 if maximize else -1.0) for v in history[keys[r]][-window:]]
+        pace = max(0.0, _slope(own))
+        if means[r] + pace * left < means[leader]:
+            stop.add(r)
+    return stop
