@@ -115,6 +115,9 @@ def main() -> None:
     ap.add_argument("--rates", type=int, default=19)
     ap.add_argument("--data", default=",".join(DATA))
     ap.add_argument("--out", type=Path)
+    ap.add_argument(
+        "--cache", type=Path, help="keep the recorded curves here (.npy) and replay them next time"
+    )
     a = ap.parse_args()
     rates = np.linspace(0.0, 0.9, a.rates)
     right = {r: 0 for r in RULES}
@@ -124,7 +127,14 @@ def main() -> None:
     t0 = time.perf_counter()
     for name in a.data.split(","):
         for seed in range(a.seeds):
-            curves = record(DATA[name](seed), rates, a.epochs, seed)
+            cached = a.cache / f"{name}-{seed}-{a.rates}-{a.epochs}.npy" if a.cache else None
+            if cached is not None and cached.exists():
+                curves = np.load(cached)
+            else:
+                curves = record(DATA[name](seed), rates, a.epochs, seed)
+                if cached is not None:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(cached, curves)
             final = curves[-1].mean(axis=1)
             best = int(np.argmax(final))
             se = float(curves[-1, best].std(ddof=1) / np.sqrt(K))

@@ -144,6 +144,11 @@ class BestOut(BaseModel):
     tied: Tied | None = None
     warnings: list[str] = Field(default_factory=list)
     test: TestScore | None = None
+    stopped: str | None = Field(
+        None,
+        description="with search.stop_when_settled, why the search ended before n_trials: "
+        "one sentence with the numbers",
+    )
 
 
 class StudyOut(BaseModel):

@@ -46,6 +46,24 @@ class Fit:
     recommended: float
     tolerance: float
     length_scale: float
+    maximize: bool = True
+
+    def max_expected_improvement(self) -> float:
+        """The largest expected improvement over the fitted maximum across the grid:
+        E[max(f(r) - f*, 0)] under the fit's normal posterior at each rate r (0 where the fit
+        is certain). Small: no rate the fit knows of is likely to beat the best."""
+        from statistics import NormalDist
+
+        unit = NormalDist()
+        sign = 1.0 if self.maximize else -1.0
+        top = max(sign * m for m in self.mean)
+        out = 0.0
+        for m, sd in zip(self.mean, self.sd, strict=True):
+            gap = sign * m - top
+            if sd > 0:
+                z = gap / sd
+                out = max(out, gap * unit.cdf(z) + sd * unit.pdf(z))
+        return out
 
 
 def _kernel(a: Any, b: Any, var: float, scale: float) -> Any:
@@ -139,4 +157,5 @@ def fit_curve(
         recommended=float(grid[end]),
         tolerance=tolerance,
         length_scale=float(scale),
+        maximize=maximize,
     )

@@ -179,6 +179,13 @@ class SearchSpec(Strict):
     )
     max_retries: int = Field(2, ge=0, le=100)
     max_failed: int = Field(10, ge=0, le=10000)
+    stop_when_settled: bool = Field(
+        False,
+        description="end the search before n_trials (then a cap) once a batch moves neither "
+        "the recommended rate nor the tied range and the fitted curve expects no rate to beat "
+        "the best by a quarter of its standard error; /best says why it stopped",
+        exclude_if=lambda v: not v,
+    )
 
     @model_validator(mode="after")
     def _check_bounds(self, info: ValidationInfo) -> SearchSpec:

@@ -364,6 +364,35 @@ def peek(engine: Engine, models: Collection[str] = ()) -> tuple[int, StudySpec, 
         fail_study(engine, int(row[0]), f"its spec cannot run on this version: {spec}")
 
 
+def stop_search(engine: Engine, study_id: int, reason: str) -> bool:
+    """End an active study's search early (search.stop_when_settled): no slot beyond those
+    already claimed is handed out (`n_trials` becomes the claimed count) and `reason` says why;
+    when every claimed trial has finished, the search ends now as the last trial would end it
+    (the refit becomes claimable, or the study succeeds). Not while retries wait for a slot
+    (their parameters are owed a run), nor once the study has ended; False then."""
+    s = studies.c
+    with transaction(engine) as conn:
+        study = conn.execute(
+            sa.select(studies).where(s.id == study_id).with_for_update()
+        ).one_or_none()
+        if study is None or study.status not in ACTIVE or study.slots_claimed >= study.n_trials:
+            return False
+        owed = conn.execute(
+            sa.select(sa.func.count()).select_from(retries).where(retries.c.study_id == study_id)
+        ).scalar_one()
+        if owed:
+            return False
+        values: dict[str, Any] = {"n_trials": study.slots_claimed, "reason": reason}
+        if study.n_done >= study.slots_claimed:
+            if study.refit_state == RefitState.WAITING:
+                values["refit_state"] = RefitState.READY
+            elif study.refit_state is None:
+                values |= {"status": StudyStatus.SUCCEEDED, "ended_at": db_now()}
+        conn.execute(studies.update().where(s.id == study_id).values(**values))
+        notify(conn, study_id, work="refit_state" in values)
+    return True
+
+
 def fail_study(engine: Engine, study_id: int, reason: str) -> bool:
     """End an active study as failed with `reason`; False if it had already ended."""
     with transaction(engine) as conn:

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from droptune.core.answer.curve import DRAWN, Curve, build_curve
 from droptune.core.answer.rules import answer, score_of
+from droptune.core.answer.settled import PREFIX as SETTLED
 from droptune.core.errors import NotFound
 from droptune.core.schemas import (
     BestOut,
@@ -248,6 +249,7 @@ def _best_out(row: sa.Row[Any], a: CachedAnswer) -> BestOut:
         complete=row.status in ENDED,
         status=row.status,
         test=test,
+        stopped=row.reason if (row.reason or "").startswith(SETTLED) else None,
         **dict(a),  # the models themselves: nothing validated twice
     )
     if test is not None and (warning := baseline_warning(test, spec)) is not None:

@@ -184,3 +184,44 @@ def test_a_stored_spec_this_version_refuses_is_failed_not_handed_out(db_url: str
     assert "search.input_dropout_high" in row.reason and "MLP" in row.reason
     out = Reader(engine, optuna_storage(db_url, writes=False)).study(legacy, "a")
     assert out.status == "failed" and out.spec.model.kind == "cnn"
+
+
+def test_a_settled_search_stops_handing_out_slots_and_ends_when_its_trials_do(
+    db_url: str,
+) -> None:
+    """queue.stop_search (search.stop_when_settled): n_trials becomes the claimed count, the
+    reason is kept and shown as /best's `stopped`; the study ends with its last claimed trial, at
+    once when they have all finished; not while retries wait, nor once ended."""
+    engine = create_engine(db_url)
+    why = "search settled after 4 of at most 10 trials: test"
+    sid = submits.enqueue(engine, spec(10), "a")
+    claim = queue.claim(engine, "w", 4)
+    assert claim is not None and len(claim.leases) == 4
+    for lease in claim.leases[:3]:
+        assert queue.finish(engine, lease.id, Outcome.DONE)
+    assert queue.stop_search(engine, sid, why)
+    row = study_row(engine, sid)
+    assert (row.status, row.n_trials, row.reason) == ("running", 4, why)
+    assert queue.claim(engine, "w", 4) is None  # no slot beyond those claimed
+    assert queue.finish(engine, claim.leases[3].id, Outcome.DONE)
+    assert study_row(engine, sid).status == "succeeded"
+    assert not queue.stop_search(engine, sid, why)  # ended
+    best = Reader(engine, optuna_storage(db_url)).best(sid, None)
+    assert best.stopped == why
+    # Every claimed trial already finished: the study ends at once.
+    other = submits.enqueue(engine, spec(10), "a")
+    first = queue.claim(engine, "w", 2)
+    assert first is not None
+    for lease in first.leases:
+        queue.finish(engine, lease.id, Outcome.DONE)
+    assert queue.stop_search(engine, other, why)
+    assert (study_row(engine, other).status, study_row(engine, other).n_done) == ("succeeded", 2)
+    # A retry waiting for a slot is owed its run: no early stop then.
+    owed = submits.enqueue(engine, spec(10, max_retries=1), "a")
+    c = queue.claim(engine, "w", 2)
+    assert c is not None
+    assert queue.link_trial(engine, c.leases[0].id, 900, 0, {"dropout": 0.1}, "w")
+    queue.finish(engine, c.leases[0].id, Outcome.FAILED, "boom")
+    assert not queue.stop_search(engine, owed, why)
+    assert study_row(engine, owed).n_trials == 10
+    engine.dispose()

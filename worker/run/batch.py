@@ -36,7 +36,7 @@ from droptune.worker.engine.stacked import (
     TrainConfig,
     TrialResult,
 )
-from droptune.worker.run import plugins
+from droptune.worker.run import plugins, settling
 from droptune.worker.run.heartbeat import LeaseHeartbeat
 from droptune.worker.run.objective import level_with, median_at, new_trial, open_study, suggest
 from droptune.worker.run.pruning import PairedPruner
@@ -142,6 +142,10 @@ class BatchRunner:
         """Train the batch and tell its trials; out of memory with more than one trial, train
         them again one at a time (the engine's scores do not depend on the batch: same folds,
         weights, sample order and masks), telling each as it ends."""
+        ctx = self.ctx
+        before = (
+            settling.answer_now(ctx.optuna, claim) if claim.spec.search.stop_when_settled else None
+        )
         try:
             results = self._train(claim, members, data)
         except Exception as exc:
@@ -151,6 +155,8 @@ class BatchRunner:
         else:
             for m, r in zip(members, results, strict=True):
                 self._tell(m, r)
+            if before is not None:
+                settling.stop_if_settled(ctx.engine, ctx.optuna, claim, before, ctx.worker_id)
             return
         # Out of the except clause: the error's traceback, and the batch's tensors, are gone.
         free_memory(self.ctx.device)
