@@ -51,6 +51,7 @@ from droptune.worker.run.objective import make_pruner, n_startup_trials
 from tests import procs
 
 SPEC: dict[str, Any] = {"dataset": {"builtin": "digits"}}  # droptune's defaults, all of them
+TUNED: dict[str, Any] = dict(SPEC)  # what droptune's side submits: SPEC and --search's fields
 HOLDOUT = 0.2  # the default holdout of a data set with >= 500 rows (checked against the study)
 TIMEOUT_S = 900
 
@@ -189,7 +190,9 @@ def _follow(
     for ev in c.events(study_id, idle_timeout=TIMEOUT_S):
         now = time.perf_counter() - t_submit
         p = ev.data.get("progress") or {}
-        if "search_s" not in out and p.get("complete", 0) + p.get("pruned", 0) >= n_trials:
+        # n_trials as the row has it now: a settled search lowers it (search.stop_when_settled)
+        target = min(n_trials, p.get("n_trials", n_trials))
+        if "search_s" not in out and p.get("complete", 0) + p.get("pruned", 0) >= target:
             out |= {"search_s": now, "cpu_answer": cpu()}
         if ev.kind == "end":
             return {"search_s": now, "cpu_answer": cpu()} | out | {"end_s": now}
@@ -214,7 +217,7 @@ def droptune_round(threads: int) -> dict[str, Any]:
                 procs.wait_until(lambda: _up(c), 120, f"the service (logs in {tmp})")
                 t: dict[str, float] = {"ready_s": time.perf_counter() - t0}
                 t["cpu_ready"] = _cpu(api.pid, work.pid)
-                study = c.submit(SPEC)
+                study = c.submit(TUNED)
                 t_submit = time.perf_counter()
                 n = study.spec.search.n_trials
                 t |= _follow(c, study.id, n, t_submit, lambda: _cpu(api.pid, work.pid))
@@ -366,7 +369,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", type=Path, help="write the markdown table here")
     ap.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--search",
+        type=json.loads,
+        default={},
+        help='JSON merged into droptune\'s search spec, e.g. \'{"sampler": "design", '
+        '"pruner": "paired", "stop_when_settled": true}\' (the plain script is unchanged)',
+    )
     args = ap.parse_args(argv)
+    if args.search:
+        TUNED["search"] = {**TUNED.get("search", {}), **args.search}
     if args.plain_child:
         print(json.dumps(plain(args.threads)))
         return 0
