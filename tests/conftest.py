@@ -69,12 +69,3 @@ def db_url(request: pytest.FixtureRequest) -> str:
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("pg_url"))
 
-
-TIERS = {"e2e": 0, "integration": 1, "unit": 2}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slowest kind first (real processes, then databases, then units), keeping the order
-    within each: on several processes (`make test`, pytest-xdist) the long tests start early and
-    the quick ones fill the gaps at the end, instead of one long test starting last."""
-    items.sort(key=lambda item: TIERS.get(item.path.parent.name, 1))
