@@ -19,7 +19,7 @@ from droptune.service.middleware import auth, metrics
 from droptune.service.middleware.head import HeadAsGet
 from droptune.service.middleware.limits import BodyLimit
 from droptune.service.routes import curve, datasets, docs, events, model
-from droptune.service.routes.dashboard import dashboard_app
+from droptune.service.routes.dashboard import Deferred, dashboard_app
 from droptune.service.routes.studies import router as studies_router
 from droptune.service.routes.workers import router as workers_router
 from droptune.service.settings import ServiceSettings
@@ -52,10 +52,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_recover_forever(app, settings))
+        dashboard: Deferred | None = getattr(app.state, "dashboard", None)
+        warm = asyncio.create_task(dashboard.ready()) if dashboard is not None else None
         try:
             yield
         finally:
             task.cancel()
+            if warm is not None:
+                warm.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await warm
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             app.state.engine.dispose()
@@ -99,7 +105,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     docs.install(app)  # /docs, /redoc and /docs/static: before the dashboard's catch-all
     if settings.dashboard:
         # Last: the catch-all for /dashboard, /static and /api (see service/routes/dashboard.py).
-        app.mount("/", dashboard_app(app.state.optuna_read, lambda: app.routes))
+        app.state.dashboard = Deferred(app.state.optuna_read)  # built by the lifespan
+        app.mount("/", dashboard_app(app.state.dashboard, lambda: app.routes))
     return app
 
 

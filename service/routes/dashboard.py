@@ -93,10 +93,11 @@ async def _problem(
     await send({"type": "http.response.body", "body": body})
 
 
-class _Deferred:
-    """optuna-dashboard's WSGI app, imported and built on the first dashboard request: the import
-    pulls in scikit-learn through Optuna's importance module (~1.2 s), which an API that is only
-    polled never needs, so `serve` starts that much sooner."""
+class Deferred:
+    """optuna-dashboard's WSGI app, imported and built off the startup path: the import pulls in
+    scikit-learn through Optuna's importance module (~1.2 s of CPU), so the API answers that much
+    sooner after `serve` starts. The app's lifespan starts `ready()` in a thread at once; a
+    dashboard request that comes first waits for it."""
 
     def __init__(self, storage: RDBStorage) -> None:
         self.storage = storage
@@ -108,14 +109,19 @@ class _Deferred:
 
         return WSGIMiddleware(wsgi(self.storage))  # type: ignore[return-value]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def ready(self) -> ASGIApp:
+        """The built app (built once, in a worker thread)."""
         if self.app is None:
             async with self.lock:
                 if self.app is None:
                     self.app = await anyio.to_thread.run_sync(self._build)
-        await self.app(scope, receive, send)
+        return self.app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = await self.ready()
+        await app(scope, receive, send)
 
 
-def dashboard_app(storage: RDBStorage, routes: Callable[[], Iterable[BaseRoute]]) -> Any:
+def dashboard_app(deferred: Deferred, routes: Callable[[], Iterable[BaseRoute]]) -> Any:
     """`routes` gives droptune's own routes, for 405 answers."""
-    return ReadOnly(_Deferred(storage), routes)
+    return ReadOnly(deferred, routes)

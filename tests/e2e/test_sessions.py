@@ -38,6 +38,9 @@ def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     extra = {"FORWARDED_ALLOW_IPS": "127.0.0.1"}
     api = procs.serve(url, port, tmp / "serve.log", extra)
     try:
+        # The dashboard is built in the background as the server starts: the tests' short
+        # timeouts start once it is there (on a loaded machine the build takes seconds).
+        httpx.get(f"http://127.0.0.1:{port}/dashboard", timeout=120)
         yield f"http://127.0.0.1:{port}", url
     finally:
         procs.stop(api)

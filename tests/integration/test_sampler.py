@@ -51,9 +51,11 @@ def drive(
     spec: StudySpec,
     batches: Sequence[int],
     score: Callable[[float], float] = bumpy,
+    folds: Callable[[float], list[float]] | None = None,
 ) -> optuna.Study:
     """Batches as a worker runs them: open the study (a new sampler), create and suggest every
-    trial of the batch (all RUNNING together), then tell them all."""
+    trial of the batch (all RUNNING together), then tell them all; with `folds`, each trial's
+    split scores are recorded as a worker records them and their mean is told."""
     storage = optuna_storage(url)
     name = queue.optuna_study_name(1)
     ensure_study(storage, name, spec, 1)
@@ -63,7 +65,14 @@ def drive(
         rates = [suggest(t, spec).hidden[0] for t in trials]  # one by one, as batch._open does
         assert all(t.number >= 0 for t in trials)
         for t, r in zip(trials, rates, strict=True):
-            study.tell(t, score(r))
+            if folds is None:
+                study.tell(t, score(r))
+                continue
+            split = folds(r)
+            t.set_user_attr("fold_scores", split)
+            t.set_user_attr("score_mean", statistics.fmean(split))
+            t.set_user_attr("score_std", statistics.stdev(split))
+            study.tell(t, statistics.fmean(split))
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -197,26 +206,9 @@ def _peaked_folds(rate: float) -> list[float]:
     ]
 
 
-def _drive_with_folds(url: str, spec: StudySpec, batches: Sequence[int]) -> optuna.Study:
-    storage = optuna_storage(url)
-    name = queue.optuna_study_name(1)
-    ensure_study(storage, name, spec, 1)
-    for size in batches:
-        study = open_study(storage, name, spec)
-        trials = [new_trial(study, None, {}) for _ in range(size)]
-        rates = [suggest(t, spec).hidden[0] for t in trials]
-        for t, r in zip(trials, rates, strict=True):
-            folds = _peaked_folds(r)
-            t.set_user_attr("fold_scores", folds)
-            t.set_user_attr("score_mean", sum(folds) / len(folds))
-            t.set_user_attr("score_std", statistics.stdev(folds))
-            study.tell(t, sum(folds) / len(folds))
-    return optuna.load_study(study_name=name, storage=storage)
-
-
 def test_the_design_covers_the_range_then_refines_inside_the_tied_band(tmp_path: Path) -> None:
     spec = make_spec("design", 16)
-    study = _drive_with_folds(fresh(tmp_path, "design"), spec, [8, 8])
+    study = drive(fresh(tmp_path, "design"), spec, [8, 8], folds=_peaked_folds)
     rates = [t.params["dropout"] for t in study.trials]
     # The first stack is space-filling: one rate in each eighth of [0, 0.9].
     assert sorted(int(r / (0.9 / 8)) for r in rates[:8]) == list(range(8))
@@ -226,5 +218,5 @@ def test_the_design_covers_the_range_then_refines_inside_the_tied_band(tmp_path:
     assert all(low <= r <= high for r in rates[8:]), (rates[8:], low, high)
     assert len({round(r, 6) for r in rates}) == 16
     # Keyed by trial number and the study's history: the same spec searches the same rates.
-    again = _drive_with_folds(fresh(tmp_path, "again"), spec, [8, 8])
+    again = drive(fresh(tmp_path, "again"), spec, [8, 8], folds=_peaked_folds)
     assert [t.params["dropout"] for t in again.trials] == rates
