@@ -41,7 +41,8 @@ from sklearn import datasets as skdatasets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from droptune.core.spec.study import DEFAULT_DROPOUT_HIGH, StudySpec
+from droptune.core.spec.search import DEFAULT_DROPOUT_HIGH
+from droptune.core.spec.study import StudySpec
 from droptune.worker.engine.data import (
     Dataset,
     dataset_from_arrays,

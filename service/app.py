@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -46,33 +46,40 @@ async def _recover_forever(app: FastAPI, settings: ServiceSettings) -> None:
             log.exception("lease recovery failed (will retry)")
 
 
-def create_app(settings: ServiceSettings | None = None) -> FastAPI:
-    settings = settings or ServiceSettings()
+def _lifespan(
+    settings: ServiceSettings,
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """The app's background work: lease recovery, and the dashboard built in a thread (when
+    mounted); both stopped, and the database pools closed, at shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_recover_forever(app, settings))
+        tasks: list[asyncio.Task[Any]] = [asyncio.create_task(_recover_forever(app, settings))]
         dashboard: Deferred | None = getattr(app.state, "dashboard", None)
-        warm = asyncio.create_task(dashboard.ready()) if dashboard is not None else None
+        if dashboard is not None:
+            tasks.append(asyncio.create_task(dashboard.ready()))
         try:
             yield
         finally:
-            task.cancel()
-            if warm is not None:
-                warm.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await warm
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+                    await task
             app.state.engine.dispose()
             app.state.optuna.engine.dispose()
             app.state.optuna_read.engine.dispose()
+
+    return lifespan
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or ServiceSettings()
 
     app = FastAPI(
         title="droptune",
         version="0.1.0",
         summary="Find the dropout rate that generalises best, by K-fold CV inside Optuna.",
-        lifespan=lifespan,
+        lifespan=_lifespan(settings),
         # Served from the package by docs.install (FastAPI's own pages load from a CDN).
         docs_url=None,
         redoc_url=None,

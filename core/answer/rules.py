@@ -15,7 +15,8 @@ from droptune.core.answer import ties
 from droptune.core.answer.rates import primary_rate
 from droptune.core.schemas import Recommended, Score, Tied
 from droptune.core.spec.answer import AnswerRule
-from droptune.core.spec.study import SearchSpec, StudySpec
+from droptune.core.spec.search import SearchSpec
+from droptune.core.spec.study import StudySpec
 
 ALPHA = 0.05  # rates whose paired test against the best gives p >= ALPHA are tied with it
 EDGE = 0.05  # a rate this close to a bound (a fraction of the range's width) sits at it

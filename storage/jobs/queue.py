@@ -251,12 +251,20 @@ def _count_done(conn: Connection, study: sa.Row[Any]) -> None:
     becomes claimable (it succeeds when the refit is done)."""
     done = study.n_done + 1
     values: dict[str, Any] = {"n_done": done}
-    if done >= study.n_trials and study.refit_state == RefitState.WAITING:
-        values["refit_state"] = RefitState.READY
-    elif done >= study.n_trials and study.refit_state is None:
-        values |= {"status": StudyStatus.SUCCEEDED, "ended_at": db_now()}
+    if done >= study.n_trials:
+        values |= search_ended(study)
     conn.execute(studies.update().where(studies.c.id == study.id).values(**values))
     notify(conn, study.id, work="refit_state" in values)  # a ready refit is work
+
+
+def search_ended(study: sa.Row[Any]) -> dict[str, Any]:
+    """The row's values once its last trial has finished: its refit becomes claimable, or, with
+    no refit, the study succeeds."""
+    if study.refit_state == RefitState.WAITING:
+        return {"refit_state": RefitState.READY}
+    if study.refit_state is None:
+        return {"status": StudyStatus.SUCCEEDED, "ended_at": db_now()}
+    return {}
 
 
 def retry_policy(study: sa.Row[Any]) -> RetryPolicy:
@@ -362,35 +370,6 @@ def peek(engine: Engine, models: Collection[str] = ()) -> tuple[int, StudySpec, 
         if isinstance(spec, StudySpec):
             return int(row[0]), spec, int(row[2])
         fail_study(engine, int(row[0]), f"its spec cannot run on this version: {spec}")
-
-
-def stop_search(engine: Engine, study_id: int, reason: str) -> bool:
-    """End an active study's search early (search.stop_when_settled): no slot beyond those
-    already claimed is handed out (`n_trials` becomes the claimed count) and `reason` says why;
-    when every claimed trial has finished, the search ends now as the last trial would end it
-    (the refit becomes claimable, or the study succeeds). Not while retries wait for a slot
-    (their parameters are owed a run), nor once the study has ended; False then."""
-    s = studies.c
-    with transaction(engine) as conn:
-        study = conn.execute(
-            sa.select(studies).where(s.id == study_id).with_for_update()
-        ).one_or_none()
-        if study is None or study.status not in ACTIVE or study.slots_claimed >= study.n_trials:
-            return False
-        owed = conn.execute(
-            sa.select(sa.func.count()).select_from(retries).where(retries.c.study_id == study_id)
-        ).scalar_one()
-        if owed:
-            return False
-        values: dict[str, Any] = {"n_trials": study.slots_claimed, "reason": reason}
-        if study.n_done >= study.slots_claimed:
-            if study.refit_state == RefitState.WAITING:
-                values["refit_state"] = RefitState.READY
-            elif study.refit_state is None:
-                values |= {"status": StudyStatus.SUCCEEDED, "ended_at": db_now()}
-        conn.execute(studies.update().where(s.id == study_id).values(**values))
-        notify(conn, study_id, work="refit_state" in values)
-    return True
 
 
 def fail_study(engine: Engine, study_id: int, reason: str) -> bool:

@@ -8,7 +8,7 @@ import pytest
 
 from droptune.core.errors import Conflict, NotFound
 from droptune.core.spec.study import StudySpec
-from droptune.storage.jobs import queue, registry, stale
+from droptune.storage.jobs import early_stop, queue, registry, stale
 from droptune.storage.jobs.queue import Outcome
 from droptune.storage.optuna_bridge import optuna_storage
 from droptune.storage.readmodel.reads import Reader
@@ -189,7 +189,7 @@ def test_a_stored_spec_this_version_refuses_is_failed_not_handed_out(db_url: str
 def test_a_settled_search_stops_handing_out_slots_and_ends_when_its_trials_do(
     db_url: str,
 ) -> None:
-    """queue.stop_search (search.stop_when_settled): n_trials becomes the claimed count, the
+    """early_stop.stop_search (search.stop_when_settled): n_trials becomes the claimed count, the
     reason is kept and shown as /best's `stopped`; the study ends with its last claimed trial, at
     once when they have all finished; not while retries wait, nor once ended."""
     engine = create_engine(db_url)
@@ -199,13 +199,13 @@ def test_a_settled_search_stops_handing_out_slots_and_ends_when_its_trials_do(
     assert claim is not None and len(claim.leases) == 4
     for lease in claim.leases[:3]:
         assert queue.finish(engine, lease.id, Outcome.DONE)
-    assert queue.stop_search(engine, sid, why)
+    assert early_stop.stop_search(engine, sid, why)
     row = study_row(engine, sid)
     assert (row.status, row.n_trials, row.reason) == ("running", 4, why)
     assert queue.claim(engine, "w", 4) is None  # no slot beyond those claimed
     assert queue.finish(engine, claim.leases[3].id, Outcome.DONE)
     assert study_row(engine, sid).status == "succeeded"
-    assert not queue.stop_search(engine, sid, why)  # ended
+    assert not early_stop.stop_search(engine, sid, why)  # ended
     best = Reader(engine, optuna_storage(db_url)).best(sid, None)
     assert best.stopped == why
     # Every claimed trial already finished: the study ends at once.
@@ -214,7 +214,7 @@ def test_a_settled_search_stops_handing_out_slots_and_ends_when_its_trials_do(
     assert first is not None
     for lease in first.leases:
         queue.finish(engine, lease.id, Outcome.DONE)
-    assert queue.stop_search(engine, other, why)
+    assert early_stop.stop_search(engine, other, why)
     assert (study_row(engine, other).status, study_row(engine, other).n_done) == ("succeeded", 2)
     # A retry waiting for a slot is owed its run: no early stop then.
     owed = submits.enqueue(engine, spec(10, max_retries=1), "a")
@@ -222,6 +222,6 @@ def test_a_settled_search_stops_handing_out_slots_and_ends_when_its_trials_do(
     assert c is not None
     assert queue.link_trial(engine, c.leases[0].id, 900, 0, {"dropout": 0.1}, "w")
     queue.finish(engine, c.leases[0].id, Outcome.FAILED, "boom")
-    assert not queue.stop_search(engine, owed, why)
+    assert not early_stop.stop_search(engine, owed, why)
     assert study_row(engine, owed).n_trials == 10
     engine.dispose()

@@ -24,7 +24,8 @@ from droptune.core.answer.rules import (
     p_values,
     split_ratio,
 )
-from droptune.core.spec.study import SearchSpec, StudySpec
+from droptune.core.spec.search import SearchSpec
+from droptune.core.spec.study import StudySpec
 from droptune.storage.optuna_bridge import ensure_study, optuna_storage
 from droptune.storage.readmodel.reads import Reader
 from droptune.storage.sql.db import create_engine, transaction

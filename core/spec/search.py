@@ -1,0 +1,74 @@
+"""The search part of a study's spec: the range, the trial budget, the sampler and pruner, and
+the retry and stopping policies."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, model_validator
+
+from droptune.core.spec.strict import FieldError, Strict, stored
+
+DEFAULT_DROPOUT_HIGH = 0.9  # re-measured: bench/results/range.md
+Sampler = Literal["tpe", "gp", "random", "grid", "design"]
+DEFAULT_SAMPLER: Sampler = "tpe"
+
+
+class SearchSpec(Strict):
+    dropout_low: float = Field(0.0, ge=0, lt=1)
+    dropout_high: float = Field(DEFAULT_DROPOUT_HIGH, gt=0, lt=1)
+    n_trials: int = Field(20, ge=1, le=10000)
+    sampler: Sampler = Field(
+        DEFAULT_SAMPLER,
+        description="tpe, gp, random, grid, or design: droptune's space-filling rates that "
+        "later batches refine inside the tied band (worker/run/design.py)",
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**31 - 1,
+        description="seeds the sampler (default: cv.seed), so the same spec on the same data "
+        "searches the same rates",
+        exclude_if=lambda v: v is None,
+    )
+    pruner: Literal["none", "median", "hyperband", "paired"] = Field(
+        "median",
+        description="none, median, hyperband, or paired: stop a member of a stack only when a "
+        "strict corrected paired test says it is worse than the stack's leader at that epoch "
+        "and, at its own recent pace, it could not catch up by the last epoch",
+    )
+    per_layer: bool = Field(False, description="search one rate per hidden layer")
+    input_dropout_low: float = Field(0.0, ge=0, lt=1)
+    input_dropout_high: float = Field(0.0, ge=0, lt=1)
+    batch_trials: int | None = Field(
+        None, ge=1, le=1024, description="trials trained together; null picks from model size"
+    )
+    max_retries: int = Field(2, ge=0, le=100)
+    max_failed: int = Field(10, ge=0, le=10000)
+    stop_when_settled: bool = Field(
+        False,
+        description="end the search before n_trials (then a cap) once a batch moves neither "
+        "the recommended rate nor the tied range and the fitted curve expects no rate to beat "
+        "the best by a quarter of its standard error; /best says why it stopped",
+        exclude_if=lambda v: not v,
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self, info: ValidationInfo) -> SearchSpec:
+        if not self.dropout_low < self.dropout_high:
+            raise FieldError("dropout_low", "search.dropout_low must be below search.dropout_high")
+        if self.input_dropout_low and not self.input_dropout_high and not stored(info):
+            raise FieldError(  # submit-only: once stored, input dropout is just not searched
+                "input_dropout_high",
+                "set search.input_dropout_high too: input dropout is searched only when it is > 0",
+            )
+        if self.input_dropout_high and not self.input_dropout_low < self.input_dropout_high:
+            raise FieldError(
+                "input_dropout_low",
+                "search.input_dropout_low must be below search.input_dropout_high",
+            )
+        return self
+
+    @property
+    def searches_input_dropout(self) -> bool:
+        return self.input_dropout_high > 0
