@@ -39,9 +39,9 @@ _DRAWING = threading.Lock()
 # Colours that stay apart for colour-blind readers (Okabe-Ito).
 BLUE, VERMILLION, GREEN, GREY = "#0072B2", "#D55E00", "#009E73", "#999999"
 MEAN_LABEL = "trials: mean ± 1 SE"
-APART_LABEL = "told apart from the best (p < 0.05)"
+APART_LABEL = "told apart from the best"
 PRUNED_LABEL = "pruned (fewer epochs)"
-TIED_LABEL = "tied with best (paired test)"
+TIED_LABEL = "tied with the best (/best: tied)"
 FIT_LABEL = "fitted curve ± 1 SE"
 
 
