@@ -95,14 +95,8 @@ def test_the_header_counter_stops_past_the_limit() -> None:
 
 # The peak is read from VmHWM, not getrusage's ru_maxrss: a child keeps the ru_maxrss of the
 # process it was forked from (the test's, large after making the files), VmHWM starts afresh.
-# Arrow's thread pools keep scratch buffers per running thread, so on a loaded machine the peak
-# grows with how many of them happen to run at once (quoted_csv: 66 MB alone, 107 MB once inside
-# the parallel suite): one thread each makes the measure the file's own cost.
 CHILD = """
 import json, sys
-import pyarrow
-pyarrow.set_cpu_count(1)
-pyarrow.set_io_thread_count(1)
 from droptune.datafiles import datafile
 
 def peak() -> int:
@@ -119,6 +113,13 @@ except datafile.DataError as e:
 out["growth"] = peak() - before
 print(json.dumps(out))
 """
+
+
+# What inspecting any file may cost beyond twice its size. quoted_csv's inspection peaks at 66 MB
+# alone, and at 107.5 MB (the same to 0.1 MB in two clean-clone CI runs, Arrow on one thread or
+# many) inside the full parallel suite, whose busy memory changes how the allocator's arenas are
+# backed; the attacks this guards against cost 9 GB.
+BASE_GROWTH = 160 * MB
 
 
 def inspect_in_child(path: Path, fmt: str) -> dict[str, Any]:
@@ -189,7 +190,7 @@ def test_inspecting_costs_about_the_file_size(
     size = path.stat().st_size
     out = inspect_in_child(path, fmt)
     print(make.__name__, size, out)
-    assert out["growth"] < 100 * MB + 2 * size, out
+    assert out["growth"] < BASE_GROWTH + 2 * size, out
     if refusal is None:
         assert "error" not in out, out
     else:
