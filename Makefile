@@ -27,16 +27,24 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-# Everything: unit, integration (SQLite and PostgreSQL) and end-to-end (real processes), on
+# Everything: lint, then the tests. First the few tests that must run alone (marked serial: one
+# restarts the shared PostgreSQL) beside the lint (mypy is one core's work, and neither touches
+# the other), then unit, integration (SQLite and PostgreSQL) and end-to-end (real processes) on
 # TEST_PROCS processes (pytest-xdist: the e2e tests partly wait on servers they start; each
 # process starts on its own third of the suite in file order, so the heavy e2e tests are not all
-# running at once, and idle processes steal work), then the few tests that must run alone (marked
-# serial: one restarts the shared PostgreSQL). Handing the e2e tests out first to every process
-# (`--dist load`, slowest kind first) was tried: 12 min 14 s against 8 min 38 s, on 2 cores.
+# running at once, and idle processes steal work). Handing the e2e tests out first to every
+# process (`--dist load`, slowest kind first) was tried: 12 min 14 s against 8 min 38 s, on 2
+# cores; so was -n 4 (no faster: the suite is CPU-bound).
 TEST_PROCS ?= 3
-test: lint
+SERIAL_LOG := .pytest-serial.log
+test: venv
+	@echo "serial tests running beside the lint (their output follows it)"
+	@$(VENV)/bin/pytest -m serial > $(SERIAL_LOG) 2>&1 & serial=$$!; \
+	  $(MAKE) --no-print-directory lint; lint=$$?; \
+	  wait $$serial; serial_rc=$$?; cat $(SERIAL_LOG); rm -f $(SERIAL_LOG); \
+	  if [ $$lint -ne 0 ]; then echo "make test: the lint failed (above)"; exit 1; fi; \
+	  if [ $$serial_rc -ne 0 ]; then echo "make test: the serial tests failed (above)"; exit 1; fi
 	$(VENV)/bin/pytest -n $(TEST_PROCS) --dist worksteal -m "not serial"
-	$(VENV)/bin/pytest -m serial
 
 # While iterating: the unit tests alone (no process, no database server).
 test-fast: venv
