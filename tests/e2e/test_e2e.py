@@ -87,6 +87,11 @@ def test_submit_wait_best_dashboard(tmp_path: Path) -> None:
         assert httpx.get(f"{base}/dashboard", headers=gz).status_code == 200
         studies = httpx.get(f"{base}/api/studies", headers=gz).json()["study_summaries"]
         assert study.optuna_study in [s["study_name"] for s in studies]
+        # Its parameter ranking (PED-ANOVA) works in a process that never loaded scikit-learn.
+        sid = next(s["study_id"] for s in studies if s["study_name"] == study.optuna_study)
+        ranked = httpx.get(f"{base}/api/studies/{sid}/param_importances", headers=gz)
+        assert ranked.status_code == 200, ranked.text
+        assert ranked.json()["param_importances"][0][0]["name"] == "dropout", ranked.text
         assert httpx.delete(f"{base}/api/studies/1", headers=gz).status_code == 403
         assert len(optuna.load_study(study_name=study.optuna_study, storage=url).trials) == 6
         # A worker that stopped cleanly leaves the list, and shows with --all.
