@@ -12,12 +12,21 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import torch
 
 from droptune.storage.sql.migrate import upgrade
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
 BACKENDS = ["sqlite", "postgres"]
+
+# The suite runs several test processes, each with servers and workers of its own, on a 2-core
+# machine: one compute thread each, here and in every process a test starts (the workers are
+# given DROPTUNE_THREADS=1 too, tests/procs.py). Idle OpenMP and BLAS threads spin-waiting cost
+# 13% of the CPU of test_sampler.py and test_worker.py run alone (59.7 s against 52.0 s).
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+torch.set_num_threads(1)
 
 
 def pg_available() -> bool:
