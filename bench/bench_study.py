@@ -4,8 +4,9 @@
 
 droptune: `droptune serve` and one `droptune worker` as subprocesses on a fresh SQLite file per
 round, the default digits study submitted over HTTP and followed on its event stream (what
-`droptune wait` does). plain: a child process running `optuna.create_study` with droptune's TPE
-start-up count and median pruner over bench_engine.py's per-fold nn.Module loop, 20 trials, on
+`droptune wait` does; `--search '{"strategy": "optuna"}'` runs the search before issue 21). plain:
+a child process running `optuna.create_study` with the optuna strategy's TPE start-up count and
+median pruner over bench_engine.py's per-fold nn.Module loop, 20 trials, on
 the same 80% of digits and the same folds, reporting the mean fold accuracy every epoch. Both
 use the same torch threads (default: torch's). The two alternate round by round (the machine is
 shared); every ratio is of medians. Both sides are seeded, so every round gives the same answers
@@ -51,6 +52,7 @@ from droptune.worker.run.objective import make_pruner, n_startup_trials
 from tests import procs
 
 SPEC: dict[str, Any] = {"dataset": {"builtin": "digits"}}  # droptune's defaults, all of them
+PLAIN_SEARCH = {"strategy": "optuna"}  # the plain script's: TPE and the median pruner
 TUNED: dict[str, Any] = dict(SPEC)  # what droptune's side submits: SPEC and --search's fields
 HOLDOUT = 0.2  # the default holdout of a data set with >= 500 rows (checked against the study)
 TIMEOUT_S = 900
@@ -97,7 +99,7 @@ def _epoch(f: _Fold) -> float:
 def plain(threads: int) -> dict[str, Any]:
     """The script: 20 trials of per-fold training, the mean fold score reported every epoch."""
     torch.set_num_threads(threads)
-    spec = StudySpec.model_validate(SPEC)
+    spec = StudySpec.model_validate({**SPEC, "search": PLAIN_SEARCH})
     s, tr = spec.search, spec.training
     cfg = TrainConfig(epochs=tr.epochs, batch_size=tr.batch_size, lr=tr.lr, seed=spec.cv.seed)
     full = load_dataset("digits")

@@ -104,6 +104,10 @@ def submit(
     metric: Annotated[
         str | None, typer.Option(help="accuracy | log_loss | rmse | mae | r2")
     ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="droptune (default) | optuna: the search's sampler, pruner and stop"),
+    ] = None,
     sampler: Annotated[str | None, typer.Option(help="tpe | gp | random | grid | design")] = None,
     pruner: Annotated[str | None, typer.Option(help="none | median | hyperband | paired")] = None,
     priority: Annotated[int | None, typer.Option()] = None,
@@ -137,6 +141,7 @@ def submit(
         "evaluation.test_dataset": test_dataset,
         "model.hidden": sizes,
         "cv.metric": metric,
+        "search.strategy": strategy,
         "search.sampler": sampler,
         "search.pruner": pruner,
         "priority": priority,

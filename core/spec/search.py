@@ -3,21 +3,38 @@ the retry and stopping policies."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
-from droptune.core.spec.strict import FieldError, Strict, stored
+from droptune.core.spec.strict import FieldError, Strict, from_database, stored
 
 DEFAULT_DROPOUT_HIGH = 0.9  # re-measured: bench/results/range.md
 Sampler = Literal["tpe", "gp", "random", "grid", "design"]
-DEFAULT_SAMPLER: Sampler = "tpe"
+Pruner = Literal["none", "median", "hyperband", "paired"]
+Strategy = Literal["droptune", "optuna"]
+DEFAULT_STRATEGY: Strategy = "droptune"
+# What each strategy means for the fields a spec leaves out; a field given keeps its value.
+# `droptune` is the search built for one noisy dimension (issue 21): space-filling rates
+# refined inside the tied band, the paired pruner, and an end once the answer has settled.
+# `optuna` is the search before it: TPE, the median pruner, all n_trials.
+STRATEGIES: dict[str, dict[str, Any]] = {
+    "droptune": {"sampler": "design", "pruner": "paired", "stop_when_settled": True},
+    "optuna": {"sampler": "tpe", "pruner": "median", "stop_when_settled": False},
+}
+DEFAULT_SAMPLER: Sampler = STRATEGIES[DEFAULT_STRATEGY]["sampler"]
 
 
 class SearchSpec(Strict):
     dropout_low: float = Field(0.0, ge=0, lt=1)
     dropout_high: float = Field(DEFAULT_DROPOUT_HIGH, gt=0, lt=1)
     n_trials: int = Field(20, ge=1, le=10000)
+    strategy: Strategy = Field(
+        DEFAULT_STRATEGY,
+        description="droptune (space-filling rates refined inside the tied band, the paired "
+        "pruner, stop when settled) or optuna (TPE, the median pruner, all n_trials): the "
+        "defaults of sampler, pruner and stop_when_settled; a field given keeps its value",
+    )
     sampler: Sampler = Field(
         DEFAULT_SAMPLER,
         description="tpe, gp, random, grid, or design: droptune's space-filling rates that "
@@ -31,8 +48,8 @@ class SearchSpec(Strict):
         "searches the same rates",
         exclude_if=lambda v: v is None,
     )
-    pruner: Literal["none", "median", "hyperband", "paired"] = Field(
-        "median",
+    pruner: Pruner = Field(
+        STRATEGIES[DEFAULT_STRATEGY]["pruner"],
         description="none, median, hyperband, or paired: stop a member of a stack only when a "
         "strict corrected paired test says it is worse than the stack's leader at that epoch "
         "and, at its own recent pace, it could not catch up by the last epoch",
@@ -46,12 +63,24 @@ class SearchSpec(Strict):
     max_retries: int = Field(2, ge=0, le=100)
     max_failed: int = Field(10, ge=0, le=10000)
     stop_when_settled: bool = Field(
-        False,
+        STRATEGIES[DEFAULT_STRATEGY]["stop_when_settled"],
         description="end the search before n_trials (then a cap) once a batch moves neither "
         "the recommended rate nor the tied range and the fitted curve expects no rate to beat "
         "the best by a quarter of its standard error; /best says why it stopped",
-        exclude_if=lambda v: not v,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        """Fill what the spec leaves out from its strategy. A spec stored before strategies
+        existed was the optuna search, and reads so."""
+        if not isinstance(data, dict):
+            return data
+        strategy = data.get("strategy", "optuna" if from_database(info) else DEFAULT_STRATEGY)
+        defaults = STRATEGIES.get(strategy) if isinstance(strategy, str) else None
+        if defaults is None:
+            return data  # the field's own check names the strategies
+        return {**defaults, **data, "strategy": strategy}
 
     @model_validator(mode="after")
     def _check_bounds(self, info: ValidationInfo) -> SearchSpec:

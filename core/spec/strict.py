@@ -77,6 +77,12 @@ def stored(info: ValidationInfo) -> bool:
     return bool((info.context or {}).get(STORED))
 
 
+def from_database(info: ValidationInfo) -> bool:
+    """Whether the spec was read back from the database (to show it, or to run it)."""
+    context = info.context or {}
+    return bool(context.get(STORED) or context.get(RUNNABLE))
+
+
 def _not_a_number(annotation: Any, value: Any) -> str | None:
     """What `value` holds where `annotation` wants a number: "true/false", "a string", or None
     (nothing wrong), looking into lists and mappings of numbers (`model.hidden`, options)."""

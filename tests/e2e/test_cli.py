@@ -37,12 +37,19 @@ def test_flags_list_and_a_missing_answer(tmp_path: Path) -> None:
             "0.01",
             "--batch-size",
             "32",
+            "--strategy",
+            "optuna",
             "--json",
             *base,
         )
         assert sub.returncode == 0, sub.stderr
         spec = json.loads(sub.stdout)["spec"]
         assert spec["model"]["kind"] == "cnn"
+        assert [spec["search"][k] for k in ("strategy", "sampler", "pruner")] == [
+            "optuna",
+            "tpe",
+            "median",
+        ]
         assert (spec["search"]["dropout_low"], spec["search"]["dropout_high"]) == (0.1, 0.9)
         assert (spec["training"]["lr"], spec["training"]["batch_size"]) == (0.01, 32)
         listed = procs.cli("list", *base)

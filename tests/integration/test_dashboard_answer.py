@@ -197,7 +197,7 @@ def test_publish_replaces_the_note_and_the_graph(db_url: str) -> None:
     assert attrs["test_score"] == pytest.approx(0.9467)
     assert attrs["model"] == "mlp [256, 256]" and attrs["cv"] == "3 folds x 2 repeats"
     assert attrs["search_range"] == "0.0\u20130.9" and attrs["epochs"] == 20
-    assert attrs["sampler"] == "tpe, median pruner" and attrs["n_trials"] == 6
+    assert attrs["sampler"] == "design, paired pruner" and attrs["n_trials"] == 6
     assert (attrs["droptune_id"], attrs["metric"], attrs["dataset"]) == (7, "accuracy", "iris")
 
 

@@ -36,7 +36,14 @@ def make_spec(sampler: str, n: int = 12, **search: Any) -> StudySpec:
             "model": {"hidden": [16]},
             "training": {"epochs": 2},
             "cv": {"folds": 3},
-            "search": {"n_trials": n, "sampler": sampler, "pruner": "none", **search},
+            # every trial runs: these tests count and compare them (no early stop)
+            "search": {
+                "n_trials": n,
+                "sampler": sampler,
+                "pruner": "none",
+                "stop_when_settled": False,
+                **search,
+            },
         }
     )
 
