@@ -28,8 +28,8 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 # Everything: lint, then the tests. First the few tests that must run alone (marked serial: one
-# restarts the shared PostgreSQL) beside the lint (mypy is one core's work, and neither touches
-# the other), then unit, integration (SQLite and PostgreSQL) and end-to-end (real processes) on
+# restarts the shared PostgreSQL; they live in tests/e2e, which alone is collected for them) beside
+# the lint (mypy is one core's work, and neither touches the other), then unit, integration (SQLite and PostgreSQL) and end-to-end (real processes) on
 # TEST_PROCS processes (pytest-xdist: the e2e tests partly wait on servers they start; each
 # process starts on its own third of the suite in file order, so the heavy e2e tests are not all
 # running at once, and idle processes steal work). Handing the e2e tests out first to every
@@ -39,7 +39,7 @@ TEST_PROCS ?= 3
 SERIAL_LOG := .pytest-serial.log
 test: venv
 	@echo "serial tests running beside the lint (their output follows it)"
-	@$(VENV)/bin/pytest -m serial > $(SERIAL_LOG) 2>&1 & serial=$$!; \
+	@$(VENV)/bin/pytest -m serial tests/e2e > $(SERIAL_LOG) 2>&1 & serial=$$!; \
 	  $(MAKE) --no-print-directory lint; lint=$$?; \
 	  wait $$serial; serial_rc=$$?; cat $(SERIAL_LOG); rm -f $(SERIAL_LOG); \
 	  if [ $$lint -ne 0 ]; then echo "make test: the lint failed (above)"; exit 1; fi; \

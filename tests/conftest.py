@@ -134,3 +134,20 @@ def db_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("pg_url"))
+
+
+SERIAL_HOME = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs the serial tests from tests/e2e alone (collecting only that folder saves
+    its critical path seconds): one marked serial elsewhere would never run, so it is an error."""
+    astray = [
+        i.nodeid
+        for i in items
+        if i.get_closest_marker("serial") and SERIAL_HOME not in i.path.parents
+    ]
+    if astray:
+        raise pytest.UsageError(
+            f"serial tests belong in tests/e2e (make test runs them there): {astray}"
+        )
