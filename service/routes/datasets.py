@@ -1,7 +1,7 @@
 """/datasets: upload a data set once (CSV, NPZ, Parquet), list, inspect and delete it.
 
 An upload is spooled to a temporary file by Starlette's form parser (in memory only up to 1 MB),
-hashed, deduplicated by content, validated by reading it once in blocks (`storage.datafile`), and
+hashed, deduplicated by content, validated by reading it once in blocks (`datafiles.datafile`), and
 stored in the database in chunks: the API never holds the whole file in memory.
 """
 
@@ -16,7 +16,6 @@ from starlette.datastructures import UploadFile as FormFile
 from droptune.core.errors import Invalid, TooLarge, too_large
 from droptune.core.schemas import DatasetOut, DatasetPage
 from droptune.core.spec.names import check_text, printable
-from droptune.datafiles import datafile
 from droptune.service.deps import CallerDep, EngineDep, SettingsDep
 from droptune.service.errors import problems
 from droptune.service.settings import ServiceSettings
@@ -126,6 +125,10 @@ def upload(
     if existing is not None:
         response.status_code = 200
         return existing
+    # Here, not at the top: the readers bring pandas and pyarrow (~0.6 s of CPU and ~100 MiB),
+    # which `serve` then loads on its first upload instead of at every start.
+    from droptune.datafiles import datafile
+
     fmt = datafile.detect_format(file.filename, f.read(4096))
     f.seek(0)
     limits = datafile.Limits(
