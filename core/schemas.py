@@ -60,10 +60,19 @@ class Progress(BaseModel):
 
 
 class Recommended(BaseModel):
-    dropout: float
+    dropout: float = Field(
+        description="the trial's rate; with search.per_layer the mean of its layers' rates "
+        "(each layer's is in `params`)"
+    )
     rule: AnswerRule
     trial: int
     why: str = Field(description="one sentence a person can read")
+    params: dict[str, float] = Field(
+        default_factory=dict,
+        description="the recommended trial's parameters: `dropout`, or with search.per_layer "
+        "`dropout_0`, `dropout_1`, … (one per layer, first layer first), and `input_dropout` "
+        "when searched",
+    )
 
 
 class Tied(BaseModel):

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 
 from droptune.core.answer.curve import Curve, CurveFit, CurvePoint
 from droptune.core.answer.plot import RateMark, plot_data
+from droptune.core.answer.rates import layer_rates
 from droptune.core.answer.view import DASH, TestView, answer_view, num
 from droptune.core.schemas import BestOut
 from droptune.storage.optuna_bridge import study_lock
@@ -117,6 +118,9 @@ def answer_attrs(curve: Curve, best: BestOut) -> dict[str, float | str]:
     attrs: dict[str, float | str] = {}
     if best.recommended is not None:
         attrs["recommended_dropout"] = round(best.recommended.dropout, 4)
+        layers = layer_rates(best.recommended.params)
+        if len(layers) > 1:  # recommended_dropout is their mean, no layer's rate
+            attrs["recommended_by_layer"] = ", ".join(f"{v:.4f}" for v in layers)
     if curve.tied_low is not None and curve.tied_high is not None:
         attrs["tied_range"] = f"{curve.tied_low:.2f}{DASH}{curve.tied_high:.2f}"
     if best.test is not None:

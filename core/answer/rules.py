@@ -253,6 +253,7 @@ def answer(trials: Sequence[FrozenTrial], spec: StudySpec) -> Answer:
             rule=rule,
             trial=chosen.number,
             why=_why(best, chosen, rule, spec.cv.metric or "accuracy"),
+            params=dict(chosen.params),
         )
         if rate is not None
         else None
@@ -265,6 +266,7 @@ def answer(trials: Sequence[FrozenTrial], spec: StudySpec) -> Answer:
             rule=rule,
             trial=chosen.number,
             why=_why(best, chosen, rule, spec.cv.metric or "accuracy"),
+            params=dict(chosen.params),
         )
     return Answer(
         best=best,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from droptune.core.answer.curve import CurvePoint
+from droptune.core.answer.rates import layer_rates
 from droptune.core.schemas import BestOut, Recommended, Score, TestPoint, TestScore
 from droptune.core.spec.answer import RULE_LABELS
 
@@ -49,7 +50,7 @@ class Headline:
 class Recommendation:
     """The recommended rate, its rule (the name and the note's words) and why."""
 
-    rate: str  # 4 decimals (CLI, report)
+    rate: str  # 4 decimals (CLI, report); per layer: "0.0630, 0.1840 by layer (mean 0.1235)"
     rate_short: str  # 2 decimals (note)
     rule: str
     rule_label: str
@@ -137,9 +138,19 @@ def _headline(b: BestOut) -> Headline | None:
 def _recommendation(r: Recommended | None) -> Recommendation | None:
     if r is None:
         return None
+    layers = layer_rates(r.params)
+    if len(layers) > 1:  # search.per_layer: every layer's rate, and `dropout` is their mean
+        by = ", ".join(f"{v:.4f}" for v in layers)
+        by_short = ", ".join(f"{v:.2f}" for v in layers)
+        rate, rate_short = (
+            f"{by} by layer (mean {r.dropout:.4f})",
+            f"{by_short} by layer (mean {r.dropout:.2f})",
+        )
+    else:
+        rate, rate_short = f"{r.dropout:.4f}", f"{r.dropout:.2f}"
     return Recommendation(
-        rate=f"{r.dropout:.4f}",
-        rate_short=f"{r.dropout:.2f}",
+        rate=rate,
+        rate_short=rate_short,
         rule=r.rule,
         rule_label=RULE_LABELS.get(r.rule, r.rule),
         trial=r.trial,

@@ -24,6 +24,9 @@ from droptune.core.answer.rules import (
     p_values,
     split_ratio,
 )
+from droptune.core.answer.text import answer_lines
+from droptune.core.answer.view import answer_view
+from droptune.core.schemas import BestOut, Score
 from droptune.core.spec.search import SearchSpec
 from droptune.core.spec.study import StudySpec
 from droptune.storage.optuna_bridge import ensure_study, optuna_storage
@@ -173,6 +176,44 @@ def test_tied_and_recommended_under_both_rules(rule: str) -> None:
         assert (r.dropout, r.trial) == (0.30, 0)
         assert r.why == "the best mean accuracy, 0.9740 ± 0.0019 (SE over 5 splits)"
     assert a.warnings == []  # 0.30 and 0.45 are inside 0 to 0.9
+
+
+def test_a_per_layer_answer_gives_every_layer_s_rate() -> None:
+    """`recommended.dropout` of a per-layer trial is the mean of its layers' rates, which is no
+    layer's rate: `params` carries each, and every renderer of the answer shows them."""
+    study = optuna.create_study(direction="maximize")
+    dist = FloatDistribution(0.0, 0.9)
+    for (first, second), folds in [((0.063, 0.184), BEST), ((0.5, 0.7), [f - 0.05 for f in BEST])]:
+        study.add_trial(
+            create_trial(
+                value=statistics.fmean(folds),
+                params={"dropout_0": first, "dropout_1": second},
+                distributions={"dropout_0": dist, "dropout_1": dist},
+                user_attrs={"fold_scores": folds},
+            )
+        )
+    sp = spec(search={"per_layer": True}, answer={"rule": "best"})
+    r = answer(study.trials, sp).recommended
+    assert r is not None and r.params == {"dropout_0": 0.063, "dropout_1": 0.184}
+    assert r.dropout == pytest.approx(0.1235)
+    best = BestOut(
+        study_id=1,
+        dropout=r.dropout,
+        params=r.params,
+        score=Score(mean=statistics.fmean(BEST), std=statistics.stdev(BEST), folds=BEST),
+        metric="accuracy",
+        direction="maximize",
+        trial=0,
+        one_se_dropout=None,
+        one_se_trial=None,
+        complete=True,
+        status="succeeded",
+        recommended=r,
+    )
+    line = next(x for x in answer_lines(best) if x.startswith("recommended"))
+    assert line.startswith("recommended 0.0630, 0.1840 by layer (mean 0.1235) (best)"), line
+    view = answer_view(best).recommended
+    assert view is not None and view.rate_short == "0.06, 0.18 by layer (mean 0.12)"
 
 
 def test_one_se_says_so_when_it_is_the_best() -> None:
