@@ -54,7 +54,7 @@ TINY: dict[str, Any] = {
     "model": {"hidden": [32]},
     "training": {"epochs": 2},
     "cv": {"folds": 3},
-    "search": {"sampler": "random", "pruner": "none", "batch_trials": 1},
+    "search": {"strategy": "optuna", "sampler": "random", "pruner": "none", "batch_trials": 1},
 }
 
 

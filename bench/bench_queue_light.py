@@ -326,7 +326,13 @@ def stop_all(procs: list[Any]) -> None:
 def submit(engine: Any, o: Light) -> float:
     from droptune.core.spec.study import StudySpec
 
-    search = {"sampler": "random", "pruner": "none", "n_trials": 10000, "batch_trials": o.batch}
+    search = {
+        "strategy": "optuna",  # every trial runs: no early stop, no answer read per batch
+        "sampler": "random",
+        "pruner": "none",
+        "n_trials": 10000,
+        "batch_trials": o.batch,
+    }
     spec = {**TINY, "model": {"hidden": [8]}, "training": {"epochs": o.epochs}, "search": search}
     submits.enqueue(engine, StudySpec.model_validate(spec), "bench")
     return time.time()

@@ -70,12 +70,14 @@ class Copies:
         self.dropping.append(self.dropper.submit(_drop, name))
 
     def close(self) -> None:
+        """Drop the copy made ahead; wait for every drop; raise the first that failed."""
         with contextlib.suppress(psycopg.Error):
             self.drop(self.ahead.result())
         self.thread.shutdown(wait=True)
         self.dropper.shutdown(wait=True)
-        for done in self.dropping:
-            done.result()
+        failed = [e for done in self.dropping if (e := done.exception()) is not None]
+        if failed:
+            raise failed[0]
 
 
 @pytest.fixture(scope="session")
@@ -94,8 +96,10 @@ def pg_copies() -> Iterator[Copies]:
     try:
         yield copies
     finally:
-        copies.close()
-        _drop(name)
+        try:
+            copies.close()
+        finally:
+            _drop(name)
 
 
 def _drop(name: str) -> None:

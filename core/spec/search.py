@@ -25,6 +25,12 @@ STRATEGIES: dict[str, dict[str, Any]] = {
 DEFAULT_SAMPLER: Sampler = STRATEGIES[DEFAULT_STRATEGY]["sampler"]
 
 
+def _the_strategy_s(schema: dict[str, Any]) -> None:
+    """OpenAPI: no fixed default for a field whose default is the strategy's (a client that
+    filled it in would override `strategy: optuna` with the droptune strategy's value)."""
+    schema.pop("default", None)
+
+
 class SearchSpec(Strict):
     dropout_low: float = Field(0.0, ge=0, lt=1)
     dropout_high: float = Field(DEFAULT_DROPOUT_HIGH, gt=0, lt=1)
@@ -38,7 +44,9 @@ class SearchSpec(Strict):
     sampler: Sampler = Field(
         DEFAULT_SAMPLER,
         description="tpe, gp, random, grid, or design: droptune's space-filling rates that "
-        "later batches refine inside the tied band (worker/run/design.py)",
+        "later batches refine inside the tied band (worker/run/design.py); default: the "
+        "strategy's (droptune: design, optuna: tpe)",
+        json_schema_extra=_the_strategy_s,
     )
     seed: int | None = Field(
         None,
@@ -52,7 +60,9 @@ class SearchSpec(Strict):
         STRATEGIES[DEFAULT_STRATEGY]["pruner"],
         description="none, median, hyperband, or paired: stop a member of a stack only when a "
         "strict corrected paired test says it is worse than the stack's leader at that epoch "
-        "and, at its own recent pace, it could not catch up by the last epoch",
+        "and, at its own recent pace, it could not catch up by the last epoch; default: the "
+        "strategy's (droptune: paired, optuna: median)",
+        json_schema_extra=_the_strategy_s,
     )
     per_layer: bool = Field(False, description="search one rate per hidden layer")
     input_dropout_low: float = Field(0.0, ge=0, lt=1)
@@ -66,7 +76,9 @@ class SearchSpec(Strict):
         STRATEGIES[DEFAULT_STRATEGY]["stop_when_settled"],
         description="end the search before n_trials (then a cap) once a batch moves neither "
         "the recommended rate nor the tied range and the fitted curve expects no rate to beat "
-        "the best by a quarter of its standard error; /best says why it stopped",
+        "the best by a quarter of its standard error; /best says why it stopped; default: "
+        "the strategy's (droptune: true, optuna: false)",
+        json_schema_extra=_the_strategy_s,
     )
 
     @model_validator(mode="before")

@@ -97,8 +97,10 @@ async def _problem(
 # optuna-dashboard imports optuna.importance, whose fANOVA evaluator imports scikit-learn's
 # forests as the module loads: 1.3 s of CPU, most of optuna-dashboard's import. The dashboard
 # ranks parameters with PED-ANOVA, and nothing else in the API process uses scikit-learn, so
-# that one import is refused while the dashboard loads (Optuna then marks fANOVA unavailable, in
-# this process only); a process that already holds it is left as it is.
+# that one import is refused while the dashboard loads. Optuna then marks its two forest-based
+# evaluators (fANOVA, mean decrease in impurity) unavailable for the life of this process, even
+# if scikit-learn is imported later; a process that already holds scikit-learn's forests is left
+# as it is.
 _NOT_NEEDED = "sklearn.ensemble"
 
 

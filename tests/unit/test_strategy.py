@@ -61,3 +61,12 @@ def test_an_unknown_strategy_is_an_error_naming_the_field(bad: Any) -> None:
     with pytest.raises(ValidationError) as e:
         StudySpec.model_validate({**BASE, "search": {"strategy": bad}})
     assert [err["loc"] for err in e.value.errors()] == [("search", "strategy")]
+
+
+def test_the_openapi_schema_gives_the_strategy_s_fields_no_fixed_default() -> None:
+    """A client filling in schema defaults must not turn `strategy: optuna` into droptune's."""
+    props = StudySpec.model_json_schema()["$defs"]["SearchSpec"]["properties"]
+    assert props["strategy"]["default"] == "droptune"
+    for field in ("sampler", "pruner", "stop_when_settled"):
+        assert "default" not in props[field], field
+        assert "the strategy's" in props[field]["description"], field
