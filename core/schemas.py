@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -10,6 +11,7 @@ from pydantic import (
     BaseModel,
     Field,
     ValidatorFunctionWrapHandler,
+    computed_field,
     field_validator,
 )
 
@@ -37,9 +39,16 @@ StudyStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class Score(BaseModel):
-    mean: float
-    std: float
-    folds: list[float]
+    mean: float = Field(description="the mean over the cross-validation splits")
+    std: float = Field(description="the standard deviation of the split scores")
+    folds: list[float] = Field(description="each split's score")
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="the standard error of the mean, std / sqrt(splits): the ± every answer quotes"
+    )
+    @property
+    def se(self) -> float:
+        return self.std / math.sqrt(len(self.folds)) if self.folds else 0.0
 
 
 class Progress(BaseModel):

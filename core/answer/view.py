@@ -9,7 +9,6 @@ either. The view holds raw text; each renderer escapes for its medium (terminal,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,8 +27,7 @@ def num(x: float) -> str:
 
 def standard_error(score: Score) -> float:
     """The score's standard error over its splits (0 without any)."""
-    splits = len(score.folds)
-    return score.std / math.sqrt(splits) if splits else 0.0
+    return score.se
 
 
 @dataclass(frozen=True)

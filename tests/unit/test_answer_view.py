@@ -3,11 +3,15 @@ the report, the dashboard's note and both curve pictures render from."""
 
 from __future__ import annotations
 
+import json
 from typing import get_args
+
+import pytest
 
 from droptune.core import schemas
 from droptune.core.answer.curve import Curve, CurvePoint
 from droptune.core.answer.plot import plot_data
+from droptune.core.answer.text import answer_lines
 from droptune.core.answer.view import answer_view
 from droptune.core.schemas import BestOut, Recommended, Score
 from droptune.core.spec.answer import RULE_LABELS, AnswerRule
@@ -106,3 +110,17 @@ def test_plot_data_marks_one_line_when_best_is_recommended() -> None:
     assert [p.trial for p in data.pruned] == [2] and data.band == (0.1, 0.2)
     apart = plot_data(curve.model_copy(update={"recommended": 0.2}))
     assert [m.role for m in apart.marks] == ["best", "recommended"]
+
+
+def test_the_score_carries_the_standard_error_every_sentence_quotes() -> None:
+    """`score.std` is the spread of the split scores; scripts need the SE the CLI prints
+    (`± 0.0050 (SE, 4 splits)`) without computing it: `score.se`, in JSON and in the schema."""
+    best = _best()
+    sent = json.loads(best.model_dump_json())["score"]
+    assert sent["se"] == pytest.approx(0.01 / 2) and sent["std"] == 0.01
+    assert Score.model_validate(sent).se == sent["se"]  # a client reads it back
+    assert "± 0.0050 (SE, 4 splits)" in answer_lines(best)[0]
+    schema = BestOut.model_json_schema(mode="serialization")["$defs"]["Score"]
+    assert (
+        "se" in schema["required"] and "standard error" in schema["properties"]["se"]["description"]
+    )
