@@ -202,7 +202,9 @@ class Client:
         return StudyPage.model_validate(self._call("GET", "/studies", params=params))
 
     def best(self, study_id: int, wait: float = 0.0) -> BestOut:
-        """The best rate; with `wait`, the server holds the call until the study ends."""
+        """The answer; with `wait`, the server holds the call until the study ends or `wait`
+        seconds pass. Check `.state`: "final" once the study has ended, "interim" when the wait
+        ran out first, "none" when no trial has finished (`.state_why` says which)."""
         return BestOut.model_validate(
             self._call(
                 "GET", f"/studies/{study_id}/best", params={"wait": wait}, timeout=wait + 30.0

@@ -36,6 +36,7 @@ LocalDatetime = Annotated[datetime, AfterValidator(_utc_from_local)]
 # The API's strings as Literals (the OpenAPI document lists them); core.states has them as
 # enums, and tests/unit/test_states.py checks the two agree.
 StudyStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+AnswerState = Literal["none", "interim", "final"]
 
 
 class Score(BaseModel):
@@ -167,6 +168,31 @@ class BestOut(BaseModel):
         description="with search.stop_when_settled, why the search ended before n_trials: "
         "one sentence with the numbers",
     )
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="none: no answer (no trial has finished, or none did before the study "
+        "ended); interim: the study has not ended, so the answer may still change; final: the "
+        "study has ended and the answer will not change. `state_why` says it in a sentence"
+    )
+    @property
+    def state(self) -> AnswerState:
+        if self.dropout is None:
+            return "none"
+        return "final" if self.complete else "interim"
+
+    @computed_field(description="the state in one sentence")  # type: ignore[prop-decorator]
+    @property
+    def state_why(self) -> str:
+        state, status = self.state, self.status
+        if state == "none":
+            if self.complete:
+                return f"the study ended ({status}) before any trial finished: there is no answer"
+            return "no trial has finished yet"
+        if state == "interim":
+            return f"the study is {status}: the answer may still change"
+        if status == "succeeded":
+            return "the study succeeded: this answer will not change"
+        return f"the study {status}: this answer, from the trials that finished, will not change"
 
 
 class StudyOut(BaseModel):

@@ -222,6 +222,7 @@ def test_best_wait_holds_until_timeout(api: TestClient) -> None:
     best = api.get(f"/studies/{sid}/best", params={"wait": 1.2}).json()
     assert time.monotonic() - t0 >= 1.0
     assert best["complete"] is False and best["dropout"] is None
+    assert (best["state"], best["state_why"]) == ("none", "no trial has finished yet")
     assert api.get(f"/studies/{sid}/best", params={"wait": -1}).status_code == 422
 
 

@@ -124,3 +124,23 @@ def test_the_score_carries_the_standard_error_every_sentence_quotes() -> None:
     assert (
         "se" in schema["required"] and "standard error" in schema["properties"]["se"]["description"]
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "dropout", "complete", "state", "words"),
+    [
+        ("queued", None, False, "none", "no trial has finished yet"),
+        ("cancelled", None, True, "none", "ended (cancelled) before any trial finished"),
+        ("running", 0.3, False, "interim", "is running: the answer may still change"),
+        ("succeeded", 0.3, True, "final", "succeeded: this answer will not change"),
+        ("cancelled", 0.3, True, "final", "from the trials that finished, will not change"),
+    ],
+)
+def test_the_answer_says_its_state(
+    status: str, dropout: float | None, complete: bool, state: str, words: str
+) -> None:
+    """A script need not guess from nulls whether there is an answer and whether it is final."""
+    b = _best().model_copy(update={"status": status, "dropout": dropout, "complete": complete})
+    sent = json.loads(b.model_dump_json())
+    assert sent["state"] == state and words in sent["state_why"], sent["state_why"]
+    assert BestOut.model_validate(sent).state == state  # the client reads it back the same
