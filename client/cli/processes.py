@@ -66,8 +66,13 @@ def worker(
 
 
 def up(
-    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port", min=1, max=65535)] = 8000,
+    host: Annotated[
+        str | None, typer.Option(help="bind address (default: DROPTUNE_HOST, else 127.0.0.1)")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="port (default: DROPTUNE_PORT, else 8000)", min=1, max=65535),
+    ] = None,
     database_url: DbOpt = None,
     workers: Annotated[
         int | None,
@@ -80,7 +85,7 @@ def up(
     from droptune.worker.run.settings import WorkerSettings
 
     with one_line_errors():
-        # --host and --port always have a value, so DROPTUNE_HOST and DROPTUNE_PORT never count
+        # a flag given wins over DROPTUNE_HOST / DROPTUNE_PORT, as with `serve`
         api = ServiceSettings.from_flags(
             host=host, port=port, database_url=database_url, insecure=insecure or None
         )

@@ -121,9 +121,10 @@ def _headline(b: BestOut) -> Headline | None:
         return None
     s = b.score
     se = standard_error(s)
+    rate, rate_short = _rates(b.dropout, b.params)
     return Headline(
-        rate=f"{b.dropout:.4f}",
-        rate_short=f"{b.dropout:.2f}",
+        rate=rate,
+        rate_short=rate_short,
         trial=b.trial,
         mean=f"{s.mean:.4f}",
         mean_short=num(s.mean),
@@ -133,19 +134,21 @@ def _headline(b: BestOut) -> Headline | None:
     )
 
 
+def _rates(mean: float, params: dict[str, float]) -> tuple[str, str]:
+    """A trial's rate to 4 and to 2 decimals; with search.per_layer every layer's, first layer
+    first, and their mean (which `dropout` holds, and which is no layer's rate)."""
+    layers = layer_rates(params)
+    if len(layers) < 2:
+        return f"{mean:.4f}", f"{mean:.2f}"
+    by = ", ".join(f"{v:.4f}" for v in layers)
+    by_short = ", ".join(f"{v:.2f}" for v in layers)
+    return f"{by} by layer (mean {mean:.4f})", f"{by_short} by layer (mean {mean:.2f})"
+
+
 def _recommendation(r: Recommended | None) -> Recommendation | None:
     if r is None:
         return None
-    layers = layer_rates(r.params)
-    if len(layers) > 1:  # search.per_layer: every layer's rate, and `dropout` is their mean
-        by = ", ".join(f"{v:.4f}" for v in layers)
-        by_short = ", ".join(f"{v:.2f}" for v in layers)
-        rate, rate_short = (
-            f"{by} by layer (mean {r.dropout:.4f})",
-            f"{by_short} by layer (mean {r.dropout:.2f})",
-        )
-    else:
-        rate, rate_short = f"{r.dropout:.4f}", f"{r.dropout:.2f}"
+    rate, rate_short = _rates(r.dropout, r.params)
     return Recommendation(
         rate=rate,
         rate_short=rate_short,

@@ -216,7 +216,9 @@ def test_up_starts_api_and_worker_and_ctrl_c_stops_both(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'droptune.db'}"
     port = procs.free_port()
     log = tmp_path / "up.log"
-    up = procs.droptune(["up", "--port", str(port), "--workers", "1"], url, log)
+    # the port from DROPTUNE_PORT, as `DROPTUNE_PORT=8080 make run` gives it (the IPv6 test
+    # below gives --port)
+    up = procs.droptune(["up", "--workers", "1"], url, log, {"DROPTUNE_PORT": str(port)})
     base = f"http://127.0.0.1:{port}"
     try:
         # The banner comes only once the API answers.

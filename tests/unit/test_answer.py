@@ -210,7 +210,8 @@ def test_a_per_layer_answer_gives_every_layer_s_rate() -> None:
         status="succeeded",
         recommended=r,
     )
-    line = next(x for x in answer_lines(best) if x.startswith("recommended"))
+    head, line = answer_lines(best)[:2]
+    assert head.startswith("best dropout 0.0630, 0.1840 by layer (mean 0.1235) (trial 0)"), head
     assert line.startswith("recommended 0.0630, 0.1840 by layer (mean 0.1235) (best)"), line
     view = answer_view(best).recommended
     assert view is not None and view.rate_short == "0.06, 0.18 by layer (mean 0.12)"
