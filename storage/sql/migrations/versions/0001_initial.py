@@ -18,6 +18,13 @@ depends_on = None
 
 
 def upgrade() -> None:
+    _studies()
+    _leases()
+    _retries()
+    _workers()
+
+
+def _studies() -> None:
     op.create_table(
         "droptune_studies",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -41,6 +48,9 @@ def upgrade() -> None:
         sqlite_autoincrement=True,
     )
     op.create_index("ix_droptune_studies_queue", "droptune_studies", ["status", "priority", "id"])
+
+
+def _leases() -> None:
     op.create_table(
         "droptune_leases",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -60,6 +70,9 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", sa.DateTime, nullable=False, server_default=db_now()),
         sqlite_autoincrement=True,
     )
+
+
+def _retries() -> None:
     op.create_table(
         "droptune_retries",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -76,6 +89,9 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime, nullable=False, server_default=db_now()),
         sqlite_autoincrement=True,
     )
+
+
+def _workers() -> None:
     op.create_table(
         "droptune_workers",
         sa.Column("id", sa.String(64), primary_key=True),
