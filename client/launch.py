@@ -95,8 +95,9 @@ def up(api_settings: ServiceSettings, worker_settings: WorkerSettings, workers: 
     """API + dashboard + workers as child processes; Ctrl-C stops them all cleanly.
 
     The children read their settings back from the environment `to_env` gives them; their
-    `--host`, `--port` and `--device` flags come from `api_settings` and `devices()`, whatever
-    DROPTUNE_HOST, DROPTUNE_PORT and DROPTUNE_DEVICE say."""
+    `--host` and `--port` flags come from `api_settings` (DROPTUNE_HOST / DROPTUNE_PORT unless
+    `up`'s own flags were given), and each worker's `--device` from `devices()`, whatever
+    DROPTUNE_DEVICE says."""
     from droptune.storage.sql.migrate import upgrade
 
     logs.configure()  # its children inherit DROPTUNE_LOG_FORMAT and configure their own

@@ -155,26 +155,34 @@ def test_worker_flags_override_variables(monkeypatch: pytest.MonkeyPatch) -> Non
     assert got.args[0].exit_when_idle
 
 
-def test_up_ignores_host_port_and_device_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_up_reads_host_and_port_variables_and_its_flags_win(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`DROPTUNE_PORT=8080 make run` serves on 8080, as `serve` does (issue 22: `up` ignored
+    DROPTUNE_PORT, so the Quick start could not change its port)."""
     got = Captured(monkeypatch)
     env = {
         "DROPTUNE_HOST": "0.0.0.0",
-        "DROPTUNE_PORT": "not a port",
+        "DROPTUNE_PORT": "8123",
         "DROPTUNE_DATABASE_URL": "sqlite:///env.db",
         "DROPTUNE_HEARTBEAT_SECONDS": "1.5",
     }
     assert run(["up", "--workers", "0"], env)[0] == 0
     api, workers, n = got.args
-    assert (api.host, api.port, api.database_url) == ("127.0.0.1", 8000, "sqlite:///env.db")
+    assert (api.host, api.port, api.database_url) == ("0.0.0.0", 8123, "sqlite:///env.db")
     assert (workers.database_url, workers.heartbeat_seconds, n) == ("sqlite:///env.db", 1.5, 0)
-    assert run(["up", "--database-url", "sqlite:///f.db", "--port", "8002"], env)[0] == 0
+    flags = ["--host", "127.0.0.1", "--database-url", "sqlite:///f.db", "--port", "8002"]
+    assert run(["up", *flags], env)[0] == 0
     api, workers, n = got.args
-    assert (api.port, api.database_url, workers.database_url, n) == (
+    assert (api.host, api.port, api.database_url, workers.database_url, n) == (
+        "127.0.0.1",
         8002,
         "sqlite:///f.db",
         "sqlite:///f.db",
         None,
     )
+    code, err = run(["up"], {**env, "DROPTUNE_PORT": "not a port"})
+    assert code == 1 and err.strip().startswith("error: DROPTUNE_PORT='not a port'"), err
 
 
 @pytest.mark.parametrize("command", ["serve", "worker", "up"])
