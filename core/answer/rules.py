@@ -205,6 +205,25 @@ def edge_warnings(best: FrozenTrial, recommended: FrozenTrial, search: SearchSpe
     return out
 
 
+MIN_SPLIT_ROWS = 30  # unseen rows per split below which the splits cannot rank rates
+
+
+def small_data_warning(best: FrozenTrial, folds: int) -> str | None:
+    """A warning when each split scored so few unseen rows that its scores move in big steps:
+    the tied set and the recommendation then say little, however confident the numbers look."""
+    sizes = best.user_attrs.get("split_sizes")
+    if not (isinstance(sizes, list | tuple) and len(sizes) == 2):
+        return None  # a trial told before split sizes were recorded
+    rows = float(sizes[1])
+    if rows >= MIN_SPLIT_ROWS:
+        return None
+    return (
+        f"each split scored only {rows:.3g} unseen rows, too few to tell dropout rates apart: "
+        f"the scores, the tied set and the recommendation mean little below {MIN_SPLIT_ROWS} "
+        f"rows per split (about {MIN_SPLIT_ROWS * folds} rows with {folds} folds)"
+    )
+
+
 def _one_se_not_worse(
     trials: Sequence[FrozenTrial], best: FrozenTrial, p: dict[int, float | None], maximize: bool
 ) -> FrozenTrial:
@@ -273,6 +292,9 @@ def answer(trials: Sequence[FrozenTrial], spec: StudySpec) -> Answer:
         one_se=one_se,
         recommended=recommended,
         tied=tied_with_best(trials, best, spec.cv.folds, spec.cv.direction == "maximize"),
-        warnings=edge_warnings(best, chosen, spec.search),
+        warnings=[
+            *edge_warnings(best, chosen, spec.search),
+            *filter(None, [small_data_warning(best, spec.cv.folds)]),
+        ],
         p=p,
     )

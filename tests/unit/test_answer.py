@@ -217,6 +217,25 @@ def test_a_per_layer_answer_gives_every_layer_s_rate() -> None:
     assert view is not None and view.rate_short == "0.06, 0.18 by layer (mean 0.12)"
 
 
+@pytest.mark.parametrize(("sizes", "warned"), [([2.0, 2.0], True), ([1150.0, 287.0], False)])
+def test_tiny_splits_are_said_to_mean_little(sizes: list[float], warned: bool) -> None:
+    """A 4-row table with 2 folds "succeeded" at accuracy 1.0 ± 0 (issue 22): the answer now
+    says the splits are too small to rank rates, and how many rows would help."""
+    study = optuna.create_study(direction="maximize")
+    for rate, folds in [(0.2, [1.0, 1.0]), (0.7, [1.0, 0.5])]:
+        study.add_trial(trial(rate, folds, split_sizes=sizes))
+    warnings = answer(study.trials, spec(cv={"folds": 2})).warnings
+    small = [w for w in warnings if "too few to tell dropout rates apart" in w]
+    if warned:
+        assert small == [
+            "each split scored only 2 unseen rows, too few to tell dropout rates apart: the "
+            "scores, the tied set and the recommendation mean little below 30 rows per split "
+            "(about 60 rows with 2 folds)"
+        ], warnings
+    else:
+        assert small == [], warnings
+
+
 def test_one_se_says_so_when_it_is_the_best() -> None:
     study = optuna.create_study(direction="maximize")
     study.add_trial(trial(0.6, BEST))
