@@ -49,6 +49,8 @@ class Score(BaseModel):
     )
     @property
     def se(self) -> float:
+        """The splits overlap (a row trains in K-1 of K folds, and repeats reuse rows), so this
+        understates the uncertainty; the paired test corrects for it."""
         return self.std / math.sqrt(len(self.folds)) if self.folds else 0.0
 
 

@@ -20,7 +20,7 @@ from droptune.client.cli.common import UrlOpt, ask, fail
 from droptune.client.cli.report_svg import clean_svg
 from droptune.core.answer.rates import primary_rate
 from droptune.core.answer.text import view_lines
-from droptune.core.answer.view import answer_view, standard_error
+from droptune.core.answer.view import answer_view
 from droptune.core.escape import safe
 from droptune.core.schemas import BestOut, StudyOut, TrialOut
 from droptune.core.spec.model import CNNModel, CustomModel
@@ -67,7 +67,7 @@ def _trial_row(t: TrialOut) -> str:
     rate = primary_rate(t.params)
     score = "—"
     if t.score is not None and t.score.folds:
-        score = f"{t.score.mean:.4f} ± {standard_error(t.score):.4f}"
+        score = f"{t.score.mean:.4f} ± {t.score.se:.4f}"
     cells = [str(t.number), escape(safe(t.state)), _fmt(rate), score, _fmt(t.p_vs_best, 3)]
     cells.append("—" if t.epochs is None else str(t.epochs))
     tds = "".join(

@@ -30,12 +30,6 @@ def score_of(trial: FrozenTrial) -> Score | None:
     return Score(mean=mean, std=float(trial.user_attrs.get("score_std", 0.0)), folds=folds)
 
 
-def standard_error(score: Score) -> float:
-    """std / sqrt(J) over all J splits. The splits overlap (a row trains in K-1 of K folds, and
-    repeats reuse rows), so this understates the uncertainty; the paired test corrects for it."""
-    return score.std / math.sqrt(len(score.folds))
-
-
 def best_and_one_se(
     trials: Sequence[FrozenTrial], maximize: bool
 ) -> tuple[FrozenTrial | None, FrozenTrial | None]:
@@ -50,7 +44,7 @@ def best_and_one_se(
         return None, None
     sign = 1.0 if maximize else -1.0
     best, best_score = max(scored, key=lambda ts: (sign * ts[1].mean, -ts[0].number))
-    threshold = sign * best_score.mean - standard_error(best_score) - 1e-12
+    threshold = sign * best_score.mean - best_score.se - 1e-12
     within = [t for t, s in scored if sign * s.mean >= threshold]
     one_se = max(within, key=lambda t: (primary_rate(t.params) or 0.0, -t.number))
     return best, one_se
@@ -153,7 +147,7 @@ def _why(best: FrozenTrial, chosen: FrozenTrial, rule: AnswerRule, metric: str) 
     b = score_of(best)
     c = score_of(chosen)
     assert b is not None and c is not None  # best_and_one_se picks scored trials only
-    se = standard_error(b)
+    se = b.se
     spread = f"{b.mean:.4f} ± {se:.4f} (SE over {len(b.folds)} splits)"
     if rule == "best":
         return f"the best mean {metric}, {spread}"
@@ -208,20 +202,20 @@ def edge_warnings(best: FrozenTrial, recommended: FrozenTrial, search: SearchSpe
 MIN_SPLIT_ROWS = 30  # unseen rows per split below which the splits cannot rank rates
 
 
-def small_data_warning(best: FrozenTrial, folds: int) -> str | None:
+def small_data_warnings(best: FrozenTrial, folds: int) -> list[str]:
     """A warning when each split scored so few unseen rows that its scores move in big steps:
     the tied set and the recommendation then say little, however confident the numbers look."""
     sizes = best.user_attrs.get("split_sizes")
     if not (isinstance(sizes, list | tuple) and len(sizes) == 2):
-        return None  # a trial told before split sizes were recorded
+        return []  # a trial told before split sizes were recorded
     rows = float(sizes[1])
     if rows >= MIN_SPLIT_ROWS:
-        return None
-    return (
+        return []
+    return [
         f"each split scored only {rows:.3g} unseen rows, too few to tell dropout rates apart: "
         f"the scores, the tied set and the recommendation mean little below {MIN_SPLIT_ROWS} "
         f"rows per split (about {MIN_SPLIT_ROWS * folds} rows with {folds} folds)"
-    )
+    ]
 
 
 def _one_se_not_worse(
@@ -233,7 +227,7 @@ def _one_se_not_worse(
     b = score_of(best)
     assert b is not None
     sign = 1.0 if maximize else -1.0
-    threshold = sign * b.mean - standard_error(b) - 1e-12
+    threshold = sign * b.mean - b.se - 1e-12
     ok = [
         t
         for t in trials
@@ -292,9 +286,7 @@ def answer(trials: Sequence[FrozenTrial], spec: StudySpec) -> Answer:
         one_se=one_se,
         recommended=recommended,
         tied=tied_with_best(trials, best, spec.cv.folds, spec.cv.direction == "maximize"),
-        warnings=[
-            *edge_warnings(best, chosen, spec.search),
-            *filter(None, [small_data_warning(best, spec.cv.folds)]),
-        ],
+        warnings=edge_warnings(best, chosen, spec.search)
+        + small_data_warnings(best, spec.cv.folds),
         p=p,
     )

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from droptune.core.answer.fit import Fit, fit_curve
 from droptune.core.answer.rates import primary_rate
-from droptune.core.answer.rules import Answer, score_of, standard_error
+from droptune.core.answer.rules import Answer, score_of
 from droptune.core.spec.study import StudySpec
 
 # Of the best's SE: an expected improvement below it cannot change the answer. A tenth (the issue's
@@ -78,7 +78,7 @@ def settled(
     best = score_of(after.best)
     if best is None:
         return None
-    se = standard_error(best)
+    se = best.se
     gain = fit.max_expected_improvement()
     if gain >= SHARE * se:
         return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from droptune.core.answer.curve import CurvePoint
 from droptune.core.answer.rates import layer_rates
-from droptune.core.schemas import BestOut, Recommended, Score, TestPoint, TestScore
+from droptune.core.schemas import BestOut, Recommended, TestPoint, TestScore
 from droptune.core.spec.answer import RULE_LABELS
 
 DASH = "\u2013"  # an en dash between a range's ends (the dashboard's ranges)
@@ -23,11 +23,6 @@ DASH = "\u2013"  # an en dash between a range's ends (the dashboard's ranges)
 def num(x: float) -> str:
     """A score to 4 significant digits (the dashboard's note and hover texts)."""
     return f"{x:.4g}"
-
-
-def standard_error(score: Score) -> float:
-    """The score's standard error over its splits (0 without any)."""
-    return score.se
 
 
 @dataclass(frozen=True)
@@ -120,7 +115,7 @@ def _headline(b: BestOut) -> Headline | None:
     if b.score is None or b.dropout is None:
         return None
     s = b.score
-    se = standard_error(s)
+    se = s.se
     rate, rate_short = _rates(b.dropout, b.params)
     return Headline(
         rate=rate,
