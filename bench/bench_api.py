@@ -48,6 +48,7 @@ import httpx  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from optuna.storages._rdb import models  # noqa: E402
 from optuna.study import StudyDirection  # noqa: E402
+from proc_cpu import cpu_s  # noqa: E402
 
 from droptune.core.spec.study import StudySpec  # noqa: E402
 from droptune.storage.jobs.queue import optuna_study_name  # noqa: E402
@@ -55,6 +56,7 @@ from droptune.storage.optuna_bridge import optuna_storage  # noqa: E402
 from droptune.storage.sql.db import create_engine  # noqa: E402
 from droptune.storage.sql.migrate import upgrade  # noqa: E402
 from droptune.storage.sql.tables import studies  # noqa: E402
+from tests import procs  # noqa: E402
 from tests.integration.test_reads import insert_rows, scored_trial  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -244,12 +246,6 @@ def row(backend: str, case: str, s: Stats, wall: float, cpu: float, held: Stats 
     )
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def serve(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPTUNE_")}
     env |= {"DROPTUNE_DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
@@ -271,14 +267,6 @@ def serve(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"droptune serve did not start (log: {log})")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def sequential(port: int, path: str, n: int = 20) -> float:
     """The median of `n` sequential requests, in ms (no load)."""
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
@@ -297,7 +285,7 @@ def bench(backend: str, args: argparse.Namespace, tmp: Path) -> list[str]:
         t = time.perf_counter()
         big, small = fill(url, args.studies, args.trials)
         print(f"{backend}: filled in {time.perf_counter() - t:.1f}s", flush=True)
-        port = free_port()
+        port = procs.free_port()
         proc = serve(url, port, tmp / f"serve-{backend}.log")
         try:
             return _cases(backend, args, port, proc.pid, big, small)
@@ -347,11 +335,11 @@ def _cases(
         ("/best, 1 poller every 0.05 s + 100 held ?wait=", f"/studies/{big}/best", 1, 0.05, 100),
     ]
     for case, path, pollers, every, holds in cases:
-        c0 = cpu_seconds(pid)
+        c0 = cpu_s([pid])
         s, held, wall = asyncio.run(load(port, path, pollers, every, args.seconds, holds))
         if holds:
             case += f" ({len(held.latencies)} answered)"
-        lines.append(row(backend, case, s, wall, cpu_seconds(pid) - c0, held if holds else None))
+        lines.append(row(backend, case, s, wall, cpu_s([pid]) - c0, held if holds else None))
         print(lines[-1], flush=True)
     return lines
 

@@ -12,7 +12,6 @@ import multiprocessing as mp
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,6 +23,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from bench_queue import TINY, activity, drop_database, fresh_database, libpq
+from postgres_side import Bouncer, server_cpu_s, statement_stats, statements
+from proc_cpu import cpu_s, machine_busy_s, proc_fields
 
 from droptune.storage.submit import submits
 
@@ -145,75 +146,6 @@ def light_swaps(o: Light, ev: Events) -> list[tuple[Any, str, Any]]:
     return swaps
 
 
-class Bouncer:
-    """A PgBouncer in transaction pooling mode in front of `server`, for the bench's lifetime."""
-
-    def __init__(self, server: str, port: int, pool: int, tmp: Path) -> None:
-        u = sa.make_url(server)
-        self.port, self.dir = port, tmp / "pgbouncer"
-        self.dir.mkdir(mode=0o777)
-        (self.dir / "users.txt").write_text('"postgres" ""\n')
-        ini = self.dir / "pgbouncer.ini"
-        ini.write_text(
-            f"[databases]\n* = host={u.host} port={u.port or 5432}\n[pgbouncer]\n"
-            f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-            f"auth_type = trust\nauth_file = {self.dir / 'users.txt'}\nadmin_users = postgres\n"
-            f"pool_mode = transaction\ndefault_pool_size = {pool}\nmax_client_conn = 4000\n"
-        )
-        as_root = ["-u", "postgres"] if os.geteuid() == 0 else []  # it refuses to run as root
-        log = (self.dir / "pgbouncer.log").open("w")
-        self.proc = subprocess.Popen(["pgbouncer", *as_root, str(ini)], stderr=log, stdout=log)
-        for _ in range(50):
-            time.sleep(0.1)
-            if self.show("VERSION"):
-                return
-        raise RuntimeError(f"pgbouncer did not start: see {self.dir / 'pgbouncer.log'}")
-
-    def url(self, database_url: str) -> str:
-        return str(sa.make_url(database_url).set(host="127.0.0.1", port=self.port))
-
-    def show(self, what: str) -> list[dict[str, str]]:
-        """`SHOW what` on the admin console (simple query protocol only, hence psql)."""
-        cmd = ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "pgbouncer"]
-        cmd += ["-AF|", "-P", "footer=off", "-c", f"SHOW {what}"]
-        lines = subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()
-        head = lines[0].split("|") if lines else []
-        return [dict(zip(head, ln.split("|"), strict=False)) for ln in lines[1:]]
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
-def _proc_fields(pid: int | str) -> list[str]:
-    """/proc/PID/stat's fields from the state on (index 1: ppid, 11-14: utime, stime, cutime,
-    cstime in clock ticks); [] when the process has gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return []
-
-
-def cpu_s(pids: list[int], reaped: bool = False) -> float:
-    """CPU seconds the processes have used (with `reaped`, their waited-for children's too)."""
-    ticks = sum(int(x) for p in pids for x in _proc_fields(p)[11 : 15 if reaped else 13])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def server_cpu_s(postmaster: int) -> float:
-    """CPU seconds of a local PostgreSQL so far: the postmaster, the backends it has reaped
-    (cutime, cstime) and those still alive (found by their parent in /proc)."""
-    alive = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()]
-    backends = [p for p in alive if (f := _proc_fields(p)) and int(f[1]) == postmaster]
-    return cpu_s([postmaster], reaped=True) + cpu_s(backends)
-
-
-def machine_busy_s() -> float:
-    """Busy CPU seconds of all cores (everyone's processes): all but idle and iowait."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclasses.dataclass(frozen=True)
 class Snap:
     t: float
@@ -251,39 +183,6 @@ def quantiles_ms(seconds: list[float]) -> dict[str, float]:
         return {}
     q = statistics.quantiles([s * 1000 for s in seconds], n=100)
     return {"p50": round(q[49], 1), "p95": round(q[94], 1), "p99": round(q[98], 1)}
-
-
-def statements(mon: Any, db: str) -> list[tuple[int, float, str]]:
-    """pg_stat_statements of `db` (calls, total ms, query), most called first; [] without it."""
-    try:
-        return [
-            (int(c), float(t), str(q))
-            for c, t, q in mon.execute(
-                "SELECT calls, total_exec_time, query FROM pg_stat_statements s"
-                " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s ORDER BY calls DESC",
-                (db,),
-            )
-        ]
-    except Exception:  # not in shared_preload_libraries: the numbers that need it are left out
-        return []
-
-
-def statement_stats(stats: list[tuple[int, float, str]], span: float) -> dict[str, Any]:
-    """Statements per second (BEGIN and COMMIT included), the server's execution time, and the
-    most called and most costly statements."""
-
-    def top(rows: list[tuple[int, float, str]]) -> list[dict[str, Any]]:
-        return [
-            {"per_s": round(c / span, 1), "ms_per_s": round(t / span, 2), "query": q[:160]}
-            for c, t, q in rows[:12]
-        ]
-
-    return {
-        "statements_per_s": round(sum(c for c, _t, _q in stats) / span, 1),
-        "server_exec_ms_per_s": round(sum(t for _c, t, _q in stats) / span, 1),
-        "most_called": top(stats),
-        "most_time": top(sorted(stats, key=lambda r: -r[1])),
-    }
 
 
 def by_kind(samples: list[dict[str, int]]) -> dict[str, int]:
@@ -404,7 +303,7 @@ def light_window(args: argparse.Namespace, n: int, o: Light, tmp: Path) -> dict[
         with psycopg.connect(libpq(direct), autocommit=True, application_name="bench") as mon:
             mon.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             row = mon.execute("SELECT pg_backend_pid()").fetchone()
-            backend = _proc_fields(row[0]) if row else []
+            backend = proc_fields(row[0]) if row else []
             w = Window(int(backend[1]) if backend else 0, procs)
             measure(args, n, o, mon, direct, w)
     except RuntimeError:  # workers died: say how, once per distinct last log line

@@ -27,120 +27,35 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
 import torch
-from sklearn.preprocessing import StandardScaler
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_engine import _baseline_net, matmul_peak
+from bench_engine import matmul_peak
+from plain_optuna import HOLDOUT, SPEC
+from proc_cpu import cpu_s
 
 from droptune.client.api import Client, ClientError
 from droptune.core.schemas import StudyOut, TrialOut
-from droptune.core.spec.study import StudySpec
-from droptune.worker.engine.data import Dataset, holdout_split, load_dataset, make_folds, subset
-from droptune.worker.engine.kinds import MLPConfig
-from droptune.worker.engine.stacked import TrainConfig
-from droptune.worker.run.objective import make_pruner, n_startup_trials
 from tests import procs
 
-SPEC: dict[str, Any] = {"dataset": {"builtin": "digits"}}  # droptune's defaults, all of them
-PLAIN_SEARCH = {"strategy": "optuna"}  # the plain script's: TPE and the median pruner
 TUNED: dict[str, Any] = dict(SPEC)  # what droptune's side submits: SPEC and --search's fields
-HOLDOUT = 0.2  # the default holdout of a data set with >= 500 rows (checked against the study)
 TIMEOUT_S = 900
+PLAIN = Path(__file__).with_name("plain_optuna.py")
 
 
-# --- (b) the plain script, run in a child process -------------------------------------------
-
-
-@dataclass
-class _Fold:
-    net: nn.Module
-    opt: torch.optim.Optimizer
-    loader: DataLoader[Any]
-    x_va: torch.Tensor
-    y_va: torch.Tensor
-
-
-def _fold(ds: Dataset, tr: np.ndarray, va: np.ndarray, p: float, cfg: TrainConfig) -> _Fold:
-    """bench_engine.baseline_trial's set-up of one fold: a scaler fitted on the training part,
-    a fresh MLP, Adam, a shuffling DataLoader."""
-    scaler = StandardScaler().fit(ds.X[tr])
-    x_tr = torch.tensor(scaler.transform(ds.X[tr]), dtype=torch.float32)
-    x_va = torch.tensor(scaler.transform(ds.X[va]), dtype=torch.float32)
-    net = _baseline_net(MLPConfig((256, 256)), ds, p)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    data = TensorDataset(x_tr, torch.tensor(ds.y[tr]))
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True)
-    return _Fold(net, opt, loader, x_va, torch.tensor(ds.y[va]))
-
-
-def _epoch(f: _Fold) -> float:
-    """Train one epoch, then the validation accuracy."""
-    f.net.train()
-    for xb, yb in f.loader:
-        f.opt.zero_grad()
-        loss = nn.functional.cross_entropy(f.net(xb), yb)
-        loss.backward()  # type: ignore[no-untyped-call]
-        f.opt.step()
-    f.net.eval()
-    with torch.no_grad():
-        return float((f.net(f.x_va).argmax(1) == f.y_va).float().mean().item())
-
-
-def plain(threads: int) -> dict[str, Any]:
-    """The script: 20 trials of per-fold training, the mean fold score reported every epoch."""
-    torch.set_num_threads(threads)
-    spec = StudySpec.model_validate({**SPEC, "search": PLAIN_SEARCH})
-    s, tr = spec.search, spec.training
-    cfg = TrainConfig(epochs=tr.epochs, batch_size=tr.batch_size, lr=tr.lr, seed=spec.cv.seed)
-    full = load_dataset("digits")
-    ds = subset(full, holdout_split(full.y, HOLDOUT, spec.cv.seed)[0])
-    splits = make_folds(ds.y, spec.cv.folds, spec.cv.seed)
-
-    def objective(trial: optuna.Trial) -> float:
-        p = trial.suggest_float("dropout", s.dropout_low, s.dropout_high)
-        torch.manual_seed(cfg.seed)
-        folds = [_fold(ds, a, b, p, cfg) for a, b in splits]
-        for epoch in range(1, cfg.epochs + 1):
-            scores = [_epoch(f) for f in folds]
-            trial.report(float(np.mean(scores)), epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        trial.set_user_attr("folds", scores)
-        return float(np.mean(scores))
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(n_startup_trials=n_startup_trials(spec), seed=0)
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=make_pruner(spec))
-    t1, c1 = time.perf_counter(), time.process_time()
-    study.optimize(objective, n_trials=s.n_trials)
-    best = study.best_trial
-    return {
-        "optimize_s": time.perf_counter() - t1,
-        "optimize_cpu_s": time.process_time() - c1,
-        "rate": best.params["dropout"],
-        "score": best.value,
-        "se": float(np.std(best.user_attrs["folds"], ddof=1) / np.sqrt(len(splits))),
-        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
-        "epochs": sum(len(t.intermediate_values) for t in study.trials),
-        "rows": len(ds.y),
-    }
+# --- (b) the plain script (bench/plain_optuna.py), run in a child process --------------------
 
 
 def plain_round(threads: int) -> dict[str, Any]:
     """The plain script as `python script.py`: its wall time includes starting Python."""
     t0, c0 = time.perf_counter(), _children_cpu()
     out = subprocess.run(
-        [sys.executable, __file__, "--plain-child", "--threads", str(threads)],
+        [sys.executable, str(PLAIN), "--threads", str(threads)],
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
@@ -172,15 +87,6 @@ def _launch(args: list[str], url: str, tmp: Path, threads: int) -> subprocess.Po
     cmd = [sys.executable, "-m", "droptune.client.cli", *args]
     with (tmp / f"{args[0]}.log").open("ab") as log:  # the child keeps its own copy
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def _cpu(*pids: int) -> float:
-    """CPU seconds (user + system, all threads) the processes have used so far."""
-    ticks = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime and stime, stat's fields 14 and 15
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _follow(
@@ -218,11 +124,11 @@ def droptune_round(threads: int) -> dict[str, Any]:
             with Client(f"http://127.0.0.1:{port}") as c:
                 procs.wait_until(lambda: _up(c), 120, f"the service (logs in {tmp})")
                 t: dict[str, float] = {"ready_s": time.perf_counter() - t0}
-                t["cpu_ready"] = _cpu(api.pid, work.pid)
+                t["cpu_ready"] = cpu_s([api.pid, work.pid])
                 study = c.submit(TUNED)
                 t_submit = time.perf_counter()
                 n = study.spec.search.n_trials
-                t |= _follow(c, study.id, n, t_submit, lambda: _cpu(api.pid, work.pid))
+                t |= _follow(c, study.id, n, t_submit, lambda: cpu_s([api.pid, work.pid]))
                 t["cold_s"] = t_submit - t0 + t["search_s"]  # launch until the search's answer
                 out = c.get(study.id)
                 trials = c.trials(study.id)
@@ -370,7 +276,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", type=Path, help="write the markdown table here")
-    ap.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument(
         "--search",
         type=json.loads,
@@ -381,9 +286,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.search:
         TUNED["search"] = {**TUNED.get("search", {}), **args.search}
-    if args.plain_child:
-        print(json.dumps(plain(args.threads)))
-        return 0
     torch.set_num_threads(args.threads)
     info = machine(args.threads)
     info |= {"date": dt.date.today().isoformat(), "load0": load(), "peak0": peak()}
