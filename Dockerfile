@@ -13,6 +13,6 @@ COPY worker worker
 COPY service service
 COPY client client
 COPY droptune droptune
-RUN pip install .
+RUN pip install ".[server,worker]"
 EXPOSE 8000
 CMD ["droptune", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,5 +1,5 @@
 """droptune's Python client and CLI."""
 
-from droptune.client.api import Client, ClientError
+from droptune.client.api import Client, ClientError, WaitTimedOut
 
-__all__ = ["Client", "ClientError"]
+__all__ = ["Client", "ClientError", "WaitTimedOut"]

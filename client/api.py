@@ -25,6 +25,7 @@ from droptune.core.schemas import (
     StudyOut,
     StudyPage,
     TrialOut,
+    TrialPage,
     WorkerOut,
 )
 from droptune.core.spec.study import StudySpec
@@ -54,6 +55,17 @@ class ClientError(Exception):
         self.status = status
         self.detail = detail if detail is not None else message
         self.errors = errors or []
+
+
+class WaitTimedOut(ClientError):
+    """`Client.wait` ran out of time before the study ended; `best` is the interim answer
+    (state "interim", or "none" when no trial has finished yet)."""
+
+    def __init__(self, study_id: int, timeout: float, best: BestOut) -> None:
+        super().__init__(
+            f"study {study_id} had not ended after {timeout:g} s ({best.status}): {best.state_why}"
+        )
+        self.best = best
 
 
 @dataclass(frozen=True)
@@ -211,6 +223,19 @@ class Client:
             )
         )
 
+    def wait(self, study_id: int, timeout: float = 3600.0) -> BestOut:
+        """The final answer: held on the server (a call at a time, each as long as the server
+        allows) until the study ends. Raises WaitTimedOut, carrying the interim answer, when
+        `timeout` seconds pass first; ClientError as every call does."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            best = self.best(study_id, wait=max(left, 0.0))
+            if best.state == "final" or best.complete:
+                return best
+            if left <= 0 or time.monotonic() >= deadline:
+                raise WaitTimedOut(study_id, timeout, best)
+
     def events(
         self, study_id: int, last_event_id: str | None = None, *, idle_timeout: float = 60.0
     ) -> Iterator[StudyEvent]:
@@ -272,17 +297,22 @@ class Client:
     ) -> builtins.list[TrialOut]:
         """The study's trials by number: `limit` of them from `offset`, or (None) every one from
         `offset`, fetched a page of TRIALS_PAGE at a time."""
-        path = f"/studies/{study_id}/trials"
         if limit is not None:
-            page = self._call("GET", path, params={"offset": offset, "limit": limit})
-            return [TrialOut.model_validate(t) for t in page]
+            return self.trial_page(study_id, offset, limit).items
         out: builtins.list[TrialOut] = []
         while True:
-            page = self._call("GET", path, params={"offset": offset, "limit": TRIALS_PAGE})
-            out += [TrialOut.model_validate(t) for t in page]
-            if len(page) < TRIALS_PAGE:
+            page = self.trial_page(study_id, offset, TRIALS_PAGE)
+            out += page.items
+            if not page.items or offset + len(page.items) >= page.total:
                 return out
-            offset += len(page)
+            offset += len(page.items)
+
+    def trial_page(self, study_id: int, offset: int = 0, limit: int = 100) -> TrialPage:
+        """One page of the study's trials by number, `{items, total, offset, limit}`."""
+        params = {"offset": offset, "limit": limit}
+        return TrialPage.model_validate(
+            self._call("GET", f"/studies/{study_id}/trials", params=params)
+        )
 
     @overload
     def curve(self, study_id: int, format: Literal["json"] = "json") -> Curve: ...

@@ -85,6 +85,11 @@ class Recommended(BaseModel):
         "`dropout_0`, `dropout_1`, … (one per layer, first layer first), and `input_dropout` "
         "when searched",
     )
+    score: Score | None = Field(
+        None,
+        description="the recommended trial's own score (the answer's headline `score` is the "
+        "best trial's); null only in answers stored before it was added",
+    )
 
 
 class Tied(BaseModel):
@@ -326,6 +331,15 @@ class DatasetOut(DataSummary):
     bytes: int
     created_at: UtcDatetime
     studies: list[int] = Field(description="studies that train on it, newest first")
+
+
+class TrialPage(BaseModel):
+    """A page of a study's trials by number, like StudyPage: `total` counts every trial."""
+
+    items: list[TrialOut]
+    total: int
+    offset: int
+    limit: int
 
 
 class DatasetPage(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from typing import Annotated, NoReturn, TypeVar
@@ -28,6 +29,33 @@ def fail(message: str) -> NoReturn:
     name the user gave)."""
     typer.echo(f"error: {safe(message, lines=True)}", err=True)
     raise typer.Exit(1)
+
+
+# What `pip install droptune` leaves out: a command that runs droptune's own processes checks
+# that its extra is installed (the top-level modules each extra's code imports) before it starts.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "server": (
+        "fastapi",
+        "uvicorn",
+        "sqlalchemy",
+        "alembic",
+        "optuna",
+        "optuna_dashboard",
+        "pandas",
+    ),
+    "worker": ("torch", "sklearn", "sqlalchemy", "alembic", "optuna", "pandas"),
+}
+
+
+def need(*extras: str) -> None:
+    """Fail in one line, naming the pip command, when an extra's modules are missing."""
+    missing = [m for e in extras for m in EXTRAS[e] if importlib.util.find_spec(m) is None]
+    if missing:
+        which = ",".join(extras)
+        fail(
+            f"this command needs droptune[{which}] ({', '.join(dict.fromkeys(missing))} not "
+            f"installed): pip install 'droptune[{which}]'"
+        )
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from droptune.client import launch
-from droptune.client.cli.common import DbOpt, one_line_errors
+from droptune.client.cli.common import DbOpt, need, one_line_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -35,6 +35,7 @@ def serve(
     insecure: InsecureOpt = False,
 ) -> None:
     """Run the API and the dashboard (migrates the database first)."""
+    need("server")
     from droptune.service.settings import ServiceSettings
 
     with one_line_errors():
@@ -51,6 +52,7 @@ def worker(
     exit_when_idle: Annotated[bool, typer.Option(help="stop when the queue is empty")] = False,
 ) -> None:
     """Run a worker: claim trials, train them, report; SIGTERM stops it cleanly."""
+    need("worker")
     from droptune.worker.run.settings import WorkerSettings
 
     with one_line_errors():
@@ -81,6 +83,7 @@ def up(
     insecure: InsecureOpt = False,
 ) -> None:
     """Start everything on one machine: API, dashboard, one worker per device."""
+    need("server", "worker")
     from droptune.service.settings import ServiceSettings
     from droptune.worker.run.settings import WorkerSettings
 
@@ -95,6 +98,7 @@ def up(
 
 def db_upgrade(database_url: DbOpt = None) -> None:
     """Create or migrate droptune's tables (and Optuna's)."""
+    need("server")
     from droptune.core.settings import StorageSettings
     from droptune.storage.sql.migrate import upgrade
 

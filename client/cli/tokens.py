@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from droptune.client.cli.common import DbOpt, JsonOpt, fail, one_line_errors
+from droptune.client.cli.common import DbOpt, JsonOpt, fail, need, one_line_errors
 from droptune.core.escape import safe
 
 if TYPE_CHECKING:
@@ -18,6 +18,12 @@ token_app = typer.Typer(
     no_args_is_help=True,
     help="API tokens (run where the database URL is at hand, like `droptune db upgrade`).",
 )
+
+
+@token_app.callback()
+def _needs_server() -> None:
+    """Every token command works on the database itself."""
+    need("server")
 
 
 def _engine(database_url: str | None) -> Engine:

@@ -267,6 +267,7 @@ def answer(trials: Sequence[FrozenTrial], spec: StudySpec) -> Answer:
             trial=chosen.number,
             why=_why(best, chosen, rule, spec.cv.metric or "accuracy"),
             params=dict(chosen.params),
+            score=score_of(chosen),
         )
         if rate is not None
         else None
@@ -280,6 +281,7 @@ def answer(trials: Sequence[FrozenTrial], spec: StudySpec) -> Answer:
             trial=chosen.number,
             why=_why(best, chosen, rule, spec.cv.metric or "accuracy"),
             params=dict(chosen.params),
+            score=score_of(chosen),
         )
     return Answer(
         best=best,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from droptune.core.errors import Forbidden
-from droptune.core.schemas import BestOut, StudyOut, StudyPage, StudyStatus, TrialOut
+from droptune.core.schemas import BestOut, StudyOut, StudyPage, StudyStatus, TrialPage
 from droptune.core.spec.study import StudySpec
 from droptune.core.states import ENDED
 from droptune.service.deps import CallerDep, EngineDep, ReaderDep, SettingsDep
@@ -157,16 +157,17 @@ async def best(
     return await run_in_threadpool(reader.best, study_id, caller.scope)
 
 
-@router.get("/{study_id}/trials", response_model=list[TrialOut], responses=ONE_STUDY)
+@router.get("/{study_id}/trials", response_model=TrialPage, responses=ONE_STUDY)
 async def trials(
     study_id: StudyId,
     caller: CallerDep,
     reader: ReaderDep,
     offset: Annotated[int, Query(ge=0, le=DB_INT, description="trials to skip, by number")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_TRIALS_PAGE)] = TRIALS_PAGE,
-) -> list[TrialOut]:
-    """The study's trials by number, a page at a time: a page shorter than `limit` is the last."""
-    return await run_in_threadpool(reader.trials, study_id, caller.scope, offset, limit)
+) -> TrialPage:
+    """The study's trials by number, a page at a time (`{items, total, offset, limit}`, as
+    GET /studies): `total` counts every trial, so a script knows how many pages remain."""
+    return await run_in_threadpool(reader.trial_page, study_id, caller.scope, offset, limit)
 
 
 @router.post(

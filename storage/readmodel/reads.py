@@ -34,6 +34,7 @@ from droptune.core.schemas import (
     StudyPage,
     TestScore,
     TrialOut,
+    TrialPage,
 )
 from droptune.core.spec.study import StudySpec
 from droptune.core.states import ENDED, RefitState
@@ -116,11 +117,22 @@ class Reader:
     ) -> list[TrialOut]:
         """The study's trials by number, `limit` of them from `offset` (None: all), each COMPLETE
         one with its p against the best from the cached answer."""
+        return self._trials(study_id, owner, offset, limit)[0]
+
+    def trial_page(self, study_id: int, owner: str | None, offset: int, limit: int) -> TrialPage:
+        """A page of trials (as `trials`) with the study's trial count: GET /trials."""
+        items, total = self._trials(study_id, owner, offset, limit, count=True)
+        return TrialPage(items=items, total=total, offset=offset, limit=limit)
+
+    def _trials(
+        self, study_id: int, owner: str | None, offset: int, limit: int | None, count: bool = False
+    ) -> tuple[list[TrialOut], int]:
         with transaction(self.engine, read_only=True) as conn:
             row = self._select_row(conn, study_id, owner, p=True, finished=True)
             page = load_trials(conn, row.optuna_study, offset=offset, limit=limit)
+            total = _counts_of(conn, row).total if count else len(page)
         p = self._answer(row, row.finished)[1]
-        return [_trial_out(t, p.get(str(t.number))) for t in page]
+        return [_trial_out(t, p.get(str(t.number))) for t in page], total
 
     def curve(self, study_id: int, owner: str | None) -> Curve:
         return self._curve(study_id, owner)[0]

@@ -223,7 +223,7 @@ def test_timestamps_are_rfc3339_with_their_offset(tmp_path: Path) -> None:
     app = seeded_app(tmp_path)
     with TestClient(app, base_url="http://localhost") as api:
         study = StudyOut.model_validate(api.get("/studies/1").json())
-        trials = api.get("/studies/1/trials").json()
+        trials = api.get("/studies/1/trials").json()["items"]
         stamps = [
             api.get("/studies/1").json()["created_at"],
             api.get("/studies/2").json()["ended_at"],

@@ -336,8 +336,13 @@ def test_trials_come_in_pages(world: World, monkeypatch: pytest.MonkeyPatch) -> 
     with TestClient(app, base_url="http://localhost") as api:
         assert api.get(f"/studies/{sid}/trials", params={"limit": 1001}).status_code == 422
         r = api.get(f"/studies/{sid}/trials", params={"offset": 2, "limit": 5})
-        assert [t["number"] for t in r.json()] == [2, 3, 4, 5, 6]
-        assert len(api.get(f"/studies/{sid}/trials").json()) == 10  # default limit 100
+        page = r.json()
+        assert [t["number"] for t in page["items"]] == [2, 3, 4, 5, 6]
+        assert (page["total"], page["offset"], page["limit"]) == (10, 2, 5)
+        whole = api.get(f"/studies/{sid}/trials").json()
+        assert (len(whole["items"]), whole["total"], whole["limit"]) == (10, 10, 100)
+        past = api.get(f"/studies/{sid}/trials", params={"offset": 10}).json()
+        assert (past["items"], past["total"]) == ([], 10)
         monkeypatch.setattr(droptune.client.api, "TRIALS_PAGE", 4)
         with Client("http://localhost", transport=InProcess(api)) as c:
             assert [t.number for t in c.trials(sid)] == list(range(10))  # three pages
