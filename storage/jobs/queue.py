@@ -91,6 +91,13 @@ def runnable(models: Collection[str]) -> sa.ColumnElement[bool]:
     return sa.or_(studies.c.custom_model.is_(None), studies.c.custom_model.in_(list(models)))
 
 
+def open_slots(models: Collection[str]) -> list[sa.ColumnElement[bool]]:
+    """Studies with trial slots a worker with these custom models would claim (`claim`, `peek`
+    and the queue depth of `depth.py` all use these conditions)."""
+    s = studies.c
+    return [s.status.in_(ACTIVE), s.slots_claimed < s.n_trials, runnable(models)]
+
+
 def claim(
     engine: Engine,
     worker_id: str,
@@ -101,7 +108,7 @@ def claim(
     """Reserve up to `max_slots` trial slots of the most urgent study (or of `study_id`, the one
     the batch was sized for) that a worker with `models` can run; None when none is open."""
     s = studies.c
-    open_ = [s.status.in_(ACTIVE), s.slots_claimed < s.n_trials, runnable(models)]
+    open_ = open_slots(models)
     if study_id is not None:
         open_.append(s.id == study_id)
     pick = (
@@ -360,7 +367,7 @@ def peek(engine: Engine, models: Collection[str] = ()) -> tuple[int, StudySpec, 
         with transaction(engine, read_only=True) as conn:
             row = conn.execute(
                 sa.select(s.id, s.spec, s.n_trials - s.slots_claimed)
-                .where(s.status.in_(ACTIVE), s.slots_claimed < s.n_trials, runnable(models))
+                .where(*open_slots(models))
                 .order_by(s.priority.desc(), s.id)
                 .limit(1)
             ).one_or_none()

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 
 from droptune.core.spec.study import StudySpec
 from droptune.core.states import ACTIVE, LeaseKind, RefitState, StudyStatus
-from droptune.storage.jobs.queue import notify, refit_back
+from droptune.storage.jobs.queue import notify, refit_back, runnable
 from droptune.storage.sql.db import db_now, transaction
 from droptune.storage.sql.tables import leases, models, studies
 
@@ -49,14 +49,20 @@ class ModelFile:
     data: bytes
 
 
+def ready(models: Collection[str]) -> list[sa.ColumnElement[bool]]:
+    """Studies whose refit a worker with these custom models would claim (`claim` and the queue
+    depth of `depth.py` use these conditions)."""
+    s = studies.c
+    return [s.status == StudyStatus.RUNNING, s.refit_state == RefitState.READY, runnable(models)]
+
+
 def claim(engine: Engine, worker_id: str, models: Collection[str] = ()) -> RefitClaim | None:
     """Lease the most urgent study's refit that is ready (and that a worker with these custom
     `models` can run), or None."""
     s = studies.c
-    runnable = sa.or_(s.custom_model.is_(None), s.custom_model.in_(list(models)))
     pick = (
         sa.select(s.id)
-        .where(s.status == StudyStatus.RUNNING, s.refit_state == RefitState.READY, runnable)
+        .where(*ready(models))
         .order_by(s.priority.desc(), s.id)
         .limit(1)
         .with_for_update(skip_locked=True)
