@@ -105,6 +105,9 @@ def up(api_settings: ServiceSettings, worker_settings: WorkerSettings, workers: 
     _check_port_free(host, port)
     upgrade(url)  # once, before the children start, so they never race on it
     check_exposure(api_settings)  # before any child starts
+    others = _live_workers(url, api_settings)
+    if others:
+        typer.echo(_joins(others), err=True)
     stop = False
 
     def _stop(_sig: int, _frame: object) -> None:
@@ -135,8 +138,8 @@ def up(api_settings: ServiceSettings, worker_settings: WorkerSettings, workers: 
         _stop_all(children)
         return 1
     # The banner says "up" once the workers are too (they load torch and register).
-    started = _wait_workers(url, api_settings, len(devs), children[1:], lambda: stop)
-    typer.echo(_banner(url, base, devs, started))
+    started = _wait_workers(url, api_settings, len(devs), children[1:], lambda: stop, others)
+    typer.echo(_banner(url, base, devs, started, others))
     while not stop and all(c.poll() is None for c in children):
         time.sleep(0.5)
     if not stop:
@@ -148,15 +151,43 @@ def up(api_settings: ServiceSettings, worker_settings: WorkerSettings, workers: 
     return 0 if stop else 1
 
 
-def _banner(url: str, base: str, devs: list[str], started: bool) -> str:
+def _joins(others: int) -> str:
     return (
+        f"note: {others} worker{'s are' if others > 1 else ' is'} already live on this database "
+        "(another droptune up or droptune worker): this one joins them, and a study may run "
+        "on any of them"
+    )
+
+
+RULE = "=" * 72  # the banner stands apart from the log lines around it
+
+
+def _banner(url: str, base: str, devs: list[str], started: bool, others: int = 0) -> str:
+    joined = f"\n  also       {_joins(others).removeprefix('note: ')}" if others else ""
+    return (
+        f"{RULE}\n"
         f"droptune is up on {url}\n"
         f"  API        {base}   (OpenAPI docs: {base}/docs)\n"
         f"  dashboard  {base}/dashboard\n"
         f"  workers    {len(devs)} ({', '.join(devs) or 'none: run droptune worker elsewhere'})"
-        f"{'' if started else ' (still starting)'}\n"
-        "Press Ctrl-C to stop."
+        f"{'' if started else ' (still starting)'}{joined}\n"
+        f"Press Ctrl-C to stop.\n{RULE}"
     )
+
+
+def _live_workers(url: str, settings: ServiceSettings) -> int:
+    """Workers already live on the database (another `up`'s, or `droptune worker`s)."""
+    from droptune.core.errors import StorageError
+    from droptune.storage.jobs import registry
+    from droptune.storage.sql.db import create_engine
+
+    engine = create_engine(url)
+    try:
+        return registry.count_live(engine, settings.lease_grace_seconds)
+    except StorageError:
+        return 0
+    finally:
+        engine.dispose()
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -205,10 +236,11 @@ def _wait_workers(
     n: int,
     workers: list[subprocess.Popen[bytes]],
     stopped: Callable[[], bool],
+    others: int = 0,
     timeout: float = 60.0,
 ) -> bool:
-    """Wait until `n` live workers are registered (read from the database: the API may need a
-    token); False if one exits, time runs out or Ctrl-C."""
+    """Wait until `n` live workers are registered beside the `others` live before (read from the
+    database: the API may need a token); False if one exits, time runs out or Ctrl-C."""
     from droptune.core.errors import StorageError
     from droptune.storage.jobs import registry
     from droptune.storage.sql.db import create_engine
@@ -220,7 +252,7 @@ def _wait_workers(
             if any(w.poll() is not None for w in workers):
                 return False
             try:
-                if registry.count_live(engine, settings.lease_grace_seconds) >= n:
+                if registry.count_live(engine, settings.lease_grace_seconds) >= n + others:
                     return True
             except StorageError:
                 pass

@@ -54,3 +54,10 @@ def metric_direction(metric: str) -> Literal["maximize", "minimize"]:
 
 def task_of(metric: str) -> Task:
     return "regression" if metric in METRICS["regression"] else "classification"
+
+
+# Unseen rows per split: below MIN_SPLIT_ROWS an answer warns that its splits cannot rank rates
+# (core/answer/rules.py); below MIN_SPLIT_ROWS_TO_SUBMIT a submit is refused (core/spec/study.py):
+# with 3 rows a split's accuracy takes 4 values, and every rate ties.
+MIN_SPLIT_ROWS = 30
+MIN_SPLIT_ROWS_TO_SUBMIT = 4

@@ -324,9 +324,16 @@ class TargetStats:
         rare = [f"{c!r} with {n} row" for c, n in zip(classes, counts, strict=True) if n < 2]
         if rare:
             more = f" and {len(rare) - 5} more" if len(rare) > 5 else ""
+            # a numeric target read as classes because it has few distinct whole values
+            guess = (
+                f" (read as classes because its {len(classes)} values are few whole numbers; if "
+                f"it is a quantity, upload with task 'regression': --task regression)"
+                if inferred and self.numeric
+                else ""
+            )
             raise DataError(
                 f"each class needs at least 2 rows, but target {self.name!r} has class "
-                f"{', '.join(rare[:5])}{more}"
+                f"{', '.join(rare[:5])}{more}{guess}"
             )
         return TargetOutcome("classification", inferred, classes=classes, counts=counts)
 

@@ -105,6 +105,10 @@ def _npz_headers(zf: zipfile.ZipFile) -> tuple[_NpyHeader, _NpyHeader]:
         raise DataError(f"the NPZ file holds more than one array named {some(twice)}")
     members = {i.filename.removesuffix(".npy"): i for i in zf.infolist()}
     missing = [a for a in ("X", "y") if a not in members]
+    if missing and ("[Content_Types].xml" in members or any(n.startswith("xl/") for n in members)):
+        raise DataError(
+            f"the file is an Excel workbook (or another Office file), not NPZ: {OFFICE}"
+        )
     if missing:
         found = [n for n in members if not n.endswith("/")]
         raise DataError(
@@ -251,13 +255,22 @@ def _y_chunk(y: npt.NDArray[Any]) -> tuple[Chunk, How]:
     return Chunk(null=none, num=num), "number"
 
 
+OFFICE = (
+    "droptune reads CSV, Parquet and NPZ (arrays X and y); save a spreadsheet as CSV "
+    "(Excel: File > Save As > CSV UTF-8) and upload that"
+)
+
+
 def _open_zip(f: BinaryIO) -> zipfile.ZipFile:
     """The archive, once `check_zip_directory` passed (zipfile makes an object of each member
     its directory lists)."""
     try:
         return zipfile.ZipFile(f)
     except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise DataError(f"the file is not a valid NPZ (zip) archive: {e}") from None
+        raise DataError(
+            f"the file starts like a zip archive (NPZ, or an Excel .xlsx) but is not a valid "
+            f"one ({e}): {OFFICE}"
+        ) from None
 
 
 def inspect_npz(

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from optuna.trial import FrozenTrial, TrialState
 
+from droptune.core import catalogue
 from droptune.core.answer import ties
 from droptune.core.answer.rates import primary_rate
 from droptune.core.schemas import Recommended, Score, Tied
@@ -199,7 +200,7 @@ def edge_warnings(best: FrozenTrial, recommended: FrozenTrial, search: SearchSpe
     return out
 
 
-MIN_SPLIT_ROWS = 30  # unseen rows per split below which the splits cannot rank rates
+MIN_SPLIT_ROWS = catalogue.MIN_SPLIT_ROWS  # unseen rows per split below which ranks mean little
 
 
 def small_data_warnings(best: FrozenTrial, folds: int) -> list[str]:

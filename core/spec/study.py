@@ -288,6 +288,7 @@ class StudySpec(Strict):
         if min_class is not None:
             out._check_folds_fit(min_class, f"data set {self.dataset.id}")
         searched = rows - out._held_out(rows)
+        out._check_splits_rank(searched)
         if task == "regression" and self.cv.folds > searched // 2:
             raise FieldError(
                 "cv.folds",
@@ -318,6 +319,20 @@ class StudySpec(Strict):
     def _holdout_note(self) -> str:
         h = self.evaluation.holdout or 0.0
         return f" after evaluation.holdout {h:g} took its rows out" if h else ""
+
+    def _check_splits_rank(self, searched: int) -> None:
+        """Refuse a search whose splits would each score too few rows to rank anything."""
+        folds, least = self.cv.folds, catalogue.MIN_SPLIT_ROWS_TO_SUBMIT
+        if searched // folds >= least:
+            return
+        raise FieldError(
+            "dataset",
+            f"data set {self.dataset.id} has {searched} rows to search{self._holdout_note()}: "
+            f"with {folds} folds each split would score {searched // folds} unseen rows, too "
+            f"few to tell dropout rates apart. Upload at least {least * folds} rows (an answer "
+            f"worth trusting needs about {catalogue.MIN_SPLIT_ROWS} per split, "
+            f"{catalogue.MIN_SPLIT_ROWS * folds} rows), or use fewer folds (--folds)",
+        )
 
     def _check_folds_fit(self, smallest: int, name: str) -> None:
         """Each fold needs a row of every class: folds <= the smallest class left to search."""

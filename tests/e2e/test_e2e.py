@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from droptune.client import Client
+from droptune.client import Client, launch
 from droptune.client.launch import base_url
 from tests import procs
 
@@ -230,11 +230,25 @@ def test_up_starts_api_and_worker_and_ctrl_c_stops_both(tmp_path: Path) -> None:
             assert best.complete and best.status == "succeeded"
             assert [w.device for w in c.workers()] == ["cpu"]
             _assert_port_refused(url, "127.0.0.1", port)
+        # A second `up` on the same database says at once that it joins a live worker.
+        log2 = tmp_path / "up2.log"
+        port2 = str(procs.free_port())
+        second = procs.droptune(["up", "--workers", "0", "--port", port2], url, log2)
+        try:
+            procs.wait_until(lambda: "droptune is up" in log2.read_text(), 90, f"2nd ({log2})")
+        finally:
+            assert procs.stop(second, signal.SIGINT, timeout=60) == 0, log2.read_text()[-2000:]
+        text2 = log2.read_text()
+        assert "note: 1 worker is already live on this database" in text2, text2[-2000:]
+        banner = text2[text2.index(launch.RULE) :]
+        assert "also       1 worker is already live" in banner
+        assert banner.count(launch.RULE) == 2, banner  # the banner is framed
     finally:
         code = procs.stop(up, signal.SIGINT, timeout=90)
     assert code == 0, log.read_text()[-2000:]
     text = log.read_text()
     assert "droptune stopped." in text and "Traceback" not in text
+    assert "already live" not in text  # the first `up` joined nobody
 
 
 def _has_ipv6() -> bool:

@@ -190,7 +190,11 @@ def test_submit_is_checked_against_the_data_set(api: TestClient, tmp_path: Path)
     reg = upload(api, datafiles.regression_csv(tmp_path / "reg.csv")).json()
     assert reg["task"] == "regression" and reg["target"] == "price" and reg["target_std"] > 1
     smallest = min(cls["class_counts"])
+    six = tmp_path / "six.csv"  # issue 22: a tiny table "succeeded" at 1.0 +- 0
+    six.write_text("a,label\n" + "".join(f"{i},{'xy'[i % 2]}\n" for i in range(6)))
+    tiny = upload(api, six).json()
     cases = [
+        ({"dataset": {"id": tiny["id"]}, "cv": {"folds": 2}}, "dataset", "at least 8 rows"),
         ({"dataset": {"id": 999}}, "dataset.id", "not found"),
         ({"dataset": {"id": cls["id"]}, "cv": {"folds": smallest + 1}}, "cv.folds", "smallest"),
         ({"dataset": {"id": cls["id"]}, "cv": {"metric": "rmse"}}, "cv.metric", "classification"),

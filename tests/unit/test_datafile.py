@@ -6,6 +6,7 @@ NPZ files are tested in test_npzfile.py.
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -300,7 +301,7 @@ def test_non_utf8_past_the_head() -> None:
 
 
 def test_not_a_real_zip_or_parquet() -> None:
-    with pytest.raises(DataError, match="not a valid NPZ"):
+    with pytest.raises(DataError, match=r"not a valid one .* \(Excel: File > Save As > CSV"):
         inspect(io.BytesIO(b"PK\x03\x04garbage"), "npz")
     with pytest.raises(DataError, match="not a valid Parquet file"):
         inspect(io.BytesIO(b"PAR1garbage"), "parquet")
@@ -339,3 +340,25 @@ def test_a_parquet_chunk_far_larger_than_the_file_is_refused(
     frame.to_parquet(path, compression="zstd", use_dictionary=False)  # 800 KB of zeros, ~1 KB
     with pytest.raises(DataError, match=r"decompresses to .* write the file with smaller row"):
         summarise(path)
+
+
+def test_an_excel_workbook_is_named_and_csv_suggested() -> None:
+    """Issue 22: an .xlsx was "not a valid NPZ (zip) archive"; it is a zip of XML parts."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("[Content_Types].xml", "<Types/>")
+        zf.writestr("xl/workbook.xml", "<workbook/>")
+        zf.writestr("xl/worksheets/sheet1.xml", "<worksheet/>")
+    assert detect_format("d.xlsx", buf.getvalue()[:4096]) == "npz"
+    with pytest.raises(DataError, match=r"is an Excel workbook .* save a spreadsheet as CSV"):
+        inspect(io.BytesIO(buf.getvalue()), "npz")
+
+
+def test_a_few_whole_numbers_read_as_classes_suggest_regression() -> None:
+    """Issue 22: a 3-row numeric target was read as 3 classes of one row, with no word of
+    --task regression; labels that are text get no such hint."""
+    with pytest.raises(DataError, match="--task regression"):
+        inspect(io.BytesIO(b"a,price\n1,10\n2,20\n3,30\n"), "csv")
+    with pytest.raises(DataError) as err:
+        inspect(io.BytesIO(b"a,label\n1,x\n2,y\n3,y\n"), "csv")
+    assert "at least 2 rows" in str(err.value) and "regression" not in str(err.value)
