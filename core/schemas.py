@@ -170,6 +170,12 @@ class BestOut(BaseModel):
     tied: Tied | None = None
     warnings: list[str] = Field(default_factory=list)
     test: TestScore | None = None
+    engine: str | None = Field(
+        None,
+        description="how the finished trials trained: `stacked` (folds and trials as one "
+        "model), `stacked (torch.vmap)` (a custom module, vmapped), or `member by member` "
+        "with the reason (a custom module vmap cannot run); null before a trial finished",
+    )
     stopped: str | None = Field(
         None,
         description="with search.stop_when_settled, why the search ended before n_trials: "

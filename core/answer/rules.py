@@ -250,6 +250,20 @@ class Answer:
     tied: Tied | None = None
     warnings: list[str] = field(default_factory=list)
     p: dict[int, float | None] = field(default_factory=dict)
+    engine: str | None = None
+
+
+def engine_of(trials: Sequence[FrozenTrial]) -> str | None:
+    """How the finished trials trained, in words: one engine, or each that ran; member by
+    member with its reason (the trial's warning names it). None where no trial recorded it."""
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    seen: dict[str, str] = {}
+    for t in trials:
+        e = t.user_attrs.get("engine") if t.state in done else None
+        if isinstance(e, str) and e not in seen:
+            why = t.user_attrs.get("warning")
+            seen[e] = f"{e} ({why})" if e == "member by member" and why else e
+    return " and ".join(seen[e] for e in sorted(seen)) or None
 
 
 def answer(trials: Sequence[FrozenTrial], spec: StudySpec) -> Answer:
@@ -292,4 +306,5 @@ def answer(trials: Sequence[FrozenTrial], spec: StudySpec) -> Answer:
         warnings=edge_warnings(best, chosen, spec.search)
         + small_data_warnings(best, spec.cv.folds),
         p=p,
+        engine=engine_of(trials),
     )

@@ -11,7 +11,7 @@ from droptune.core.escape import safe
 from droptune.core.schemas import BestOut
 
 # What a line says, so the report can mark lines up without reading their words.
-LineKind = Literal["empty", "headline", "recommended", "tied", "warning", "test"]
+LineKind = Literal["empty", "headline", "recommended", "tied", "warning", "test", "engine"]
 
 
 def answer_lines(b: BestOut) -> list[str]:
@@ -38,6 +38,8 @@ def view_lines(v: AnswerView) -> list[tuple[LineKind, str]]:
     if v.tied is not None:
         lines.append(("tied", v.tied))
     lines += [("warning", f"warning: {w}") for w in v.warnings]
+    if v.engine is not None:
+        lines.append(("engine", f"engine: {v.engine}"))
     if (x := v.test) is not None:
         m = x.metric
         lines.append(

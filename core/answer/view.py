@@ -88,6 +88,7 @@ class AnswerView:
     test: TestView | None
     finished: int  # COMPLETE trials on the curve (0 when built without it)
     pruned: int  # PRUNED trials on the curve
+    engine: str | None = None  # how the trials trained (BestOut.engine)
 
 
 def answer_view(b: BestOut, points: Sequence[CurvePoint] = ()) -> AnswerView:
@@ -108,6 +109,7 @@ def answer_view(b: BestOut, points: Sequence[CurvePoint] = ()) -> AnswerView:
         test=_test(b.test),
         finished=finished,
         pruned=len(points) - finished,
+        engine=b.engine,
     )
 
 

@@ -182,6 +182,7 @@ class CachedAnswer(BaseModel):
     recommended: Recommended | None = None
     tied: Tied | None = None
     warnings: list[str] = []
+    engine: str | None = None
 
     @classmethod
     def of(cls, a: Answer) -> CachedAnswer:
@@ -196,6 +197,7 @@ class CachedAnswer(BaseModel):
             recommended=a.recommended,
             tied=a.tied,
             warnings=a.warnings,
+            engine=a.engine,
         )
 
 

@@ -59,7 +59,7 @@ from droptune.storage.sql.tables import studies
 REFIT_SHOWN = {s.value: s.value for s in RefitState}
 # The user attributes a TrialOut or the answer reads (a trial has others: lease, ...).
 ATTR_KEYS = (
-    *("epochs", "train_seconds", "device", "worker", "attempt", "reason", "warning"),
+    *("epochs", "train_seconds", "device", "worker", "attempt", "reason", "warning", "engine"),
     *("fold_scores", "score_mean", "score_std", "split_sizes"),
 )
 ROW = [c for c in studies.c if c.name != "answer_p"]  # the per-trial p only where it is shown

@@ -74,11 +74,19 @@ def test_registered_models_run_only_on_workers_that_have_them(
             assert len(set(rates)) == 4 and all(0 <= r <= 0.9 for r in rates)
             assert all(t.score and len(t.score.folds) == 3 for t in trials)
             assert best.score is not None and best.score.mean > 0.6  # iris: 3 classes, chance 0.33
+            assert best.engine == "stacked (torch.vmap)"  # issue 22: said per study
 
             fallback = c.submit({**spec("bn_mlp"), "search": {"n_trials": 2}})
-            assert c.best(fallback.id, wait=180).status == "succeeded"
+            fell = c.best(fallback.id, wait=180)
+            assert fell.status == "succeeded"
             warned = c.trials(fallback.id)
             assert all(t.warning and "members trained one by one" in t.warning for t in warned)
+            # the study says it, with the whole reason, where a user looks: /best and the CLI
+            assert fell.engine == f"member by member ({warned[0].warning})", fell.engine
+            shown = procs.cli("best", str(fallback.id), "--url", base)
+            assert f"engine: member by member ({warned[0].warning})" in shown.stdout, shown
+            log = (tmp_path / "custom.log").read_text()
+            assert f"trained member by member ({warned[0].warning})" in log
 
             failing = c.submit(spec("broken"))
             assert c.best(failing.id, wait=180).status == "failed"

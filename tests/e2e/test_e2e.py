@@ -47,6 +47,7 @@ def test_submit_wait_best_dashboard(tmp_path: Path) -> None:
             assert best.dropout is not None and 0.05 <= best.dropout <= 0.6
             assert best.score is not None and len(best.score.folds) == 3
             assert best.score.mean > 0.3  # digits has 10 classes: far above chance
+            assert best.engine == "stacked"
             assert best.one_se_dropout is not None and best.one_se_dropout >= best.dropout
             trials = c.trials(study.id)
             assert len(trials) == 6

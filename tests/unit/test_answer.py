@@ -21,6 +21,7 @@ from droptune.core.answer.rules import (
     answer,
     corrected_t_test,
     edge_warnings,
+    engine_of,
     p_values,
     split_ratio,
 )
@@ -342,3 +343,41 @@ def test_the_reader_fills_the_answer_and_p(sqlite_url: str) -> None:
     assert p[0] == 1.0 and p[1] is not None and p[1] > 0.05
     assert p[2] is not None and p[2] < 0.05
     assert p[4] is None and p[5] is None and p[6] is None
+
+
+def with_engine(t: FrozenTrial, engine: str, warning: str | None = None) -> FrozenTrial:
+    t.set_user_attr("engine", engine)
+    if warning is not None:
+        t.set_user_attr("warning", warning)
+    return t
+
+
+def test_the_answer_says_how_the_trials_trained() -> None:
+    """Issue 22: a module that fell back to member-by-member training said so only in /trials
+    warnings; the answer (and every line renderer) now says it per study, reason included."""
+    why = "module m cannot be vmapped (RuntimeError: x); members trained one by one"
+    stacked = [with_engine(trial(r, [0.9, 0.92, 0.91]), "stacked") for r in (0.1, 0.3)]
+    assert engine_of(stacked) == "stacked"
+    loop = with_engine(trial(0.5, [0.9, 0.9, 0.9]), "member by member", why)
+    assert engine_of([*stacked, loop]) == f"member by member ({why}) and stacked"
+    failed = with_engine(trial(0.7, None, TrialState.FAIL), "member by member", why)
+    assert engine_of([*stacked, failed]) == "stacked"  # a failed trial did not train to the end
+    assert engine_of([trial(0.1, [0.9, 0.9, 0.9])]) is None  # told before it was recorded
+    spec = StudySpec.model_validate({"dataset": {"builtin": "iris"}, "cv": {"folds": 3}})
+    a = answer([loop], spec)
+    assert a.engine == f"member by member ({why})"
+    b = BestOut(
+        study_id=1,
+        dropout=0.5,
+        params={"dropout": 0.5},
+        score=Score(mean=0.9, std=0.0, folds=[0.9, 0.9, 0.9]),
+        metric="accuracy",
+        direction="maximize",
+        trial=0,
+        one_se_dropout=0.5,
+        one_se_trial=0,
+        complete=True,
+        status="succeeded",
+        engine=a.engine,
+    )
+    assert f"engine: member by member ({why})" in answer_lines(b)

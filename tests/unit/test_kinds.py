@@ -125,7 +125,8 @@ def test_a_users_module_is_the_third_kind_trained_through_the_same_record() -> N
     model = kinds.config("custom", {"name": "tiny", "factory": _two_layer, "options": {"width": 4}})
     data = prepare_folds(load_dataset("iris"), 3, 0, "cpu")
     cfg = TrainConfig(epochs=2, batch_size=16, seed=0)
-    results, note = custom.train(data, model, cfg, [TrialRates((0.0,)), TrialRates((0.5,))])
+    results, note, engine = custom.train(data, model, cfg, [TrialRates((0.0,)), TrialRates((0.5,))])
+    assert engine == "stacked (torch.vmap)"
     assert len(results) == 2 and all(len(r.fold_scores) == 3 for r in results)
     assert note is None  # vmapped: nothing to warn about
     assert all(r.epochs_run == 2 for r in results)

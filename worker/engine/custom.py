@@ -247,6 +247,7 @@ class CustomRun(StackedRun):
         trials: Sequence[TrialRates],
     ) -> None:
         self.data, self.k = data, data.k
+        self.engine = "stacked (torch.vmap)"
         self.active = list(range(len(trials)))
         self.fold_of = member_folds(len(trials), self.k, data.device)
         try:
@@ -268,6 +269,8 @@ class CustomRun(StackedRun):
         net.set_rates([r for r in rows for _ in range(k)], [i for i in inputs for _ in range(k)])
         self.net = net
         self.note = net.note
+        # how /best states it: the reason is the note's (which also names slow vmap ops)
+        self.engine = "member by member" if net.loop else "stacked (torch.vmap)"
         self.opt = make_optimizer(net, cfg, self.lens)
         self.forward = net
 

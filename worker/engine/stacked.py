@@ -201,7 +201,8 @@ def make_optimizer(
 
 class StackedRun:
     """The trials of one batch while they train: the stacked model, its optimizer and which member
-    is whom. Member i * K + k is trial active[i] on fold k. Stopping trials goes through `stop`,
+    is whom. Member i * K + k is trial active[i] on fold k. `engine` says how the members train
+    (recorded on every trial: /best states it per study). Stopping trials goes through `stop`,
     which drops their members from the model and from the optimizer state together, so member m
     means the same trial in both, and fold_of and lens follow.
     """
@@ -216,6 +217,7 @@ class StackedRun:
         compile_model: bool = False,
     ) -> None:
         self.data, self.k = data, data.k
+        self.engine = "stacked"
         self.active = list(range(len(trials)))  # indices into `trials` still training
         self.fold_of = member_folds(len(trials), self.k, data.device)
         net = model.build(

@@ -239,9 +239,18 @@ class BatchRunner:
             round(float(np.mean(data.val_len_host)), 1),
         ]
         kind, model = plugins.model_kind(spec), plugins.model_config(spec, self.ctx.models)
-        results, note = kind.train(data, model, cfg, rates, self.ctx.device, on_epoch)
-        if note:  # e.g. a module trained member by member, or dropout it keeps
-            for m in members:
+        results, note, engine = kind.train(data, model, cfg, rates, self.ctx.device, on_epoch)
+        log.info(
+            "study %s: %d trials x %d folds trained %s%s",
+            claim.study_id,
+            len(members),
+            data.k,
+            engine,
+            f" ({note})" if note else "",
+        )
+        for m in members:
+            m.trial.set_user_attr("engine", engine)
+            if note:  # e.g. a module trained member by member, or dropout it keeps
                 m.trial.set_user_attr("warning", note)
         return results
 

@@ -90,13 +90,14 @@ class ModelKind:
         trials: Sequence[TrialRates],
         device: torch.device | str | None = None,
         on_epoch: OnEpoch | None = None,
-    ) -> tuple[list[TrialResult], str | None]:
+    ) -> tuple[list[TrialResult], str | None, str]:
         """(one TrialResult per trial, the warning to record on them or None: a run's `note`,
-        such as a module trained member by member)."""
+        such as a module trained member by member, and how they trained: the run's `engine`,
+        "stacked", "stacked (torch.vmap)" or "member by member")."""
         if not trials:
             from droptune.worker.engine.scoring import check_metric
 
             check_metric(cfg.metric, data.task)
-            return [], None
+            return [], None, "stacked"
         results, run = self.fit(data, config, cfg, trials, device, on_epoch)
-        return results, getattr(run, "note", None)
+        return results, getattr(run, "note", None), str(getattr(run, "engine", "stacked"))
