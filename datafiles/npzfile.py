@@ -105,7 +105,8 @@ def _npz_headers(zf: zipfile.ZipFile) -> tuple[_NpyHeader, _NpyHeader]:
         raise DataError(f"the NPZ file holds more than one array named {some(twice)}")
     members = {i.filename.removesuffix(".npy"): i for i in zf.infolist()}
     missing = [a for a in ("X", "y") if a not in members]
-    if missing and ("[Content_Types].xml" in members or any(n.startswith("xl/") for n in members)):
+    office = ("[Content_Types].xml", "mimetype")  # Excel/Word (OOXML); LibreOffice (ODF)
+    if missing and (any(o in members for o in office) or any(n.startswith("xl/") for n in members)):
         raise DataError(
             f"the file is an Excel workbook (or another Office file), not NPZ: {OFFICE}"
         )

@@ -335,7 +335,7 @@ def check_test_dataset(conn: Connection, spec: StudySpec, owner: str) -> None:
     if spec.dataset.id is None:
         raise Invalid(
             f"{field}: a test data set needs an uploaded dataset.id with the same columns; "
-            "for a built-in data set use evaluation.holdout",
+            "for a built-in data set use evaluation.holdout (CLI: --holdout)",
             field=field,
         )
     train = for_study(conn, spec.dataset.id, owner)
@@ -344,7 +344,8 @@ def check_test_dataset(conn: Connection, spec: StudySpec, owner: str) -> None:
     problem: str | None = None
     if same_bytes(conn, test_id, spec.dataset.id):
         problem = "it is the data set searched (the same file): a test score on it would be a "
-        problem += "score on training rows; upload held-out rows, or use evaluation.holdout"
+        problem += "score on training rows; upload held-out rows, or use evaluation.holdout "
+        problem += "(CLI: --holdout)"
     elif test.task != train.task:
         problem = f"it is a {test.task} data set; dataset.id is {train.task}"
     elif differ := _column_difference(dict(columns), {c.name: c.kind for c in test.columns}):

@@ -58,6 +58,21 @@ def need(*extras: str) -> None:
         )
 
 
+# `db upgrade` and `token` need the database's modules only, which either extra brings
+DATABASE = ("sqlalchemy", "alembic", "optuna")
+
+
+def need_database() -> None:
+    """As `need`, for the commands that work on the database alone (a worker's host can run
+    them)."""
+    missing = [m for m in DATABASE if importlib.util.find_spec(m) is None]
+    if missing:
+        fail(
+            f"this command needs the database's modules ({', '.join(missing)} not installed): "
+            "pip install 'droptune[server]' (or 'droptune[worker]')"
+        )
+
+
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
     """Bad settings (a database URL, a device) end as one line, not a traceback."""

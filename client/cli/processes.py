@@ -4,11 +4,12 @@ processes (the server's and the worker's code is imported lazily: a client needs
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
 from droptune.client import launch
-from droptune.client.cli.common import DbOpt, need, one_line_errors
+from droptune.client.cli.common import DbOpt, need, need_database, one_line_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -98,11 +99,20 @@ def up(
 
 def db_upgrade(database_url: DbOpt = None) -> None:
     """Create or migrate droptune's tables (and Optuna's)."""
-    need("server")
+    need_database()
     from droptune.core.settings import StorageSettings
     from droptune.storage.sql.migrate import upgrade
 
     with one_line_errors():
         url = StorageSettings.from_flags(database_url=database_url).database_url
         upgrade(url)
-    typer.echo(f"database {url} is up to date")
+    typer.echo(f"database {_masked(url)} is up to date")
+
+
+def _masked(url: str) -> str:
+    """The URL with its password hidden: this line lands in logs (a Kubernetes init container's)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))

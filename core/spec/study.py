@@ -174,8 +174,9 @@ class EvaluationSpec(Strict):
         return self
 
     @property
-    def refits(self) -> bool:
-        """Whether the study ends with a refit scored on unseen rows."""
+    def has_unseen(self) -> bool:
+        """Whether the study's refit is scored on unseen rows (held out, or a test data set);
+        every study ends with a refit, one without them on every row and without a score."""
         return bool(self.holdout) or self.test_dataset is not None
 
 
@@ -233,6 +234,9 @@ class StudySpec(Strict):
         smallest = self.dataset.min_class_count()
         if smallest is not None:
             self._check_folds_fit(smallest, repr(self.dataset.builtin))
+        if submitted and self.dataset.builtin is not None:
+            rows = self.dataset.rows()
+            self._check_splits_rank(rows - self._held_out(rows))
         if self.dataset.builtin is not None:
             # Every built-in data set is a classification one.
             if self.cv.metric is None:
@@ -288,13 +292,7 @@ class StudySpec(Strict):
         if min_class is not None:
             out._check_folds_fit(min_class, f"data set {self.dataset.id}")
         searched = rows - out._held_out(rows)
-        out._check_splits_rank(searched)
-        if task == "regression" and self.cv.folds > searched // 2:
-            raise FieldError(
-                "cv.folds",
-                f"{self.cv.folds} folds need at least {2 * self.cv.folds} rows; data set "
-                f"{self.dataset.id} has {searched}" + out._holdout_note(),
-            )
+        out._check_splits_rank(searched)  # regression too: 4 rows a split, 2 a fold at least
         _check_fold_memory(
             "cv.folds",
             self.cv.splits,
@@ -325,14 +323,22 @@ class StudySpec(Strict):
         folds, least = self.cv.folds, catalogue.MIN_SPLIT_ROWS_TO_SUBMIT
         if searched // folds >= least:
             return
+        name = f"data set {self.dataset.id}" if self.dataset.id else repr(self.dataset.builtin)
         raise FieldError(
             "dataset",
-            f"data set {self.dataset.id} has {searched} rows to search{self._holdout_note()}: "
-            f"with {folds} folds each split would score {searched // folds} unseen rows, too "
-            f"few to tell dropout rates apart. Upload at least {least * folds} rows (an answer "
-            f"worth trusting needs about {catalogue.MIN_SPLIT_ROWS} per split, "
-            f"{catalogue.MIN_SPLIT_ROWS * folds} rows), or use fewer folds (--folds)",
+            f"{name} has {searched} rows to search{self._holdout_note()}: with {folds} folds "
+            f"each split would score {searched // folds} unseen rows, too few to tell dropout "
+            f"rates apart. It needs at least {self._rows_for(least * folds)} rows (an answer "
+            f"worth trusting about {self._rows_for(catalogue.MIN_SPLIT_ROWS * folds)}: "
+            f"{catalogue.MIN_SPLIT_ROWS} per split), or fewer folds (--folds)",
         )
+
+    def _rows_for(self, searched: int) -> int:
+        """The fewest rows that leave `searched` to search after the holdout takes its share."""
+        n = searched
+        while n - self._held_out(n) < searched:
+            n += 1
+        return n
 
     def _check_folds_fit(self, smallest: int, name: str) -> None:
         """Each fold needs a row of every class: folds <= the smallest class left to search."""

@@ -55,8 +55,9 @@ def _why_none(engine: EngineDep, study_id: int, status: str, which: str) -> str:
     state = refits.state(engine, study_id)
     if state is None:
         return (
-            f"study {study_id} has no model: it held out no rows to refit on (submit with "
-            "evaluation.holdout > 0 or evaluation.test_dataset)"
+            f"study {study_id} has no model: it ran before every study ended with one, and "
+            "held out no rows to refit on (submit it again; with --holdout 0.2, or "
+            "evaluation.holdout, its model is also scored on unseen rows)"
         )
     if state == RefitState.SKIPPED:
         return f"study {study_id} has no model: it ended ({status}) before its final refit"

@@ -1,7 +1,9 @@
 """The final refit as a leased job: claim it, end it, store its result and models.
 
-When a study's last trial is counted and the study has unseen rows (evaluation.holdout or
-evaluation.test_dataset), its `refit_state` goes from `waiting` to `ready` (queue._count_done).
+When a study's last trial is counted, its `refit_state` goes from `waiting` to `ready`
+(queue._count_done); every study submitted since issue 22 has one (with unseen rows,
+evaluation.holdout or evaluation.test_dataset, it is scored on them; without, it is the model
+alone), and a study stored before without unseen rows has none (`refit_state` NULL).
 A worker claims it like a trial slot: one row of `droptune_leases` of kind `refit`, heartbeat and
 recovered like any lease. Its end goes through one of three doors:
 

@@ -266,7 +266,17 @@ def _best_out(row: sa.Row[Any], a: CachedAnswer) -> BestOut:
     )
     if test is not None and (warning := baseline_warning(test, spec)) is not None:
         out.warnings = [*out.warnings, warning]
+    if row.refit_state == RefitState.DONE and test is None and not spec.evaluation.has_unseen:
+        out.warnings = [*out.warnings, unscored_model(row.id)]
     return out
+
+
+def unscored_model(study_id: int) -> str:
+    return (
+        "no rows were held out, so the model to take home (droptune model "
+        f"{study_id}) is refit on every row and has no test score; with --holdout 0.2 "
+        "(evaluation.holdout) a study scores its model on rows the search never saw"
+    )
 
 
 def baseline_warning(test: TestScore, spec: StudySpec) -> str | None:

@@ -91,7 +91,8 @@ def _store(
             max_retries=spec.search.max_retries,
             max_failed=spec.search.max_failed,
             dataset_id=spec.dataset.id,
-            refit_state=RefitState.WAITING if spec.evaluation.refits else None,
+            # every study ends with a model to take home (one without unseen rows, unscored)
+            refit_state=RefitState.WAITING,
             test_dataset_id=spec.evaluation.test_dataset,
             custom_model=spec.model.name if spec.model.kind == "custom" else None,
         )

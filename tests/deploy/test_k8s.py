@@ -206,9 +206,11 @@ def test_the_shipped_secret_holds_placeholders_only() -> None:
         "admin-token",
         "worker-password",
         "worker-database-url",
+        "keda-password",
         "keda-connection",
     }
     for value in values.values():
         assert "REPLACE-ME" in value
     assert len(values["admin-token"]) < 32
     assert not values["keda-connection"].startswith("postgresql+")  # KEDA's driver is pgx
+    assert values["keda-connection"].startswith("postgresql://droptune_keda:")  # read-only role

@@ -62,9 +62,18 @@ def test_the_client_alone_cannot_start_a_server() -> None:
     run = (
         "from droptune.client.cli.main import main\nsys.argv = ['droptune', *sys.argv[1:]]\nmain()"
     )
-    for cmd, extra in (("serve", "server"), ("worker", "worker"), ("up", "server,worker")):
+    for cmd, extra in (
+        ("serve", "server"),
+        ("worker", "worker"),
+        ("up", "server,worker"),
+        ("db upgrade", "server"),  # the database's modules: either extra
+        ("token list", "server"),
+    ):
         out = subprocess.run(
-            [sys.executable, "-c", light(run), cmd], capture_output=True, text=True, timeout=60
+            [sys.executable, "-c", light(run), *cmd.split()],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert out.returncode == 1, out
         lines = out.stderr.strip().splitlines()

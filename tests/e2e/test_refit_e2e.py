@@ -143,3 +143,35 @@ def test_a_test_data_set_is_scored_once_and_must_match_the_search_data(
     assert best.test is not None and best.test.source == "test_dataset"
     assert best.test.n == len(frame) - 1200
     assert best.test.ci95[0] <= best.test.score <= best.test.ci95[1]
+
+
+def test_a_small_table_without_held_out_rows_still_ends_with_a_model(tmp_path: Path) -> None:
+    """Issue 22: under 500 rows nothing is held out by default, and `droptune model` answered
+    404 on almost every small table. Now the refit runs on every row: the model is there, the
+    answer says it has no test score and how to get one (the CLI flag)."""
+    import torch
+    from sklearn.datasets import load_iris
+
+    spec = {
+        "dataset": {"builtin": "iris"},
+        "model": {"hidden": [32]},
+        "training": {"epochs": 30},
+        "cv": {"folds": 3},
+        "search": {"n_trials": 4},
+    }
+    out_file = tmp_path / "iris.pt2"
+    model_cmd = [sys.executable, "-m", "droptune.client.cli", "model"]
+    with service(f"sqlite:///{tmp_path / 'droptune.db'}", tmp_path) as (api, _), Client(api) as c:
+        study = c.submit(spec)
+        assert study.spec.evaluation.holdout == 0.0  # 150 rows: none held out
+        best = c.best(study.id, wait=300)
+        assert best.status == "succeeded" and best.test is None
+        assert any("--holdout 0.2" in w and "no test score" in w for w in best.warnings)
+        argv = [*model_cmd, str(study.id), "--url", api, "-o", str(out_file)]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+    program = torch.export.load(str(out_file))
+    X, y = load_iris(return_X_y=True)
+    logits = program.module()(torch.tensor(X, dtype=torch.float32))
+    assert logits.shape == (150, 3)
+    assert float((logits.argmax(1).numpy() == y).mean()) > 0.8  # it learned: trained on every row

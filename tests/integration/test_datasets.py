@@ -195,6 +195,12 @@ def test_submit_is_checked_against_the_data_set(api: TestClient, tmp_path: Path)
     tiny = upload(api, six).json()
     cases = [
         ({"dataset": {"id": tiny["id"]}, "cv": {"folds": 2}}, "dataset", "at least 8 rows"),
+        ({"dataset": {"builtin": "iris"}, "cv": {"folds": 50}}, "dataset", "3 unseen rows"),
+        (  # 4 rows searched after the holdout; 10 rows would leave the 8 that two folds need
+            {"dataset": {"id": tiny["id"]}, "cv": {"folds": 2}, "evaluation": {"holdout": 0.2}},
+            "dataset",
+            "at least 10 rows",
+        ),
         ({"dataset": {"id": 999}}, "dataset.id", "not found"),
         ({"dataset": {"id": cls["id"]}, "cv": {"folds": smallest + 1}}, "cv.folds", "smallest"),
         ({"dataset": {"id": cls["id"]}, "cv": {"metric": "rmse"}}, "cv.metric", "classification"),

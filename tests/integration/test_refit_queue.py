@@ -59,12 +59,21 @@ def test_search_end_makes_the_refit_claimable_and_the_study_waits(db_url: str) -
     assert refits.model_file(engine, sid, "best") is None
 
 
-def test_a_study_without_held_out_rows_succeeds_at_its_last_trial(db_url: str) -> None:
+def test_a_study_without_held_out_rows_still_ends_with_a_model(db_url: str) -> None:
+    """Issue 22: small tables (no holdout by default) got no model; now their refit runs on
+    every row and stores the model with no test score."""
     engine = create_engine(db_url)
     sid = _search_done(engine, 2, holdout=0.0)
     row = study_row(engine, sid)
-    assert (row.status, row.refit_state) == ("succeeded", None)
-    assert refits.claim(engine, "w") is None
+    assert (row.status, row.refit_state) == ("running", "ready")
+    c = refits.claim(engine, "w")
+    assert c is not None and c.study_id == sid and not c.spec.evaluation.has_unseen
+    files = [refits.ModelFile("recommended", 0.3, {"dropout": 0.3}, b"pt2")]
+    assert refits.complete(engine, c, "w", None, files)
+    row = study_row(engine, sid)
+    assert (row.status, row.refit_state, row.refit_result) == ("succeeded", "done", None)
+    got = refits.model_file(engine, sid, "recommended")
+    assert got is not None and got.data == b"pt2"
 
 
 def test_failed_refits_are_retried_then_fail_the_study(db_url: str) -> None:
@@ -127,9 +136,9 @@ def test_a_study_cancelled_during_its_search_never_refits(db_url: str) -> None:
     sid = submits.enqueue(engine, _spec(2, 0.2), "a")
     queue.cancel(engine, sid, "a")
     assert study_row(engine, sid).refit_state == "skipped"
-    none = submits.enqueue(engine, _spec(2, 0.0), "a")
+    none = submits.enqueue(engine, _spec(2, 0.0), "a")  # no holdout: a refit all the same
     queue.cancel(engine, none, "a")
-    assert study_row(engine, none).refit_state is None  # it never had one
+    assert study_row(engine, none).refit_state == "skipped"
 
 
 def test_the_optuna_study_carries_the_studys_name(db_url: str) -> None:

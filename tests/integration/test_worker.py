@@ -138,7 +138,9 @@ def test_a_diverged_trial_is_failed_not_completed(
     def diverge(*_a: object, **_k: object) -> list[TrialResult]:
         return [TrialResult([float("nan")] * 3, 2, False, 0.1)]
 
-    monkeypatch.setattr(ModelKind, "train", lambda _kind, *a, **k: (diverge(*a, **k), None))
+    monkeypatch.setattr(
+        ModelKind, "train", lambda _kind, *a, **k: (diverge(*a, **k), None, "stacked")
+    )
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 1, "max_retries": 0, "max_failed": 0}}
     )
@@ -162,7 +164,9 @@ def test_a_trial_pruned_on_a_non_finite_score_stays_pruned(
         stop = list(on_epoch(1, [0], np.full((1, 3), np.nan)) or [])
         return [TrialResult([float("nan")] * 3, 1, bool(stop), 0.1)]
 
-    monkeypatch.setattr(ModelKind, "train", lambda _kind, *a, **k: (diverge(*a, **k), None))
+    monkeypatch.setattr(
+        ModelKind, "train", lambda _kind, *a, **k: (diverge(*a, **k), None, "stacked")
+    )
     sid, trials = run_study(
         sqlite_url, {"search": {"n_trials": 1, "pruner": "median", "max_failed": 0}}
     )

@@ -79,6 +79,8 @@ class BatchRunner:
         self.ctx = ctx
         self.hb = hb
         self._split_sizes: list[float] = []
+        self._engine: str | None = None  # how the last batch trained (stacked, ...)
+        self._note: str | None = None  # e.g. a module trained member by member, or its dropout
         self._medians: dict[int, float | None] = {}  # this batch's epoch -> median finished score
 
     def run(self, claim: Claim, load_data: Callable[[], FoldData]) -> None:
@@ -248,10 +250,8 @@ class BatchRunner:
             engine,
             f" ({note})" if note else "",
         )
-        for m in members:
-            m.trial.set_user_attr("engine", engine)
-            if note:  # e.g. a module trained member by member, or dropout it keeps
-                m.trial.set_user_attr("warning", note)
+        # recorded as each trial is told (_tell): one lost meanwhile has ended and takes none
+        self._engine, self._note = engine, note
         return results
 
     def _open(self, claim: Claim, members: list[_Member], created: dict[int, int]) -> None:
@@ -363,6 +363,10 @@ class BatchRunner:
             "train_seconds": round(r.train_seconds, 4),
             "split_sizes": self._split_sizes,  # the paired test's n_train, n_test
         }
+        if self._engine is not None:
+            attrs["engine"] = self._engine
+        if self._note:
+            attrs["warning"] = self._note
         if finite:
             attrs |= {
                 "fold_scores": folds,

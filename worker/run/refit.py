@@ -1,5 +1,7 @@
 """The final refit: the recommended rate (and the best, and no dropout as a baseline) trained on
 every training row for the study's epochs, scored once on rows the search never saw, exported.
+A study that held no rows out refits too, on every row: its model has no test score (and no
+baseline is trained: there is nothing to compare it on).
 
 A leased job like a trial (storage/jobs/refits.py): heartbeat by the worker's LeaseHeartbeat,
 stopped
@@ -46,7 +48,7 @@ class RefitData:
     data: FoldData  # one split: every training row against the unseen ones
     transformer: Any  # fitted on the training rows
     y_test: np.ndarray  # the unseen rows' targets (labels, or values on the data's scale)
-    source: str  # "holdout" | "test_dataset"
+    source: str  # "holdout" | "test_dataset" | "none" (no unseen rows: y_test is empty)
     held: list[int]  # the held-out rows' numbers in the uploaded file ([] for a test data set)
     classes: list[str] | None
     columns: list[str] | None
@@ -78,9 +80,15 @@ def refit_data(files: FileCache, spec: StudySpec, device: torch.device) -> Refit
         rows: list[int] = []
     else:
         train, held = search_rows(ds, spec)
-        source, rows = "holdout", held.tolist()
-    data, fitted = fold_data(ds, [(train, held)], device)
+        source, rows = ("holdout" if len(held) else "none"), held.tolist()
+    # Without unseen rows the engine still validates every epoch: on a few training rows,
+    # whose scores nobody reads.
+    val = held if len(held) else train[:NO_UNSEEN_VAL_ROWS]
+    data, fitted = fold_data(ds, [(train, val)], device)
     return RefitData(data, fitted[0], ds.y[held], source, rows, classes, columns)
+
+
+NO_UNSEEN_VAL_ROWS = 64
 
 
 def _stack(a: Any, b: Any) -> Any:
@@ -119,8 +127,9 @@ class Member:
     dropout: float
 
 
-def choose(trials: list[FrozenTrial], spec: StudySpec) -> list[Member]:
-    """What the refit trains: the recommended rate, the best when it differs, and no dropout."""
+def choose(trials: list[FrozenTrial], spec: StudySpec, baseline: bool = True) -> list[Member]:
+    """What the refit trains: the recommended rate, the best when it differs, and (`baseline`)
+    no dropout."""
     a = answer(trials, spec)  # the answer /best gives: the same rule, the same trial
     best = a.best
     if best is None or a.recommended is None:
@@ -131,7 +140,7 @@ def choose(trials: list[FrozenTrial], spec: StudySpec) -> list[Member]:
         out.append(
             Member("best", best, rates_of(best.params, spec), primary_rate(best.params) or 0.0)
         )
-    if any(r > 0 for m in out for r in (*m.rates.hidden, m.rates.input)):
+    if baseline and any(r > 0 for m in out for r in (*m.rates.hidden, m.rates.input)):
         out.append(Member("baseline", None, TrialRates(hidden=(0.0,)), 0.0))
     return out
 
@@ -210,7 +219,8 @@ class RefitRunner:
         spec, ctx = claim.spec, self.ctx
         oid = study_id_of(ctx.optuna, claim.optuna_study)
         trials = list(ctx.optuna.get_all_trials(oid, deepcopy=False)) if oid is not None else []
-        members = choose(trials, spec)
+        unseen = spec.evaluation.has_unseen  # rows held out, or a test data set
+        members = choose(trials, spec, baseline=unseen)
         if not members:  # no trial completed: the study ends without a test score
             return None, []
         t0 = time.perf_counter()
@@ -229,20 +239,28 @@ class RefitRunner:
             return ()
 
         run = self._fit(spec, rd.data, cfg, [m.rates for m in members], on_epoch)
-        out = predictions(run, rd.data)
-        points = [self._point(cfg.metric, m, out[i], rd.y_test) for i, m in enumerate(members)]
-        seconds = time.perf_counter() - t0
-        rec = points[0]
-        by_role = {m.role: p for m, p in zip(members, points, strict=True)}
-        result = {
-            **rec,
-            "n": len(rd.y_test),
-            "source": rd.source,
-            "metric": cfg.metric,
-            "best": by_role.get("best"),
-            "baseline": by_role.get("baseline"),
-            "refit_seconds": round(seconds, 3),
-        }
+        points: list[dict[str, Any] | None] = [None] * len(members)
+        result = None  # no unseen rows: the models, without a test score
+        if len(rd.y_test):
+            out = predictions(run, rd.data)
+            points = [self._point(cfg.metric, m, out[i], rd.y_test) for i, m in enumerate(members)]
+            by_role = {m.role: p for m, p in zip(members, points, strict=True)}
+            result = {
+                **(points[0] or {}),
+                "n": len(rd.y_test),
+                "source": rd.source,
+                "metric": cfg.metric,
+                "best": by_role.get("best"),
+                "baseline": by_role.get("baseline"),
+                "refit_seconds": round(time.perf_counter() - t0, 3),
+            }
+        log.info(
+            "study %s: refit %s in %.1f s%s",
+            claim.study_id,
+            ", ".join(m.role for m in members),
+            time.perf_counter() - t0,
+            "" if result else " (no unseen rows: no test score)",
+        )
         files = []
         for i, m in enumerate(members):
             if m.role == "baseline":
@@ -317,7 +335,7 @@ class RefitRunner:
             "image_shape": list(d.image_shape) if d.image_shape else None,
             "input": "raw features" if module.standardise else "preprocess.skops output",
             "output": "class logits" if d.task == "classification" else "predictions",
-            "test": {**point, "n": len(rd.y_test), "source": rd.source},
+            "test": {**point, "n": len(rd.y_test), "source": rd.source} if point else None,
             "holdout": {
                 "fraction": spec.evaluation.holdout or 0.0,
                 "seed": spec.cv.seed,
