@@ -23,6 +23,7 @@ from droptune.service.routes.dashboard import Deferred, dashboard_app
 from droptune.service.routes.studies import router as studies_router
 from droptune.service.routes.workers import router as workers_router
 from droptune.service.settings import ServiceSettings
+from droptune.storage.dashboard_view import OwnerView
 from droptune.storage.jobs.recovery import recover_stale
 from droptune.storage.optuna_bridge import optuna_storage
 from droptune.storage.readmodel.reads import Reader
@@ -112,7 +113,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     docs.install(app)  # /docs, /redoc and /docs/static: before the dashboard's catch-all
     if settings.dashboard:
         # Last: the catch-all for /dashboard, /static and /api (see service/routes/dashboard.py).
-        app.state.dashboard = Deferred(app.state.optuna_read)  # built by the lifespan
+        read, engine = app.state.optuna_read, app.state.engine
+        # built by the lifespan; an owner's at their first request
+        app.state.dashboard = Deferred(read, lambda owner: OwnerView(read, engine, owner))
         app.mount("/", dashboard_app(app.state.dashboard, lambda: app.routes))
     return app
 

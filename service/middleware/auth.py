@@ -17,11 +17,11 @@ One pure-ASGI middleware (event streams pass through untouched), in this order:
    existed. Once a token exists, every route but /healthz and the login page needs one:
    `Authorization: Bearer <token>` (401 with `WWW-Authenticate: Bearer` without it), looked up
    on every request so a revoked token is refused at once. The dashboard and the docs, opened in
-   a browser, may instead use the session cookie the login page (or `?token=`) sets for an
-   admin token: a random session id, never the token (service/middleware/sessions.py), looked up on
-   every
-   request too. The cookie only ever authenticates GET and HEAD, so it cannot be used to
-   change anything. The dashboard and /metrics are admin routes (403 for other owners).
+   a browser, may instead use the session cookie the login page (or `?token=`) sets for a
+   token: a random session id, never the token (service/middleware/sessions.py), looked up on
+   every request too. The cookie only ever authenticates GET and HEAD, so it cannot be used to
+   change anything. An admin's dashboard shows every owner's studies, anyone else's their own
+   (service/routes/dashboard.py); /metrics is for admins (403 for other owners).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 # Pages a browser opens, where the login cookie stands in for the header (GET and HEAD only).
 BROWSER_PREFIXES = (*DASHBOARD_PREFIXES, "/docs", "/redoc", "/openapi.json")
-ADMIN_PREFIXES = (*DASHBOARD_PREFIXES, "/metrics")
+ADMIN_PREFIXES = ("/metrics",)
 OPEN_RECHECK_S = 1.0  # open mode looks for a newly created token at most this often
 HOW_TO = (
     "send `Authorization: Bearer <token>` (the droptune CLI and client send DROPTUNE_TOKEN); "
@@ -222,12 +222,12 @@ class Access:
         who = await run_in_threadpool(tokens.identify, self.engine, token)
         if who is None:
             return _unauthorized("the token is not valid (revoked, or mistyped)")
-        return _admin_only(path, Caller(who.owner, who.admin, token), browser=False)
+        return _admin_only(path, Caller(who.owner, who.admin, token))
 
     async def _browser_caller(self, scope: Scope, headers: Headers) -> Caller | Response:
         """A browser page without a bearer token: `?token=` (a sign-in, see
         service/middleware/sessions.py)
-        or the session cookie, for admins only."""
+        or the session cookie."""
         path: str = scope["path"]
         token = _query_token(scope)
         if token is not None:
@@ -235,7 +235,7 @@ class Access:
             who = await run_in_threadpool(tokens.identify, self.engine, token)
             if who is None:
                 return _unauthorized("the token is not valid (revoked, or mistyped)")
-            return _admin_only(path, Caller(who.owner, who.admin, token), browser=True)
+            return _admin_only(path, Caller(who.owner, who.admin, token))
         session = signin.session_id(scope, headers)
         who = None
         if session is not None:
@@ -249,14 +249,13 @@ class Access:
                 "the dashboard session has ended (expired, signed out, or its token revoked): "
                 f"sign in again at {LOGIN}"
             )
-        return _admin_only(path, Caller(who.owner, who.admin, session=session), browser=True)
+        return _admin_only(path, Caller(who.owner, who.admin, session=session))
 
 
-def _admin_only(path: str, caller: Caller, browser: bool) -> Caller | Response:
-    """The dashboard and /metrics are for admins, and so is anything a browser signs in to."""
-    if (browser or path.startswith(ADMIN_PREFIXES)) and not caller.admin:
-        what = "the dashboard" if path.startswith(DASHBOARD_PREFIXES) else path
-        return problem(403, "Forbidden", f"{what} is for admins; {caller.name!r} is not one")
+def _admin_only(path: str, caller: Caller) -> Caller | Response:
+    """/metrics is for admins (it counts every owner's studies)."""
+    if path.startswith(ADMIN_PREFIXES) and not caller.admin:
+        return problem(403, "Forbidden", f"{path} is for admins; {caller.name!r} is not one")
     return caller
 
 

@@ -1,6 +1,6 @@
 """The dashboard's sign-in: the login and logout pages, and the session cookie.
 
-Signing in (the login form, or `?token=` on a browser page) with an admin token opens a
+Signing in (the login form, or `?token=` on a browser page) with a token opens a
 server-side session (storage/access/sessions.py) and sets a cookie holding its random id, never the
 token: a cookie is sent to every port of the host, so another service there must not receive a
 credential for the API, and a session can be ended on its own (/logout) where a token cannot.
@@ -69,8 +69,8 @@ def _drop_legacy(response: Response) -> Response:
 
 
 async def _sign_in(scope: Scope, receive: Receive, send: Send, token: str, target: str) -> bool:
-    """Open a session for an admin token and redirect to `target` with its cookie; False (and
-    nothing sent) when the token is not a live admin's."""
+    """Open a session for a token and redirect to `target` with its cookie; False (and nothing
+    sent) when the token is not live."""
     state = scope["app"].state
     hours = state.settings.session_hours
     session = await run_in_threadpool(sessions.start, state.engine, token, hours)
@@ -93,7 +93,7 @@ def page(scope: Scope, tokens_seen: bool) -> ASGIApp | None:
         return _storage_errors(_logout)
     token = scope.get("state", {}).get("query_token")
     if tokens_seen and scope["method"] == "GET" and token is not None:
-        # An admin's `?token=` on a browser page (checked by Access._caller): a session, and
+        # A `?token=` on a browser page (checked by Access._caller): a session, and
         # the same page without the token in its address.
         pairs = parse_qsl(scope["query_string"].decode("latin-1"))
         rest = [(k, v) for k, v in pairs if k != "token"]
@@ -105,7 +105,7 @@ def page(scope: Scope, tokens_seen: bool) -> ASGIApp | None:
 def _query_sign_in(token: str, target: str) -> ASGIApp:
     async def sign_in(scope: Scope, receive: Receive, send: Send) -> None:
         if not await _sign_in(scope, receive, send, token, target):  # revoked meanwhile
-            refused = problem(401, "Unauthorized", "the token is not a live admin token")
+            refused = problem(401, "Unauthorized", "the token is not a live token")
             await refused(scope, receive, send)
 
     return sign_in
@@ -127,8 +127,8 @@ LOGIN_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>droptune
 <style>body{{font:16px system-ui,sans-serif;max-width:28em;margin:4em auto;padding:0 1em}}
 input{{font:inherit;width:100%;padding:.4em;margin:.4em 0;box-sizing:border-box}}
 button{{font:inherit;padding:.4em 1.2em}}.err{{color:#b00020}}</style></head><body>
-<h1>droptune</h1><p>The dashboard is for admins. Paste an admin token
-(<code>droptune token create --name NAME --admin</code>).</p>{error}
+<h1>droptune</h1><p>Paste your droptune token (the one your scripts use as DROPTUNE_TOKEN).
+The dashboard shows your studies; an admin's shows everyone's.</p>{error}
 <form method="post" action="/login"><input type="password" name="token" autocomplete="off"
 placeholder="dt_..." required autofocus><button type="submit">Sign in</button></form>
 </body></html>"""
@@ -143,13 +143,11 @@ async def _login(scope: Scope, receive: Receive, send: Send) -> None:
     token = str(form.get("token") or "").strip()
     engine = request.app.state.engine
     who = await run_in_threadpool(tokens.identify, engine, token) if token else None
-    if who is not None and who.admin:
-        if await _sign_in(scope, receive, send, token, "/dashboard"):
-            return
-        who = None  # revoked between the two looks
-    why = "That token is not valid." if who is None else f"{who.owner} is not an admin."
+    if who is not None and await _sign_in(scope, receive, send, token, "/dashboard"):
+        return
+    why = "That token is not valid."  # or revoked between the two looks
     page_ = LOGIN_PAGE.format(error=f'<p class="err">{html.escape(why)}</p>')
-    await HTMLResponse(page_, status_code=403 if who else 401)(scope, receive, send)
+    await HTMLResponse(page_, status_code=401)(scope, receive, send)
 
 
 async def _logout(scope: Scope, receive: Receive, send: Send) -> None:

@@ -4,10 +4,11 @@ optuna-dashboard's page hard-codes `/dashboard`, `/static/*` and `/api/*`, so it
 a sub-path: its WSGI app is mounted last, as the catch-all, and droptune's routes stay off `/api`.
 Its write routes (delete a study, tell a trial, notes) have no authentication and would corrupt the
 queue, so every method but GET and HEAD is refused with 403 before it reaches the dashboard. Once
-tokens exist, only admins reach it at all (service/middleware/auth.py: a bearer token or the login
-cookie),
-and it shows every owner's studies: optuna-dashboard reads Optuna's storage whole and has no
-notion of an owner, so a per-owner view would need a filtering storage wrapper (not built).
+tokens exist, a caller needs a token (service/middleware/auth.py: a bearer token or the login
+cookie): an admin's dashboard shows every owner's studies; anyone else's is built over
+storage/dashboard_view.py's OwnerView (`owner_view`, given by the app), which holds only that
+owner's studies (optuna-dashboard reads a storage whole and knows no owners), one app per owner,
+the most recent few kept.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import anyio
 from a2wsgi import WSGIMiddleware
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage, RDBStorage
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -104,7 +106,7 @@ async def _problem(
 _NOT_NEEDED = "sklearn.ensemble"
 
 
-def _import_dashboard_wsgi() -> Callable[[RDBStorage], Any]:
+def _import_dashboard_wsgi() -> Callable[[BaseStorage], Any]:
     refused = _NOT_NEEDED not in sys.modules
     if refused:
         sys.modules[_NOT_NEEDED] = None  # type: ignore[assignment]  # import raises ImportError
@@ -113,33 +115,56 @@ def _import_dashboard_wsgi() -> Callable[[RDBStorage], Any]:
     finally:
         if refused and sys.modules.get(_NOT_NEEDED, 0) is None:
             del sys.modules[_NOT_NEEDED]
-    build: Callable[[RDBStorage], Any] = wsgi
+    build: Callable[[BaseStorage], Any] = wsgi
     return build
+
+
+OWNER_APPS = 32  # owners' dashboards kept built (each holds optuna-dashboard's caches)
 
 
 class Deferred:
     """optuna-dashboard's WSGI app, imported and built off the startup path, so the API answers
     as soon as it can after `serve` starts. The app's lifespan starts `ready()` in a thread at
-    once; a dashboard request that comes first waits for it."""
+    once; a dashboard request that comes first waits for it. An admin's request goes to that
+    app; another owner's to an app over their OwnerView, built at their first request."""
 
-    def __init__(self, storage: RDBStorage) -> None:
-        self.storage = storage
+    def __init__(
+        self, storage: RDBStorage, owner_view: Callable[[str], BaseStorage] | None = None
+    ) -> None:
+        self.storage, self.owner_view = storage, owner_view
         self.app: ASGIApp | None = None
+        self.owners: OrderedDict[str, ASGIApp] = OrderedDict()
         self.lock = asyncio.Lock()
 
-    def _build(self) -> ASGIApp:
-        return WSGIMiddleware(_import_dashboard_wsgi()(self.storage))  # type: ignore[return-value]
+    def _build(self, storage: BaseStorage) -> ASGIApp:
+        return WSGIMiddleware(_import_dashboard_wsgi()(storage))  # type: ignore[return-value]
 
     async def ready(self) -> ASGIApp:
         """The built app (built once, in a worker thread)."""
         if self.app is None:
             async with self.lock:
                 if self.app is None:
-                    self.app = await anyio.to_thread.run_sync(self._build)
+                    self.app = await anyio.to_thread.run_sync(self._build, self.storage)
         return self.app
 
+    async def for_owner(self, owner: str) -> ASGIApp:
+        """The dashboard over `owner`'s studies only."""
+        async with self.lock:
+            app = self.owners.pop(owner, None)
+            if app is None:
+                assert self.owner_view is not None, "per-owner dashboards need owner_view"
+                app = await anyio.to_thread.run_sync(self._build, self.owner_view(owner))
+            self.owners[owner] = app  # the most recently used last
+            while len(self.owners) > OWNER_APPS:
+                self.owners.popitem(last=False)
+            return app
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        app = await self.ready()
+        caller = scope.get("state", {}).get("caller")
+        if caller is None:  # the auth middleware did not run: show nothing rather than all
+            await _problem(send, 403, "Forbidden", "the dashboard needs a caller")
+            return
+        app = await (self.ready() if caller.admin else self.for_owner(caller.name))
         await app(scope, receive, send)
 
 

@@ -160,7 +160,7 @@ def test_owners_are_isolated_and_admins_see_all(served: tuple[str, str], tmp_pat
         c.close()
 
 
-def test_dashboard_needs_an_admin_cookie_and_stays_read_only(
+def test_dashboard_shows_each_owner_their_own_and_stays_read_only(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     port = procs.free_port()
@@ -169,10 +169,15 @@ def test_dashboard_needs_an_admin_cookie_and_stays_read_only(
     base = f"http://127.0.0.1:{port}"
     try:
         user, root = token(sqlite_url, "carol"), token(sqlite_url, "root", "--admin")
-        # carol's study as a worker would have opened it in Optuna (what the dashboard lists).
+        other = token(sqlite_url, "dave")
+        # carol's and dave's studies as a worker would have opened them in Optuna (what the
+        # dashboard lists).
         made = httpx.post(f"{base}/studies", json=TINY, headers=bearer(user)).json()
+        theirs = httpx.post(f"{base}/studies", json=TINY, headers=bearer(other)).json()
         storage = optuna_storage(sqlite_url)
         ensure_study(storage, made["optuna_study"], StudySpec(**TINY), made["id"])
+        ensure_study(storage, theirs["optuna_study"], StudySpec(**TINY), theirs["id"])
+        hidden = storage.get_study_id_from_name(theirs["optuna_study"])
         storage.engine.dispose()
         time.sleep(1.1)  # open mode looks for a new token at most once a second
         assert httpx.get(f"{base}/dashboard").status_code == 401
@@ -180,13 +185,29 @@ def test_dashboard_needs_an_admin_cookie_and_stays_read_only(
         to_login = httpx.get(f"{base}/dashboard", headers={"Accept": "text/html"})
         assert to_login.status_code == 303 and to_login.headers["location"] == "/login"
         assert httpx.get(f"{base}/api/studies").status_code == 401
-        assert httpx.get(f"{base}/dashboard", headers=bearer(user)).status_code == 403
+        # Issue 22: a non-admin opens the dashboard, and sees only their own studies.
+        assert httpx.get(f"{base}/dashboard", headers=bearer(user)).status_code == 200
+        mine = httpx.get(f"{base}/api/studies", headers=bearer(user)).json()
+        assert [x["study_name"] for x in mine["study_summaries"]] == [made["optuna_study"]]
+        for path in (f"/api/studies/{hidden}", f"/api/studies/{hidden}/param_importances"):
+            peek = httpx.get(f"{base}{path}", headers=bearer(user))
+            assert peek.status_code == 404, (path, peek.status_code, peek.text[:200])
+            assert theirs["optuna_study"] not in peek.text
+        everyone = httpx.get(f"{base}/api/studies", headers=bearer(root)).json()
+        assert len(everyone["study_summaries"]) == 2  # an admin sees every owner's
+        assert httpx.get(f"{base}/api/studies/{hidden}", headers=bearer(root)).status_code == 200
         page = httpx.get(f"{base}/login")
         assert page.status_code == 200 and "<form" in page.text
-        wrong = httpx.post(f"{base}/login", data={"token": user})
-        assert wrong.status_code == 403 and "not an admin" in wrong.text
+        wrong = httpx.post(f"{base}/login", data={"token": "dt_not-a-token"})
+        assert wrong.status_code == 401 and "not valid" in wrong.text
         assert "set-cookie" not in wrong.headers
         browser_form = {"Origin": base, "Sec-Fetch-Site": "same-origin"}  # as a browser sends it
+        own = httpx.post(f"{base}/login", data={"token": user}, headers=browser_form)
+        assert own.status_code == 303 and "set-cookie" in own.headers  # any token signs in
+        with httpx.Client(base_url=base, cookies=own.cookies) as browser:
+            listed = browser.get("/api/studies").json()["study_summaries"]
+            assert [x["study_name"] for x in listed] == [made["optuna_study"]]
+            assert browser.get(f"/api/studies/{hidden}").status_code == 404
         ok = httpx.post(f"{base}/login", data={"token": root}, headers=browser_form)
         assert ok.status_code == 303 and ok.headers["location"] == "/dashboard"
         cookie = ok.headers["set-cookie"].lower()
@@ -196,7 +217,7 @@ def test_dashboard_needs_an_admin_cookie_and_stays_read_only(
             listed = browser.get("/api/studies")
             assert listed.status_code == 200
             names = [x["study_name"] for x in listed.json()["study_summaries"]]
-            assert names == [made["optuna_study"]]
+            assert sorted(names) == sorted([made["optuna_study"], theirs["optuna_study"]])
             assert browser.get("/docs").status_code == 200
             # The cookie never authenticates a write; a bearer admin meets the read-only wall.
             assert browser.post("/api/studies", json={"study_name": "x"}).status_code == 401
