@@ -35,6 +35,13 @@ GRAPH_ID = "droptune-curve"  # a fixed id: saving again replaces the graph, neve
 GRAPH_PREFIX = f"dashboard:plot_data:{GRAPH_ID}:"  # where optuna-dashboard stores it
 NOTE_PREFIX = "dashboard:note_str:"  # the study's note (a trial's has the trial id in it)
 RANK_KEY = "droptune:answer_rank"  # system attribute: [points, has test score] last published
+MARKED_KEY = "droptune:marked_trials"  # system attribute: trial ids whose note droptune wrote
+DASHBOARD_GUIDE = (
+    "_Reading this dashboard: the large **Best Trial** figure is the best-scoring trial, not "
+    "the recommendation above (its trial's note says so); with one dropout rate the importance, "
+    "contour and rank panels have nothing to compare; trials stopped by a worker's shutdown or "
+    "a cancel show as Fail (droptune counts them as interrupted, and their rates ran again)._"
+)
 AXIS = {"gridcolor": "#e5ecf6", "zeroline": False, "automargin": True}
 # Every ASCII punctuation mark, which markdown may read as syntax (links, images, emphasis, code,
 # headings, tables); and the characters that end a line or could start a new block.
@@ -104,6 +111,42 @@ def _publish(storage: RDBStorage, name: str, curve: Curve, best: BestOut) -> Non
         for key, value in answer_attrs(curve, best).items():
             if stored.get(key) != value:
                 study.set_user_attr(key, value)
+        _mark_trials(storage, study, system, best)
+
+
+def trial_marks(best: BestOut) -> dict[int, str]:
+    """The notes droptune writes on trials, by trial number: the recommended one and, when it
+    differs, the best-scoring one, so the dashboard's trial list and its Best Trial card say
+    which is which."""
+    marks: dict[int, str] = {}
+    rec = best.recommended
+    if rec is not None:
+        marks[rec.trial] = (
+            f"**droptune: the recommended rate** ({md_text(rec.rule)}): {md_text(rec.why)}"
+        )
+    if best.trial is not None and (rec is None or best.trial != rec.trial):
+        after = f"; the recommended one is trial {rec.trial}" if rec is not None else ""
+        marks[best.trial] = f"**droptune: the best-scoring rate**{after}."
+    return marks
+
+
+def _mark_trials(
+    storage: RDBStorage, study: optuna.Study, system: dict[str, Any], best: BestOut
+) -> None:
+    """Write the trial notes of `trial_marks`, and empty those droptune wrote before on trials
+    no longer marked (the recommendation moved)."""
+    sid = study._study_id
+    marks = {
+        storage.get_trial_id_from_study_id_trial_number(sid, number): text
+        for number, text in trial_marks(best).items()
+    }
+    before = [int(t) for t in system.get(MARKED_KEY, [])]
+    for trial_id in [*before, *marks]:
+        text = marks.get(trial_id, "")
+        if _stored(system, f"dashboard:{trial_id}:note_str:") != text:
+            save_note(optuna.Trial(study, trial_id), text)
+    if sorted(marks) != sorted(before):
+        storage.set_study_system_attr(sid, MARKED_KEY, sorted(marks))
 
 
 def _stored(system: dict[str, Any], prefix: str) -> str:
@@ -161,10 +204,14 @@ def note_markdown(curve: Curve, best: BestOut) -> str:
         lines.append(f"- **Tied:** {v.tied}")
     lines += _test_lines(v.test)
     lines += [f"- ⚠️ {md_text(w)}" for w in v.warnings]
+    if v.engine is not None:
+        lines.append(f"- Engine: {md_text(v.engine)}")
     lines += [
         f"- Status: {v.status}; {v.finished} finished and {v.pruned} pruned trials on the curve.",
         "",
         PRUNED_NOTE,
+        "",
+        DASHBOARD_GUIDE,
     ]
     return "\n".join(lines) + "\n"
 

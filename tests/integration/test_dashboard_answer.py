@@ -167,17 +167,37 @@ def error_bars(figure: dict[str, Any]) -> list[list[float]]:
     return [t["error_y"]["array"] for t in figure["data"] if "error_y" in t]
 
 
+def trial_note(storage: Any, study: optuna.Study, number: int) -> str:
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    system = storage.get_study_system_attrs(study._study_id)
+    return str(get_note_from_system_attrs(system, trial_id)["body"])
+
+
 def test_publish_replaces_the_note_and_the_graph(db_url: str) -> None:
     storage = optuna_storage(db_url)
     study = ensure_study(storage, NAME, SPEC, 7)
     add_trials(study, TRIALS[:3])
-    publish_answer(storage, NAME, *answer(TRIALS[:3], test=False))
+    first_answer = answer(TRIALS[:3], test=False)
+    publish_answer(storage, NAME, *first_answer)
     assert "Recommended dropout: 0.30" in get_note(study)
+    assert "Best Trial" in get_note(study)  # which dashboard panels to read how
+    # Issue 22: the trials say which is recommended and which only scored best.
+    b1 = first_answer[1]
+    assert b1.recommended is not None and b1.trial is not None
+    rec1, best1 = b1.recommended.trial, b1.trial
+    assert rec1 == best1 and "the recommended rate" in trial_note(storage, study, rec1)
     first = graphs(storage, study)
     assert list(first) == [GRAPH_ID] and [len(b) for b in error_bars(first[GRAPH_ID])] == [2]
 
     add_trials(study, TRIALS[3:])
-    publish_answer(storage, NAME, *answer(TRIALS, test=True))
+    second = answer(TRIALS, test=True)
+    publish_answer(storage, NAME, *second)
+    assert second[1].recommended is not None
+    rec2, best2 = second[1].recommended.trial, second[1].trial
+    assert best2 is not None and rec2 not in (rec1, best2)
+    assert "the recommended rate" in trial_note(storage, study, rec2)
+    best_note = trial_note(storage, study, best2)
+    assert f"best-scoring rate**; the recommended one is trial {rec2}" in best_note
     note = get_note(study)
     assert "Recommended dropout: 0.50" in note and "Recommended dropout: 0.30" not in note
     assert "tied with the best (paired test, p >= 0.05): 0.3, 0.5" in note
@@ -199,6 +219,15 @@ def test_publish_replaces_the_note_and_the_graph(db_url: str) -> None:
     assert attrs["search_range"] == "0.0\u20130.9" and attrs["epochs"] == 20
     assert attrs["sampler"] == "design, paired pruner" and attrs["n_trials"] == 6
     assert (attrs["droptune_id"], attrs["metric"], attrs["dataset"]) == (7, "accuracy", "iris")
+
+    # The recommendation moves back to the best (answer.rule: best, say): trial rec2's mark
+    # goes, and the best's note says recommended.
+    curve, best = second
+    assert best.recommended is not None
+    back = best.recommended.model_copy(update={"trial": best2, "rule": "best"})
+    publish_answer(storage, NAME, curve, best.model_copy(update={"recommended": back}))
+    assert trial_note(storage, study, rec2) == ""
+    assert "the recommended rate" in trial_note(storage, study, best2)
 
 
 def test_an_older_answer_does_not_replace_a_newer_one(db_url: str) -> None:
