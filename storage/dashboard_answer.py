@@ -276,7 +276,7 @@ def curve_figure(curve: Curve) -> Any:
     fig.update_layout(
         # Left and low enough to stay clear of the dashboard's toolbar at the top right.
         title={"text": title, "x": 0.01, "xanchor": "left", "y": 0.93, "font": {"size": 15}},
-        xaxis={**AXIS, "title": "dropout", "range": [curve.dropout_low, curve.dropout_high]},
+        xaxis={**AXIS, "title": _x_title(curve), "range": [curve.dropout_low, curve.dropout_high]},
         yaxis={**AXIS, "title": f"{metric} ({escape(curve.direction)})", "range": shown},
         legend={"orientation": "h", "y": -0.2},
         margin={"l": 60, "r": 20, "t": 70, "b": 40},
@@ -285,6 +285,15 @@ def curve_figure(curve: Curve) -> Any:
         template="none",
     )
     return fig
+
+
+def _x_title(curve: Curve) -> str:
+    if not curve.layers:
+        return "dropout"
+    return (
+        f"mean of the {len(curve.layers)} layers' rates (each layer's: the note, and the API's "
+        "/curve?format=svg, one panel per layer)"
+    )
 
 
 def _fitted(fig: Any, fit: CurveFit) -> None:

@@ -26,6 +26,11 @@ class CurvePoint(BaseModel):
     tied: bool = Field(description="in the range the paired test cannot tell from the best")
     p_vs_best: float | None
     epochs: int | None
+    params: dict[str, float] = Field(
+        default_factory=dict,
+        description="the trial's parameters: with search.per_layer one rate per layer "
+        "(`dropout_0`, ...), which the per-layer picture plots one panel each",
+    )
 
 
 class CurveFit(BaseModel):
@@ -62,6 +67,17 @@ class Curve(BaseModel):
         description="the fitted curve; None below 3 finished rates and for per-layer studies "
         "(the rate drawn is the mean of several)",
     )
+    layers: list[str] = Field(
+        default_factory=list,
+        description="with search.per_layer, the per-layer parameters (`dropout_0`, ...): "
+        "`dropout` is then their mean, and each point's `params` holds each layer's rate",
+    )
+    best_params: dict[str, float] = Field(
+        default_factory=dict, description="the best trial's parameters"
+    )
+    recommended_params: dict[str, float] = Field(
+        default_factory=dict, description="the recommended trial's parameters"
+    )
 
 
 def _point(t: TrialOut, tied: set[int]) -> CurvePoint | None:
@@ -77,6 +93,7 @@ def _point(t: TrialOut, tied: set[int]) -> CurvePoint | None:
         tied=t.number in tied,
         p_vs_best=t.p_vs_best,
         epochs=t.epochs,
+        params=dict(t.params),
     )
 
 
@@ -98,6 +115,9 @@ def build_curve(study_id: int, spec: StudySpec, best: BestOut, trials: list[Tria
         tied_high=best.tied.high if best.tied else None,
         points=points,
         fit=_fit(spec, points, best.direction),
+        layers=[n for n in spec.param_names() if n.startswith("dropout_")],
+        best_params=dict(best.params),
+        recommended_params=dict(best.recommended.params) if best.recommended else {},
     )
 
 

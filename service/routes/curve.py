@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 
 from droptune.core.answer.curve import Curve, CurveFit, CurvePoint
-from droptune.core.answer.plot import RateMark, plot_data
+from droptune.core.answer.plot import RateMark, Role, plot_data
 from droptune.service.deps import CallerDep, ReaderDep
 from droptune.service.routes.studies import ONE_STUDY, StudyId
 
@@ -83,19 +83,26 @@ def draw(data: Curve, title: str, fmt: Literal["svg", "png"]) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    better = "higher" if data.direction == "maximize" else "lower"
+    ylabel = f"{data.metric} (mean over folds; {better} is better)"
+    span = data.dropout_high - data.dropout_low
+    xlim = (data.dropout_low - 0.03 * span, data.dropout_high + 0.03 * span)
     with _DRAWING:
-        fig = Figure(figsize=(8, 5), dpi=100, layout="constrained")
+        width = 8 if not data.layers else max(8, 4.5 * len(data.layers))
+        fig = Figure(figsize=(width, 5), dpi=100, layout="constrained")
         FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        _plot(ax, data)
-        # parse_math=False: a `$` in a study's name is text, not mathtext to parse (or fail on).
-        ax.set_title(title, parse_math=False)
-        ax.set_xlabel("dropout rate")
-        better = "higher" if data.direction == "maximize" else "lower"
-        ax.set_ylabel(f"{data.metric} (mean over folds; {better} is better)")
-        span = data.dropout_high - data.dropout_low
-        ax.set_xlim(data.dropout_low - 0.03 * span, data.dropout_high + 0.03 * span)
-        ax.grid(alpha=0.3)
+        if data.layers:  # a per-layer study: one panel per layer, each against its own rate
+            ax = _layer_panels(fig, data, ylabel, xlim)
+            fig.suptitle(title, parse_math=False)
+        else:
+            ax = fig.add_subplot()
+            _plot(ax, data)
+            # parse_math=False: a `$` in a study's name is text, not mathtext to parse.
+            ax.set_title(title, parse_math=False)
+            ax.set_xlabel("dropout rate")
+            ax.set_ylabel(ylabel)
+            ax.set_xlim(*xlim)
+            ax.grid(alpha=0.3)
         if not data.points:
             ax.text(0.5, 0.5, "no finished trials yet", transform=ax.transAxes, ha="center")
         _legend(fig, ax)
@@ -127,6 +134,54 @@ def _plot(ax: Axes, data: Curve) -> None:
         _rate(ax, m)
 
 
+def _layer_panels(fig: Figure, data: Curve, ylabel: str, xlim: tuple[float, float]) -> Axes:
+    """One panel per dropout layer: every trial's score against that layer's own rate, and the
+    best and recommended trials' rates for that layer (the tied band, a range of mean rates,
+    is not drawn; tied trials are filled, those told apart hollow). The first panel's axes."""
+    shown = plot_data(data)
+    axes = fig.subplots(1, len(data.layers), sharey=True, squeeze=False)[0]
+    for i, (ax, layer) in enumerate(zip(axes, data.layers, strict=True)):
+        first = i == 0
+        labelled: set[bool] = set()
+        for f in shown.finished:
+            p = f.point.model_copy(update={"dropout": f.point.params.get(layer, f.point.dropout)})
+            apart = f.apart
+            label = (
+                "_" if not first or apart in labelled else (APART_LABEL if apart else MEAN_LABEL)
+            )
+            _errorbar(ax, p, label, hollow=apart)
+            labelled.add(apart)
+        if shown.pruned:
+            xs = [p.params.get(layer, p.dropout) for p in shown.pruned]
+            ax.scatter(
+                xs,
+                [p.mean for p in shown.pruned],
+                marker="x",
+                color=GREY,
+                alpha=0.6,
+                label=PRUNED_LABEL if first else "_",
+                gid=f"pruned-{layer}",
+            )
+        said = []
+        roles: tuple[tuple[Role, dict[str, float]], ...] = (
+            ("best", data.best_params),
+            ("recommended", data.recommended_params),
+        )
+        for role, params in roles:
+            rate = params.get(layer)
+            if rate is None:
+                continue
+            said.append(f"{role} {rate:.2f}")
+            _rate(ax, RateMark(rate, role, f"{rate:.2f}"), label=role if first else "_")
+        ax.set_title(f"layer {i + 1} ({layer}): {', '.join(said)}", fontsize="small")
+        ax.set_xlabel(f"layer {i + 1}'s dropout rate")
+        ax.set_xlim(*xlim)
+        ax.grid(alpha=0.3)
+    first_ax: Axes = axes[0]
+    first_ax.set_ylabel(ylabel)
+    return first_ax
+
+
 def _fitted(ax: Axes, fit: CurveFit) -> None:
     """The fitted curve (core/answer/fit.py): a line inside a ±1 SE band, behind the points."""
     lo = [m - s for m, s in zip(fit.mean, fit.sd, strict=True)]
@@ -135,9 +190,9 @@ def _fitted(ax: Axes, fit: CurveFit) -> None:
     ax.plot(fit.rates, fit.mean, color=BLUE, lw=1.2, alpha=0.8, zorder=2, label=FIT_LABEL)
 
 
-def _rate(ax: Axes, m: RateMark) -> None:
+def _rate(ax: Axes, m: RateMark, label: str | None = None) -> None:
     """The best or recommended rate as a vertical line behind the points."""
-    label = f"{m.role} ({m.text})"
+    label = f"{m.role} ({m.text})" if label is None else label
     if m.role == "best":
         ax.axvline(m.rate, color="black", lw=1.2, ls="--", zorder=1, label=label)
     else:
