@@ -8,8 +8,9 @@ costs a keep-alive comment every `ping_seconds`, nothing else.
 Event ids come from the study's progress, so they mean the same after an API restart and on
 every replica: 2 per finished trial + 1 per running one (a trial adds 1 when it starts and 1
 when it ends) + the status (queued 0, running 1, ended 2) + the refit (ready or running 1, done
-2). Every change a stream shows raises it, but for a refit going back from running to ready,
-which repeats the id. `end` carries the last progress id + 1.
+2). Every change a stream shows raises it, but for a refit starting (ready to running) or going
+back (running to ready), which repeats the id: a stream sends it again with the new body. `end`
+carries the last progress id + 1.
 """
 
 from __future__ import annotations

@@ -117,11 +117,14 @@ def test_the_cookie_is_a_session_id_stored_hashed(admin_server: tuple[str, str, 
     with httpx.Client(base_url=base, cookies={"droptune_token": root}, headers=HTML) as old:
         to_login = old.get("/dashboard")
         assert to_login.status_code == 303 and to_login.headers["location"] == "/login"
-    # A made-up session id is no session; a non-admin gets none.
+    # A made-up session id is no session, nor a revoked or mistyped token; a non-admin's token
+    # opens a session of its own (their dashboard shows their studies: tests/e2e/test_access.py).
     assert _cookie_works(base, "droptune_session", "x" * 43) == 401
-    refused = _login(base, user)
-    assert refused.status_code == 403 and "set-cookie" not in refused.headers
+    refused = _login(base, user + "x")
+    assert refused.status_code == 401 and "set-cookie" not in refused.headers
     assert len(_rows(url, root)) == 2 and _rows(url, user) == {}
+    theirs = _login(base, user)
+    assert theirs.status_code == 303 and len(_rows(url, user)) == 1
 
 
 def test_logout_ends_the_session_server_side(admin_server: tuple[str, str, str, str]) -> None:
@@ -204,7 +207,10 @@ def test_sessions_in_storage(db_url: str) -> None:
     try:
         root = tokens.create(engine, "root", admin=True)
         user = tokens.create(engine, "carol")
-        assert sessions.start(engine, user, hours=1) is None  # admins only
+        mine = sessions.start(engine, user, hours=1)  # any live token (issue 22)
+        assert mine is not None and sessions.identify(engine, mine) == tokens.Identity(
+            "carol", False
+        )
         assert sessions.start(engine, "dt_unknown", hours=1) is None
         sid = sessions.start(engine, root, hours=1)
         assert sid is not None and root not in sid

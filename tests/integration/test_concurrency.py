@@ -16,6 +16,7 @@ from droptune.storage.jobs.queue import Outcome
 from droptune.storage.sql.db import create_engine, transaction
 from droptune.storage.sql.tables import leases, studies
 from droptune.storage.submit import submits
+from tests.queueing import refit_done
 
 pytestmark = pytest.mark.postgres
 
@@ -65,6 +66,7 @@ def test_parallel_claims_never_overlap(backend: str, request: pytest.FixtureRequ
     claimed = [lease for got in results.values() for lease in got]
     assert len(claimed) == N_TRIALS and len(set(claimed)) == N_TRIALS
     assert sum(1 for got in results.values() if got) >= 2  # the work really was shared
+    refit_done(engine, sid)
     with transaction(engine) as conn:
         row = conn.execute(sa.select(studies).where(studies.c.id == sid)).one()
         left = conn.execute(sa.select(sa.func.count()).select_from(leases)).scalar_one()

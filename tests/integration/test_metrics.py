@@ -29,7 +29,7 @@ from droptune.storage.sql.db import create_engine
 from droptune.storage.submit import submits
 from droptune.worker.run.objective import new_trial
 from tests import procs
-from tests.queueing import age_leases, spec, started_trial
+from tests.queueing import age_leases, refit_done, spec, started_trial
 
 FAMILIES = {
     "droptune_database_up",
@@ -82,7 +82,7 @@ def _run(
 
 def test_the_counts_come_from_the_database(db_url: str) -> None:
     # Study 1: three slots claimed by a worker that dies with one trial running.
-    engine, storage, _sid, _claim, study, trial = started_trial(db_url, 3)
+    engine, storage, first, _claim, study, trial = started_trial(db_url, 3)
     age_leases(engine, 120)
     assert recover_stale(engine, storage, 30.0) == 3
     registry.register(engine, "w2", "host", 1, "cpu")
@@ -93,6 +93,7 @@ def test_the_counts_come_from_the_database(db_url: str) -> None:
     _run(engine, storage, study, retry[0], Why.TRAINED, 4000.0)
     _run(engine, storage, study, fresh[0], Why.TRAINED, 3.0)
     _run(engine, storage, study, fresh[1], Why.PRUNED, 0.5)
+    refit_done(engine, first)  # study 1 succeeds once its refit is done
     # Study 2 waits for its refit; study 3 is queued; study 4 was cancelled.
     holdout = StudySpec.model_validate(
         {"dataset": {"builtin": "iris"}, "search": {"n_trials": 1}, "evaluation": {"holdout": 0.2}}

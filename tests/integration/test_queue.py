@@ -15,7 +15,7 @@ from droptune.storage.readmodel.reads import Reader
 from droptune.storage.sql.db import create_engine, transaction
 from droptune.storage.sql.tables import studies
 from droptune.storage.submit import submits
-from tests.queueing import spec, study_row
+from tests.queueing import refit_done, spec, study_row
 
 
 def test_claim_reserves_slots_and_never_more_than_n_trials(db_url: str) -> None:
@@ -55,6 +55,7 @@ def test_done_trials_complete_the_study(db_url: str) -> None:
     assert claim is not None
     for lease in claim.leases:
         assert queue.finish(engine, lease.id, Outcome.DONE)
+    refit_done(engine, sid)  # the search is over: the refit, then the study succeeds
     row = study_row(engine, sid)
     assert (row.status, row.n_done) == ("succeeded", 3)
     assert row.ended_at is not None
@@ -204,17 +205,19 @@ def test_a_settled_search_stops_handing_out_slots_and_ends_when_its_trials_do(
     assert (row.status, row.n_trials, row.reason) == ("running", 4, why)
     assert queue.claim(engine, "w", 4) is None  # no slot beyond those claimed
     assert queue.finish(engine, claim.leases[3].id, Outcome.DONE)
+    refit_done(engine, sid)
     assert study_row(engine, sid).status == "succeeded"
     assert not early_stop.stop_search(engine, sid, why)  # ended
     best = Reader(engine, optuna_storage(db_url)).best(sid, None)
     assert best.stopped == why
-    # Every claimed trial already finished: the study ends at once.
+    # Every claimed trial already finished: the search ends at once (its refit is next).
     other = submits.enqueue(engine, spec(10), "a")
     first = queue.claim(engine, "w", 2)
     assert first is not None
     for lease in first.leases:
         queue.finish(engine, lease.id, Outcome.DONE)
     assert early_stop.stop_search(engine, other, why)
+    refit_done(engine, other)
     assert (study_row(engine, other).status, study_row(engine, other).n_done) == ("succeeded", 2)
     # A retry waiting for a slot is owed its run: no early stop then.
     owed = submits.enqueue(engine, spec(10, max_retries=1), "a")

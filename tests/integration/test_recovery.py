@@ -16,7 +16,7 @@ from droptune.storage.jobs.recovery import recover_stale
 from droptune.storage.sql.db import create_engine, transaction
 from droptune.storage.sql.tables import retries
 from droptune.storage.submit import submits
-from tests.queueing import age_leases, claimed, spec, started_trial, study_row
+from tests.queueing import age_leases, claimed, refit_done, spec, started_trial, study_row
 
 
 def test_leases_compare_against_the_database_clock(db_url: str) -> None:
@@ -53,6 +53,7 @@ def test_recovery_of_a_finished_trial_counts_it_done(db_url: str) -> None:
     age_leases(engine, 120)
     recover_stale(engine, storage, 30.0)
     assert storage.get_trial(trial._trial_id).state == TrialState.COMPLETE
+    refit_done(engine, sid)
     assert study_row(engine, sid).status == "succeeded"
     loaded = optuna.load_study(study_name=claim.optuna_study, storage=db_url)
     assert len(loaded.trials) == 1
