@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from droptune.core.errors import StorageError
 from droptune.service import errors
+from droptune.service.answers import Bodies
 from droptune.service.held import HeldSlots
 from droptune.service.middleware import auth, metrics
 from droptune.service.middleware.head import HeadAsGet
@@ -92,6 +93,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.reader = Reader(app.state.engine, app.state.optuna_read)
     app.state.memory = memory_limit(settings)
     app.state.held = HeldSlots(settings.max_held_per_owner)
+    app.state.bodies = Bodies()  # GET /best and /studies/{id}: JSON kept per version
     errors.install(app)
     build_openapi = app.openapi
 

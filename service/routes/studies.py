@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -11,11 +13,14 @@ from droptune.core.errors import Forbidden
 from droptune.core.schemas import BestOut, StudyOut, StudyPage, StudyStatus, TrialPage
 from droptune.core.spec.study import StudySpec
 from droptune.core.states import ENDED
+from droptune.service.answers import respond
 from droptune.service.deps import CallerDep, EngineDep, ReaderDep, SettingsDep
 from droptune.service.errors import problems
 from droptune.service.held import HeldSlots, hold
 from droptune.storage.jobs import queue
 from droptune.storage.jobs.lifecycle import delete_study
+from droptune.storage.readmodel import versions
+from droptune.storage.readmodel.versions import Versioned
 from droptune.storage.submit import submits
 from droptune.storage.submit.admission import MemoryLimit
 from droptune.storage.submit.quotas import Quotas
@@ -112,9 +117,23 @@ async def list_studies(
     return await run_in_threadpool(reader.page, scope, status, offset, limit)
 
 
+def _versioned(
+    request: Request, route: str, study_id: int, read: Callable[[], Versioned[Any]]
+) -> Response:
+    """The study's version read (404 first), then 304 or its kept bytes (service/answers.py)."""
+    return respond(
+        request.app.state.bodies, route, study_id, read(), request.headers.get("if-none-match")
+    )
+
+
 @router.get("/{study_id}", response_model=StudyOut, responses=ONE_STUDY)
-async def get_study(study_id: StudyId, caller: CallerDep, reader: ReaderDep) -> StudyOut:
-    return await run_in_threadpool(reader.study, study_id, caller.scope)
+async def get_study(
+    study_id: StudyId, caller: CallerDep, reader: ReaderDep, request: Request
+) -> Response:
+    """The study with its progress and best; its `ETag` changes with what it shows, and a
+    request whose `If-None-Match` names it is answered 304 (no body)."""
+    read = functools.partial(versions.study, reader, study_id, caller.scope)
+    return await run_in_threadpool(_versioned, request, "study", study_id, read)
 
 
 @router.get(
@@ -139,9 +158,10 @@ async def best(
     settings: SettingsDep,
     request: Request,
     wait: Annotated[float, Query(ge=0, description="hold up to this many seconds")] = 0,
-) -> BestOut | Response:
+) -> Response:
     """The best rate so far; with `wait`, held until the study ends or the time passes (or the
-    client goes: see service/held.py)."""
+    client goes: see service/held.py). Its `ETag` changes with the answer, and a request whose
+    `If-None-Match` names it is answered 304 (no body)."""
     seconds = min(wait, settings.max_wait_seconds)
     if seconds > 0:
         slots: HeldSlots = request.app.state.held
@@ -154,7 +174,8 @@ async def best(
                 request, request.app.state.watcher, study_id, seconds, ended
             ):
                 return Response(status_code=204)  # nobody is there to read it
-    return await run_in_threadpool(reader.best, study_id, caller.scope)
+    read = functools.partial(versions.best, reader, study_id, caller.scope)
+    return await run_in_threadpool(_versioned, request, "best", study_id, read)
 
 
 @router.get("/{study_id}/trials", response_model=TrialPage, responses=ONE_STUDY)
