@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
+from droptune.core import logs
 from droptune.core.errors import StorageError
 from droptune.service import errors
 from droptune.service.answers import Bodies
@@ -117,6 +118,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         app.state.dashboard = Deferred(app.state.optuna_read)  # built by the lifespan
         app.mount("/", dashboard_app(app.state.dashboard, lambda: app.routes))
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn's factory for `droptune serve --workers N` (an import string, `factory=True`):
+    each process builds its app from the DROPTUNE_* variables `serve` set from its flags, and
+    logs as `serve` does."""
+    logs.configure()
+    return create_app(ServiceSettings())
 
 
 def memory_limit(settings: ServiceSettings) -> MemoryLimit:
