@@ -75,10 +75,16 @@ def matches(if_none_match: str | None, etag: str) -> bool:
 
 
 def respond(
-    bodies: Bodies, route: str, study_id: int, got: Versioned[Any], if_none_match: str | None
+    bodies: Bodies,
+    route: str,
+    study_id: int,
+    read: Callable[[], Versioned[Any]],
+    if_none_match: str | None,
 ) -> Response:
-    """304 when the client holds this version, else the version's bytes with its ETag (a stale
-    answer, just recomputed, goes without one: the next poll names it)."""
+    """`read()` (the study's version, scoped to the caller: a 404 first), then 304 when the
+    client holds this version, else the version's bytes with its ETag (a stale answer, just
+    recomputed, goes without one: the next poll names it). Runs in the thread pool."""
+    got = read()
     if got.etag is None:
         return Response(bodies.dump(got.build()), media_type=JSON)
     headers = {"ETag": quoted(got.etag)}

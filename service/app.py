@@ -20,6 +20,7 @@ from droptune.service.held import HeldSlots
 from droptune.service.middleware import auth, metrics
 from droptune.service.middleware.head import HeadAsGet
 from droptune.service.middleware.limits import BodyLimit
+from droptune.service.middleware.polls import Polls
 from droptune.service.routes import curve, datasets, docs, events, model
 from droptune.service.routes.dashboard import Deferred, dashboard_app
 from droptune.service.routes.studies import router as studies_router
@@ -146,8 +147,9 @@ def memory_limit(settings: ServiceSettings) -> MemoryLimit:
 
 
 def _middleware(app: FastAPI, settings: ServiceSettings) -> None:
-    """Inside out: HEAD as GET, the body limits, access (service/middleware/auth.py), CORS when
-    configured."""
+    """Inside out: the polled reads (service/middleware/polls.py), HEAD as GET, the body limits,
+    access (service/middleware/auth.py), CORS when configured."""
+    app.add_middleware(Polls, reader=app.state.reader, bodies=app.state.bodies)
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimit, settings=settings, upload_path="/datasets")
     # Outside the limit: a request without a token is refused before its body is read.

@@ -122,7 +122,7 @@ def _versioned(
 ) -> Response:
     """The study's version read (404 first), then 304 or its kept bytes (service/answers.py)."""
     return respond(
-        request.app.state.bodies, route, study_id, read(), request.headers.get("if-none-match")
+        request.app.state.bodies, route, study_id, read, request.headers.get("if-none-match")
     )
 
 

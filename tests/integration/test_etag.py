@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from droptune.core.schemas import BestOut, StudyOut
 from droptune.service.app import create_app
+from droptune.service.middleware import polls
 from droptune.service.settings import ServiceSettings
 from droptune.storage.access import tokens
 from droptune.storage.optuna_bridge import optuna_storage
@@ -214,3 +215,45 @@ def test_the_openapi_document_still_names_the_models(setup: Setup) -> None:
         schema = op["responses"]["200"]["content"]["application/json"]["schema"]
         assert schema == {"$ref": f"#/components/schemas/{model}"}
         assert {p["name"] for p in op.get("parameters", [])} == params
+
+
+@pytest.mark.parametrize("route", ["best", "study"])
+def test_polls_answered_before_routing_equal_the_routes_answers(
+    setup: Setup, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain poll is answered by service/middleware/polls.py; with a query string it goes to
+    the route: the same bytes, ETag and 304 either way, and the route's own checks still
+    answer what the fast path leaves to it."""
+    answered: list[int] = []
+    hop = polls.run_in_threadpool  # type: ignore[attr-defined]
+
+    async def counted(*args: Any) -> Any:
+        answered.append(1)
+        return await hop(*args)
+
+    monkeypatch.setattr(polls, "run_in_threadpool", counted)
+    fast = setup.get(route)
+    assert answered == [1]  # before routing
+    path = ROUTES[route].format(sid=setup.sid)
+    query = "wait=0" if route == "best" else "unused=1"
+    auth = {"Authorization": f"Bearer {ALICE}"}
+    routed = setup.api.get(f"{path}?{query}", headers=auth)
+    assert routed.status_code == fast.status_code == 200
+    assert routed.content == fast.content
+    assert routed.headers["etag"] == fast.headers["etag"]
+    again = setup.api.get(
+        f"{path}?{query}", headers={**auth, "If-None-Match": fast.headers["etag"]}
+    )
+    assert again.status_code == 304 and again.content == b""
+    # left to the routes: ids out of range, bad queries, another owner's study
+    for bad in (ROUTES[route].format(sid=0), ROUTES[route].format(sid=2**63)):
+        assert setup.api.get(bad, headers=auth).status_code == 422
+    if route == "best":
+        assert setup.api.get(f"{path}?wait=soon", headers=auth).status_code == 422
+    other = setup.get(route, token=BOB)
+    assert other.status_code == 404 and other.json()["status"] == 404
+    assert "x-request-id" in fast.headers and "x-request-id" in other.headers
+    head = setup.api.head(path, headers=auth)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["etag"] == fast.headers["etag"]
+    assert len(answered) == 3  # the plain poll, another owner's (404: then routed), HEAD
