@@ -79,9 +79,14 @@ def _row(
 
 
 def digest(kind: str, *parts: Any) -> str:
-    """A strong ETag's opaque part: `kind` and the values, as text, hashed."""
-    text = repr((kind, *parts)).encode()
-    return hashlib.blake2b(text, digest_size=16).hexdigest()
+    """A strong ETag's opaque part: `kind` and the values, each as text with its length (the
+    text of a JSON column as it is, not escaped again), hashed."""
+    h = hashlib.blake2b(kind.encode(), digest_size=16)
+    for part in parts:
+        text = b"" if part is None else str(part).encode()
+        h.update(b"-" if part is None else f"{len(text)}:".encode())
+        h.update(text)
+    return h.hexdigest()
 
 
 def _decoded(row: sa.Row[Any]) -> SimpleNamespace:
