@@ -18,10 +18,12 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from proc_cpu import cpu_s, proc_fields
 
 HERE = Path(__file__).resolve().parent
 
@@ -33,6 +35,22 @@ class Hey:
     p99_ms: float
     ok: int
     errors: int
+    cpu_ms: float = float("nan")  # the server's CPU (its processes') per answered request
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of `pid` and its children (uvicorn's worker processes)."""
+    kids = [
+        int(p.name) for p in Path("/proc").glob("[0-9]*") if proc_fields(p.name)[1:2] == [str(pid)]
+    ]
+    return cpu_s([pid, *kids])
+
+
+def measured(pid: int, run: Callable[[], Hey]) -> Hey:
+    c0 = tree_cpu(pid)
+    h = run()
+    h.cpu_ms = (tree_cpu(pid) - c0) * 1000 / max(1, h.ok)
+    return h
 
 
 def hey(url: str, seconds: float, conc: int, qps: float | None) -> Hey:
@@ -79,41 +97,50 @@ def bare(body: bytes, path: str, port: int, workers: int, tmp: Path) -> subproce
 
 
 def line(case: str, h: Hey) -> str:
-    return f"| {case} | {h.rps:.0f} | {h.p50_ms:.1f} | {h.p99_ms:.1f} | {h.ok} | {h.errors} |"
+    cells = f"{h.rps:.0f} | {h.p50_ms:.1f} | {h.p99_ms:.1f} | {h.cpu_ms:.2f} | {h.ok} | {h.errors}"
+    return f"| {case} | {cells} |"
 
 
-def compare(base: str, path: str, port: int, workers: int, seconds: float, tmp: Path) -> list[str]:
-    """The table's rows: droptune's `/best` at `base` and the bare app on `port`."""
+def compare(
+    base: str, path: str, ports: tuple[int, int], workers: int, seconds: float, tmp: Path
+) -> list[str]:
+    """The table's rows: droptune's `/best` at `base` (its server's pid: `ports[0]`) and the
+    bare app, started on port `ports[1]`."""
+    pid, port = ports
     url = base + path
     body = httpx.get(url, timeout=300).raise_for_status().content  # computed once, kept
-    rows = [line(f"droptune /best, hey -c 200 -q 5 ({seconds:g} s)", hey(url, seconds, 200, 5))]
+    paced = measured(pid, lambda: hey(url, seconds, 200, 5))
+    rows = [line(f"droptune /best, hey -c 200 -q 5 ({seconds:g} s)", paced)]
     print(rows[-1], flush=True)
-    sat = hey(url, seconds, 50, None)
+    sat = measured(pid, lambda: hey(url, seconds, 50, None))
     rows.append(line(f"droptune /best, saturated (hey -c 50, {seconds:g} s)", sat))
     print(rows[-1], flush=True)
     proc = bare(body, path, port, workers, tmp)
     try:
         anchor = f"http://127.0.0.1:{port}{path}"
-        b_sat = hey(anchor, seconds, 50, None)
+        b_sat = measured(proc.pid, lambda: hey(anchor, seconds, 50, None))
         rows.append(line(f"bare app, saturated (hey -c 50, {seconds:g} s)", b_sat))
         print(rows[-1], flush=True)
-        b_paced = hey(anchor, seconds, 200, 5)
+        b_paced = measured(proc.pid, lambda: hey(anchor, seconds, 200, 5))
         rows.append(line(f"bare app, hey -c 200 -q 5 ({seconds:g} s)", b_paced))
     finally:
         proc.terminate()
         proc.wait(30)
-    rows.append(f"| **saturated /best ÷ bare app** | **{sat.rps / b_sat.rps:.0%}** | | | | |")
+    rows.append(f"| **saturated /best ÷ bare app** | **{sat.rps / b_sat.rps:.0%}** | | | | | |")
     return rows
 
 
 HEADER = [
-    "| db | case | req/s | p50 ms | p99 ms | 200s | errors |",
-    "|---|---|---|---|---|---|---|",
+    "| db | case | req/s | p50 ms | p99 ms | server CPU ms/req | 200s | errors |",
+    "|---|---|---|---|---|---|---|---|",
 ]
 
 
-def hey_rows(backend: str, path: str, port: int, args: argparse.Namespace, tmp: Path) -> list[str]:
-    """bench_api.py's `--hey` cases on a started `serve` at `port` (the bare app on port+1)."""
+def hey_rows(
+    backend: str, path: str, serve: tuple[int, int], args: argparse.Namespace, tmp: Path
+) -> list[str]:
+    """bench_api.py's `--hey` cases on a started `serve` (pid, port); the bare app on port+1."""
+    pid, port = serve
     base = f"http://127.0.0.1:{port}"
-    rows = compare(base, path, port + 1, args.serve_workers, args.seconds, tmp)
+    rows = compare(base, path, (pid, port + 1), args.serve_workers, args.seconds, tmp)
     return [f"| {backend} |{r[1:]}" for r in rows]

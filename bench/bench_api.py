@@ -294,7 +294,7 @@ def bench(backend: str, args: argparse.Namespace, tmp: Path) -> list[str]:
         proc = serve(url, port, tmp / f"serve-{backend}.log", args.serve_workers)
         try:
             if args.hey:
-                return hey_rows(backend, f"/studies/{big}/best", port, args, tmp)
+                return hey_rows(backend, f"/studies/{big}/best", (proc.pid, port), args, tmp)
             return _cases(backend, args, port, proc.pid, big, small)
         finally:
             proc.terminate()

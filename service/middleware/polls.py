@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
-from starlette.concurrency import run_in_threadpool
+import anyio
+import anyio.to_thread
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -26,6 +29,17 @@ from droptune.storage.readmodel import versions
 from droptune.storage.readmodel.reads import Reader
 
 DB_INT = 2**63 - 1  # as the routes' StudyId
+# Polls read in at most this many threads at once (of the pool's 40): more only queue on the
+# GIL and on the database's connection pool (whose spare connections, past its 5, are opened
+# and closed again for each use; PostgreSQL's pool keeps 4), costing CPU, answering no sooner.
+THREADS = 4
+T = TypeVar("T")
+
+
+async def run_in_threadpool(fn: Callable[[], T], limiter: anyio.CapacityLimiter) -> T:
+    return await anyio.to_thread.run_sync(fn, limiter=limiter)
+
+
 POLLED = re.compile(r"/studies/([1-9][0-9]{0,18})(/best)?")
 
 
@@ -34,6 +48,7 @@ class Polls:
         self.app = app
         self.reader = reader
         self.bodies = bodies
+        self.limiter: anyio.CapacityLimiter | None = None  # made in the event loop, when first used
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = (
@@ -49,15 +64,18 @@ class Polls:
         read = versions.best if found and found.group(2) else versions.study
         route = "best" if read is versions.best else "study"
         etag = Headers(scope=scope).get("if-none-match")
+        if self.limiter is None:
+            self.limiter = anyio.CapacityLimiter(THREADS)
+        answer = functools.partial(
+            respond,
+            self.bodies,
+            route,
+            study_id,
+            functools.partial(read, self.reader, study_id, caller.scope),
+            etag,
+        )
         try:
-            response = await run_in_threadpool(
-                respond,
-                self.bodies,
-                route,
-                study_id,
-                functools.partial(read, self.reader, study_id, caller.scope),
-                etag,
-            )
+            response = await run_in_threadpool(answer, self.limiter)
         except DroptuneError:  # 404, 503: the route answers it, as for any other request
             await self.app(scope, receive, send)
             return

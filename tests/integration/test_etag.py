@@ -225,7 +225,7 @@ def test_polls_answered_before_routing_equal_the_routes_answers(
     the route: the same bytes, ETag and 304 either way, and the route's own checks still
     answer what the fast path leaves to it."""
     answered: list[int] = []
-    hop = polls.run_in_threadpool  # type: ignore[attr-defined]
+    hop = polls.run_in_threadpool
 
     async def counted(*args: Any) -> Any:
         answered.append(1)
