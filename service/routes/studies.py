@@ -13,13 +13,14 @@ from droptune.core.errors import Forbidden
 from droptune.core.schemas import BestOut, StudyOut, StudyPage, StudyStatus, TrialPage
 from droptune.core.spec.study import StudySpec
 from droptune.core.states import ENDED
-from droptune.service.answers import respond
+from droptune.service.answers import matches, respond
 from droptune.service.deps import CallerDep, EngineDep, ReaderDep, SettingsDep
 from droptune.service.errors import problems
 from droptune.service.held import HeldSlots, hold
 from droptune.storage.jobs import queue
 from droptune.storage.jobs.lifecycle import delete_study
 from droptune.storage.readmodel import versions
+from droptune.storage.readmodel.reads import Reader
 from droptune.storage.readmodel.versions import Versioned
 from droptune.storage.submit import submits
 from droptune.storage.submit.admission import MemoryLimit
@@ -130,8 +131,8 @@ def _versioned(
 async def get_study(
     study_id: StudyId, caller: CallerDep, reader: ReaderDep, request: Request
 ) -> Response:
-    """The study with its progress and best; its `ETag` changes with what it shows, and a
-    request whose `If-None-Match` names it is answered 304 (no body)."""
+    # Its ETag changes with what it shows; If-None-Match naming it is a 304 (service/answers.py).
+    # (Comments, not the docstring: the docstring is the OpenAPI document's, kept as it was.)
     read = functools.partial(versions.study, reader, study_id, caller.scope)
     return await run_in_threadpool(_versioned, request, "study", study_id, read)
 
@@ -160,22 +161,44 @@ async def best(
     wait: Annotated[float, Query(ge=0, description="hold up to this many seconds")] = 0,
 ) -> Response:
     """The best rate so far; with `wait`, held until the study ends or the time passes (or the
-    client goes: see service/held.py). Its `ETag` changes with the answer, and a request whose
-    `If-None-Match` names it is answered 304 (no body)."""
+    client goes: see service/held.py)."""
+    # Its ETag changes with the answer; If-None-Match naming it is a 304, and with `wait` the
+    # request is held until the version changes instead (service/answers.py, _held below).
     seconds = min(wait, settings.max_wait_seconds)
+    read = functools.partial(versions.best, reader, study_id, caller.scope)
     if seconds > 0:
         slots: HeldSlots = request.app.state.held
         with slots.acquire(caller.name):
-
-            async def ended() -> bool:
-                return await run_in_threadpool(reader.status, study_id, caller.scope) in ENDED
-
-            if not await ended() and not await hold(  # the first read answers 404 too
-                request, request.app.state.watcher, study_id, seconds, ended
-            ):
+            if not await _held(request, reader, study_id, caller.scope, seconds, read):
                 return Response(status_code=204)  # nobody is there to read it
-    read = functools.partial(versions.best, reader, study_id, caller.scope)
     return await run_in_threadpool(_versioned, request, "best", study_id, read)
+
+
+async def _held(
+    request: Request,
+    reader: Reader,
+    study_id: int,
+    owner: str | None,
+    seconds: float,
+    read: Callable[[], Versioned[Any]],
+) -> bool:
+    """Hold `?wait=` (service/held.py): until the study ends, or, with If-None-Match, until the
+    answer's version is no longer the one named (the first read answers 404 too). False when
+    the client has gone."""
+    tag = request.headers.get("if-none-match")
+    watcher = request.app.state.watcher
+    if tag is not None:
+
+        async def changed() -> bool:
+            etag = (await run_in_threadpool(read)).etag
+            return etag is None or not matches(tag, etag)
+
+        return await hold(request, watcher, study_id, seconds, changed, recheck=True)
+
+    async def ended() -> bool:
+        return await run_in_threadpool(reader.status, study_id, owner) in ENDED
+
+    return await ended() or await hold(request, watcher, study_id, seconds, ended)
 
 
 @router.get("/{study_id}/trials", response_model=TrialPage, responses=ONE_STUDY)

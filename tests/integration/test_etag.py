@@ -9,6 +9,8 @@ route's response_model from the plain read."""
 from __future__ import annotations
 
 import random
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -257,3 +259,34 @@ def test_polls_answered_before_routing_equal_the_routes_answers(
     assert head.status_code == 200 and head.content == b""
     assert head.headers["etag"] == fast.headers["etag"]
     assert len(answered) == 3  # the plain poll, another owner's (404: then routed), HEAD
+
+
+def test_wait_with_if_none_match_holds_until_the_version_changes(setup: Setup) -> None:
+    """`?wait=` with If-None-Match: an unchanged answer is held the whole wait, then a 304; a
+    tag that no longer matches is answered at once; a trial finishing during the hold wakes it
+    (through the process's study watcher) with the new answer."""
+    etag = fresh_etag(setup, "best")
+    path = ROUTES["best"].format(sid=setup.sid)
+    auth = {"Authorization": f"Bearer {ALICE}"}
+    t = time.monotonic()
+    r = setup.api.get(f"{path}?wait=1", headers={**auth, "If-None-Match": etag})
+    assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == etag
+    assert time.monotonic() - t >= 0.9
+    t = time.monotonic()
+    r = setup.api.get(f"{path}?wait=30", headers={**auth, "If-None-Match": '"old"'})
+    assert r.status_code == 200 and r.headers["etag"] == etag
+    assert time.monotonic() - t < 5
+    finish = threading.Timer(
+        0.5, insert_trials, (setup.world.storage, setup.oid, [scored_trial(random.Random(8))])
+    )
+    finish.start()
+    t = time.monotonic()
+    r = setup.api.get(f"{path}?wait=30", headers={**auth, "If-None-Match": etag})
+    finish.join()
+    assert r.status_code == 200 and r.json() == setup.plain("best")
+    assert r.json()["trial"] is not None and r.headers.get("etag") != etag
+    assert 0.4 < time.monotonic() - t < 15  # woken by the change, not the end of the wait
+    bob = {"Authorization": f"Bearer {BOB}", "If-None-Match": "*"}
+    t = time.monotonic()
+    assert setup.api.get(f"{path}?wait=30", headers=bob).status_code == 404
+    assert time.monotonic() - t < 5  # refused at once, never held
