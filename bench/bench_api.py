@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_api.py [--backend sqlite postgres] [--seconds 20]
         [--pollers 200] [--every 0.2 [0.5 ...]] [--trials 5000] [--studies 1000] [--out FILE]
+        [--hey [--serve-workers N] [--port P]]  (--hey: bench/api_hey.py's cases instead)
 
 The database is filled directly (bulk inserts into droptune's and Optuna's tables): one running
 study with `--trials` finished trials, and `--studies` - 1 others with a few trials each. Then
@@ -46,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
+from api_hey import HEADER, hey_rows  # noqa: E402
 from optuna.storages._rdb import models  # noqa: E402
 from optuna.study import StudyDirection  # noqa: E402
 from proc_cpu import cpu_s  # noqa: E402
@@ -65,6 +67,8 @@ SPEC = StudySpec.model_validate(
 )
 OTHER_TRIALS = 5  # trials of each of the other studies
 LATE_S = 0.05
+TABLE = "| db | case | req/s | p50 ms | p95 ms | p99 ms | max ms | p99 from send ms | server CPU "
+TABLE += "ms/req | late | errors |\n" + "|---" * 11 + "|"
 
 
 def fresh_database(kind: str, tmp: Path) -> str:
@@ -246,11 +250,12 @@ def row(backend: str, case: str, s: Stats, wall: float, cpu: float, held: Stats 
     )
 
 
-def serve(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def serve(url: str, port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPTUNE_")}
     env |= {"DROPTUNE_DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
+    more = ["--workers", str(workers)] if workers > 1 else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "droptune.client.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "droptune.client.cli", "serve", "--port", str(port), *more],
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
@@ -285,9 +290,11 @@ def bench(backend: str, args: argparse.Namespace, tmp: Path) -> list[str]:
         t = time.perf_counter()
         big, small = fill(url, args.studies, args.trials)
         print(f"{backend}: filled in {time.perf_counter() - t:.1f}s", flush=True)
-        port = procs.free_port()
-        proc = serve(url, port, tmp / f"serve-{backend}.log")
+        port = args.port or procs.free_port()
+        proc = serve(url, port, tmp / f"serve-{backend}.log", args.serve_workers)
         try:
+            if args.hey:
+                return hey_rows(backend, f"/studies/{big}/best", (proc.pid, port), args, tmp)
             return _cases(backend, args, port, proc.pid, big, small)
         finally:
             proc.terminate()
@@ -364,6 +371,9 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=5000)
     p.add_argument("--studies", type=int, default=1000)
     p.add_argument("--out", type=Path, default=None, help="write the table here (markdown)")
+    p.add_argument("--hey", action="store_true", help="bench/api_hey.py's cases (needs hey)")
+    p.add_argument("--serve-workers", type=int, default=1, help="`serve --workers` (and bare)")
+    p.add_argument("--port", type=int, default=0, help="serve's port (the bare app's: +1)")
     args = p.parse_args()
     before = machine()
     lines: list[str] = []
@@ -375,9 +385,7 @@ def main() -> None:
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, `{command}`",
         f"{os.cpu_count()} CPUs; before the run: {before}",
         "",
-        "| db | case | req/s | p50 ms | p95 ms | p99 ms | max ms | p99 from send ms "
-        "| server CPU ms/req | late | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *(HEADER if args.hey else TABLE.split("\n")),
     ]
     text = "\n".join([*header, *lines]) + "\n"
     print(text)

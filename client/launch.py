@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -29,15 +30,24 @@ def serve(settings: ServiceSettings) -> None:
     logs.configure()
     upgrade(settings.database_url)
     check_exposure(settings)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        log_config=None,  # uvicorn's access and error lines go through logs.configure's handler
-        timeout_graceful_shutdown=5,
-    )
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "info",
+        "log_config": None,  # uvicorn's access and error lines go through logs.configure's
+        "timeout_graceful_shutdown": 5,
+    }
+    if settings.api_workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Several processes: uvicorn starts each from an import string, and each reads its settings
+    # back from the environment (the flags given included).
+    env = settings.to_env()
+    for name in set(os.environ) - set(env):
+        del os.environ[name]
+    os.environ.update(env)
+    factory = "droptune.service.app:create_app_from_env"
+    uvicorn.run(factory, factory=True, workers=settings.api_workers, **options)
 
 
 def check_exposure(settings: ServiceSettings) -> None:

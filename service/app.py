@@ -12,12 +12,15 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
+from droptune.core import logs
 from droptune.core.errors import StorageError
 from droptune.service import errors
+from droptune.service.answers import Bodies
 from droptune.service.held import HeldSlots
 from droptune.service.middleware import auth, metrics
 from droptune.service.middleware.head import HeadAsGet
 from droptune.service.middleware.limits import BodyLimit
+from droptune.service.middleware.polls import Polls
 from droptune.service.routes import curve, datasets, docs, events, model
 from droptune.service.routes.dashboard import Deferred, dashboard_app
 from droptune.service.routes.studies import router as studies_router
@@ -93,6 +96,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.reader = Reader(app.state.engine, app.state.optuna_read)
     app.state.memory = memory_limit(settings)
     app.state.held = HeldSlots(settings.max_held_per_owner)
+    app.state.bodies = Bodies()  # GET /best and /studies/{id}: JSON kept per version
     errors.install(app)
     build_openapi = app.openapi
 
@@ -120,6 +124,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     return app
 
 
+def create_app_from_env() -> FastAPI:
+    """uvicorn's factory for `droptune serve --workers N` (an import string, `factory=True`):
+    each process builds its app from the DROPTUNE_* variables `serve` set from its flags, and
+    logs as `serve` does."""
+    logs.configure()
+    return create_app(ServiceSettings())
+
+
 def memory_limit(settings: ServiceSettings) -> MemoryLimit:
     """What submits are admitted against (storage.admission.MemoryLimit). Serving a public
     address without DROPTUNE_WORKER_MEMORY_GB, a study submitted while no worker is live is
@@ -138,8 +150,9 @@ def memory_limit(settings: ServiceSettings) -> MemoryLimit:
 
 
 def _middleware(app: FastAPI, settings: ServiceSettings) -> None:
-    """Inside out: HEAD as GET, the body limits, access (service/middleware/auth.py), CORS when
-    configured."""
+    """Inside out: the polled reads (service/middleware/polls.py), HEAD as GET, the body limits,
+    access (service/middleware/auth.py), CORS when configured."""
+    app.add_middleware(Polls, reader=app.state.reader, bodies=app.state.bodies)
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimit, settings=settings, upload_path="/datasets")
     # Outside the limit: a request without a token is refused before its body is read.

@@ -100,20 +100,24 @@ async def hold(
     study_id: int,
     seconds: float,
     ended: Callable[[], Awaitable[bool]],
+    *,
+    recheck: bool = False,
 ) -> bool:
     """Wait until the study has ended or `seconds` have passed (True), or until the client has
     gone (False). `ended()` reads the study once the watch is in place: a study that ended
     (and said so) between the caller's first read and the watch would otherwise wait for the
-    watcher's next unprompted check."""
+    watcher's next unprompted check. With `recheck`, `ended()` is the whole condition instead
+    (`?wait=` with If-None-Match: until the answer's version changes), read again after each
+    change the watcher sees."""
     deadline = time.monotonic() + seconds
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         async with watcher.watch(study_id) as watched:
+            version = watched.version  # before looking: a change after it wakes the wait
             if await ended():
                 return True
             while True:
-                version = watched.version  # before looking: a change after it wakes the wait
-                if watched.seen is not None and watched.seen[0] in ENDED:
+                if not recheck and watched.seen is not None and watched.seen[0] in ENDED:
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -125,6 +129,10 @@ async def hold(
                 change.cancel()
                 if gone in done:
                     return False
+                if change in done:
+                    version = watched.version
+                    if recheck and await ended():
+                        return True
     finally:
         gone.cancel()
         with contextlib.suppress(asyncio.CancelledError):

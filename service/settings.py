@@ -12,6 +12,9 @@ class ServiceSettings(StorageSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # `droptune serve --workers N`: uvicorn processes on the one port (the API holds no state
+    # between requests). Not `up --workers`, which counts training workers.
+    api_workers: int = Field(1, ge=1)
     dashboard: bool = True
     max_wait_seconds: float = 600.0  # longest `?wait=` a request may hold
     # Held `?wait=` requests and event streams one owner may have open at once (service/held.py)

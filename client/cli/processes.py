@@ -34,6 +34,12 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port", min=1, max=65535)] = None,
     database_url: DbOpt = None,
     insecure: InsecureOpt = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="API processes on the port (default: DROPTUNE_API_WORKERS, else 1)", min=1
+        ),
+    ] = None,
 ) -> None:
     """Run the API and the dashboard (migrates the database first)."""
     need("server")
@@ -41,7 +47,11 @@ def serve(
 
     with one_line_errors():
         settings = ServiceSettings.from_flags(
-            host=host, port=port, database_url=database_url, insecure=insecure or None
+            host=host,
+            port=port,
+            database_url=database_url,
+            insecure=insecure or None,
+            api_workers=workers,
         )
         launch.serve(settings)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -11,11 +13,15 @@ from droptune.core.errors import Forbidden
 from droptune.core.schemas import BestOut, StudyOut, StudyPage, StudyStatus, TrialPage
 from droptune.core.spec.study import StudySpec
 from droptune.core.states import ENDED
+from droptune.service.answers import matches, respond
 from droptune.service.deps import CallerDep, EngineDep, ReaderDep, SettingsDep
 from droptune.service.errors import problems
 from droptune.service.held import HeldSlots, hold
 from droptune.storage.jobs import queue
 from droptune.storage.jobs.lifecycle import delete_study
+from droptune.storage.readmodel import versions
+from droptune.storage.readmodel.reads import Reader
+from droptune.storage.readmodel.versions import Versioned
 from droptune.storage.submit import submits
 from droptune.storage.submit.admission import MemoryLimit
 from droptune.storage.submit.quotas import Quotas
@@ -112,9 +118,23 @@ async def list_studies(
     return await run_in_threadpool(reader.page, scope, status, offset, limit)
 
 
+def _versioned(
+    request: Request, route: str, study_id: int, read: Callable[[], Versioned[Any]]
+) -> Response:
+    """The study's version read (404 first), then 304 or its kept bytes (service/answers.py)."""
+    return respond(
+        request.app.state.bodies, route, study_id, read, request.headers.get("if-none-match")
+    )
+
+
 @router.get("/{study_id}", response_model=StudyOut, responses=ONE_STUDY)
-async def get_study(study_id: StudyId, caller: CallerDep, reader: ReaderDep) -> StudyOut:
-    return await run_in_threadpool(reader.study, study_id, caller.scope)
+async def get_study(
+    study_id: StudyId, caller: CallerDep, reader: ReaderDep, request: Request
+) -> Response:
+    # Its ETag changes with what it shows; If-None-Match naming it is a 304 (service/answers.py).
+    # (Comments, not the docstring: the docstring is the OpenAPI document's, kept as it was.)
+    read = functools.partial(versions.study, reader, study_id, caller.scope)
+    return await run_in_threadpool(_versioned, request, "study", study_id, read)
 
 
 @router.get(
@@ -139,22 +159,46 @@ async def best(
     settings: SettingsDep,
     request: Request,
     wait: Annotated[float, Query(ge=0, description="hold up to this many seconds")] = 0,
-) -> BestOut | Response:
+) -> Response:
     """The best rate so far; with `wait`, held until the study ends or the time passes (or the
     client goes: see service/held.py)."""
+    # Its ETag changes with the answer; If-None-Match naming it is a 304, and with `wait` the
+    # request is held until the version changes instead (service/answers.py, _held below).
     seconds = min(wait, settings.max_wait_seconds)
+    read = functools.partial(versions.best, reader, study_id, caller.scope)
     if seconds > 0:
         slots: HeldSlots = request.app.state.held
         with slots.acquire(caller.name):
-
-            async def ended() -> bool:
-                return await run_in_threadpool(reader.status, study_id, caller.scope) in ENDED
-
-            if not await ended() and not await hold(  # the first read answers 404 too
-                request, request.app.state.watcher, study_id, seconds, ended
-            ):
+            if not await _held(request, reader, study_id, caller.scope, seconds, read):
                 return Response(status_code=204)  # nobody is there to read it
-    return await run_in_threadpool(reader.best, study_id, caller.scope)
+    return await run_in_threadpool(_versioned, request, "best", study_id, read)
+
+
+async def _held(
+    request: Request,
+    reader: Reader,
+    study_id: int,
+    owner: str | None,
+    seconds: float,
+    read: Callable[[], Versioned[Any]],
+) -> bool:
+    """Hold `?wait=` (service/held.py): until the study ends, or, with If-None-Match, until the
+    answer's version is no longer the one named (the first read answers 404 too). False when
+    the client has gone."""
+    tag = request.headers.get("if-none-match")
+    watcher = request.app.state.watcher
+    if tag is not None:
+
+        async def changed() -> bool:
+            etag = (await run_in_threadpool(read)).etag
+            return etag is None or not matches(tag, etag)
+
+        return await hold(request, watcher, study_id, seconds, changed, recheck=True)
+
+    async def ended() -> bool:
+        return await run_in_threadpool(reader.status, study_id, owner) in ENDED
+
+    return await ended() or await hold(request, watcher, study_id, seconds, ended)
 
 
 @router.get("/{study_id}/trials", response_model=TrialPage, responses=ONE_STUDY)

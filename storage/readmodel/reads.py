@@ -179,7 +179,7 @@ class Reader:
         items = [self._study_out(r, counts.get(r.optuna_study, Counts())) for r in rows]
         return StudyPage(items=items, total=total, offset=offset, limit=limit)
 
-    def _study_out(self, row: sa.Row[Any], counts: Counts) -> StudyOut:
+    def _study_out(self, row: Any, counts: Counts) -> StudyOut:
         progress = Progress(
             n_trials=row.n_trials,
             complete=counts.complete,
@@ -206,7 +206,7 @@ class Reader:
             best=best,
         )
 
-    def _answer(self, row: sa.Row[Any], finished: int) -> tuple[CachedAnswer, PValues]:
+    def _answer(self, row: Any, finished: int) -> tuple[CachedAnswer, PValues]:
         """The answer and each COMPLETE trial's p: cached when computed from the `finished`
         trials counted with the row, else recomputed by one thread per study at a time (the
         others wait, then find what it stored)."""
@@ -251,7 +251,7 @@ def _counts_of(conn: Connection, row: sa.Row[Any]) -> Counts:
     return count_trials(conn, [name]).get(name, Counts()) if name else Counts()
 
 
-def _best_out(row: sa.Row[Any], a: CachedAnswer) -> BestOut:
+def _best_out(row: Any, a: CachedAnswer) -> BestOut:
     spec = StudySpec.stored(row.spec)
     test = TestScore.model_validate(row.refit_result) if row.refit_result else None
     out = BestOut(

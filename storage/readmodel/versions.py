@@ -1,0 +1,137 @@
+"""Reads that name their version: what GET /studies/{id}/best and GET /studies/{id} show,
+with a digest of everything their bytes are made from (the service's ETag).
+
+A poll reads the same statements as before (the row with its finished trials counted; the
+row and its trials counted by state), but the JSON columns come back as their text, not
+decoded: the digest is taken over that text and the plain columns, and the body is built (JSON
+decoded, models validated) only when the caller has no bytes for that digest yet. The body is
+built from the very row the digest was taken from, so a digest always names one body.
+
+What goes into a digest is every column the body reads: status, reason, spec, refit state and
+result, the cached answer and the number of finished trials it was computed from, the progress
+counts for a study. A change to any of them changes the digest; columns the body does not show
+(claims, heartbeats) leave it alone. An answer that is stale (more trials finished than the
+cached one saw) has no version: it is recomputed and stored by the plain read, and the next
+poll finds it current.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Generic, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from droptune.core.errors import NotFound
+from droptune.core.schemas import BestOut, StudyOut
+from droptune.storage.readmodel.answer_cache import Counts, finished_of
+from droptune.storage.readmodel.reads import Reader, _best_out, _counts_of
+from droptune.storage.sql.db import transaction
+from droptune.storage.sql.tables import studies
+
+T = TypeVar("T")
+JSON_COLUMNS = ("spec", "refit_result", "answer")
+# What the answer of GET /best reads from the row; GET /studies/{id} reads these and more.
+BEST = ("id", "status", "reason", "spec", "refit_result", "answer", "answer_trials")
+STUDY = (
+    *BEST,
+    *("name", "priority", "owner", "created_at", "started_at", "ended_at"),
+    *("optuna_study", "n_trials", "refit_state"),
+)
+
+
+@dataclass(frozen=True)
+class Versioned(Generic[T]):
+    """`etag`: the digest of what the body is made from (None: the answer was stale, nothing
+    to name); `build()`: the body itself, from the same row."""
+
+    etag: str | None
+    build: Callable[[], T]
+
+
+@functools.cache
+def _statement(names: tuple[str, ...], owned: bool, finished: bool) -> sa.Select[Any]:
+    """The row by `:id` (and `:owner`), JSON columns as their text: built once per shape."""
+    cols: list[Any] = [
+        sa.cast(studies.c[n], sa.Text).label(n) if n in JSON_COLUMNS else studies.c[n]
+        for n in names
+    ]
+    if finished:
+        cols.append(finished_of(studies.c.optuna_study).label("finished"))
+    q = sa.select(*cols).where(studies.c.id == sa.bindparam("id"))
+    return q.where(studies.c.owner == sa.bindparam("owner")) if owned else q
+
+
+def _row(
+    conn: Connection, names: tuple[str, ...], study_id: int, owner: str | None, finished: bool
+) -> sa.Row[Any]:
+    q = _statement(names, owner is not None, finished)
+    row = conn.execute(q, {"id": study_id, "owner": owner}).one_or_none()
+    if row is None:  # another owner's study is a missing one: before any version is looked at
+        raise NotFound(f"study {study_id} not found")
+    return row
+
+
+def digest(kind: str, *parts: Any) -> str:
+    """A strong ETag's opaque part: `kind` and the values, each as text with its length (the
+    text of a JSON column as it is, not escaped again), hashed."""
+    h = hashlib.blake2b(kind.encode(), digest_size=16)
+    for part in parts:
+        text = b"" if part is None else str(part).encode()
+        h.update(b"-" if part is None else f"{len(text)}:".encode())
+        h.update(text)
+    return h.hexdigest()
+
+
+def _decoded(row: sa.Row[Any]) -> SimpleNamespace:
+    """The row as `reads` reads it: JSON columns decoded (what the database driver would do)."""
+    values = row._asdict()
+    for n in JSON_COLUMNS:
+        if n in values and values[n] is not None:
+            values[n] = json.loads(values[n])
+    return SimpleNamespace(**values)
+
+
+def _current(answer_trials: int | None, finished: int) -> bool:
+    """Whether the row's answer is the one of its `finished` trials (none finished: the empty
+    answer, whatever the row holds)."""
+    return finished == 0 or answer_trials == finished
+
+
+def best(reader: Reader, study_id: int, owner: str | None) -> Versioned[BestOut]:
+    """GET /studies/{id}/best: one statement, as `Reader.best`."""
+    with transaction(reader.engine, read_only=True) as conn:
+        row = _row(conn, BEST, study_id, owner, finished=True)
+    if not _current(row.answer_trials, row.finished):
+        return Versioned(None, lambda: reader.best(study_id, owner))
+
+    def build() -> BestOut:
+        r = _decoded(row)
+        return _best_out(r, reader._answer(r, r.finished)[0])
+
+    return Versioned(digest("best", *row), build)
+
+
+def study(reader: Reader, study_id: int, owner: str | None) -> Versioned[StudyOut]:
+    """GET /studies/{id}: two statements, as `Reader.study`."""
+    with transaction(reader.engine, read_only=True) as conn:
+        row = _row(conn, STUDY, study_id, owner, finished=False)
+        counts = _counts_of(conn, row)
+    if counts.total and not _current(row.answer_trials, counts.finished):
+        return Versioned(None, lambda: reader.study(study_id, owner))
+
+    def build() -> StudyOut:
+        return reader._study_out(_decoded(row), counts)
+
+    return Versioned(digest("study", *row, *_fields(counts)), build)
+
+
+def _fields(counts: Counts) -> tuple[int, ...]:
+    c = counts
+    return (c.complete, c.pruned, c.fail, c.interrupted, c.running, c.total)
