@@ -38,11 +38,12 @@ from droptune.storage.sql.tables import studies
 T = TypeVar("T")
 JSON_COLUMNS = ("spec", "refit_result", "answer")
 # What the answer of GET /best reads from the row; GET /studies/{id} reads these and more.
-BEST = ("id", "status", "reason", "spec", "refit_result", "answer", "answer_trials")
+# (refit_state: a refit done without unseen rows adds a warning to the answer)
+BEST = ("id", "status", "reason", "spec", "refit_result", "refit_state", "answer", "answer_trials")
 STUDY = (
     *BEST,
     *("name", "priority", "owner", "created_at", "started_at", "ended_at"),
-    *("optuna_study", "n_trials", "refit_state"),
+    *("optuna_study", "n_trials"),
 )
 
 

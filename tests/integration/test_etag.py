@@ -123,6 +123,8 @@ CHANGES: dict[str, Callable[[Setup], None]] = {
     "cached answer": lambda s: s.update(
         answer={**s.world.row(s.sid).answer, "warnings": ["changed behind the API's back"]}
     ),
+    # a refit done without unseen rows: the answer warns that the model has no test score
+    "refit done": lambda s: s.update(refit_state="done"),
     "a trial finished": lambda s: insert_trials(
         s.world.storage, s.oid, [scored_trial(random.Random(99))]
     ),
