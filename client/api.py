@@ -9,13 +9,17 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
 
 import httpx
 from httpx_sse import SSEError, connect_sse
 
+# the errors and events are client/errors.py's; named here too, where scripts import them from
+from droptune.client.errors import ClientError as ClientError
+from droptune.client.errors import StudyEvent as StudyEvent
+from droptune.client.errors import WaitTimedOut as WaitTimedOut
+from droptune.client.errors import _problem
 from droptune.core.answer.curve import Curve
 from droptune.core.schemas import (
     BestOut,
@@ -35,60 +39,6 @@ TRIALS_PAGE = 1000  # the largest page GET /studies/{id}/trials serves: fewest r
 # A submit is sent again this many times after a connection error (with the same key), after
 # RETRY_PAUSE_S, doubling: 0.5 + 1 + 2 s, long enough for an API that restarts at once.
 SUBMIT_RETRIES, RETRY_PAUSE_S = 3, 0.5
-
-
-class ClientError(Exception):
-    """The server refused a request (with its problem details) or could not be reached.
-
-    `status` is the HTTP status (None when unreachable), `detail` the problem's detail, and
-    `errors` the per-field errors of a rejected spec (`[{"field": ..., "message": ...}]`).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        status: int | None = None,
-        detail: str | None = None,
-        errors: list[dict[str, str]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.detail = detail if detail is not None else message
-        self.errors = errors or []
-
-
-class WaitTimedOut(ClientError):
-    """`Client.wait` ran out of time before the study ended; `best` is the interim answer
-    (state "interim", or "none" when no trial has finished yet)."""
-
-    def __init__(self, study_id: int, timeout: float, best: BestOut) -> None:
-        super().__init__(
-            f"study {study_id} had not ended after {timeout:g} s ({best.status}): {best.state_why}"
-        )
-        self.best = best
-
-
-@dataclass(frozen=True)
-class StudyEvent:
-    """One server-sent event of a study (`Client.events`)."""
-
-    kind: str  # "progress" (data: the study's id, status, progress, best) | "end" (its status)
-    id: str | None  # give it back as `last_event_id` to resume after this event
-    data: dict[str, Any]
-    retry: float | None  # seconds the server asks a client to wait before reconnecting
-
-
-def _problem(r: httpx.Response) -> tuple[str, list[dict[str, str]]]:
-    """The problem+json detail of an error answer (or its text), and its field errors."""
-    try:
-        body = r.json()
-    except ValueError:
-        return r.text.strip()[:200] or r.reason_phrase, []
-    if not isinstance(body, dict):
-        return str(body), []
-    raw = body.get("errors")
-    errors = raw if isinstance(raw, list) and all(isinstance(e, dict) for e in raw) else []
-    return str(body.get("detail") or body.get("title") or body), errors
 
 
 class Client:

@@ -242,14 +242,8 @@ class BatchRunner:
         ]
         kind, model = plugins.model_kind(spec), plugins.model_config(spec, self.ctx.models)
         results, note, engine = kind.train(data, model, cfg, rates, self.ctx.device, on_epoch)
-        log.info(
-            "study %s: %d trials x %d folds trained %s%s",
-            claim.study_id,
-            len(members),
-            data.k,
-            engine,
-            f" ({note})" if note else "",
-        )
+        said = f"{len(members)} trials x {data.k} folds trained {engine}"
+        log.info("study %s: %s%s", claim.study_id, said, f" ({note})" if note else "")
         # recorded as each trial is told (_tell): one lost meanwhile has ended and takes none
         self._engine, self._note = engine, note
         return results

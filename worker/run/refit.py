@@ -239,21 +239,7 @@ class RefitRunner:
             return ()
 
         run = self._fit(spec, rd.data, cfg, [m.rates for m in members], on_epoch)
-        points: list[dict[str, Any] | None] = [None] * len(members)
-        result = None  # no unseen rows: the models, without a test score
-        if len(rd.y_test):
-            out = predictions(run, rd.data)
-            points = [self._point(cfg.metric, m, out[i], rd.y_test) for i, m in enumerate(members)]
-            by_role = {m.role: p for m, p in zip(members, points, strict=True)}
-            result = {
-                **(points[0] or {}),
-                "n": len(rd.y_test),
-                "source": rd.source,
-                "metric": cfg.metric,
-                "best": by_role.get("best"),
-                "baseline": by_role.get("baseline"),
-                "refit_seconds": round(time.perf_counter() - t0, 3),
-            }
+        points, result = self._score(run, rd, cfg.metric, members, t0)
         log.info(
             "study %s: refit %s in %.1f s%s",
             claim.study_id,
@@ -280,6 +266,27 @@ class RefitRunner:
                     str(exc).splitlines()[0] if str(exc) else "",
                 )
         return result, files
+
+    def _score(
+        self, run: StackedRun, rd: RefitData, metric: str, members: list[Member], t0: float
+    ) -> tuple[list[dict[str, Any] | None], dict[str, Any] | None]:
+        """Each member's point on the unseen rows, and the study's test result; (Nones, None)
+        without unseen rows: the models, without a test score."""
+        if not len(rd.y_test):
+            return [None] * len(members), None
+        out = predictions(run, rd.data)
+        points = [self._point(metric, m, out[i], rd.y_test) for i, m in enumerate(members)]
+        by_role = {m.role: p for m, p in zip(members, points, strict=True)}
+        result = {
+            **points[0],
+            "n": len(rd.y_test),
+            "source": rd.source,
+            "metric": metric,
+            "best": by_role.get("best"),
+            "baseline": by_role.get("baseline"),
+            "refit_seconds": round(time.perf_counter() - t0, 3),
+        }
+        return list(points), result
 
     def _fit(
         self,
