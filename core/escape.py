@@ -25,3 +25,17 @@ def safe(text: object, *, lines: bool = False) -> str:
     gave (a study's, a data set's, a column's) prints as written and never drives the terminal.
     `lines=True` keeps newlines and tabs (a message droptune laid out over lines)."""
     return (_UNSAFE_IN_LINES if lines else _UNSAFE).sub(_escape, str(text))
+
+
+def masked_url(url: str) -> str:
+    """A database URL with its password hidden, for lines that land in logs: the part between
+    the user's `:` and the last `@` of the authority (a password may hold `/`, `#`, `?` or `@`,
+    which a URL parser reads otherwise), and a `password=` query parameter."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        at = rest.rfind("@")
+        user, colon, _ = rest[:at].partition(":") if at > 0 else ("", "", "")
+        if colon:
+            rest = f"{user}:***@{rest[at + 1 :]}"
+        url = f"{scheme}://{rest}"
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)

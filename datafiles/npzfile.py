@@ -278,10 +278,10 @@ def inspect_npz(
     f: BinaryIO, target: str | None, task: Task | None, limits: Limits, tuning: Tuning
 ) -> DataSummary:
     """inspect() for NPZ: headers, shapes and sizes first, then X's values in chunks."""
-    if target not in (None, "y"):
-        raise DataError(f"an NPZ file's target is its array y; target {target!r} cannot be set")
     with _open_zip(f) as zf:
-        hx, hy = _npz_headers(zf)
+        hx, hy = _npz_headers(zf)  # an Excel workbook is named here, before any target talk
+        if target not in (None, "y"):
+            raise DataError(f"an NPZ file's target is its array y; target {target!r} cannot be set")
         _check_npz_dtypes(hx, hy)
         image = _check_npz_shapes(hx, hy, limits)
         _check_npz_sizes((hx, hy), limits)

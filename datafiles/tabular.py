@@ -8,6 +8,7 @@ and `load_tabular` reads them into a DataFrame the way the stored summary says.
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
@@ -93,7 +94,10 @@ def _pick_target(names: list[str], target: str | None) -> int:
     if target is None:
         return names.index("label") if "label" in names else len(names) - 1
     if target not in names:
-        raise DataError(f"target column {target!r} not found; the columns are {some(names)}")
+        near = [n for n in names if n.casefold() == target.casefold()]
+        near = near or difflib.get_close_matches(target, names, n=1, cutoff=0.8)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise DataError(f"target column {target!r} not found{hint}; the columns are {some(names)}")
     return names.index(target)
 
 

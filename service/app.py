@@ -119,7 +119,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         # Last: the catch-all for /dashboard, /static and /api (see service/routes/dashboard.py).
         read, engine = app.state.optuna_read, app.state.engine
         # built by the lifespan; an owner's at their first request
-        app.state.dashboard = Deferred(read, lambda owner: OwnerView(read, engine, owner))
+        app.state.dashboard = Deferred(
+            OwnerView(read, engine, None), lambda owner: OwnerView(read, engine, owner)
+        )
         app.mount("/", dashboard_app(app.state.dashboard, lambda: app.routes))
     return app
 

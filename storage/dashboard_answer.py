@@ -38,8 +38,9 @@ RANK_KEY = "droptune:answer_rank"  # system attribute: [points, has test score] 
 MARKED_KEY = "droptune:marked_trials"  # system attribute: trial ids whose note droptune wrote
 DASHBOARD_GUIDE = (
     "_Reading this dashboard: the large **Best Trial** figure is the best-scoring trial, not "
-    "the recommendation above (its trial's note says so); with one dropout rate the importance, "
-    "contour and rank panels have nothing to compare; trials stopped by a worker's shutdown or "
+    "the recommendation above (its trial's note says so); a study searching one rate gives the "
+    "importance, contour and rank panels nothing to compare (a per-layer study's importance "
+    "panel does rank its layers); trials stopped by a worker's shutdown or "
     "a cancel show as Fail (droptune counts them as interrupted, and their rates ran again)._"
 )
 AXIS = {"gridcolor": "#e5ecf6", "zeroline": False, "automargin": True}

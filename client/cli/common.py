@@ -54,7 +54,8 @@ def need(*extras: str) -> None:
         which = ",".join(extras)
         fail(
             f"this command needs droptune[{which}] ({', '.join(dict.fromkeys(missing))} not "
-            f"installed): pip install 'droptune[{which}]'"
+            f"installed): pip install 'droptune[{which}]' (from a checkout: pip install "
+            f"'.[{which}]')"
         )
 
 

@@ -4,12 +4,12 @@ processes (the server's and the worker's code is imported lazily: a client needs
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
 from droptune.client import launch
 from droptune.client.cli.common import DbOpt, need, need_database, one_line_errors
+from droptune.core.escape import masked_url
 
 
 def register(app: typer.Typer) -> None:
@@ -116,13 +116,5 @@ def db_upgrade(database_url: DbOpt = None) -> None:
     with one_line_errors():
         url = StorageSettings.from_flags(database_url=database_url).database_url
         upgrade(url)
-    typer.echo(f"database {_masked(url)} is up to date")
-
-
-def _masked(url: str) -> str:
-    """The URL with its password hidden: this line lands in logs (a Kubernetes init container's)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, host = parts.netloc.rsplit("@", 1)
-    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))
+    # masked: this line lands in logs (a Kubernetes init container's)
+    typer.echo(f"database {masked_url(url)} is up to date")

@@ -330,7 +330,8 @@ class StudySpec(Strict):
             f"each split would score {searched // folds} unseen rows, too few to tell dropout "
             f"rates apart. It needs at least {self._rows_for(least * folds)} rows (an answer "
             f"worth trusting about {self._rows_for(catalogue.MIN_SPLIT_ROWS * folds)}: "
-            f"{catalogue.MIN_SPLIT_ROWS} per split), or fewer folds (--folds)",
+            f"{catalogue.MIN_SPLIT_ROWS} per split)"
+            + (", or fewer folds (--folds)" if folds > 2 else ""),
         )
 
     def _rows_for(self, searched: int) -> int:

@@ -230,6 +230,15 @@ class Access:
         or the session cookie."""
         path: str = scope["path"]
         token = _query_token(scope)
+        if token is not None and headers.get("sec-fetch-site") not in (None, "none", "same-origin"):
+            # A link on another site would sign the browser in as the link's token (login CSRF:
+            # the victim then sees the attacker's dashboard): only a typed or pasted address.
+            return problem(
+                403,
+                "Forbidden",
+                "a ?token= sign-in works only from an address typed or pasted into the browser, "
+                "not from another site's link; or sign in at /login",
+            )
         if token is not None:
             scope.setdefault("state", {})["query_token"] = token  # made a session by the page
             who = await run_in_threadpool(tokens.identify, self.engine, token)

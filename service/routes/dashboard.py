@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 from a2wsgi import WSGIMiddleware
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import BaseStorage
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -129,7 +129,7 @@ class Deferred:
     app; another owner's to an app over their OwnerView, built at their first request."""
 
     def __init__(
-        self, storage: RDBStorage, owner_view: Callable[[str], BaseStorage] | None = None
+        self, storage: BaseStorage, owner_view: Callable[[str], BaseStorage] | None = None
     ) -> None:
         self.storage, self.owner_view = storage, owner_view
         self.app: ASGIApp | None = None

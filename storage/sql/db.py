@@ -15,6 +15,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from droptune.core.errors import Invalid, StorageError
+from droptune.core.escape import masked_url
 from droptune.core.settings import StorageSettings
 
 log = logging.getLogger("droptune.storage")
@@ -52,9 +53,10 @@ def normalise_url(url: str) -> str:
     try:
         u = sa.make_url(url)
     except sa.exc.ArgumentError as exc:
-        raise Invalid(f"database URL {url!r} is not a URL: {exc}") from exc
+        raise Invalid(f"database URL {masked_url(url)!r} is not a URL: {exc}") from exc
     if u.get_backend_name() not in ("sqlite", "postgresql"):
-        raise Invalid(f"database URL {url!r}: droptune supports sqlite:// and postgresql:// only")
+        shown = masked_url(url)
+        raise Invalid(f"database URL {shown!r}: droptune supports sqlite:// and postgresql:// only")
     if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+psycopg")
     return u.render_as_string(hide_password=False)

@@ -24,7 +24,7 @@ needs_kubectl = pytest.mark.skipif(
 KINDS = {
     "Namespace": 1,
     "ConfigMap": 2,
-    "Secret": 1,
+    "Secret": 2,  # the app's, and KEDA's connection alone
     "Service": 1,
     "Deployment": 2,
     "PodDisruptionBudget": 2,
@@ -199,18 +199,23 @@ def test_every_secret_and_config_map_reference_resolves(overlay: str) -> None:
 def test_the_shipped_secret_holds_placeholders_only() -> None:
     """Never a real secret in the repository; the placeholder admin token is too short for
     `token create --token-from-env` (32 characters), so an unedited deployment does not start."""
-    lines = (k8s.K8S / "base" / "secrets.env").read_text().splitlines()
-    values = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+    def read(name: str) -> dict[str, str]:
+        lines = (k8s.K8S / "base" / name).read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+    values, keda = read("secrets.env"), read("keda.env")
     assert set(values) == {
         "database-url",
         "admin-token",
         "worker-password",
         "worker-database-url",
         "keda-password",
-        "keda-connection",
     }
-    for value in values.values():
+    # KEDA's connection in a Secret of its own: its operator need not read the admin token's
+    assert set(keda) == {"keda-connection"}
+    for value in [*values.values(), *keda.values()]:
         assert "REPLACE-ME" in value
     assert len(values["admin-token"]) < 32
-    assert not values["keda-connection"].startswith("postgresql+")  # KEDA's driver is pgx
-    assert values["keda-connection"].startswith("postgresql://droptune_keda:")  # read-only role
+    assert not keda["keda-connection"].startswith("postgresql+")  # KEDA's driver is pgx
+    assert keda["keda-connection"].startswith("postgresql://droptune_keda:")  # read-only role

@@ -188,7 +188,10 @@ def test_dashboard_shows_each_owner_their_own_and_stays_read_only(
         # Issue 22: a non-admin opens the dashboard, and sees only their own studies.
         assert httpx.get(f"{base}/dashboard", headers=bearer(user)).status_code == 200
         mine = httpx.get(f"{base}/api/studies", headers=bearer(user)).json()
-        assert [x["study_name"] for x in mine["study_summaries"]] == [made["optuna_study"]]
+        # named with their status (the study list shows names only)
+        assert [x["study_name"] for x in mine["study_summaries"]] == [
+            f"{made['optuna_study']} \u00b7 queued"
+        ]
         for path in (f"/api/studies/{hidden}", f"/api/studies/{hidden}/param_importances"):
             peek = httpx.get(f"{base}{path}", headers=bearer(user))
             assert peek.status_code == 404, (path, peek.status_code, peek.text[:200])
@@ -206,7 +209,7 @@ def test_dashboard_shows_each_owner_their_own_and_stays_read_only(
         assert own.status_code == 303 and "set-cookie" in own.headers  # any token signs in
         with httpx.Client(base_url=base, cookies=own.cookies) as browser:
             listed = browser.get("/api/studies").json()["study_summaries"]
-            assert [x["study_name"] for x in listed] == [made["optuna_study"]]
+            assert [x["study_name"].split(" \u00b7 ")[0] for x in listed] == [made["optuna_study"]]
             assert browser.get(f"/api/studies/{hidden}").status_code == 404
         ok = httpx.post(f"{base}/login", data={"token": root}, headers=browser_form)
         assert ok.status_code == 303 and ok.headers["location"] == "/dashboard"
@@ -216,7 +219,7 @@ def test_dashboard_shows_each_owner_their_own_and_stays_read_only(
             assert browser.get("/dashboard").status_code == 200
             listed = browser.get("/api/studies")
             assert listed.status_code == 200
-            names = [x["study_name"] for x in listed.json()["study_summaries"]]
+            names = [x["study_name"].split(" \u00b7 ")[0] for x in listed.json()["study_summaries"]]
             assert sorted(names) == sorted([made["optuna_study"], theirs["optuna_study"]])
             assert browser.get("/docs").status_code == 200
             # The cookie never authenticates a write; a bearer admin meets the read-only wall.
@@ -226,6 +229,11 @@ def test_dashboard_shows_each_owner_their_own_and_stays_read_only(
         assert written.status_code == 403 and "read-only" in written.text
         via_query = httpx.get(f"{base}/dashboard", params={"token": root})
         assert via_query.status_code == 303 and via_query.headers["location"] == "/dashboard"
+        # from another site's link: no sign-in (login CSRF, found by an outside attack)
+        linked = httpx.get(
+            f"{base}/dashboard", params={"token": user}, headers={"Sec-Fetch-Site": "cross-site"}
+        )
+        assert linked.status_code == 403 and "set-cookie" not in linked.headers
         assert "httponly" in via_query.headers["set-cookie"].lower()
         encoded = httpx.get(f"{base}/dashboard?%74oken={root}")  # `token`, percent-escaped
         assert encoded.status_code == 303

@@ -352,6 +352,9 @@ def test_an_excel_workbook_is_named_and_csv_suggested() -> None:
     assert detect_format("d.xlsx", buf.getvalue()[:4096]) == "npz"
     with pytest.raises(DataError, match=r"is an Excel workbook .* save a spreadsheet as CSV"):
         inspect(io.BytesIO(buf.getvalue()), "npz")
+    # with a target named, as a new user uploaded it: still Excel, not the NPZ target rule
+    with pytest.raises(DataError, match=r"is an Excel workbook"):
+        inspect(io.BytesIO(buf.getvalue()), "npz", target="label")
 
 
 def test_a_few_whole_numbers_read_as_classes_suggest_regression() -> None:
@@ -362,3 +365,10 @@ def test_a_few_whole_numbers_read_as_classes_suggest_regression() -> None:
     with pytest.raises(DataError) as err:
         inspect(io.BytesIO(b"a,label\n1,x\n2,y\n3,y\n"), "csv")
     assert "at least 2 rows" in str(err.value) and "regression" not in str(err.value)
+
+
+def test_a_target_column_named_in_another_case_is_suggested() -> None:
+    """A new user typed --target Diagnosis; the column is diagnosis, past the columns listed."""
+    data = "a,b,c,d,e,f,g,h,i,j,diagnosis\n" + "1,2,3,4,5,6,7,8,9,10,x\n2,3,4,5,6,7,8,9,10,11,y\n"
+    with pytest.raises(DataError, match="did you mean 'diagnosis'"):
+        inspect(io.BytesIO(data.encode()), "csv", target="Diagnosis")

@@ -23,6 +23,10 @@ GRANTS = [
     "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
     "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
     "REVOKE ALL ON droptune_tokens, droptune_idempotency, droptune_sessions FROM {role}",
+    # the schema versions: read at start, never written (a worker that wrote one would stop
+    # every later API start in its migration)
+    "REVOKE INSERT, UPDATE, DELETE ON droptune_alembic_version, alembic_version, version_info "
+    "FROM {role}",
 ]
 # KEDA's role: the columns depth_sql() and busy_sql() read, and nothing else (an operator in
 # another namespace holds its password).
