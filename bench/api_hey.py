@@ -84,16 +84,26 @@ def bare(body: bytes, path: str, port: int, workers: int, tmp: Path) -> subproce
         stdout=(tmp / "bare.log").open("ab"),
         stderr=subprocess.STDOUT,
     )
+    url = f"http://127.0.0.1:{port}{path}"
+    return started(
+        proc, lambda r: r.content == body, url, f"the bare app (log: {tmp / 'bare.log'})"
+    )
+
+
+def started(
+    proc: subprocess.Popen[bytes], ok: Callable[[httpx.Response], bool], url: str, what: str
+) -> subprocess.Popen[bytes]:
+    """`proc` once `url` answers as `ok` wants (60 s at most); killed, and an error, if not."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).content == body:
+            if ok(httpx.get(url, timeout=2)):
                 return proc
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError(f"the bare app did not start (log: {tmp / 'bare.log'})")
+    raise RuntimeError(f"{what} did not start")
 
 
 def line(case: str, h: Hey) -> str:

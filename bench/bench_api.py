@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
-from api_hey import HEADER, hey_rows  # noqa: E402
+from api_hey import HEADER, hey_rows, started  # noqa: E402
 from optuna.storages._rdb import models  # noqa: E402
 from optuna.study import StudyDirection  # noqa: E402
 from proc_cpu import cpu_s  # noqa: E402
@@ -260,16 +260,8 @@ def serve(url: str, port: int, log: Path, workers: int = 1) -> subprocess.Popen[
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"droptune serve did not start (log: {log})")
+    healthz = f"http://127.0.0.1:{port}/healthz"
+    return started(proc, lambda r: r.status_code == 200, healthz, f"droptune serve (log: {log})")
 
 
 def sequential(port: int, path: str, n: int = 20) -> float:
