@@ -79,11 +79,20 @@ def test_the_role_runs_studies_and_cannot_read_tokens(pg_url: str, role: str) ->
     as_role = pg_url.replace("+psycopg", "").replace(f"//{user}@", f"//{role}:x@", 1)
     with psycopg.connect(as_role) as conn:
         conn.execute("SELECT count(*) FROM droptune_studies").fetchone()
-        conn.execute("UPDATE droptune_studies SET priority = priority WHERE false")
+        conn.execute("UPDATE droptune_studies SET n_done = n_done WHERE false")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT hash FROM droptune_tokens")
-    with psycopg.connect(as_role) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
-        conn.execute("UPDATE droptune_alembic_version SET version_num = version_num")
+    for sql in (
+        "UPDATE droptune_alembic_version SET version_num = version_num",
+        # a study handed to another owner, or a data set rewritten (an outside attack)
+        "UPDATE droptune_studies SET owner = 'mallory' WHERE false",
+        "UPDATE droptune_datasets SET owner = 'mallory' WHERE false",
+        "DELETE FROM droptune_studies WHERE false",
+    ):
+        with psycopg.connect(as_role) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(sql.encode())
+    with psycopg.connect(as_role) as conn:  # what the queue moves stays writable
+        conn.execute("UPDATE droptune_studies SET status = status, answer = answer WHERE false")
     # a session row would be an admin's cookie (an outside review found the role could write one)
     with psycopg.connect(as_role) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute(

@@ -17,6 +17,13 @@ import sys
 from typing import Any
 
 ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# The columns of droptune_studies a worker writes (claims, leases' ends, the refit, the answer
+# kept on the row, an early stop): storage/jobs and storage/readmodel/answer_cache.py.
+STUDY_COLUMNS = (
+    *("status", "reason", "n_trials", "slots_claimed", "last_claim", "n_done", "n_given_up"),
+    *("started_at", "ended_at", "refit_state", "refit_attempts", "refit_result"),
+    *("answer", "answer_p", "answer_trials"),
+)
 # After the CREATE ROLE, exactly as README.md's worker-role block (tests/deploy compares them).
 GRANTS = [
     "GRANT USAGE ON SCHEMA public TO {role}",
@@ -27,6 +34,11 @@ GRANTS = [
     # every later API start in its migration)
     "REVOKE INSERT, UPDATE, DELETE ON droptune_alembic_version, alembic_version, version_info "
     "FROM {role}",
+    # data sets are read, never written; a study's row only in the columns the queue moves (not
+    # its owner, spec or name: a worker that rewrote `owner` would hand a study to another owner)
+    "REVOKE INSERT, UPDATE, DELETE ON droptune_datasets, droptune_dataset_chunks, "
+    "droptune_studies FROM {role}",
+    f"GRANT UPDATE ({', '.join(STUDY_COLUMNS)}) ON droptune_studies TO {{role}}",
 ]
 # KEDA's role: the columns depth_sql() and busy_sql() read, and nothing else (an operator in
 # another namespace holds its password).
