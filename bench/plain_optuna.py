@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_engine import _baseline_net
+from engine_cases import _baseline_net
 
 from droptune.core.spec.study import StudySpec
 from droptune.worker.engine.data import Dataset, holdout_split, load_dataset, make_folds, subset
