@@ -55,6 +55,8 @@ def _upgrade_once(url: str, revision: str) -> None:
             command.upgrade(cfg, revision)
     finally:
         engine.dispose()
+    if revision != "head":
+        return  # an older schema (the tests' upgrade assets): as it was, without today's index
     # Optuna creates (or checks) its own tables when its storage opens.
     storage = optuna_storage(url)
     try:

@@ -29,6 +29,7 @@ from droptune.storage import datasets
 from droptune.storage.sql.db import create_engine
 from droptune.storage.sql.migrate import upgrade
 from tests.assets import make_upgrade_assets as assets
+from tests.assets import upgrade_rows as stored
 
 REVISIONS = assets.revisions()
 HEAD = REVISIONS[-1]
@@ -137,7 +138,7 @@ def test_sessions_and_held_bytes_arrive_empty(upgraded: Upgraded) -> None:
 def api(upgraded: Upgraded) -> Iterator[TestClient]:
     app = create_app(ServiceSettings(database_url=upgraded.url))
     # Once a token exists (0005 on) the API needs one: the admin's, created before the upgrade.
-    auth = {"Authorization": f"Bearer {assets.ADMIN_TOKEN}"} if upgraded.rev >= 5 else {}
+    auth = {"Authorization": f"Bearer {stored.ADMIN_TOKEN}"} if upgraded.rev >= 5 else {}
     with TestClient(app, base_url="http://localhost", headers=auth) as client:
         yield client
 
@@ -146,30 +147,29 @@ def test_the_app_reads_the_old_studies(upgraded: Upgraded, api: TestClient) -> N
     page = api.get("/studies").json()
     by_id = {s["id"]: s for s in page["items"]}
     assert page["total"] == 4
-    assert by_id.keys() == {assets.FINISHED, assets.RUNNING, assets.QUEUED, assets.CANCELLED}
-    assert by_id[assets.CANCELLED]["reason"] == "cancelled by its owner"
+    assert by_id.keys() == {stored.FINISHED, stored.RUNNING, stored.QUEUED, stored.CANCELLED}
+    assert by_id[stored.CANCELLED]["reason"] == "cancelled by its owner"
 
-    done = api.get(f"/studies/{assets.FINISHED}")
+    done = api.get(f"/studies/{stored.FINISHED}")
     assert done.status_code == 200, done.text
-    assert done.json()["name"] == assets.FINISHED_NAME
+    assert done.json()["name"] == stored.FINISHED_NAME
     assert done.json()["status"] == "succeeded"
     progress = done.json()["progress"]
     assert (progress["complete"], progress["pruned"]) == (5, 1)
     assert progress["refit"] == ("done" if upgraded.rev >= 3 else None)
 
-    best = api.get(f"/studies/{assets.FINISHED}/best")
+    best = api.get(f"/studies/{stored.FINISHED}/best")
     assert best.status_code == 200, best.text
     assert best.json()["complete"] is True
     assert best.json()["trial"] == 2  # dropout 0.31: the highest mean of the frozen fold scores
     assert best.json()["dropout"] == pytest.approx(0.31)
     test = best.json()["test"]
-    assert (test or {}).get("score") == (
-        assets.REFIT_RESULT["score"] if upgraded.rev >= 3 else None
-    )
+    refit_score = stored.REFIT_RESULT["score"] if upgraded.rev >= 3 else None
+    assert (test or {}).get("score") == refit_score
 
-    running = api.get(f"/studies/{assets.RUNNING}").json()["progress"]
+    running = api.get(f"/studies/{stored.RUNNING}").json()["progress"]
     assert (running["complete"], running["failed"], running["running"]) == (1, 1, 2)
-    assert api.get(f"/studies/{assets.RUNNING}/trials").status_code == 200
+    assert api.get(f"/studies/{stored.RUNNING}/trials").status_code == 200
 
 
 def test_the_app_reads_the_old_data_set_and_model(upgraded: Upgraded, api: TestClient) -> None:
@@ -178,49 +178,49 @@ def test_the_app_reads_the_old_data_set_and_model(upgraded: Upgraded, api: TestC
         return
     items = api.get("/datasets").json()["items"]
     assert [(d["id"], d["name"], d["rows"]) for d in items] == [
-        (assets.DATASET_ID, assets.DATASET_NAME, 60)
+        (stored.DATASET_ID, stored.DATASET_NAME, 60)
     ]
-    assert items[0]["studies"] == [assets.CANCELLED]
+    assert items[0]["studies"] == [stored.CANCELLED]
     assert items[0]["held_bytes"] is None  # 0006: unknown until the data set is read again
     # A worker reads the bytes back chunk by chunk, checking their sha256.
     out = io.BytesIO()
     engine = create_engine(upgraded.url)
     try:
-        sha = datasets.read_bytes(engine, assets.DATASET_ID, out)
+        sha = datasets.read_bytes(engine, stored.DATASET_ID, out)
     finally:
         engine.dispose()
-    assert out.getvalue() == assets.CSV
+    assert out.getvalue() == stored.CSV
     assert sha == items[0]["sha256"]
     if upgraded.rev >= 3:
-        model = api.get(f"/studies/{assets.FINISHED}/model")
+        model = api.get(f"/studies/{stored.FINISHED}/model")
         assert model.status_code == 200, model.text
-        assert model.content == assets.MODEL_FILE
+        assert model.content == stored.MODEL_FILE
 
 
 def test_new_studies_take_new_ids(api: TestClient) -> None:
     """A batch migration copies the table: its AUTOINCREMENT counter must come along."""
     r = api.post("/studies", json={"dataset": {"builtin": "iris"}, "search": {"n_trials": 2}})
     assert r.status_code == 201, r.text
-    assert r.json()["id"] == assets.CANCELLED + 1
+    assert r.json()["id"] == stored.CANCELLED + 1
 
 
 def test_old_tokens_still_decide_access(upgraded: Upgraded, api: TestClient) -> None:
     if upgraded.rev < 5:  # no tokens before 0005: open mode, checked by the other tests
         return
-    alice = {"Authorization": f"Bearer {assets.ALICE_TOKEN}"}
+    alice = {"Authorization": f"Bearer {stored.ALICE_TOKEN}"}
     mine = api.get("/studies", headers=alice).json()["items"]
-    assert {s["id"] for s in mine} == {assets.FINISHED, assets.QUEUED}
-    revoked = {"Authorization": f"Bearer {assets.REVOKED_TOKEN}"}
+    assert {s["id"] for s in mine} == {stored.FINISHED, stored.QUEUED}
+    revoked = {"Authorization": f"Bearer {stored.REVOKED_TOKEN}"}
     assert api.get("/studies", headers=revoked).status_code == 401
 
 
 def test_optuna_loads_the_old_studies(upgraded: Upgraded) -> None:
     names = {r["id"]: r["optuna_study"] for r in upgraded.after["droptune_studies"].values()}
-    done = optuna.load_study(study_name=names[assets.FINISHED], storage=upgraded.url)
+    done = optuna.load_study(study_name=names[stored.FINISHED], storage=upgraded.url)
     assert [t.state for t in done.trials] == [s for _, s, _ in assets.FINISHED_TRIALS]
     assert done.best_trial.params == {"dropout": 0.31}
-    assert done.user_attrs["droptune_id"] == assets.FINISHED
-    running = optuna.load_study(study_name=names[assets.RUNNING], storage=upgraded.url)
+    assert done.user_attrs["droptune_id"] == stored.FINISHED
+    running = optuna.load_study(study_name=names[stored.RUNNING], storage=upgraded.url)
     states = [t.state for t in running.trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]
     assert running.trials[2].user_attrs["lease"] == 9
