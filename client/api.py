@@ -181,7 +181,7 @@ class Client:
         while True:
             left = deadline - time.monotonic()
             best = self.best(study_id, wait=max(left, 0.0))
-            if best.state == "final" or best.complete:
+            if best.complete:  # state "final", or "none" for a study that ended without one
                 return best
             if left <= 0 or time.monotonic() >= deadline:
                 raise WaitTimedOut(study_id, timeout, best)

@@ -44,6 +44,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "pandas",
     ),
     "worker": ("torch", "sklearn", "sqlalchemy", "alembic", "optuna", "pandas"),
+    # `db upgrade` and `token`: the database's modules only, which either extra brings
+    "database": ("sqlalchemy", "alembic", "optuna"),
 }
 
 
@@ -51,26 +53,12 @@ def need(*extras: str) -> None:
     """Fail in one line, naming the pip command, when an extra's modules are missing."""
     missing = [m for e in extras for m in EXTRAS[e] if importlib.util.find_spec(m) is None]
     if missing:
-        which = ",".join(extras)
+        which = ",".join("server" if e == "database" else e for e in extras)
+        either = " (or 'droptune[worker]')" if "database" in extras else ""
         fail(
             f"this command needs droptune[{which}] ({', '.join(dict.fromkeys(missing))} not "
-            f"installed): pip install 'droptune[{which}]' (from a checkout: pip install "
+            f"installed): pip install 'droptune[{which}]'{either} (from a checkout: pip install "
             f"'.[{which}]')"
-        )
-
-
-# `db upgrade` and `token` need the database's modules only, which either extra brings
-DATABASE = ("sqlalchemy", "alembic", "optuna")
-
-
-def need_database() -> None:
-    """As `need`, for the commands that work on the database alone (a worker's host can run
-    them)."""
-    missing = [m for m in DATABASE if importlib.util.find_spec(m) is None]
-    if missing:
-        fail(
-            f"this command needs the database's modules ({', '.join(missing)} not installed): "
-            "pip install 'droptune[server]' (or 'droptune[worker]')"
         )
 
 

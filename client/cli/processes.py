@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from droptune.client import launch
-from droptune.client.cli.common import DbOpt, need, need_database, one_line_errors
+from droptune.client.cli.common import DbOpt, need, one_line_errors
 from droptune.core.escape import masked_url
 
 
@@ -109,7 +109,7 @@ def up(
 
 def db_upgrade(database_url: DbOpt = None) -> None:
     """Create or migrate droptune's tables (and Optuna's)."""
-    need_database()
+    need("database")
     from droptune.core.settings import StorageSettings
     from droptune.storage.sql.migrate import upgrade
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from droptune.client.cli.common import DbOpt, JsonOpt, fail, need_database, one_line_errors
+from droptune.client.cli.common import DbOpt, JsonOpt, fail, need, one_line_errors
 from droptune.core.escape import safe
 
 if TYPE_CHECKING:
@@ -21,9 +21,9 @@ token_app = typer.Typer(
 
 
 @token_app.callback()
-def _needs_server() -> None:
+def _needs_database() -> None:
     """Every token command works on the database itself."""
-    need_database()
+    need("database")
 
 
 def _engine(database_url: str | None) -> Engine:
