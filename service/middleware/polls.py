@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from droptune.core.errors import DroptuneError
 from droptune.service.answers import Bodies, respond
-from droptune.service.deps import OPEN, Caller
+from droptune.service.deps import Caller
 from droptune.storage.readmodel import versions
 from droptune.storage.readmodel.reads import Reader
 
@@ -57,10 +57,11 @@ class Polls:
             else None
         )
         study_id = int(found.group(1)) if found else 0
-        if not 1 <= study_id <= DB_INT or scope.get("root_path"):
+        # no caller (the auth middleware did not run): the route decides, never an open read
+        caller: Caller | None = scope.get("state", {}).get("caller")
+        if not 1 <= study_id <= DB_INT or scope.get("root_path") or caller is None:
             await self.app(scope, receive, send)
             return
-        caller: Caller = scope.get("state", {}).get("caller", OPEN)
         read = versions.best if found and found.group(2) else versions.study
         route = "best" if read is versions.best else "study"
         etag = Headers(scope=scope).get("if-none-match")
