@@ -18,6 +18,11 @@ the recorded curves, with no second training run.
 - **i-Epoch** (Egele et al. 2024): every rate trains i epochs (i = 1 and 3 here); the best at
   epoch i alone trains on to the end.
 - **paired**: core/pruning.py's rule, the stack's leader at each epoch as the reference.
+- **paired, own pace**: the same test with the rule's earlier extrapolation (the member's own
+  pace against a leader that learns nothing more), kept here for the comparison.
+- **search: droptune** and **search: optuna**: not a pruning rule on the whole grid but the two
+  strategies' whole searches (20 trials at most) replayed on the grid (bench/search_replay.py):
+  droptune's design, refinement, paired pruning and stopping rule; TPE with the median pruner.
 
 A rule's answer is the best final mean among the rates it let finish ("best"), or droptune's
 default answer rule over them ("one-SE": the strongest rate whose mean is within one SE of that
@@ -44,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from droptune.core.pruning import paired_stop
+from droptune.core.pruning import _slope, paired_stop
 from droptune.worker.engine.data import (
     Dataset,
     fold_data,
@@ -145,11 +150,38 @@ def replay(curves: np.ndarray, rule: str) -> tuple[list[int], int]:
         elif rule == "paired":
             rows = paired_stop(scores, history, active, e, epochs, RATIO, True)
             stop = {active[r] for r in rows}
+        elif rule == "paired-own-pace":
+            stop = _own_pace_rule(scores, history, active, e, epochs)
         active = [m for m in active if m not in stop]
     return active, spent
 
 
-RULES = ("none", "median", "i-epoch-1", "i-epoch-3", "paired")
+def _own_pace_rule(
+    scores: np.ndarray, history: dict[int, list[float]], active: list[int], e: int, epochs: int
+) -> set[int]:
+    """The paired rule as it was before: the same corrected one-sided test at 0.05 from epoch
+    3, but a member is kept while its own pace over its last three epochs, kept to the last
+    epoch, would bring it level with the leader's mean as it is now."""
+    from scipy.stats import t as student_t
+
+    if e < 3:
+        return set()
+    means = scores.mean(axis=1)
+    lead = int(np.argmax(means))
+    c = float(student_t.ppf(0.95, K - 1))
+    stop = set()
+    for r in range(len(active)):
+        d = scores[lead] - scores[r]
+        var = float(np.var(d, ddof=1))
+        worse = d.mean() > c * np.sqrt((1 / K + RATIO) * var) if var > 0 else False
+        pace = max(0.0, _slope(history[active[r]][-3:]))
+        if r != lead and worse and means[r] + pace * (epochs - e) < means[lead]:
+            stop.add(active[r])
+    return stop
+
+
+RULES = ("none", "median", "i-epoch-1", "i-epoch-3", "paired-own-pace", "paired")
+SEARCHES = ("search: droptune", "search: optuna")
 PICKS = ("best", "one-SE")
 
 
@@ -160,6 +192,20 @@ def pick(final: np.ndarray, curves_last: np.ndarray, done: list[int], how: str) 
         return top
     se = float(curves_last[top].std(ddof=1) / np.sqrt(K))
     return max(m for m in done if final[m] >= final[top] - se)
+
+
+def _chosen(
+    rule: str, curves: np.ndarray, final: np.ndarray, rates: np.ndarray
+) -> tuple[list[int], int]:
+    """([the best's member, the one-SE answer's member], member-epochs spent) under `rule`."""
+    if rule in SEARCHES:
+        from search_replay import droptune_search, optuna_search  # Optuna and the answer code
+
+        search = droptune_search if rule == "search: droptune" else optuna_search
+        o = search(curves, rates)
+        return [o.best, o.recommended], o.spent
+    done, cost = replay(curves, rule)
+    return [pick(final, curves[-1], done, how) for how in PICKS], cost
 
 
 def main() -> None:
@@ -174,11 +220,11 @@ def main() -> None:
     )
     a = ap.parse_args()
     rates = np.linspace(0.0, 0.9, a.rates)
-    keys = [(r, p) for r in RULES for p in PICKS]
+    keys = [(r, p) for r in RULES + SEARCHES for p in PICKS]
     cv_right = dict.fromkeys(keys, 0)
     held_right = dict.fromkeys(keys, 0)
     oracle_right = dict.fromkeys(keys, 0)
-    spent: dict[str, list[float]] = {r: [] for r in RULES}
+    spent: dict[str, list[float]] = {r: [] for r in RULES + SEARCHES}
     runs = 0
     lines = []
     t0 = time.perf_counter()
@@ -199,13 +245,12 @@ def main() -> None:
             se = float(curves[-1, best].std(ddof=1) / np.sqrt(K))
             runs += 1
             cells = []
-            for rule in RULES:
-                done, cost = replay(curves, rule)
+            for rule in RULES + SEARCHES:
+                chosen, cost = _chosen(rule, curves, final, rates)
                 share = cost / (a.epochs * a.rates)
                 spent[rule].append(share)
                 marks = []
-                for how in PICKS:
-                    m = pick(final, curves[-1], done, how)
+                for how, m in zip(PICKS, chosen, strict=True):
                     cv_ok = final[best] - final[m] <= se
                     held_ok = heldout[best] - heldout[m] <= se
                     oracle_ok = heldout.max() - heldout[m] <= se
@@ -228,9 +273,9 @@ def main() -> None:
         " (✗: its held-out score is more than one SE below that of the grid's answer), and the"
         " member-epochs spent as a share of the grid's.\n\n"
         "| data | seed | grid best by CV / by held-out (its held-out score) | "
-        + " | ".join(RULES)
+        + " | ".join(RULES + SEARCHES)
         + " |\n"
-        "|---|---|---|" + "---|" * len(RULES) + "\n"
+        "|---|---|---|" + "---|" * len(RULES + SEARCHES) + "\n"
     )
     summary = (
         "\n\n| rule | CV, vs the grid's best: best / one-SE | held-out, vs the grid's answer:"
@@ -241,7 +286,7 @@ def main() -> None:
             f" {held_right[r, 'best']}/{runs} / {held_right[r, 'one-SE']}/{runs} |"
             f" {oracle_right[r, 'best']}/{runs} / {oracle_right[r, 'one-SE']}/{runs} |"
             f" {statistics.median(spent[r]):.0%} |"
-            for r in RULES
+            for r in RULES + SEARCHES
         )
         + "\n"
     )

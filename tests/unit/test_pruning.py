@@ -1,6 +1,6 @@
 """The paired, epoch-matched pruning rule (core/pruning.py): a member is stopped only when a strict
-corrected paired test calls it worse than the stack's leader AND its own recent pace could not
-close the gap by the last epoch; slow learners that are catching up are kept."""
+corrected paired test calls it worse than the stack's leader AND the gap to the leader, closing at
+its recent pace, would still be open at the last epoch; slow learners catching up are kept."""
 
 from __future__ import annotations
 
@@ -53,3 +53,15 @@ def test_a_noisy_small_gap_is_not_enough() -> None:
     x[1] += np.array([0.004, -0.004, 0.003, -0.003, 0.0])
     history = {0: [0.9] * 3, 1: [0.897] * 3}
     assert paired_stop(x, history, [0, 1], 5, 10, RATIO, True) == set()
+
+
+def test_a_member_learning_only_as_fast_as_the_leader_is_stopped() -> None:
+    """Gaining 0.05 an epoch, but so does the leader: the gap is not closing, so it cannot catch
+    up (the member's own pace alone, against a leader frozen where it is, would have kept it)."""
+    x = _stack(0.10)
+    history = {0: [0.80, 0.85, 0.91], 1: [0.70, 0.75, 0.81]}
+    assert paired_stop(x, history, [0, 1], epoch=3, epochs=10, ratio=RATIO, maximize=True) == {1}
+    # The same member closing the gap by 0.05 an epoch would be level in two: kept.
+    history[1] = [0.60, 0.70, 0.81]
+    history[0] = [0.80, 0.86, 0.91]
+    assert paired_stop(x, history, [0, 1], epoch=3, epochs=10, ratio=RATIO, maximize=True) == set()

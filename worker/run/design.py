@@ -18,6 +18,7 @@ once.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +31,22 @@ from droptune.core.answer.rules import answer
 from droptune.core.spec.study import StudySpec
 
 MIN_FINISHED = 4  # finished trials before the range shrinks to the tied band
+# How wide a design batch is, as shares of n_trials (at least FIRST_MIN and REFINE_MIN trials):
+# the first, space-filling batch, then each refining one. Replayed on 40 recorded 19-rate grids
+# (bench/bench_pruning.py, "search" rows), a first design of 6 and refinements of 3 spent 38% of
+# the grid's member-epochs for answers as good as the grid's in 96% of runs; 16 + 4 (the width
+# memory allowed on this CPU) spent 55% for no better answers: on a CPU every member costs
+# its share of the matmuls. `search.batch_trials` sets a width of its own (wider on a GPU).
+FIRST_SHARE, FIRST_MIN = 0.3, 6
+REFINE_SHARE, REFINE_MIN = 0.15, 3
+
+
+def design_width(n_trials: int, open_slots: int) -> int:
+    """How many trials the next design batch wants: the first design while no slot of the
+    study has been claimed, else a refining batch."""
+    first = open_slots >= n_trials
+    share, least = (FIRST_SHARE, FIRST_MIN) if first else (REFINE_SHARE, REFINE_MIN)
+    return max(least, math.ceil(share * n_trials))
 
 
 def halton_point(n: int, dims: int, seed: int) -> list[float]:

@@ -29,6 +29,7 @@ from droptune.worker.engine.sizing import auto_batch_trials
 from droptune.worker.run import plugins
 from droptune.worker.run.batch import BatchContext, BatchRunner
 from droptune.worker.run.datasets import FileCache, load_for_search
+from droptune.worker.run.design import design_width
 from droptune.worker.run.heartbeat import LeaseHeartbeat
 from droptune.worker.run.plugins import model_config, model_kind
 from droptune.worker.run.refit import RefitRunner
@@ -296,10 +297,10 @@ class Worker:
             fits = min(fits, self.settings.max_batch_trials)
         live = max(1, registry.count_live(self.engine, self.settings.lease_grace_seconds))
         # A model-based sampler learns between batches: a quarter of the study at a time. The
-        # design sampler's first batch is its whole space-filling design: as wide as fits.
+        # design sampler: its first space-filling design, then narrower refining batches.
         quarter = max(1, math.ceil(spec.search.n_trials / 4))
         if spec.search.sampler == "design":
-            quarter = spec.search.n_trials
+            quarter = design_width(spec.search.n_trials, open_slots)
         return max(1, min(fits, quarter, math.ceil(open_slots / live)))
 
     @property

@@ -19,7 +19,7 @@ from droptune.worker.run.objective import open_study
 log = logging.getLogger("droptune.worker")
 
 # Finished trials a batch must find for its "before" to count (a first batch always moves it).
-MIN_BEFORE = 4
+MIN_BEFORE = 3  # the paired pruner leaves 3-4 of a first design of 6 finished
 
 
 @dataclass(frozen=True)
