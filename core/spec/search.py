@@ -60,8 +60,8 @@ class SearchSpec(Strict):
         STRATEGIES[DEFAULT_STRATEGY]["pruner"],
         description="none, median, hyperband, or paired: stop a member of a stack only when a "
         "strict corrected paired test says it is worse than the stack's leader at that epoch "
-        "and, at its own recent pace, it could not catch up by the last epoch; default: the "
-        "strategy's (droptune: paired, optuna: median)",
+        "and the gap, closing at its recent pace, would still be open at the last epoch; "
+        "default: the strategy's (droptune: paired, optuna: median)",
         json_schema_extra=_the_strategy_s,
     )
     per_layer: bool = Field(False, description="search one rate per hidden layer")

@@ -227,3 +227,19 @@ def test_the_design_covers_the_range_then_refines_inside_the_tied_band(tmp_path:
     # Keyed by trial number and the study's history: the same spec searches the same rates.
     again = drive(fresh(tmp_path, "again"), spec, [8, 8], folds=_peaked_folds)
     assert [t.params["dropout"] for t in again.trials] == rates
+
+
+def test_a_design_study_trains_a_first_design_then_narrower_refining_batches(
+    tmp_path: Path,
+) -> None:
+    """30% of n_trials first (at least 6), then 15% (at least 3), within the open slots; other
+    samplers keep a quarter of the study per batch."""
+    url = fresh(tmp_path, "widths")
+    w = Worker(WorkerSettings(database_url=url, device="cpu", threads=1, exit_when_idle=True))
+    design = make_spec("design", 20)
+    assert w.batch_size(design, 20) == 6  # nothing claimed yet: the first design
+    assert w.batch_size(design, 14) == 3  # refining
+    assert w.batch_size(design, 2) == 2  # the last open slots
+    wide = make_spec("design", 60)
+    assert (w.batch_size(wide, 60), w.batch_size(wide, 42)) == (16, 9)  # 18 capped by memory
+    assert w.batch_size(make_spec("tpe", 20), 20) == 5

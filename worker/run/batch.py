@@ -308,7 +308,12 @@ class BatchRunner:
                 self._lose(m, "finished elsewhere while training")
                 stop.append(i)
                 continue
-            if prune and self._level_with_finished(m.trial, epoch, scores[row], claim.spec):
+            paired = isinstance(pruner, PairedPruner)  # its own guard: the gap's pace
+            if (
+                prune
+                and not paired
+                and self._level_with_finished(m.trial, epoch, scores[row], claim.spec)
+            ):
                 prune = False
             if prune:
                 m.pruned = True

@@ -26,6 +26,7 @@ from droptune.storage.optuna_bridge import ensure_study, optuna_storage
 from droptune.storage.sql.db import create_engine, is_outage
 from droptune.worker.engine.data import FoldData, prepare_folds
 from droptune.worker.engine.sizing import auto_batch_trials
+from droptune.worker.engine.stacked import warm_up
 from droptune.worker.run import plugins
 from droptune.worker.run.batch import BatchContext, BatchRunner
 from droptune.worker.run.datasets import FileCache, load_for_search
@@ -125,6 +126,7 @@ class Worker:
         """Loop until stopped (or idle, with exit_when_idle); return the exit status."""
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        warm_up()
         registry.register(
             self.engine,
             self.id,
