@@ -17,13 +17,18 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
+# The workers as a Deployment scaled by a ScaledObject; as Jobs of a ScaledJob (the -jobs
+# overlays: components/worker-jobs on top of the first two).
 OVERLAYS = ["gpu", "cpu"]
+JOB_OVERLAYS = ["gpu-jobs", "cpu-jobs"]
+ALL_OVERLAYS = OVERLAYS + JOB_OVERLAYS
 # A version kubernetes-validate ships schemas for (1.25 to 1.37 in its 1.37.0) and that
 # kubectl here (1.32) matches.
 KUBERNETES_VERSION = "1.32.0"
 KUBECTL = shutil.which("kubectl")
 KEDA_SCHEMAS = {
     "ScaledObject": K8S / "schemas" / "keda-scaledobject.json",
+    "ScaledJob": K8S / "schemas" / "keda-scaledjob.json",
     "TriggerAuthentication": K8S / "schemas" / "keda-triggerauthentication.json",
 }
 
@@ -71,11 +76,29 @@ def keda_schema(kind: str) -> Obj:
     return out
 
 
+def job_of(scaled_job: Obj) -> Obj:
+    """The Job KEDA creates from a ScaledJob: its jobTargetRef is the Job's spec; the Job's
+    name is generated from the ScaledJob's, and it carries its namespace and labels."""
+    meta = scaled_job["metadata"]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "generateName": meta["name"] + "-",
+            "namespace": meta["namespace"],
+            "labels": meta.get("labels", {}),
+        },
+        "spec": scaled_job["spec"]["jobTargetRef"],
+    }
+
+
 def validate(obj: Obj) -> None:
     """Raise when the object does not match its schema (jsonschema's or kubernetes-validate's
-    ValidationError)."""
+    ValidationError). A ScaledJob's Job is checked against Kubernetes' own Job schema too."""
     if obj["apiVersion"].startswith("keda.sh/"):
         jsonschema.validate(obj, keda_schema(obj["kind"]))
+        if obj["kind"] == "ScaledJob":
+            kubernetes_validate.validate(job_of(obj), KUBERNETES_VERSION, strict=True)
     else:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
@@ -117,3 +140,12 @@ def worker(objs: list[Obj]) -> Obj:
         if d["spec"]["template"]["spec"]["containers"][0]["command"][:2] == ["droptune", "worker"]
     ]
     return d
+
+
+def worker_template(objs: list[Obj]) -> Obj:
+    """The workers' pod template: the worker Deployment's, or the ScaledJob's Job's."""
+    jobs = find(objs, "ScaledJob")
+    if jobs:
+        (scaled,) = jobs
+        return dict(scaled["spec"]["jobTargetRef"]["template"])
+    return dict(worker(objs)["spec"]["template"])

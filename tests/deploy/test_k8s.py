@@ -1,7 +1,7 @@
 """deploy/k8s: every overlay renders (`kubectl kustomize`) into objects valid against their
 schemas, offline, and into the deployment docs/scale-out.md describes: GPU workers scaled from
 zero by KEDA on droptune's own queue-depth query, the API after its migration, secrets by
-reference."""
+reference. The workers as Jobs (the -jobs overlays): test_k8s_jobs.py."""
 
 from __future__ import annotations
 
@@ -31,10 +31,13 @@ KINDS = {
     "ScaledObject": 1,
     "TriggerAuthentication": 1,
 }
+# The workers as Jobs: a ScaledJob instead of their Deployment, ScaledObject and budget.
+JOB_KINDS = KINDS | {"Deployment": 1, "PodDisruptionBudget": 1, "ScaledJob": 1}
+del JOB_KINDS["ScaledObject"]
 
 
 @needs_kubectl
-@pytest.mark.parametrize("overlay", k8s.OVERLAYS)
+@pytest.mark.parametrize("overlay", k8s.ALL_OVERLAYS)
 def test_every_object_is_valid_against_its_schema(overlay: str) -> None:
     objs = render(overlay)
     kinds: dict[str, int] = {}
@@ -43,7 +46,7 @@ def test_every_object_is_valid_against_its_schema(overlay: str) -> None:
         kinds[obj["kind"]] = kinds.get(obj["kind"], 0) + 1
         if obj["kind"] != "Namespace":
             assert obj["metadata"]["namespace"] == "droptune", obj["metadata"]
-    assert kinds == KINDS
+    assert kinds == (JOB_KINDS if overlay in k8s.JOB_OVERLAYS else KINDS)
 
 
 def _set(obj: Obj, path: str, value: Any) -> Obj:
@@ -67,13 +70,19 @@ BROKEN = [
     ("ScaledObject", "spec.triggers.0.type", None),
     ("ScaledObject", "spec.scaleTargetRef", {"kind": "Deployment"}),  # no name
     ("TriggerAuthentication", "spec.secretTargetRef.0.parameter", 5),
+    ("ScaledJob", "spec.scalingStrategy.strategy", "fastest"),
+    ("ScaledJob", "spec.rollout.strategy", "slow"),
+    ("ScaledJob", "spec.jobTargetRef.backoffLimit", "none"),
+    ("ScaledJob", "spec.jobTargetRef.template.spec.containers.0.imagee", "x"),
+    ("ScaledJob", "spec.jobTargetRef.template.spec.terminationGracePeriodSeconds", "600"),
+    ("ScaledJob", "spec.triggers.0.authenticationRef", {}),  # no name
 ]
 
 
 @needs_kubectl
 @pytest.mark.parametrize(("kind", "path", "value"), BROKEN)
 def test_a_wrong_manifest_fails_validation(kind: str, path: str, value: Any) -> None:
-    obj = k8s.find(render("gpu"), kind)[0]
+    obj = k8s.find(render("gpu-jobs" if kind == "ScaledJob" else "gpu"), kind)[0]
     k8s.validate(obj)
     with pytest.raises((jsonschema.ValidationError, kubernetes_validate.ValidationError)):
         k8s.validate(_set(obj, path, value))
@@ -183,10 +192,12 @@ def _refs(node: Any) -> list[tuple[str, str, str | None]]:
 
 
 @needs_kubectl
-@pytest.mark.parametrize("overlay", k8s.OVERLAYS)
+@pytest.mark.parametrize("overlay", k8s.ALL_OVERLAYS)
 def test_every_secret_and_config_map_reference_resolves(overlay: str) -> None:
     objs = render(overlay)
-    refs = _refs([d["spec"]["template"] for d in k8s.find(objs, "Deployment")])
+    templates = [d["spec"]["template"] for d in k8s.find(objs, "Deployment")]
+    templates += [j["spec"]["jobTargetRef"]["template"] for j in k8s.find(objs, "ScaledJob")]
+    refs = _refs(templates)
     assert ("Secret", "droptune", "worker-database-url") in refs
     for kind, name, key in refs:
         obj = one(objs, kind, name)
