@@ -50,6 +50,29 @@ class CurveFit(BaseModel):
     tolerance: float = Field(description="that standard error")
 
 
+class SurfaceSlice(BaseModel):
+    layer: str = Field(description="the layer's parameter (`dropout_0`, ...)")
+    rates: list[float] = Field(description="that layer's rates across the searched range")
+    mean: list[float] = Field(description="the fitted score there, every other layer at its best")
+    sd: list[float] = Field(description="the fit's standard error there")
+
+
+class CurveSurface(BaseModel):
+    """A per-layer study's model (core/answer/surface.py): a Gaussian process over the layers'
+    rates of the finished trials, each weighted by its own SE."""
+
+    best: dict[str, float] = Field(description="the fitted maximum's rate, layer by layer")
+    best_low: dict[str, float] = Field(
+        description="per layer, the 2.5% quantile of the best rate over posterior surfaces"
+    )
+    best_high: dict[str, float] = Field(description="per layer, the 97.5% quantile")
+    best_score: float = Field(description="the fitted score at the maximum")
+    tolerance: float = Field(description="the fit's standard error at the maximum")
+    slices: list[SurfaceSlice] = Field(
+        description="the fitted score along each layer's rate, the other layers at their best"
+    )
+
+
 class Curve(BaseModel):
     study_id: int
     name: str | None = Field(None, description="the study's name")
@@ -65,7 +88,12 @@ class Curve(BaseModel):
     fit: CurveFit | None = Field(
         None,
         description="the fitted curve; None below 3 finished rates and for per-layer studies "
-        "(the rate drawn is the mean of several)",
+        "(the rate drawn is the mean of several: see `surface`)",
+    )
+    surface: CurveSurface | None = Field(
+        None,
+        description="a per-layer study's fitted surface over its layers' rates; None below "
+        "k + 2 finished points (k layers) and for one-rate studies",
     )
     layers: list[str] = Field(
         default_factory=list,
@@ -115,6 +143,7 @@ def build_curve(study_id: int, spec: StudySpec, best: BestOut, trials: list[Tria
         tied_high=best.tied.high if best.tied else None,
         points=points,
         fit=_fit(spec, points, best.direction),
+        surface=_surface(spec, points, best.direction),
         layers=[n for n in spec.param_names() if n.startswith("dropout_")],
         best_params=dict(best.params),
         recommended_params=dict(best.recommended.params) if best.recommended else {},
@@ -131,10 +160,7 @@ def _fit(spec: StudySpec, points: list[CurvePoint], direction: str) -> CurveFit 
         return None
     from droptune.core.answer.fit import fit_curve  # numpy: the client never fits
 
-    k = spec.cv.folds
-    j = k * spec.cv.repeats
-    # se = std / sqrt(J); corrected: std * sqrt(1 / J + 1 / (K - 1))
-    scale = math.sqrt(1 + j / (k - 1))
+    scale = _correction(spec)
     f = fit_curve(
         [p.dropout for p in done],
         [p.mean for p in done],
@@ -155,3 +181,48 @@ def _fit(spec: StudySpec, points: list[CurvePoint], direction: str) -> CurveFit 
         recommended=round(f.recommended, 6),
         tolerance=round(f.tolerance, 6),
     )
+
+
+def _correction(spec: StudySpec) -> float:
+    """se = std / sqrt(J); corrected as the paired test is: std * sqrt(1 / J + 1 / (K - 1))."""
+    k = spec.cv.folds
+    return math.sqrt(1 + k * spec.cv.repeats / (k - 1))
+
+
+def _surface(spec: StudySpec, points: list[CurvePoint], direction: str) -> CurveSurface | None:
+    """The per-layer GP over the COMPLETE points' layer rates (SEs corrected as for the curve)."""
+    layers = [n for n in spec.param_names() if n.startswith("dropout_")]
+    if not spec.search.per_layer or not layers:
+        return None
+    done = [p for p in points if p.state == "COMPLETE" and all(n in p.params for n in layers)]
+    from droptune.core.answer.surface import fit_surface  # numpy and scipy: never the client
+
+    scale = _correction(spec)
+    s = fit_surface(
+        [[p.params[n] for n in layers] for p in done],
+        [p.mean for p in done],
+        [p.se * scale for p in done],
+        spec.search.dropout_low,
+        spec.search.dropout_high,
+        direction == "maximize",
+    )
+    if s is None:
+        return None
+    r = _rounded
+    return CurveSurface(
+        best={n: r(v) for n, v in zip(layers, s.best, strict=True)},
+        best_low={n: r(lo) for n, (lo, _) in zip(layers, s.best_interval, strict=True)},
+        best_high={n: r(hi) for n, (_, hi) in zip(layers, s.best_interval, strict=True)},
+        best_score=r(s.best_score),
+        tolerance=r(s.tolerance),
+        slices=[
+            SurfaceSlice(
+                layer=n, rates=c.rates, mean=[r(m) for m in c.mean], sd=[r(x) for x in c.sd]
+            )
+            for n, c in zip(layers, s.slices, strict=True)
+        ],
+    )
+
+
+def _rounded(v: float) -> float:
+    return round(float(v), 6)

@@ -10,18 +10,22 @@ answer before the batch with the answer after it, and ends the search early when
 - the fitted curve (core/answer/fit.py) expects no rate to beat the fitted maximum by a quarter
   of the best trial's standard error (`SHARE`; its largest expected improvement).
 
-Per-layer studies have no fitted curve, so they never settle early.
+For a per-layer study the model is the fitted surface over its k rates (core/answer/surface.py),
+whose largest expected improvement is read the same way; the recommended rate and the tied
+range compared are the mean of each trial's rates, as the answer orders them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from optuna.trial import FrozenTrial, TrialState
 
 from droptune.core.answer.fit import Fit, fit_curve
-from droptune.core.answer.rates import primary_rate
+from droptune.core.answer.rates import layer_rates, primary_rate
 from droptune.core.answer.rules import Answer, score_of
+from droptune.core.schemas import Recommended
 from droptune.core.spec.study import StudySpec
 
 # Of the best's SE: an expected improvement below it cannot change the answer. A tenth (the issue's
@@ -36,22 +40,63 @@ STEADY = 0.1
 PREFIX = "search settled after"  # how the study's `reason` starts when it stopped early
 
 
+class Model(Protocol):
+    """A fitted model of the score (the curve, or the per-layer surface)."""
+
+    def max_expected_improvement(self) -> float: ...
+
+
+def _points(
+    trials: Sequence[FrozenTrial], spec: StudySpec
+) -> list[tuple[list[float], float, float]]:
+    """(rates, mean, SE corrected as the paired test is) of every scored COMPLETE trial: one
+    rate, or one per layer with `per_layer`."""
+    k = spec.cv.folds
+    out = []
+    for t in trials:
+        s = score_of(t) if t.state == TrialState.COMPLETE else None
+        if s is None:
+            continue
+        if spec.search.per_layer:
+            rates = layer_rates(t.params)
+        else:
+            rate = primary_rate(t.params)
+            rates = [] if rate is None else [rate]
+        if rates:
+            out.append((rates, s.mean, s.std * (1 / len(s.folds) + 1 / (k - 1)) ** 0.5))
+    return out
+
+
 def curve_fit(trials: Sequence[FrozenTrial], spec: StudySpec) -> Fit | None:
-    """The fitted curve over the COMPLETE trials (each SE corrected as the paired test is)."""
+    """The fitted curve over the COMPLETE trials (each SE corrected as the paired test is);
+    None for a per-layer study (see `model_fit`)."""
     if spec.search.per_layer:
         return None
-    k = spec.cv.folds
-    points = [
-        (rate, s.mean, s.std * (1 / len(s.folds) + 1 / (k - 1)) ** 0.5)
-        for t in trials
-        if t.state == TrialState.COMPLETE
-        and (s := score_of(t)) is not None
-        and (rate := primary_rate(t.params)) is not None
-    ]
+    points = _points(trials, spec)
     if not points:
         return None
     rates, means, ses = zip(*points, strict=True)
     return fit_curve(
+        [r[0] for r in rates],
+        means,
+        ses,
+        spec.search.dropout_low,
+        spec.search.dropout_high,
+        spec.cv.direction == "maximize",
+    )
+
+
+def model_fit(trials: Sequence[FrozenTrial], spec: StudySpec) -> Model | None:
+    """The curve, or with `per_layer` the surface over the layers' rates."""
+    if not spec.search.per_layer:
+        return curve_fit(trials, spec)
+    from droptune.core.answer.surface import fit_surface
+
+    points = _points(trials, spec)
+    if not points:
+        return None
+    rates, means, ses = zip(*points, strict=True)
+    return fit_surface(
         rates,
         means,
         ses,
@@ -61,8 +106,17 @@ def curve_fit(trials: Sequence[FrozenTrial], spec: StudySpec) -> Fit | None:
     )
 
 
+def _moved(a: Recommended, b: Recommended) -> float:
+    """How far the recommended rate moved: the largest move of any layer's rate (per-layer), or
+    of the one rate."""
+    keys = [k for k in a.params if k.startswith("dropout") and k in b.params]
+    if not keys:
+        return abs(a.dropout - b.dropout)
+    return max(abs(float(a.params[k]) - float(b.params[k])) for k in keys)
+
+
 def settled(
-    before: Answer, after: Answer, fit: Fit | None, finished: int, cap: int, width: float
+    before: Answer, after: Answer, fit: Model | None, finished: int, cap: int, width: float
 ) -> str | None:
     """Why the search can stop now (one sentence), or None while a batch could still move it.
     `width` is the searched range's (dropout_high - dropout_low)."""
@@ -71,7 +125,7 @@ def settled(
     if before.tied is None or after.tied is None or after.best is None:
         return None
     steady = STEADY * width
-    if abs(before.recommended.dropout - after.recommended.dropout) > steady:
+    if _moved(before.recommended, after.recommended) > steady:
         return None
     if (
         abs(before.tied.low - after.tied.low) > steady
@@ -89,6 +143,7 @@ def settled(
         f"{PREFIX} {finished} of at most {cap} trials: the last batch moved neither the "
         f"recommended rate ({after.recommended.dropout:.3g}) nor the tied range "
         f"({after.tied.low:.3g}-{after.tied.high:.3g}) by more than {steady:.2g}, and "
-        f"the fitted curve expects no rate to beat the best by a quarter of its standard error "
+        f"the fitted {'curve' if isinstance(fit, Fit) else 'surface over the layers'} "
+        "expects no rate to beat the best by a quarter of its standard error "
         f"(largest expected improvement {gain:.2g} < {SHARE * se:.2g})"
     )

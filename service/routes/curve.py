@@ -43,6 +43,7 @@ APART_LABEL = "told apart from the best"
 PRUNED_LABEL = "pruned (fewer epochs)"
 TIED_LABEL = "tied with the best (/best: tied)"
 FIT_LABEL = "fitted curve ± 1 SE"
+SLICE_LABEL = "fitted surface ± 1 SE (other layers at their fitted best)"
 
 
 @router.get(
@@ -162,6 +163,7 @@ def _layer_panels(fig: Figure, data: Curve, ylabel: str, xlim: tuple[float, floa
                 label=PRUNED_LABEL if first else "_",
                 gid=f"pruned-{layer}",
             )
+        _slice(ax, data, layer, first)
         said = []
         roles: tuple[tuple[Role, dict[str, float]], ...] = (
             ("best", data.best_params),
@@ -180,6 +182,19 @@ def _layer_panels(fig: Figure, data: Curve, ylabel: str, xlim: tuple[float, floa
     first_ax: Axes = axes[0]
     first_ax.set_ylabel(ylabel)
     return first_ax
+
+
+def _slice(ax: Axes, data: Curve, layer: str, first: bool) -> None:
+    """A per-layer study's fitted surface along this layer, the other layers at their fitted
+    best (core/answer/surface.py): a line inside a ±1 SE band, as the curve's fit is drawn."""
+    cut = next((c for c in data.surface.slices if c.layer == layer), None) if data.surface else None
+    if cut is None:
+        return
+    lo = [m - s for m, s in zip(cut.mean, cut.sd, strict=True)]
+    hi = [m + s for m, s in zip(cut.mean, cut.sd, strict=True)]
+    ax.fill_between(cut.rates, lo, hi, color=BLUE, alpha=0.10, lw=0, zorder=2, gid=f"fit-{layer}")
+    label = SLICE_LABEL if first else "_"
+    ax.plot(cut.rates, cut.mean, color=BLUE, lw=1.2, alpha=0.8, zorder=2, label=label)
 
 
 def _fitted(ax: Axes, fit: CurveFit) -> None:
@@ -205,7 +220,8 @@ def _legend(fig: Figure, ax: Axes) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
         return
-    first = (MEAN_LABEL, APART_LABEL, PRUNED_LABEL, FIT_LABEL, "best", "recommended", TIED_LABEL)
+    first = (MEAN_LABEL, APART_LABEL, PRUNED_LABEL, FIT_LABEL, SLICE_LABEL, "best", "recommended")
+    first += (TIED_LABEL,)
     rank = {label: next(r for r, f in enumerate(first) if label.startswith(f)) for label in labels}
     order = sorted(range(len(labels)), key=lambda i: rank[labels[i]])
     fig.legend(

@@ -19,7 +19,7 @@ from droptune.storage.optuna_bridge import ensure_study, optuna_storage
 from droptune.storage.sql.db import create_engine
 from droptune.storage.sql.migrate import upgrade
 from droptune.storage.submit import submits
-from droptune.worker.run.design import refined_range
+from droptune.worker.run.design import refined_box, refined_range
 from droptune.worker.run.loop import Worker
 from droptune.worker.run.objective import n_startup_trials, new_trial, open_study, suggest
 from droptune.worker.run.settings import WorkerSettings
@@ -243,3 +243,40 @@ def test_a_design_study_trains_a_first_design_then_narrower_refining_batches(
     wide = make_spec("design", 60)
     assert (w.batch_size(wide, 60), w.batch_size(wide, 42)) == (16, 9)  # 18 capped by memory
     assert w.batch_size(make_spec("tpe", 20), 20) == 5
+
+
+def _peaked_2d(trial_rates: Sequence[float]) -> list[float]:
+    """Three split scores peaking at (0.2, 0.6), differing a little from point to point."""
+    a, b = trial_rates
+    base = 0.95 - 2.0 * ((a - 0.2) ** 2 + (b - 0.6) ** 2)
+    return [
+        base + d + 0.002 * math.sin(37.0 * (a + 2 * b) * (i + 1))
+        for i, d in enumerate((-2e-3, 0, 2e-3))
+    ]
+
+
+def test_a_per_layer_design_refines_each_layer_inside_the_tied_trials_box(tmp_path: Path) -> None:
+    spec = make_spec("design", 24, per_layer=True).model_copy(deep=True)
+    spec = StudySpec.model_validate(spec.model_dump() | {"model": {"hidden": [16, 16]}})
+    storage_url = fresh(tmp_path, "layers")
+    storage = optuna_storage(storage_url)
+    name = queue.optuna_study_name(1)
+    ensure_study(storage, name, spec, 1)
+    for size in (12, 12):
+        study = open_study(storage, name, spec)
+        trials = [new_trial(study, None, {}) for _ in range(size)]
+        rates = [suggest(t, spec).hidden for t in trials]
+        for t, r in zip(trials, rates, strict=True):
+            split = _peaked_2d(r)
+            t.set_user_attr("fold_scores", split)
+            t.set_user_attr("score_mean", statistics.fmean(split))
+            t.set_user_attr("score_std", statistics.stdev(split))
+            study.tell(t, statistics.fmean(split))
+    done = optuna.load_study(study_name=name, storage=storage).trials
+    box = refined_box(done[:12], spec, 0.0, 0.9)
+    assert set(box) == {"dropout_0", "dropout_1"}
+    (lo0, hi0), (lo1, hi1) = box["dropout_0"], box["dropout_1"]
+    # Each layer's range shrank around its own peak (0.2 and 0.6), not around the mean rate.
+    assert lo0 < 0.2 < hi0 and lo1 < 0.6 < hi1 and (hi0 - lo0) + (hi1 - lo1) < 0.8, box
+    for t in done[12:]:
+        assert lo0 <= t.params["dropout_0"] <= hi0 and lo1 <= t.params["dropout_1"] <= hi1

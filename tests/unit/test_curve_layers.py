@@ -79,3 +79,39 @@ def test_the_per_layer_curve_has_a_panel_per_layer() -> None:
     # a study searching one rate keeps its one panel
     plain = build_curve(3, StudySpec.model_validate({"dataset": {"builtin": "iris"}}), best, [])
     assert plain.layers == [] and "layer 1" not in draw(plain, "one", "svg").decode()
+
+
+def test_the_per_layer_curve_carries_the_fitted_surface_and_draws_its_slices() -> None:
+    """With k + 2 finished points the curve's `surface` is the per-layer GP: its best point
+    near the trials' peak, one slice per layer, each drawn in its panel."""
+    grid = [(a, b) for a in (0.05, 0.3, 0.55, 0.8) for b in (0.1, 0.45, 0.8)]
+    trials = []
+    for n, (a, b) in enumerate(grid):
+        top = 0.95 - 0.3 * ((a - 0.3) ** 2 + (b - 0.45) ** 2)
+        trials.append(trial(n, (a, b), [top - 0.003, top, top + 0.003]))
+    peak = max(trials, key=lambda t: t.value or 0.0)
+    best = BestOut(
+        study_id=4,
+        dropout=0.375,
+        params=dict(peak.params),
+        score=peak.score,
+        metric="accuracy",
+        direction="maximize",
+        trial=peak.number,
+        one_se_dropout=0.375,
+        one_se_trial=peak.number,
+        complete=True,
+        status="succeeded",
+    )
+    curve = build_curve(4, SPEC, best, trials)
+    assert curve.fit is None and curve.surface is not None
+    s = curve.surface
+    assert abs(s.best["dropout_0"] - 0.3) < 0.15 and abs(s.best["dropout_1"] - 0.45) < 0.15
+    assert [c.layer for c in s.slices] == ["dropout_0", "dropout_1"]
+    assert all(s.best_low[n] <= s.best[n] <= s.best_high[n] for n in s.best)
+    svg = draw(curve, "surface", "svg").decode()
+    assert 'id="fit-dropout_0"' in svg and 'id="fit-dropout_1"' in svg
+    assert svg.count("fitted surface") == 1  # one legend entry for both panels
+    # Too few points for two layers (k + 2 = 4): no surface, the panels still draw.
+    few = build_curve(4, SPEC, best, trials[:3])
+    assert few.surface is None and "fit-dropout_0" not in draw(few, "few", "svg").decode()

@@ -9,7 +9,8 @@ Later batches refine where the curve is undecided: once the study has finished t
 shrinks to the tied set (core/answer/ties.py: the rates that may still be the best) widened on
 each side by one spacing of the points so far, and the sequence goes on inside it, so the next
 stack fills the band and its edges instead of the rates the data already ruled out. With one
-rate per layer the range stays whole (the tied set is a set of trials, not a box).
+rate per layer the band is a box: each layer's rates shrink to the span of the tied trials'
+rates for that layer, widened the same way.
 
 As an Optuna sampler (`BaseSampler`), so the study's record, `/trials` and the dashboard stay as
 they are; the sampler is rebuilt per batch (worker/run/objective.py), reading the finished trials
@@ -62,26 +63,46 @@ def halton_point(n: int, dims: int, seed: int) -> list[float]:
 def refined_range(
     trials: Sequence[FrozenTrial], spec: StudySpec, low: float, high: float
 ) -> tuple[float, float]:
-    """[low, high], or the tied band widened by one spacing of the finished rates."""
+    """[low, high], or the tied band widened by one spacing of the finished rates (of one rate
+    per trial; a per-layer study's box is `refined_box`'s)."""
+    box = refined_box(trials, spec, low, high)
+    return box.get("dropout", (low, high))
+
+
+def refined_box(
+    trials: Sequence[FrozenTrial], spec: StudySpec, low: float, high: float
+) -> dict[str, tuple[float, float]]:
+    """Each searched rate's range for the next batch: [low, high] until MIN_FINISHED trials
+    finished, then, per rate (per layer with `per_layer`), the span of the tied trials' rates
+    widened by one spacing of the finished trials on each side."""
+    names = [n for n in spec.param_names() if n != "input_dropout"]
+    whole = dict.fromkeys(names, (low, high))
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    if spec.search.per_layer or len(done) < MIN_FINISHED:
-        return low, high
+    if len(done) < MIN_FINISHED:
+        return whole
     tied = answer(trials, spec).tied
     if tied is None:
-        return low, high
+        return whole
+    members = [t for t in done if t.number in set(tied.trials)]
     margin = (high - low) / len(done)
-    lo, hi = max(low, tied.low - margin), min(high, tied.high + margin)
-    return (lo, hi) if hi > lo else (low, high)
+    box = {}
+    for name in names:
+        rates = [float(t.params[name]) for t in members if name in t.params]
+        if not rates:
+            return whole
+        lo, hi = max(low, min(rates) - margin), min(high, max(rates) + margin)
+        box[name] = (lo, hi) if hi > lo else (low, high)
+    return box
 
 
 class DesignSampler(optuna.samplers.BaseSampler):
-    """Scrambled Halton rates keyed by trial number, inside the range `refined_range` gives at
-    the batch's start."""
+    """Scrambled Halton rates keyed by trial number, inside the box `refined_box` gives at the
+    batch's start."""
 
     def __init__(self, spec: StudySpec, seed: int) -> None:
         self.spec = spec
         self.seed = seed
-        self._range: tuple[float, float] | None = None
+        self._box: dict[str, tuple[float, float]] | None = None
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
@@ -104,10 +125,10 @@ class DesignSampler(optuna.samplers.BaseSampler):
         low, high = param_distribution.low, param_distribution.high
         names = [n for n in self.spec.param_names() if n != "input_dropout"]
         if param_name in names:
-            if self._range is None:
+            if self._box is None:
                 finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                self._range = refined_range(finished, self.spec, low, high)
-            low, high = self._range
+                self._box = refined_box(finished, self.spec, low, high)
+            low, high = self._box[param_name]
             u = halton_point(trial.number, len(names), self.seed)[names.index(param_name)]
         else:  # input dropout: its own one-dimensional sequence
             u = halton_point(trial.number, 1, self.seed ^ zlib.crc32(param_name.encode()))[0]

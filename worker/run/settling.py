@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import Engine
 
 from droptune.core.answer.rules import Answer, answer
-from droptune.core.answer.settled import curve_fit, settled
+from droptune.core.answer.settled import model_fit, settled
 from droptune.storage.jobs import early_stop
 from droptune.storage.jobs.queue import Claim
 from droptune.worker.run.objective import open_study
@@ -49,7 +49,7 @@ def stop_if_settled(
         return False
     after = answer_now(storage, claim)
     search = claim.spec.search
-    fit = curve_fit(after.complete, claim.spec)
+    fit = model_fit(after.complete, claim.spec)
     width = search.dropout_high - search.dropout_low
     why = settled(before.answer, after.answer, fit, after.finished, search.n_trials, width)
     if why is None or not early_stop.stop_search(engine, claim.study_id, why):
