@@ -93,10 +93,9 @@ def _outcome(
 ) -> Outcome:
     a = answer([t for t in trials if t.state == TrialState.COMPLETE], spec)
     assert a.best is not None and a.recommended is not None
-    near = lambda r: int(np.argmin(np.abs(rates - r)))  # noqa: E731
-    return Outcome(
-        near(a.best.params["dropout"]), near(a.recommended.dropout), spent, len(trials), early
-    )
+    best = int(np.argmin(np.abs(rates - a.best.params["dropout"])))
+    recommended = int(np.argmin(np.abs(rates - a.recommended.dropout)))
+    return Outcome(best, recommended, spent, len(trials), early)
 
 
 def droptune_search(curves: np.ndarray, rates: np.ndarray, cap: int = 20, seed: int = 0) -> Outcome:

@@ -103,8 +103,8 @@ class _Posterior:
 
 
 def fit_surface(
-    points: Sequence[Sequence[float]],
-    scores: Sequence[float],
+    points: Sequence[Sequence[float]] | Any,
+    scores: Sequence[float] | Any,
     ses: Sequence[float],
     low: float,
     high: float,

@@ -220,8 +220,8 @@ def _legend(fig: Figure, ax: Axes) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
         return
-    first = (MEAN_LABEL, APART_LABEL, PRUNED_LABEL, FIT_LABEL, SLICE_LABEL, "best", "recommended")
-    first += (TIED_LABEL,)
+    first: tuple[str, ...] = (MEAN_LABEL, APART_LABEL, PRUNED_LABEL, FIT_LABEL, SLICE_LABEL)
+    first += ("best", "recommended", TIED_LABEL)
     rank = {label: next(r for r, f in enumerate(first) if label.startswith(f)) for label in labels}
     order = sorted(range(len(labels)), key=lambda i: rank[labels[i]])
     fig.legend(

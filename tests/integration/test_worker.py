@@ -360,7 +360,8 @@ def test_a_batch_runs_without_a_worker(sqlite_url: str) -> None:
 
     from droptune.storage.optuna_bridge import ensure_study
     from droptune.worker.engine.data import load_dataset, prepare_folds
-    from droptune.worker.run.batch import BatchContext, BatchRunner
+    from droptune.worker.run.batch import BatchRunner
+    from droptune.worker.run.context import BatchContext
     from droptune.worker.run.heartbeat import LeaseHeartbeat
 
     engine = create_engine(sqlite_url)

@@ -7,24 +7,19 @@ every trial is told, and its lease ended, whatever happens.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import optuna
 import sqlalchemy as sa
-import torch
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import RDBStorage
 from optuna.trial import TrialState
-from sqlalchemy.engine import Engine
 
 from droptune.core.errors import StorageError
 from droptune.core.spec.study import StudySpec
 from droptune.core.states import Outcome, StudyStatus
-from droptune.storage.dashboard_answer import publish_study
 from droptune.storage.jobs import queue
 from droptune.storage.jobs.lifecycle import NO_TRIAL, Why, fail_trial, settle
 from droptune.storage.jobs.queue import Claim, Lease
@@ -37,24 +32,12 @@ from droptune.worker.engine.stacked import (
     TrialResult,
 )
 from droptune.worker.run import plugins, settling
+from droptune.worker.run.context import BatchContext
 from droptune.worker.run.heartbeat import LeaseHeartbeat
 from droptune.worker.run.objective import level_with, median_at, new_trial, open_study, suggest
 from droptune.worker.run.pruning import PairedPruner
 
 log = logging.getLogger("droptune.worker")
-
-
-@dataclass
-class BatchContext:
-    """What a batch needs from the worker that runs it, and nothing more."""
-
-    engine: Engine
-    optuna: RDBStorage
-    device: torch.device
-    worker_id: str
-    stop: threading.Event  # set: the worker is stopping (a signal)
-    on_current: Callable[[int | None, list[int]], None] = lambda _s, _t: None
-    models: Mapping[str, Callable[..., Any]] = field(default_factory=dict)  # custom, by name
 
 
 class Interrupted(Exception):
@@ -138,7 +121,7 @@ class BatchRunner:
             self.hb.hold(set())
             ctx.on_current(None, [])
             self.hb.beat()  # /workers shows the worker idle now, not at the next beat
-            publish_study(ctx.engine, ctx.optuna, claim.study_id)
+            ctx.publish(claim.study_id)
 
     def _train_batch(self, claim: Claim, members: list[_Member], data: FoldData) -> None:
         """Train the batch and tell its trials; out of memory with more than one trial, train

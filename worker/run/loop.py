@@ -28,11 +28,13 @@ from droptune.worker.engine.data import FoldData, prepare_folds
 from droptune.worker.engine.sizing import auto_batch_trials
 from droptune.worker.engine.stacked import warm_up
 from droptune.worker.run import plugins
-from droptune.worker.run.batch import BatchContext, BatchRunner
+from droptune.worker.run.batch import BatchRunner
+from droptune.worker.run.context import BatchContext
 from droptune.worker.run.datasets import FileCache, load_for_search
 from droptune.worker.run.design import design_width
 from droptune.worker.run.heartbeat import LeaseHeartbeat
 from droptune.worker.run.plugins import model_config, model_kind
+from droptune.worker.run.publisher import Publisher
 from droptune.worker.run.refit import RefitRunner
 from droptune.worker.run.settings import WorkerSettings
 
@@ -141,6 +143,7 @@ class Worker:
         hb = LeaseHeartbeat(
             self.engine, self.id, self.settings.heartbeat_seconds, lambda: self._current
         )
+        publisher = Publisher(self.engine, self.optuna)
         ctx = BatchContext(
             self.engine,
             self.optuna,
@@ -149,11 +152,12 @@ class Worker:
             self._stop,
             self.set_current,
             self.models,
+            publisher.request,
         )
         runner = BatchRunner(ctx, hb)
         self._refitter = RefitRunner(ctx, hb, self._cache.files)
         try:
-            with hb:
+            with hb, publisher:
                 while not self.stopping:
                     if not self._step(runner):
                         if self.settings.exit_when_idle:

@@ -26,7 +26,6 @@ from droptune.core.answer.rates import primary_rate
 from droptune.core.answer.rules import answer
 from droptune.core.errors import StorageError
 from droptune.core.spec.study import StudySpec
-from droptune.storage.dashboard_answer import publish_study
 from droptune.storage.jobs import queue, refits
 from droptune.storage.jobs.lifecycle import Why
 from droptune.storage.jobs.refits import ModelFile, RefitClaim
@@ -34,7 +33,8 @@ from droptune.storage.optuna_bridge import study_id_of
 from droptune.worker.engine.data import Dataset, FoldData, fold_data
 from droptune.worker.engine.stacked import OnEpoch, StackedRun, TrainConfig, TrialRates
 from droptune.worker.run import heldout
-from droptune.worker.run.batch import BatchContext, Interrupted
+from droptune.worker.run.batch import Interrupted
+from droptune.worker.run.context import BatchContext
 from droptune.worker.run.datasets import FileCache, load_named, load_uploaded, search_rows
 from droptune.worker.run.export import export_program, take_home_module
 from droptune.worker.run.heartbeat import LeaseHeartbeat
@@ -213,7 +213,7 @@ class RefitRunner:
             self.hb.hold(set())
             ctx.on_current(None, [])
             self.hb.beat()
-            publish_study(ctx.engine, ctx.optuna, claim.study_id)  # the note gains the test score
+            ctx.publish(claim.study_id)  # the note gains the test score
 
     def _refit(self, claim: RefitClaim) -> tuple[dict[str, Any] | None, list[ModelFile]]:
         spec, ctx = claim.spec, self.ctx
