@@ -67,9 +67,13 @@ class Fit:
 
 
 def _kernel(a: Any, b: Any, var: float, scale: float) -> Any:
+    """Squared-exponential covariance between points a [n] or [n, k] and b [m] or [m, k]."""
     import numpy as np
 
-    return var * np.exp(-0.5 * ((a[:, None] - b[None, :]) / scale) ** 2)
+    a2 = a if a.ndim == 2 else a[:, None]
+    b2 = b if b.ndim == 2 else b[:, None]
+    d2 = ((a2[:, None, :] - b2[None, :, :]) ** 2).sum(axis=-1)
+    return var * np.exp(-0.5 * d2 / scale**2)
 
 
 def _log_likelihood(x: Any, y: Any, noise: Any, var: float, scale: float) -> float:
@@ -99,6 +103,28 @@ def _root(cov: Any, var: float) -> Any:
     return v * np.sqrt(np.clip(w, 0.0, None))
 
 
+def hyperparameters(x: Any, y: Any, ses: Sequence[float] | Any) -> tuple[Any, float, float, float]:
+    """(noise variances, centre, signal variance, length scale) of the GP over points x (in
+    range widths, [n] or [n, k]) with scores y (larger is better) and SEs `ses`: each trial's
+    SE squared as its noise, the SE-weighted mean as the centre, and the signal variance and
+    length scale of the largest marginal likelihood over a small grid."""
+    import numpy as np
+
+    se = np.asarray(ses, dtype=float)
+    # A zero SE (every split equal) would make that trial exact: floor it at a tenth of the
+    # others' median, or at a tiny share of the scores' own spread.
+    positive = se[se > 0]
+    floor = 0.1 * float(np.median(positive)) if len(positive) else 1e-3 * (np.ptp(y) or 1.0)
+    noise = np.maximum(se, floor) ** 2
+    w = 1.0 / noise
+    centre = float((w * y).sum() / w.sum())
+    yc = y - centre
+    spread = max(float(np.var(yc)), float(noise.mean()), 1e-12)
+    candidates = [(v * spread, s) for v in (0.25, 1.0, 4.0) for s in SCALES]
+    var, scale = max(candidates, key=lambda c: _log_likelihood(x, yc, noise, *c))
+    return noise, centre, var, scale
+
+
 def fit_curve(
     rates: Sequence[float],
     scores: Sequence[float],
@@ -114,22 +140,11 @@ def fit_curve(
 
     x = np.asarray(rates, dtype=float)
     y = np.asarray(scores, dtype=float) * (1.0 if maximize else -1.0)
-    se = np.asarray(ses, dtype=float)
     if len(np.unique(x)) < MIN_TRIALS or high <= low:
         return None
-    # A zero SE (every split equal) would make that trial exact: floor it at a tenth of the
-    # others' median, or at a tiny share of the scores' own spread.
-    positive = se[se > 0]
-    floor = 0.1 * float(np.median(positive)) if len(positive) else 1e-3 * (np.ptp(y) or 1.0)
-    se = np.maximum(se, floor)
-    noise = se**2
-    w = 1.0 / noise
-    centre = float((w * y).sum() / w.sum())
-    yc = y - centre
     width = high - low
-    spread = max(float(np.var(yc)), float(noise.mean()), 1e-12)
-    candidates = [(v * spread, s * width) for v in (0.25, 1.0, 4.0) for s in SCALES]
-    var, scale = max(candidates, key=lambda c: _log_likelihood(x, yc, noise, *c))
+    noise, centre, var, unit_scale = hyperparameters(x / width, y, ses)
+    yc, scale = y - centre, unit_scale * width
     grid = np.linspace(low, high, GRID)
     k = _kernel(x, x, var, scale) + np.diag(noise)
     ks = _kernel(grid, x, var, scale)

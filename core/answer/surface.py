@@ -24,12 +24,11 @@ numpy and scipy, imported where used.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from droptune.core.answer.fit import SCALES, _root
+from droptune.core.answer.fit import _kernel, _root, hyperparameters
 
 CANDIDATES = 256
 DRAWS = 500
@@ -58,24 +57,6 @@ class Surface:
 
     def max_expected_improvement(self) -> float:
         return self.expected_improvement
-
-
-def _kernel(a: Any, b: Any, var: float, scale: float) -> Any:
-    import numpy as np
-
-    d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=-1)
-    return var * np.exp(-0.5 * d2 / scale**2)
-
-
-def _log_likelihood(x: Any, y: Any, noise: Any, var: float, scale: float) -> float:
-    import numpy as np
-
-    try:
-        chol = np.linalg.cholesky(_kernel(x, x, var, scale) + np.diag(noise))
-    except np.linalg.LinAlgError:
-        return -math.inf
-    alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, y))
-    return float(-0.5 * y @ alpha - np.log(np.diag(chol)).sum())
 
 
 class _Posterior:
@@ -121,17 +102,9 @@ def fit_surface(
         return None
     sign = 1.0 if maximize else -1.0
     y = np.asarray(scores, dtype=float) * sign
-    se = np.asarray(ses, dtype=float)
-    positive = se[se > 0]
-    floor = 0.1 * float(np.median(positive)) if len(positive) else 1e-3 * (np.ptp(y) or 1.0)
-    noise = np.maximum(se, floor) ** 2
-    w = 1.0 / noise
-    centre = float((w * y).sum() / w.sum())
     width = high - low
     u = (x - low) / width  # in range widths: the length scales are the curve's
-    spread = max(float(np.var(y - centre)), float(noise.mean()), 1e-12)
-    grid = [(v * spread, s) for v in (0.25, 1.0, 4.0) for s in SCALES]
-    var, scale = max(grid, key=lambda c: _log_likelihood(u, y - centre, noise, *c))
+    noise, centre, var, scale = hyperparameters(u, y, ses)
     post = _Posterior(u, y - centre, noise, var, scale)
     design = qmc.Halton(d=x.shape[1], scramble=True, seed=seed).random(CANDIDATES)
     cand = np.vstack([design, u])
