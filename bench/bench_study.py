@@ -93,7 +93,7 @@ def _follow(
     c: Client, study_id: int, n_trials: int, t_submit: float, cpu: Callable[[], float]
 ) -> dict[str, float]:
     """Seconds from submit until every trial was told and until the study ended, as its event
-    stream shows them (the API checks SQLite every 0.5 s), and the CPU seconds at the first."""
+    stream shows them (the API checks SQLite every 0.25 s), and the CPU seconds at the first."""
     out: dict[str, float] = {}
     for ev in c.events(study_id, idle_timeout=TIMEOUT_S):
         now = time.perf_counter() - t_submit

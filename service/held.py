@@ -3,7 +3,7 @@
 A held request costs the API nothing while it waits: it waits on the process's one
 `StudyWatcher` (storage/jobs/notify.py), as the event streams do, which checks every watched study
 in
-one query per change (PostgreSQL) or per half second (SQLite), not one query per request. It ends
+one query per change (PostgreSQL) or per quarter second (SQLite), not one query per request. It ends
 as soon as its client goes: issue 19 found 300 `?wait=600` requests whose sockets closed after
 half a second keeping the API at 40% CPU for the next minute, each polling the database until
 its wait ran out.

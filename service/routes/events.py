@@ -54,7 +54,7 @@ class EventSettings(BaseSettings):
     # A comment this often keeps proxies and clients from timing out an idle stream.
     ping_seconds: float = Field(15.0, gt=0)
     retry_ms: int = Field(2000, ge=0)  # how long a client waits before it reconnects
-    poll_seconds: float = Field(0.5, gt=0)  # SQLite: how often watched studies are checked
+    poll_seconds: float = Field(0.25, gt=0)  # SQLite: how often watched studies are checked
     # PostgreSQL: a check without a notification, for a change nobody announced.
     check_seconds: float = Field(5.0, gt=0)
     # How often a stream checks that its token has not been revoked since it opened.

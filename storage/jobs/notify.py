@@ -22,7 +22,7 @@ from droptune.storage.sql.tables import studies
 
 log = logging.getLogger("droptune.notify")
 
-SQLITE_POLL_S = 0.25
+SQLITE_POLL_S = 0.25  # idle workers and, while anything watches, the study watcher
 RECONNECT_S = 1.0  # after PostgreSQL was lost: wait this long before listening again
 
 # Optuna's own tables, read only: a study's trials and their states.
@@ -136,7 +136,9 @@ class StudyWatcher:
     recovery failing an orphaned trial). On SQLite it checks every `poll_s`. A check is one
     query for all watched studies (`fingerprints`); the watcher idles while none is watched."""
 
-    def __init__(self, engine: Engine, url: str, poll_s: float = 0.5, check_s: float = 5.0) -> None:
+    def __init__(
+        self, engine: Engine, url: str, poll_s: float = SQLITE_POLL_S, check_s: float = 5.0
+    ) -> None:
         self._engine = engine
         self._url = normalise_url(url)
         self._poll_s = poll_s
