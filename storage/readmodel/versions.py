@@ -90,6 +90,29 @@ def digest(kind: str, *parts: Any) -> str:
     return h.hexdigest()
 
 
+# The last digest of each (route, study), with the values it was taken over: a poll of an
+# unchanged row compares them (the same text: a memcmp) instead of hashing them again.
+_LAST: dict[tuple[str, int], tuple[tuple[Any, ...], str]] = {}
+MAX_KEPT = 256  # studies (each holds its row's text, as service/answers.py keeps its bytes)
+
+
+def _digest_of(kind: str, study_id: int, parts: tuple[Any, ...]) -> str:
+    """`digest(kind, *parts)`, remembered for the values it was last taken over: equal values
+    of the same types (the text a digest hashes is theirs) give the same digest."""
+    kept = _LAST.get((kind, study_id))
+    if (
+        kept is not None
+        and kept[0] == parts
+        and all(type(a) is type(b) for a, b in zip(kept[0], parts, strict=True))
+    ):
+        return kept[1]
+    etag = digest(kind, *parts)
+    if len(_LAST) >= MAX_KEPT:  # the oldest first (threads may race here: any one goes)
+        _LAST.pop(next(iter(_LAST), ("", 0)), None)
+    _LAST[(kind, study_id)] = (parts, etag)
+    return etag
+
+
 def _decoded(row: sa.Row[Any]) -> SimpleNamespace:
     """The row as `reads` reads it: JSON columns decoded (what the database driver would do)."""
     values = row._asdict()
@@ -116,7 +139,7 @@ def best(reader: Reader, study_id: int, owner: str | None) -> Versioned[BestOut]
         r = _decoded(row)
         return _best_out(r, reader._answer(r, r.finished)[0])
 
-    return Versioned(digest("best", *row), build)
+    return Versioned(_digest_of("best", study_id, tuple(row)), build)
 
 
 def study(reader: Reader, study_id: int, owner: str | None) -> Versioned[StudyOut]:
@@ -130,7 +153,7 @@ def study(reader: Reader, study_id: int, owner: str | None) -> Versioned[StudyOu
     def build() -> StudyOut:
         return reader._study_out(_decoded(row), counts)
 
-    return Versioned(digest("study", *row, *_fields(counts)), build)
+    return Versioned(_digest_of("study", study_id, (*row, *_fields(counts))), build)
 
 
 def _fields(counts: Counts) -> tuple[int, ...]:
