@@ -53,9 +53,11 @@ def measured(pid: int, run: Callable[[], Hey]) -> Hey:
     return h
 
 
-def hey(url: str, seconds: float, conc: int, qps: float | None) -> Hey:
+def hey(url: str, seconds: float, conc: int, qps: float | None, token: str | None = None) -> Hey:
     """One hey run, its summary parsed (latencies are hey's, from each request's send)."""
     cmd = ["hey", "-z", f"{seconds:g}s", "-c", str(conc)]
+    if token is not None:  # sent to the bare app too, which ignores it
+        cmd += ["-H", f"Authorization: Bearer {token}"]
     if qps is not None:
         cmd += ["-q", f"{qps:g}"]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
@@ -112,26 +114,33 @@ def line(case: str, h: Hey) -> str:
 
 
 def compare(
-    base: str, path: str, ports: tuple[int, int], workers: int, seconds: float, tmp: Path
+    base: str,
+    path: str,
+    ports: tuple[int, int],
+    workers: int,
+    seconds: float,
+    tmp: Path,
+    token: str | None = None,
 ) -> list[str]:
     """The table's rows: droptune's `/best` at `base` (its server's pid: `ports[0]`) and the
-    bare app, started on port `ports[1]`."""
+    bare app, started on port `ports[1]`; every request with `token` when given."""
     pid, port = ports
     url = base + path
-    body = httpx.get(url, timeout=300).raise_for_status().content  # computed once, kept
-    paced = measured(pid, lambda: hey(url, seconds, 200, 5))
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    body = httpx.get(url, headers=auth, timeout=300).raise_for_status().content  # computed once
+    paced = measured(pid, lambda: hey(url, seconds, 200, 5, token))
     rows = [line(f"droptune /best, hey -c 200 -q 5 ({seconds:g} s)", paced)]
     print(rows[-1], flush=True)
-    sat = measured(pid, lambda: hey(url, seconds, 50, None))
+    sat = measured(pid, lambda: hey(url, seconds, 50, None, token))
     rows.append(line(f"droptune /best, saturated (hey -c 50, {seconds:g} s)", sat))
     print(rows[-1], flush=True)
     proc = bare(body, path, port, workers, tmp)
     try:
         anchor = f"http://127.0.0.1:{port}{path}"
-        b_sat = measured(proc.pid, lambda: hey(anchor, seconds, 50, None))
+        b_sat = measured(proc.pid, lambda: hey(anchor, seconds, 50, None, token))
         rows.append(line(f"bare app, saturated (hey -c 50, {seconds:g} s)", b_sat))
         print(rows[-1], flush=True)
-        b_paced = measured(proc.pid, lambda: hey(anchor, seconds, 200, 5))
+        b_paced = measured(proc.pid, lambda: hey(anchor, seconds, 200, 5, token))
         rows.append(line(f"bare app, hey -c 200 -q 5 ({seconds:g} s)", b_paced))
     finally:
         proc.terminate()
@@ -152,5 +161,6 @@ def hey_rows(
     """bench_api.py's `--hey` cases on a started `serve` (pid, port); the bare app on port+1."""
     pid, port = serve
     base = f"http://127.0.0.1:{port}"
-    rows = compare(base, path, (pid, port + 1), args.serve_workers, args.seconds, tmp)
+    token = getattr(args, "token_value", None)
+    rows = compare(base, path, (pid, port + 1), args.serve_workers, args.seconds, tmp, token)
     return [f"| {backend} |{r[1:]}" for r in rows]

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_api.py [--backend sqlite postgres] [--seconds 20]
         [--pollers 200] [--every 0.2 [0.5 ...]] [--trials 5000] [--studies 1000] [--out FILE]
-        [--hey [--serve-workers N] [--port P]]  (--hey: bench/api_hey.py's cases instead)
+        [--hey [--serve-workers N] [--token] [--port P]]  (--hey: bench/api_hey.py's cases instead)
 
 The database is filled directly (bulk inserts into droptune's and Optuna's tables): one running
 study with `--trials` finished trials, and `--studies` - 1 others with a few trials each. Then
@@ -53,6 +53,7 @@ from optuna.study import StudyDirection  # noqa: E402
 from proc_cpu import cpu_s  # noqa: E402
 
 from droptune.core.spec.study import StudySpec  # noqa: E402
+from droptune.storage.access import tokens  # noqa: E402
 from droptune.storage.jobs.queue import optuna_study_name  # noqa: E402
 from droptune.storage.optuna_bridge import optuna_storage  # noqa: E402
 from droptune.storage.sql.db import create_engine  # noqa: E402
@@ -281,6 +282,10 @@ def bench(backend: str, args: argparse.Namespace, tmp: Path) -> list[str]:
     try:
         t = time.perf_counter()
         big, small = fill(url, args.studies, args.trials)
+        if args.token and args.hey:  # an admin's token for the owner: every request sends it
+            engine = create_engine(url)
+            args.token_value = tokens.create(engine, "local", admin=True)
+            engine.dispose()
         print(f"{backend}: filled in {time.perf_counter() - t:.1f}s", flush=True)
         port = args.port or procs.free_port()
         proc = serve(url, port, tmp / f"serve-{backend}.log", args.serve_workers)
@@ -365,6 +370,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="write the table here (markdown)")
     p.add_argument("--hey", action="store_true", help="bench/api_hey.py's cases (needs hey)")
     p.add_argument("--serve-workers", type=int, default=1, help="`serve --workers` (and bare)")
+    p.add_argument("--token", action="store_true", help="--hey: with a bearer token (not open)")
     p.add_argument("--port", type=int, default=0, help="serve's port (the bare app's: +1)")
     args = p.parse_args()
     before = machine()

@@ -14,6 +14,7 @@ another owner's study is a 404 whatever the request's `If-None-Match` says.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,9 +22,12 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 from starlette.responses import Response
+from starlette.types import Scope
 
 from droptune.storage.readmodel.versions import Versioned
 
+POLLED = re.compile(r"/studies/([1-9][0-9]{0,18})(/best)?")
+DB_INT = 2**63 - 1  # as the routes' StudyId
 MAX_ENTRIES = 256  # answers kept (a /best of a study with thousands of trials is ~30 KB)
 JSON = "application/json"
 
@@ -60,6 +64,17 @@ class Bodies:
 
     def __len__(self) -> int:
         return len(self._kept)
+
+
+def polled(scope: Scope) -> tuple[int, str] | None:
+    """(study id, "best" or "study") for a request service/middleware/polls.py answers itself:
+    a plain GET of /studies/{id}/best or /studies/{id}, no query string, no root path."""
+    if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"]:
+        return None
+    found = POLLED.fullmatch(scope["path"])
+    if found is None or scope.get("root_path") or not 1 <= int(found.group(1)) <= DB_INT:
+        return None
+    return int(found.group(1)), "best" if found.group(2) else "study"
 
 
 def quoted(etag: str) -> str:

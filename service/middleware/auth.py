@@ -41,6 +41,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from droptune.core.errors import StorageError
+from droptune.service.answers import polled
 from droptune.service.deps import OPEN, Caller
 from droptune.service.errors import problem, problems
 from droptune.service.middleware import sessions as signin
@@ -56,6 +57,10 @@ WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 # Pages a browser opens, where the login cookie stands in for the header (GET and HEAD only).
 BROWSER_PREFIXES = (*DASHBOARD_PREFIXES, "/docs", "/redoc", "/openapi.json")
 ADMIN_PREFIXES = ("/metrics",)
+# Who a poll's bearer token speaks for until its read says (service/middleware/polls.py): no
+# one's studies, never an admin, if anything but that read were to see it.
+UNCHECKED = Caller("", admin=False)
+NOT_VALID = "the token is not valid (revoked, or mistyped)"
 OPEN_RECHECK_S = 1.0  # open mode looks for a newly created token at most this often
 HOW_TO = (
     "send `Authorization: Bearer <token>` (the droptune CLI and client send DROPTUNE_TOKEN); "
@@ -207,7 +212,7 @@ class Access:
         if not self.tokens_seen and self.bound_open:
             return OPEN
         if not self.tokens_seen:  # bound to a public address, which `serve` refuses
-            return _unauthorized("no token exists yet on this server: " + HOW_TO)
+            return unauthorized("no token exists yet on this server: " + HOW_TO)
         if path in PUBLIC:
             return Caller("", admin=False)
         token = _bearer(headers)
@@ -218,11 +223,12 @@ class Access:
         ):
             return await self._browser_caller(scope, headers)
         if token is None:
-            return _unauthorized("this route needs a token: " + HOW_TO)
-        who = await run_in_threadpool(tokens.identify, self.engine, token)
-        if who is None:
-            return _unauthorized("the token is not valid (revoked, or mistyped)")
-        return _admin_only(path, Caller(who.owner, who.admin, token))
+            return unauthorized("this route needs a token: " + HOW_TO)
+        if token and polled(scope) is not None:
+            # A poll: checked by its read, in the same statement (service/middleware/polls.py)
+            scope.setdefault("state", {})["bearer"] = token
+            return UNCHECKED
+        return await bearer_caller(self.engine, path, token)
 
     async def _browser_caller(self, scope: Scope, headers: Headers) -> Caller | Response:
         """A browser page without a bearer token: `?token=` (a sign-in, see
@@ -241,10 +247,7 @@ class Access:
             )
         if token is not None:
             scope.setdefault("state", {})["query_token"] = token  # made a session by the page
-            who = await run_in_threadpool(tokens.identify, self.engine, token)
-            if who is None:
-                return _unauthorized("the token is not valid (revoked, or mistyped)")
-            return _admin_only(path, Caller(who.owner, who.admin, token))
+            return await bearer_caller(self.engine, path, token)
         session = signin.session_id(scope, headers)
         who = None
         if session is not None:
@@ -253,12 +256,20 @@ class Access:
             if path.startswith(DASHBOARD_PREFIXES) and "text/html" in headers.get("accept", ""):
                 return RedirectResponse(LOGIN, status_code=303)  # a browser: to the sign-in page
             if session is None:
-                return _unauthorized("this route needs a token: " + HOW_TO)
-            return _unauthorized(
+                return unauthorized("this route needs a token: " + HOW_TO)
+            return unauthorized(
                 "the dashboard session has ended (expired, signed out, or its token revoked): "
                 f"sign in again at {LOGIN}"
             )
         return _admin_only(path, Caller(who.owner, who.admin, session=session))
+
+
+async def bearer_caller(engine: Engine, path: str, token: str) -> Caller | Response:
+    """The caller a bearer token speaks for, looked up now; a 401 when it is not live."""
+    who = await run_in_threadpool(tokens.identify, engine, token)
+    if who is None:
+        return unauthorized(NOT_VALID)
+    return _admin_only(path, Caller(who.owner, who.admin, token))
 
 
 def _admin_only(path: str, caller: Caller) -> Caller | Response:
@@ -281,7 +292,7 @@ def _query_token(scope: Scope) -> str | None:
     return next((v for k, v in pairs if k == "token" and v), None)
 
 
-def _unauthorized(detail: str) -> Response:
+def unauthorized(detail: str) -> Response:
     return problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
 
 

@@ -23,7 +23,7 @@ from droptune.storage.jobs.stale import (
     keep_params,
     live_lease_ids,
     release_unlinked,
-    running_optuna_studies,
+    running_leased_trials,
     stale_leases,
     take_stale,
 )
@@ -115,23 +115,15 @@ def fail_orphans(engine: Engine, storage: RDBStorage) -> int:
     RUNNING trial without one is always an orphan; failing one that is being finished at that
     moment is a no-op (a trial finishes once).
     """
+    running = running_leased_trials(engine)
+    if not running:
+        return 0
+    live = live_lease_ids(engine, [t.lease for t in running])
     n = 0
-    for name in running_optuna_studies(engine):
-        study_id = study_id_of(storage, name)
-        if study_id is None:
-            continue
-        running = [
-            t
-            for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-            if isinstance(t.user_attrs.get("lease"), int)
-        ]
-        if not running:
-            continue
-        live = live_lease_ids(engine, [t.user_attrs["lease"] for t in running])
-        for t in running:
-            if t.user_attrs["lease"] not in live:
-                if fail_trial(storage, t._trial_id, ORPHANED) != TrialState.FAIL:
-                    continue  # told between the two reads: not an orphan
-                log.warning("failed orphaned trial %s of %s (lease gone)", t.number, name)
-                n += 1
+    for t in running:
+        if t.lease not in live:
+            if fail_trial(storage, t.trial_id, ORPHANED) != TrialState.FAIL:
+                continue  # told between the two reads: not an orphan
+            log.warning("failed orphaned trial %s of %s (lease gone)", t.number, t.optuna_study)
+            n += 1
     return n

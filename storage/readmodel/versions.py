@@ -30,10 +30,12 @@ from sqlalchemy.engine import Connection
 
 from droptune.core.errors import NotFound
 from droptune.core.schemas import BestOut, StudyOut
+from droptune.storage.access import tokens
 from droptune.storage.readmodel.answer_cache import Counts, finished_of
 from droptune.storage.readmodel.reads import Reader, _best_out, _counts_of
 from droptune.storage.sql.db import transaction
 from droptune.storage.sql.tables import studies
+from droptune.storage.sql.tables import tokens as tok
 
 T = TypeVar("T")
 JSON_COLUMNS = ("spec", "refit_result", "answer")
@@ -56,27 +58,74 @@ class Versioned(Generic[T]):
     build: Callable[[], T]
 
 
+class Bearer:
+    """A bearer token checked by the read's own statement (service/middleware/polls.py): one
+    round trip for the token and the study. After the read, `checked` says the statement ran
+    and `who` whom the token speaks for (None: not a live token, the study was not read)."""
+
+    def __init__(self, token: str) -> None:
+        self.hash = tokens.digest(token)
+        self.checked = False
+        self.who: tokens.Identity | None = None
+
+
 @functools.cache
-def _statement(names: tuple[str, ...], owned: bool, finished: bool) -> sa.Select[Any]:
-    """The row by `:id` (and `:owner`), JSON columns as their text: built once per shape."""
+def _statement(
+    names: tuple[str, ...], owned: bool, finished: bool, by_token: bool = False
+) -> sa.Select[Any]:
+    """The row by `:id` (and `:owner`), JSON columns as their text: built once per shape.
+    `by_token`: the live token by `:hash` first (its owner and admin flag), the study joined
+    to it as that caller may see it (theirs, or any for an admin): no study, NULL columns."""
     cols: list[Any] = [
         sa.cast(studies.c[n], sa.Text).label(n) if n in JSON_COLUMNS else studies.c[n]
         for n in names
     ]
     if finished:
         cols.append(finished_of(studies.c.optuna_study).label("finished"))
+    if by_token:
+        t = tok.c
+        seen = sa.or_(studies.c.owner == t.owner, t.admin.is_(True))
+        joined = tok.outerjoin(studies, sa.and_(studies.c.id == sa.bindparam("id"), seen))
+        q = sa.select(t.owner.label("caller_owner"), t.admin.label("caller_admin"), *cols)
+        return q.select_from(joined).where(t.hash == sa.bindparam("hash"), t.revoked_at.is_(None))
     q = sa.select(*cols).where(studies.c.id == sa.bindparam("id"))
     return q.where(studies.c.owner == sa.bindparam("owner")) if owned else q
 
 
 def _row(
-    conn: Connection, names: tuple[str, ...], study_id: int, owner: str | None, finished: bool
+    conn: Connection,
+    names: tuple[str, ...],
+    study_id: int,
+    owner: str | None,
+    finished: bool,
+    bearer: Bearer | None = None,
 ) -> sa.Row[Any]:
-    q = _statement(names, owner is not None, finished)
-    row = conn.execute(q, {"id": study_id, "owner": owner}).one_or_none()
+    if bearer is not None:
+        q = _statement(names, False, finished, by_token=True)
+        row = conn.execute(q, {"id": study_id, "hash": bearer.hash}).one_or_none()
+        bearer.checked = True
+        if row is None:
+            raise NotFound(f"study {study_id} not found")  # and no caller: `who` stays None
+        bearer.who = tokens.Identity(str(row.caller_owner), bool(row.caller_admin))
+        row = row if row.id is not None else None
+    else:
+        q = _statement(names, owner is not None, finished)
+        row = conn.execute(q, {"id": study_id, "owner": owner}).one_or_none()
     if row is None:  # another owner's study is a missing one: before any version is looked at
         raise NotFound(f"study {study_id} not found")
     return row
+
+
+def _owner(owner: str | None, bearer: Bearer | None) -> str | None:
+    """The owner a read is scoped to: the token's caller's once read (None for an admin)."""
+    if bearer is None or bearer.who is None:
+        return owner
+    return None if bearer.who.admin else bearer.who.owner
+
+
+def _parts(row: sa.Row[Any], bearer: Bearer | None) -> tuple[Any, ...]:
+    """The row's values the body is made from (not the caller's, which lead a token's read)."""
+    return tuple(row)[2:] if bearer is not None else tuple(row)
 
 
 def digest(kind: str, *parts: Any) -> str:
@@ -88,6 +137,29 @@ def digest(kind: str, *parts: Any) -> str:
         h.update(b"-" if part is None else f"{len(text)}:".encode())
         h.update(text)
     return h.hexdigest()
+
+
+# The last digest of each (route, study), with the values it was taken over: a poll of an
+# unchanged row compares them (the same text: a memcmp) instead of hashing them again.
+_LAST: dict[tuple[str, int], tuple[tuple[Any, ...], str]] = {}
+MAX_KEPT = 256  # studies (each holds its row's text, as service/answers.py keeps its bytes)
+
+
+def _digest_of(kind: str, study_id: int, parts: tuple[Any, ...]) -> str:
+    """`digest(kind, *parts)`, remembered for the values it was last taken over: equal values
+    of the same types (the text a digest hashes is theirs) give the same digest."""
+    kept = _LAST.get((kind, study_id))
+    if (
+        kept is not None
+        and kept[0] == parts
+        and all(type(a) is type(b) for a, b in zip(kept[0], parts, strict=True))
+    ):
+        return kept[1]
+    etag = digest(kind, *parts)
+    if len(_LAST) >= MAX_KEPT:  # the oldest first (threads may race here: any one goes)
+        _LAST.pop(next(iter(_LAST), ("", 0)), None)
+    _LAST[(kind, study_id)] = (parts, etag)
+    return etag
 
 
 def _decoded(row: sa.Row[Any]) -> SimpleNamespace:
@@ -105,10 +177,14 @@ def _current(answer_trials: int | None, finished: int) -> bool:
     return finished == 0 or answer_trials == finished
 
 
-def best(reader: Reader, study_id: int, owner: str | None) -> Versioned[BestOut]:
-    """GET /studies/{id}/best: one statement, as `Reader.best`."""
+def best(
+    reader: Reader, study_id: int, owner: str | None, bearer: Bearer | None = None
+) -> Versioned[BestOut]:
+    """GET /studies/{id}/best: one statement, as `Reader.best` (`bearer`: the token's caller
+    in the same statement, `owner` unused)."""
     with transaction(reader.engine, read_only=True) as conn:
-        row = _row(conn, BEST, study_id, owner, finished=True)
+        row = _row(conn, BEST, study_id, owner, True, bearer)
+    owner = _owner(owner, bearer)
     if not _current(row.answer_trials, row.finished):
         return Versioned(None, lambda: reader.best(study_id, owner))
 
@@ -116,21 +192,24 @@ def best(reader: Reader, study_id: int, owner: str | None) -> Versioned[BestOut]
         r = _decoded(row)
         return _best_out(r, reader._answer(r, r.finished)[0])
 
-    return Versioned(digest("best", *row), build)
+    return Versioned(_digest_of("best", study_id, _parts(row, bearer)), build)
 
 
-def study(reader: Reader, study_id: int, owner: str | None) -> Versioned[StudyOut]:
-    """GET /studies/{id}: two statements, as `Reader.study`."""
+def study(
+    reader: Reader, study_id: int, owner: str | None, bearer: Bearer | None = None
+) -> Versioned[StudyOut]:
+    """GET /studies/{id}: two statements, as `Reader.study` (`bearer`: as for `best`)."""
     with transaction(reader.engine, read_only=True) as conn:
-        row = _row(conn, STUDY, study_id, owner, finished=False)
+        row = _row(conn, STUDY, study_id, owner, False, bearer)
         counts = _counts_of(conn, row)
+    owner = _owner(owner, bearer)
     if counts.total and not _current(row.answer_trials, counts.finished):
         return Versioned(None, lambda: reader.study(study_id, owner))
 
     def build() -> StudyOut:
         return reader._study_out(_decoded(row), counts)
 
-    return Versioned(digest("study", *row, *_fields(counts)), build)
+    return Versioned(_digest_of("study", study_id, (*_parts(row, bearer), *_fields(counts))), build)
 
 
 def _fields(counts: Counts) -> tuple[int, ...]:

@@ -191,7 +191,12 @@ def test_recovery_fails_running_trials_whose_lease_is_gone(db_url: str) -> None:
     assert queue.finish(engine, gone.id, Outcome.RELEASED)  # its lease ended elsewhere
     alive = new_trial(study, None, {"lease": kept.id})
     outsider = new_trial(study, None, {})  # not droptune's: no lease tag, left alone
+    texted = new_trial(study, None, {"lease": str(gone.id)})  # not an integer: not a lease
+    done = new_trial(study, None, {"lease": gone.id})
+    storage.set_trial_state_values(done._trial_id, state=TrialState.COMPLETE, values=[0.5])
     recover_stale(engine, storage, 30.0)
+    assert storage.get_trial(texted._trial_id).state == TrialState.RUNNING
+    assert storage.get_trial(done._trial_id).state == TrialState.COMPLETE
     assert storage.get_trial(orphan._trial_id).state == TrialState.FAIL
     assert storage.get_trial(orphan._trial_id).user_attrs["reason"] == ORPHANED
     assert storage.get_trial(alive._trial_id).state == TrialState.RUNNING
