@@ -173,7 +173,8 @@ def _own_pace_rule(
     for r in range(len(active)):
         d = scores[lead] - scores[r]
         var = float(np.var(d, ddof=1))
-        worse = d.mean() > c * np.sqrt((1 / K + RATIO) * var) if var > 0 else False
+        sign = d.mean() > 0 and 0.5**K < 0.05  # every split the same gap: the sign test
+        worse = d.mean() > c * np.sqrt((1 / K + RATIO) * var) if var > 0 else sign
         pace = max(0.0, _slope(history[active[r]][-3:]))
         if r != lead and worse and means[r] + pace * (epochs - e) < means[lead]:
             stop.add(active[r])

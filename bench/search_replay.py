@@ -3,8 +3,8 @@ would train, which members it would stop, and what it would answer, with no trai
 
 Members of a stack never influence each other, so a search that trains any subset of the grid's
 rates gets those members' recorded curves: each proposed rate is moved to the nearest grid rate
-(0.05 apart with 19 rates), a rate already trained is not trained again (the design) or costs its
-epochs again (TPE may propose it twice).
+(0.05 apart with 19 rates); a grid rate proposed again is trained again, costing its trial and
+its epochs (the worker trains a near-duplicate rate as a trial of its own).
 
 - **droptune**: the droptune strategy as the worker runs it: the design sampler's scrambled Halton
   rates (worker/run/design.py's `halton_point`, `refined_range`, `design_width`), each batch a
@@ -14,7 +14,8 @@ epochs again (TPE may propose it twice).
 - **optuna**: the optuna strategy: TPE with the worker's start-up count and the median pruner
   (worker/run/objective.py's make_sampler / make_pruner) asking for one trial at a time (the
   worker asks for a quarter of the study per batch; sequential asking is kinder to TPE), every
-  trial reported epoch by epoch from its recorded curve, `cap` trials.
+  trial reported epoch by epoch from its recorded curve, a trial the pruner would stop kept when
+  it is level with the median finished trial (the worker's guard), `cap` trials.
 
 Both answer with the default rule (one-SE, paired) over their COMPLETE trials. Needs Optuna and
 droptune's answer code: not part of the engine-only benchmark run on a GPU machine.
@@ -35,7 +36,7 @@ from droptune.core.answer.settled import curve_fit, settled
 from droptune.core.pruning import paired_stop
 from droptune.core.spec.study import StudySpec
 from droptune.worker.run.design import design_width, halton_point, refined_range
-from droptune.worker.run.objective import make_pruner, make_sampler
+from droptune.worker.run.objective import level_with, make_pruner, make_sampler, median_at
 from droptune.worker.run.settling import MIN_BEFORE
 
 K = 5
@@ -72,20 +73,22 @@ def _frozen(rate: float, folds: Sequence[float], state: TrialState, high: float)
     )
 
 
-def _stack(curves: np.ndarray, members: list[int]) -> tuple[list[int], int]:
-    """(the members the paired rule lets finish, member-epochs spent) of one stack."""
+def _stack(curves: np.ndarray, members: list[int]) -> tuple[set[int], int]:
+    """(the positions in `members` the paired rule lets finish, member-epochs spent) of one
+    stack; `members` are grid rates, a rate proposed twice trained twice (the worker trains a
+    near-duplicate rate as a trial of its own)."""
     epochs = curves.shape[0]
-    active, spent = list(members), 0
-    history: dict[int, list[float]] = {m: [] for m in members}
+    active, spent = list(range(len(members))), 0
+    history: dict[int, list[float]] = {i: [] for i in active}
     for e in range(1, epochs + 1):
         spent += len(active)
-        scores = curves[e - 1, active]
-        for m, row in zip(active, scores, strict=True):
-            history[m].append(float(row.mean()))
+        scores = curves[e - 1, [members[i] for i in active]]
+        for i, row in zip(active, scores, strict=True):
+            history[i].append(float(row.mean()))
         if e < epochs:
             rows = paired_stop(scores, history, active, e, epochs, 1 / (K - 1), True)
-            active = [m for i, m in enumerate(active) if i not in rows]
-    return active, spent
+            active = [m for r, m in enumerate(active) if r not in rows]
+    return set(active), spent
 
 
 def _outcome(
@@ -102,27 +105,19 @@ def droptune_search(curves: np.ndarray, rates: np.ndarray, cap: int = 20, seed: 
     high = float(rates[-1])
     spec = _spec("droptune", cap, high)
     trials: list[FrozenTrial] = []
-    tried: set[int] = set()
-    number, spent, before = 0, 0, None
+    spent, before = 0, None
     while len(trials) < cap:
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         low_r, high_r = refined_range(complete, spec, 0.0, high) if trials else (0.0, high)
         width = min(design_width(cap, cap - len(trials)), cap - len(trials))
-        batch: list[int] = []
-        while len(batch) < width and number < 50 * cap:
-            u = halton_point(number, 1, seed)[0]
-            number += 1
-            m = int(np.argmin(np.abs(rates - (low_r + u * (high_r - low_r)))))
-            if m not in tried and m not in batch:
-                batch.append(m)
-        if not batch:
-            break  # every grid rate in the band trained
+        # Trial n takes point n of the sequence inside the batch's range, as DesignSampler does.
+        us = [halton_point(len(trials) + i, 1, seed)[0] for i in range(width)]
+        batch = [int(np.argmin(np.abs(rates - (low_r + u * (high_r - low_r))))) for u in us]
         done, cost = _stack(curves, batch)
         spent += cost
-        for m in batch:
-            state = TrialState.COMPLETE if m in done else TrialState.PRUNED
+        for i, m in enumerate(batch):
+            state = TrialState.COMPLETE if i in done else TrialState.PRUNED
             trials.append(_frozen(float(rates[m]), curves[-1, m].tolist(), state, high))
-            tried.add(m)
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         after = answer(complete, spec)
         if before is not None and len(before[1]) >= MIN_BEFORE:
@@ -148,7 +143,7 @@ def optuna_search(curves: np.ndarray, rates: np.ndarray, cap: int = 20) -> Outco
         for e in range(1, epochs + 1):
             spent += 1
             trial.report(float(curves[e - 1, m].mean()), e)
-            if e < epochs and trial.should_prune():
+            if e < epochs and trial.should_prune() and not _level(study, curves[e - 1, m], e):
                 pruned = True
                 break
         folds = curves[-1, m].tolist()
@@ -161,3 +156,10 @@ def optuna_search(curves: np.ndarray, rates: np.ndarray, cap: int = 20) -> Outco
         study.tell(trial, float(np.mean(folds)))
     trials = study.get_trials(deepcopy=False)
     return _outcome(list(trials), rates, spec, spent, False)
+
+
+def _level(study: optuna.Study, folds: np.ndarray, epoch: int) -> bool:
+    """The worker's guard for pruners other than paired (batch._level_with_finished): a trial
+    within one SE of its split scores of the median COMPLETE trial at this epoch is kept."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return level_with(folds, median_at(done, epoch), True)

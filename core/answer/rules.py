@@ -44,7 +44,9 @@ def best_and_one_se(
     if not scored:
         return None, None
     sign = 1.0 if maximize else -1.0
-    best, best_score = max(scored, key=lambda ts: (sign * ts[1].mean, -ts[0].number))
+    # Means equal but for float32 rounding (the same rows right on every split) are a tie: the
+    # first trial with it is the best, not the one a rounding error favours.
+    best, best_score = max(scored, key=lambda ts: (round(sign * ts[1].mean, 9), -ts[0].number))
     threshold = sign * best_score.mean - best_score.se - 1e-12
     within = [t for t, s in scored if sign * s.mean >= threshold]
     one_se = max(within, key=lambda t: (primary_rate(t.params) or 0.0, -t.number))
@@ -186,12 +188,17 @@ def _edge_warning(who: str, rate: float, search: SearchSpec) -> tuple[str, str] 
     )
 
 
-def edge_warnings(best: FrozenTrial, recommended: FrozenTrial, search: SearchSpec) -> list[str]:
+def edge_warnings(
+    best: FrozenTrial, recommended: FrozenTrial, search: SearchSpec, best_shared: bool = False
+) -> list[str]:
     """A warning for the best and for the recommended rate at an edge of the range: one per
-    (rate, edge), so one when both are the same trial; none in the interior."""
+    (rate, edge), so one when both are the same trial; none in the interior, and none for the
+    best when other trials share its score exactly (`best_shared`: the edge is then not where
+    the network does best, only where the first of them lies)."""
     out: list[str] = []
     seen: set[tuple[str, float]] = set()
-    for who, trial in (("best", best), ("recommended", recommended)):
+    pairs = (("best", best), ("recommended", recommended))
+    for who, trial in pairs[1:] if best_shared else pairs:
         rate = primary_rate(trial.params)
         found = _edge_warning(who, rate, search) if rate is not None else None
         if found is not None and rate is not None and (found[0], rate) not in seen:
@@ -238,6 +245,18 @@ def _one_se_not_worse(
         and (p.get(t.number) is None or (p.get(t.number) or 0.0) >= ALPHA)
     ]
     return max(ok or [best], key=lambda t: (primary_rate(t.params) or 0.0, -t.number))
+
+
+def _shared(trials: Sequence[FrozenTrial], best: FrozenTrial) -> bool:
+    """Whether another COMPLETE trial scored exactly the best's mean (to float32 rounding)."""
+    top = score_of(best)
+    return top is not None and any(
+        t.number != best.number
+        and t.state == TrialState.COMPLETE
+        and (s := score_of(t)) is not None
+        and round(s.mean, 9) == round(top.mean, 9)
+        for t in trials
+    )
 
 
 @dataclass(frozen=True)
@@ -303,7 +322,7 @@ def answer(trials: Sequence[FrozenTrial], spec: StudySpec) -> Answer:
         one_se=one_se,
         recommended=recommended,
         tied=tied_with_best(trials, best, spec.cv.folds, spec.cv.direction == "maximize"),
-        warnings=edge_warnings(best, chosen, spec.search)
+        warnings=edge_warnings(best, chosen, spec.search, _shared(trials, best))
         + small_data_warnings(best, spec.cv.folds),
         p=p,
         engine=engine_of(trials),

@@ -11,8 +11,9 @@ answer before the batch with the answer after it, and ends the search early when
   of the best trial's standard error (`SHARE`; its largest expected improvement).
 
 For a per-layer study the model is the fitted surface over its k rates (core/answer/surface.py),
-whose largest expected improvement is read the same way; the recommended rate and the tied
-range compared are the mean of each trial's rates, as the answer orders them.
+whose largest expected improvement is read the same way once 2 (k + 1) trials have finished;
+the recommended rate and the tied range compared are the mean of each trial's rates, as the
+answer orders them.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from droptune.core.spec.study import StudySpec
 # rates are tried, so a tenth is never reached.
 SHARE = 0.25
 # Of the range's width: how far the recommended rate and the tied range may move. 0.05 held the
-# search on a hair's move of a rate inside the band; 0.1 stops as many studies with the same
-# answers in the replayed search of bench/bench_pruning.py.
+# search on a hair's move of a rate inside the band; 0.1 stopped more of the replayed searches of
+# bench/bench_pruning.py early (35 of 40 against 29) with the same answers.
 STEADY = 0.1
 PREFIX = "search settled after"  # how the study's `reason` starts when it stopped early
 
@@ -93,7 +94,10 @@ def model_fit(trials: Sequence[FrozenTrial], spec: StudySpec) -> Model | None:
     from droptune.core.answer.surface import fit_surface
 
     points = _points(trials, spec)
-    if not points:
+    k = len(points[0][0]) if points else 0
+    if len(points) < 2 * (k + 1):
+        # With as few points as the surface accepts (k + 2) it is flat and sure of nothing (its
+        # intervals span the range), so its expected improvement says nothing either.
         return None
     rates, means, ses = zip(*points, strict=True)
     return fit_surface(
@@ -145,5 +149,5 @@ def settled(
         f"({after.tied.low:.3g}-{after.tied.high:.3g}) by more than {steady:.2g}, and "
         f"the fitted {'curve' if isinstance(fit, Fit) else 'surface over the layers'} "
         "expects no rate to beat the best by a quarter of its standard error "
-        f"(largest expected improvement {gain:.2g} < {SHARE * se:.2g})"
+        f"(largest expected improvement {gain:.3g} < {SHARE * se:.3g})"
     )

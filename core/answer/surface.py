@@ -31,6 +31,9 @@ from typing import Any
 from droptune.core.answer.fit import _kernel, _root, hyperparameters
 
 CANDIDATES = 256
+# The GP costs n^3: past this many finished trials only the best-scoring ones are fitted (where
+# the maximum and its expected improvement are; 500 points of 4 layers took 9.5 s, 150 take ~0.3)
+MAX_POINTS = 150
 DRAWS = 500
 SLICE = 51  # points along each layer's axis
 
@@ -102,9 +105,13 @@ def fit_surface(
         return None
     sign = 1.0 if maximize else -1.0
     y = np.asarray(scores, dtype=float) * sign
+    se = np.asarray(ses, dtype=float)
+    if len(y) > MAX_POINTS:
+        keep = np.argsort(-y, kind="stable")[:MAX_POINTS]
+        x, y, se = x[keep], y[keep], se[keep]
     width = high - low
     u = (x - low) / width  # in range widths: the length scales are the curve's
-    noise, centre, var, scale = hyperparameters(u, y, ses)
+    noise, centre, var, scale = hyperparameters(u, y, se)
     post = _Posterior(u, y - centre, noise, var, scale)
     design = qmc.Halton(d=x.shape[1], scramble=True, seed=seed).random(CANDIDATES)
     cand = np.vstack([design, u])

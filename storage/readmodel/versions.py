@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -142,6 +143,7 @@ def digest(kind: str, *parts: Any) -> str:
 # The last digest of each (route, study), with the values it was taken over: a poll of an
 # unchanged row compares them (the same text: a memcmp) instead of hashing them again.
 _LAST: dict[tuple[str, int], tuple[tuple[Any, ...], str]] = {}
+_LAST_LOCK = threading.Lock()
 MAX_KEPT = 256  # studies (each holds its row's text, as service/answers.py keeps its bytes)
 
 
@@ -156,9 +158,10 @@ def _digest_of(kind: str, study_id: int, parts: tuple[Any, ...]) -> str:
     ):
         return kept[1]
     etag = digest(kind, *parts)
-    if len(_LAST) >= MAX_KEPT:  # the oldest first (threads may race here: any one goes)
-        _LAST.pop(next(iter(_LAST), ("", 0)), None)
-    _LAST[(kind, study_id)] = (parts, etag)
+    with _LAST_LOCK:  # up to service/middleware/polls.THREADS polls at once
+        if (kind, study_id) not in _LAST and len(_LAST) >= MAX_KEPT:
+            del _LAST[next(iter(_LAST))]  # the oldest first
+        _LAST[(kind, study_id)] = (parts, etag)
     return etag
 
 

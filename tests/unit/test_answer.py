@@ -381,3 +381,23 @@ def test_the_answer_says_how_the_trials_trained() -> None:
         engine=a.engine,
     )
     assert f"engine: member by member ({why})" in answer_lines(b)
+
+
+def test_scores_equal_but_for_rounding_tie_and_the_edge_is_not_blamed() -> None:
+    """Four rates got the same rows right on every split: their means differ only by float32
+    rounding. The first of them is the best (not the one rounding favours), and the low edge is
+    not named as where the network does best when rates inside the range score the same."""
+    same = [0.97634049654, 0.97634049654, 0.97634049654, 0.97634049654, 0.97634049654]
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(trial(0.258, same))
+    study.add_trial(trial(0.033, [v + 1e-11 for v in same]))  # rounding's favourite, at the edge
+    study.add_trial(trial(0.6, [0.90, 0.91, 0.92, 0.93, 0.90]))
+    a = answer(study.trials, spec(search={"dropout_high": 0.9}))
+    assert a.best is not None and a.best.number == 0
+    assert not any("sits at search.dropout_low" in w for w in a.warnings), a.warnings
+    # A best alone at the edge is still named.
+    alone = optuna.create_study(direction="maximize")
+    alone.add_trial(trial(0.01, [0.99, 0.99, 0.98, 0.99, 0.99]))
+    alone.add_trial(trial(0.5, [0.90, 0.91, 0.92, 0.93, 0.90]))
+    b = answer(alone.trials, spec())
+    assert any("best rate 0.01 sits at search.dropout_low" in w for w in b.warnings), b.warnings

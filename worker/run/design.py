@@ -34,10 +34,11 @@ from droptune.core.spec.study import StudySpec
 MIN_FINISHED = 4  # finished trials before the range shrinks to the tied band
 # How wide a design batch is, as shares of n_trials (at least FIRST_MIN and REFINE_MIN trials):
 # the first, space-filling batch, then each refining one. Replayed on 40 recorded 19-rate grids
-# (bench/bench_pruning.py, "search" rows), a first design of 6 and refinements of 3 spent 38% of
-# the grid's member-epochs for answers as good as the grid's in 96% of runs; 16 + 4 (the width
-# memory allowed on this CPU) spent 55% for no better answers: on a CPU every member costs
-# its share of the matmuls. `search.batch_trials` sets a width of its own (wider on a GPU).
+# (bench/bench_pruning.py, "search: droptune"), a first design of 6 and refinements of 3 spent 39%
+# of the grid's member-epochs (median), the recommended rate within one SE of the grid's answer
+# on held-out rows in 36 of 40 runs; 16 + 4 (the width memory allowed on this CPU) spent 55% for
+# 35 of 40: on a CPU every member costs its share of the matmuls. `search.batch_trials` sets a
+# width of its own (wider on a GPU).
 FIRST_SHARE, FIRST_MIN = 0.3, 6
 REFINE_SHARE, REFINE_MIN = 0.15, 3
 
@@ -84,7 +85,7 @@ def refined_box(
     if tied is None:
         return whole
     members = [t for t in done if t.number in set(tied.trials)]
-    margin = (high - low) / len(done)
+    margin = (high - low) / len(done) ** (1 / len(names))  # the points' spacing in k dimensions
     box = {}
     for name in names:
         rates = [float(t.params[name]) for t in members if name in t.params]

@@ -270,8 +270,9 @@ class Worker:
         """How many trials to train together.
 
         The spec's `batch_trials` if set; else what memory allows, no more than a quarter of
-        the study (so TPE learns between batches), and a fair share of the open slots among
-        the live workers (so one study spreads across them).
+        the study (so TPE learns between batches; the design sampler: its first design, then
+        its refining width, design.design_width), and a fair share of the open slots among the
+        live workers (so one study spreads across them).
         """
         if spec.search.batch_trials:
             return spec.search.batch_trials
@@ -297,8 +298,8 @@ class Worker:
         return self._share(spec, open_slots, fits)
 
     def _share(self, spec: StudySpec, open_slots: int, fits: int) -> int:
-        """At most `fits` (and DROPTUNE_MAX_BATCH_TRIALS), a quarter of the study, and this
-        worker's share of the open slots."""
+        """At most `fits` (and DROPTUNE_MAX_BATCH_TRIALS), a quarter of the study (the design's
+        widths with that sampler), and this worker's share of the open slots."""
         if self.settings.max_batch_trials:
             fits = min(fits, self.settings.max_batch_trials)
         live = max(1, registry.count_live(self.engine, self.settings.lease_grace_seconds))
