@@ -21,6 +21,9 @@ from droptune.core.spec.study import StudySpec
 
 ALPHA = 0.05  # rates whose paired test against the best gives p >= ALPHA are tied with it
 EDGE = 0.05  # a rate this close to a bound (a fraction of the range's width) sits at it
+# How close two means must be to tie for the best: the same rows right on every split give means
+# that differ in the 8th decimal (float32 fold scores), never a real difference.
+TIE = 1e-6
 
 
 def score_of(trial: FrozenTrial) -> Score | None:
@@ -46,11 +49,19 @@ def best_and_one_se(
     sign = 1.0 if maximize else -1.0
     # Means equal but for float32 rounding (the same rows right on every split) are a tie: the
     # first trial with it is the best, not the one a rounding error favours.
-    best, best_score = max(scored, key=lambda ts: (round(sign * ts[1].mean, 9), -ts[0].number))
+    top = max(sign * sc.mean for _, sc in scored)
+    best, best_score = min(
+        ((t, sc) for t, sc in scored if _level(sign * sc.mean, top)), key=lambda ts: ts[0].number
+    )
     threshold = sign * best_score.mean - best_score.se - 1e-12
     within = [t for t, s in scored if sign * s.mean >= threshold]
     one_se = max(within, key=lambda t: (primary_rate(t.params) or 0.0, -t.number))
     return best, one_se
+
+
+def _level(a: float, b: float) -> bool:
+    """Means equal but for rounding (within TIE, relative above 1)."""
+    return abs(a - b) <= TIE * max(1.0, abs(a), abs(b))
 
 
 def corrected_t_test(d: Sequence[float], test_train: float) -> float | None:
@@ -254,7 +265,7 @@ def _shared(trials: Sequence[FrozenTrial], best: FrozenTrial) -> bool:
         t.number != best.number
         and t.state == TrialState.COMPLETE
         and (s := score_of(t)) is not None
-        and round(s.mean, 9) == round(top.mean, 9)
+        and _level(s.mean, top.mean)
         for t in trials
     )
 
