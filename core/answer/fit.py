@@ -32,6 +32,11 @@ GRID = 101
 DRAWS = 500
 SCALES = (0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)  # of the range's width
 MIN_TRIALS = 3
+# Past this many finished trials a subset is fitted (the GP costs n^3 and an API process fits on
+# every /curve): the TOP best-scoring, where the maximum is, and a seeded draw of the rest, so the
+# shape elsewhere stays (the best alone would let the fit revert to their mean far from them).
+MAX_POINTS = 150
+TOP = 30
 
 
 @dataclass(frozen=True)
@@ -72,8 +77,9 @@ def _kernel(a: Any, b: Any, var: float, scale: float) -> Any:
 
     a2 = a if a.ndim == 2 else a[:, None]
     b2 = b if b.ndim == 2 else b[:, None]
-    d2 = ((a2[:, None, :] - b2[None, :, :]) ** 2).sum(axis=-1)
-    return var * np.exp(-0.5 * d2 / scale**2)
+    # |a - b|^2 = |a|^2 + |b|^2 - 2 a.b: no [n, m, k] intermediate
+    d2 = (a2 * a2).sum(axis=1)[:, None] + (b2 * b2).sum(axis=1)[None, :] - 2.0 * a2 @ b2.T
+    return var * np.exp(-0.5 * np.clip(d2, 0.0, None) / scale**2)
 
 
 def _log_likelihood(x: Any, y: Any, noise: Any, var: float, scale: float) -> float:
@@ -101,6 +107,15 @@ def _root(cov: Any, var: float) -> Any:
             continue
     w, v = np.linalg.eigh(cov)
     return v * np.sqrt(np.clip(w, 0.0, None))
+
+
+def fitted_subset(y: Any, seed: int = 0) -> Any:
+    """Indices of the points fitted when there are more than MAX_POINTS (larger y is better)."""
+    import numpy as np
+
+    order = np.argsort(-np.asarray(y), kind="stable")
+    rest = np.random.default_rng(seed).choice(order[TOP:], MAX_POINTS - TOP, replace=False)
+    return np.sort(np.concatenate([order[:TOP], rest]))
 
 
 def hyperparameters(x: Any, y: Any, ses: Sequence[float] | Any) -> tuple[Any, float, float, float]:
@@ -140,10 +155,14 @@ def fit_curve(
 
     x = np.asarray(rates, dtype=float)
     y = np.asarray(scores, dtype=float) * (1.0 if maximize else -1.0)
+    se = np.asarray(ses, dtype=float)
     if len(np.unique(x)) < MIN_TRIALS or high <= low:
         return None
+    if len(y) > MAX_POINTS:
+        keep = fitted_subset(y, seed)
+        x, y, se = x[keep], y[keep], se[keep]
     width = high - low
-    noise, centre, var, unit_scale = hyperparameters(x / width, y, ses)
+    noise, centre, var, unit_scale = hyperparameters(x / width, y, se)
     yc, scale = y - centre, unit_scale * width
     grid = np.linspace(low, high, GRID)
     k = _kernel(x, x, var, scale) + np.diag(noise)

@@ -28,12 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from droptune.core.answer.fit import _kernel, _root, hyperparameters
+from droptune.core.answer.fit import MAX_POINTS, _kernel, _root, fitted_subset, hyperparameters
 
 CANDIDATES = 256
-# The GP costs n^3: past this many finished trials only the best-scoring ones are fitted (where
-# the maximum and its expected improvement are; 500 points of 4 layers took 9.5 s, 150 take ~0.3)
-MAX_POINTS = 150
+
 DRAWS = 500
 SLICE = 51  # points along each layer's axis
 
@@ -107,7 +105,7 @@ def fit_surface(
     y = np.asarray(scores, dtype=float) * sign
     se = np.asarray(ses, dtype=float)
     if len(y) > MAX_POINTS:
-        keep = np.argsort(-y, kind="stable")[:MAX_POINTS]
+        keep = fitted_subset(y, seed)
         x, y, se = x[keep], y[keep], se[keep]
     width = high - low
     u = (x - low) / width  # in range widths: the length scales are the curve's

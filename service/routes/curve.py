@@ -6,7 +6,9 @@ import io
 import threading
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Query, Request, Response
 
 from droptune.core.answer.curve import Curve, CurveFit, CurvePoint
 from droptune.core.answer.plot import RateMark, Role, plot_data
@@ -60,7 +62,8 @@ SLICE_LABEL = "fitted surface ± 1 SE (other layers at their fitted best)"
         **ONE_STUDY,
     },
 )
-def curve(
+async def curve(
+    request: Request,
     study_id: StudyId,
     caller: CallerDep,
     reader: ReaderDep,
@@ -68,14 +71,30 @@ def curve(
 ) -> Curve | Response:
     """Every COMPLETE trial's mean score ± 1 standard error against its rate, PRUNED trials
     apart (they trained fewer epochs), the best and recommended rates and the tied range."""
-    data = reader.curve(study_id, caller.scope)  # one load of the trials
+    limiter = _limiter(request)
+    # One load of the trials and the fits (a GP: up to a few tenths of a second), in at most
+    # CURVES threads: a caller asking for many curves waits here, not in the shared pool.
+    data = await anyio.to_thread.run_sync(reader.curve, study_id, caller.scope, limiter=limiter)
     if format == "json":
         return data
     name = data.name or ""
     if len(name) > TITLE_CHARS:
         name = name[: TITLE_CHARS - 1] + "…"
     title = f"{name} (study {study_id})" if name else f"study {study_id}"
-    return Response(draw(data, title, format), media_type=MEDIA[format], headers=HEADERS[format])
+    body = await anyio.to_thread.run_sync(draw, data, title, format, limiter=limiter)
+    return Response(body, media_type=MEDIA[format], headers=HEADERS[format])
+
+
+CURVES = 2  # curves built at once in an API process
+
+
+def _limiter(request: Request) -> anyio.CapacityLimiter:
+    """The app's limiter for curves, made in its event loop when first used."""
+    state = request.app.state
+    if getattr(state, "curve_limiter", None) is None:
+        state.curve_limiter = anyio.CapacityLimiter(CURVES)
+    limiter: anyio.CapacityLimiter = state.curve_limiter
+    return limiter
 
 
 def draw(data: Curve, title: str, fmt: Literal["svg", "png"]) -> bytes:

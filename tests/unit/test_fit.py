@@ -51,3 +51,22 @@ def test_minimising_and_too_few_rates() -> None:
     # every split equal somewhere (SE 0): still a fit, not a division by zero
     f = fit_curve([0.0, 0.3, 0.6], [0.9, 0.95, 0.9], [0.0, 0.01, 0.01], 0.0, 0.8)
     assert f is not None and 0.1 < f.best < 0.5
+
+
+def test_a_study_of_thousands_of_trials_fits_a_subset_that_keeps_the_peak_and_the_shape() -> None:
+    """Past MAX_POINTS the GP (n^3, fitted on every /curve) takes the best-scoring trials and a
+    seeded draw of the rest: the peak stays where it is, and far from it the fit stays low (the
+    best alone would revert to their own mean there)."""
+    import numpy as np
+
+    from droptune.core.answer.fit import MAX_POINTS, fit_curve, fitted_subset
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 0.9, 3000)
+    y = 0.9 - (x - 0.3) ** 2 + rng.normal(0.0, 0.01, 3000)
+    keep = fitted_subset(y)
+    assert len(keep) == MAX_POINTS and len(set(keep.tolist())) == MAX_POINTS
+    assert int(np.argmax(y)) in keep.tolist()
+    f = fit_curve(x, y, [0.01] * 3000, 0.0, 0.9)
+    assert f is not None and abs(f.best - 0.3) < 0.05
+    assert f.mean[-1] < f.mean[round(0.3 / 0.9 * 100)] - 0.2  # 0.9 fits ~0.54, not ~0.9
