@@ -67,6 +67,6 @@ def test_a_study_of_thousands_of_trials_fits_a_subset_that_keeps_the_peak_and_th
     keep = fitted_subset(y)
     assert len(keep) == MAX_POINTS and len(set(keep.tolist())) == MAX_POINTS
     assert int(np.argmax(y)) in keep.tolist()
-    f = fit_curve(x, y, [0.01] * 3000, 0.0, 0.9)
+    f = fit_curve(x.tolist(), y.tolist(), [0.01] * 3000, 0.0, 0.9)
     assert f is not None and abs(f.best - 0.3) < 0.05
     assert f.mean[-1] < f.mean[round(0.3 / 0.9 * 100)] - 0.2  # 0.9 fits ~0.54, not ~0.9
