@@ -42,7 +42,8 @@ class Publisher:
         self.close()
 
     def request(self, study_id: int) -> None:
-        """Publish this study's answer soon (at once when the thread is not running)."""
+        """Publish this study's answer soon (at once when the thread is not running). Called
+        from the worker's one loop thread (batches and refits), which also closes it."""
         if not self._thread.is_alive():
             publish_study(self._engine, self._storage, study_id)
             return
