@@ -9,8 +9,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
 
 from droptune.service.settings import ServiceSettings
+from droptune.storage.access import sessions, tokens
 from droptune.storage.readmodel.reads import Reader
 
 LOCAL_OWNER = "local"
@@ -36,6 +38,18 @@ class Caller:
     def scope(self) -> str | None:
         """The owner whose rows a read or action may touch: None (any owner) for an admin."""
         return None if self.admin else self.name
+
+
+async def revoked(engine: Engine, caller: Caller) -> bool:
+    """Whether the token or dashboard session the caller came with has ended since (a held
+    request or an event stream checks before it answers; False in open mode)."""
+    if caller.session is not None:
+        who = await run_in_threadpool(sessions.identify, engine, caller.session)
+    elif caller.token is not None:
+        who = await run_in_threadpool(tokens.identify, engine, caller.token)
+    else:
+        return False
+    return who is None
 
 
 OPEN = Caller(LOCAL_OWNER, admin=True)

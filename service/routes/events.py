@@ -32,10 +32,10 @@ from droptune.core.errors import NotFound, StorageError
 from droptune.core.schemas import StudyOut
 from droptune.core.states import ENDED, RefitState, StudyStatus
 from droptune.service.deps import Caller, CallerDep, ReaderDep
+from droptune.service.deps import revoked as caller_revoked
 from droptune.service.errors import problems
 from droptune.service.held import HeldSlots, Slot
 from droptune.service.routes.studies import StudyId
-from droptune.storage.access import sessions, tokens
 from droptune.storage.jobs.notify import StudyWatcher
 from droptune.storage.readmodel.reads import Reader
 
@@ -220,13 +220,7 @@ async def _events(
         return await run_in_threadpool(reader.study, study_id, owner)
 
     async def revoked() -> bool:
-        if caller.session is not None:
-            who = await run_in_threadpool(sessions.identify, reader.engine, caller.session)
-        elif caller.token is not None:
-            who = await run_in_threadpool(tokens.identify, reader.engine, caller.token)
-        else:  # open mode
-            return False
-        return who is None
+        return await caller_revoked(reader.engine, caller)
 
     yield ServerSentEvent(retry=settings.retry_ms)  # first, so a resumed client learns it too
     sent = ""  # the last body sent on this connection

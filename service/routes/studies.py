@@ -14,8 +14,8 @@ from droptune.core.schemas import BestOut, StudyOut, StudyPage, StudyStatus, Tri
 from droptune.core.spec.study import StudySpec
 from droptune.core.states import ENDED
 from droptune.service.answers import matches, respond
-from droptune.service.deps import CallerDep, EngineDep, ReaderDep, SettingsDep
-from droptune.service.errors import problems
+from droptune.service.deps import CallerDep, EngineDep, ReaderDep, SettingsDep, revoked
+from droptune.service.errors import problem, problems
 from droptune.service.held import HeldSlots, hold
 from droptune.storage.jobs import queue
 from droptune.storage.jobs.lifecycle import delete_study
@@ -141,11 +141,13 @@ async def get_study(
     "/{study_id}/best",
     response_model=BestOut,
     responses=problems(
+        401,
         404,
         422,
         429,
         503,
         why={
+            401: "no token, one that is not valid, or with `wait`: one revoked while held",
             404: "no such study",
             429: "with `wait`: the owner already holds DROPTUNE_MAX_HELD_PER_OWNER waiting "
             "requests and event streams",
@@ -171,7 +173,14 @@ async def best(
         with slots.acquire(caller.name):
             if not await _held(request, reader, study_id, caller.scope, seconds, read):
                 return Response(status_code=204)  # nobody is there to read it
+        if await revoked(reader.engine, caller):  # while it was held: the answer is not theirs
+            return problem(
+                401, "Unauthorized", REVOKED_WHILE_HELD, headers={"WWW-Authenticate": "Bearer"}
+            )
     return await run_in_threadpool(_versioned, request, "best", study_id, read)
+
+
+REVOKED_WHILE_HELD = "the token (or dashboard session) was revoked while the request was held"
 
 
 async def _held(

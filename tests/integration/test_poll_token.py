@@ -74,3 +74,23 @@ def test_a_poll_of_best_with_a_token_is_one_select(setup: Setup, selects: list[s
     assert setup.get("best", etag=etag).status_code == 304
     assert len(selects) == 1, selects
     assert "droptune_tokens" in selects[0] and "droptune_studies" in selects[0]
+
+
+def test_a_token_revoked_while_its_wait_is_held_gets_401_not_the_answer(setup: Setup) -> None:
+    """An outside attack held `?wait=15`, revoked the token 2 s in, and got the answer 13 s
+    later: the wait now checks the token again before it answers."""
+    import threading
+    import time
+
+    path = ROUTES["best"].format(sid=setup.sid)
+    auth = {"Authorization": f"Bearer {ALICE}"}
+    revoke = threading.Timer(0.5, tokens.revoke, (setup.world.engine, ALICE))
+    revoke.start()
+    t = time.monotonic()
+    r = setup.api.get(f"{path}?wait=2", headers={**auth, "If-None-Match": "*"})
+    revoke.join()
+    assert time.monotonic() - t >= 1.5  # held to the end of its wait, then refused
+    assert r.status_code == 401, (r.status_code, r.text[:200])
+    assert "revoked while the request was held" in r.json()["detail"]
+    # Another owner's live token is not affected.
+    assert setup.get("best", token=BOB).status_code == 404
