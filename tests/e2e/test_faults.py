@@ -175,6 +175,11 @@ def test_postgres_restart_mid_study(stack: Stack) -> None:
     done, failed = finished_trials(stack.url, study.optuna_study)
     assert len(done) == N
     for f in failed:  # a trial cut off by the restart is retried, never lost
+        if not f.params:
+            # Cut off while its parameters were being suggested (the restart fell between the
+            # trial's creation and its first write): it trained nothing, and recovery gave its
+            # slot back without parameters, which a new trial filled (len(done) == N above).
+            continue
         assert any(d.params == f.params for d in done)
     assert all(w.poll() is None for w in stack.workers), "workers must survive the restart"
 
