@@ -160,15 +160,7 @@ def _fit(spec: StudySpec, points: list[CurvePoint], direction: str) -> CurveFit 
         return None
     from droptune.core.answer.fit import fit_curve  # numpy: the client never fits
 
-    scale = _correction(spec)
-    f = fit_curve(
-        [p.dropout for p in done],
-        [p.mean for p in done],
-        [p.se * scale for p in done],
-        spec.search.dropout_low,
-        spec.search.dropout_high,
-        direction == "maximize",
-    )
+    f = fit_curve([p.dropout for p in done], *_scored(spec, done), direction == "maximize")
     if f is None:
         return None
     return CurveFit(
@@ -183,10 +175,15 @@ def _fit(spec: StudySpec, points: list[CurvePoint], direction: str) -> CurveFit 
     )
 
 
-def _correction(spec: StudySpec) -> float:
-    """se = std / sqrt(J); corrected as the paired test is: std * sqrt(1 / J + 1 / (K - 1))."""
+def _scored(
+    spec: StudySpec, done: list[CurvePoint]
+) -> tuple[list[float], list[float], float, float]:
+    """What either fit takes after the rates: the points' means, their SEs corrected as the
+    paired test is (se = std / sqrt(J) -> std * sqrt(1 / J + 1 / (K - 1))), and the range."""
     k = spec.cv.folds
-    return math.sqrt(1 + k * spec.cv.repeats / (k - 1))
+    scale = math.sqrt(1 + k * spec.cv.repeats / (k - 1))
+    means = [p.mean for p in done]
+    return means, [p.se * scale for p in done], spec.search.dropout_low, spec.search.dropout_high
 
 
 def _surface(spec: StudySpec, points: list[CurvePoint], direction: str) -> CurveSurface | None:
@@ -197,15 +194,8 @@ def _surface(spec: StudySpec, points: list[CurvePoint], direction: str) -> Curve
     done = [p for p in points if p.state == "COMPLETE" and all(n in p.params for n in layers)]
     from droptune.core.answer.surface import fit_surface  # numpy and scipy: never the client
 
-    scale = _correction(spec)
-    s = fit_surface(
-        [[p.params[n] for n in layers] for p in done],
-        [p.mean for p in done],
-        [p.se * scale for p in done],
-        spec.search.dropout_low,
-        spec.search.dropout_high,
-        direction == "maximize",
-    )
+    rates = [[p.params[n] for n in layers] for p in done]
+    s = fit_surface(rates, *_scored(spec, done), direction == "maximize")
     if s is None:
         return None
     r = _rounded
